@@ -1,0 +1,22 @@
+"""Multi-task learning: models, loss balancing and joint optimisation, usable with or without FL."""
+
+from fedmtl.mtl.balancers.base import Balance, Balancer, BalanceInput
+from fedmtl.mtl.factory import build_balancer, build_model, build_objective
+from fedmtl.mtl.models.base import LOCAL, SHARED, MultiTaskModel, task_group
+from fedmtl.mtl.models.hard_sharing import HardSharingModel
+from fedmtl.mtl.objective import MultiTaskObjective
+
+__all__ = [
+    "LOCAL",
+    "SHARED",
+    "Balance",
+    "BalanceInput",
+    "Balancer",
+    "HardSharingModel",
+    "MultiTaskModel",
+    "MultiTaskObjective",
+    "build_balancer",
+    "build_model",
+    "build_objective",
+    "task_group",
+]

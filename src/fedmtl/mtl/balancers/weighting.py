@@ -1,0 +1,41 @@
+"""Fixed loss weightings: equal weights, and static weights (f1 + lambda f2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, Requirement
+from fedmtl.tree import TensorTree
+
+
+class EqualWeighting:
+    """Every task weight 1: the plain sum of task losses."""
+
+    requires: Requirement = "losses"
+
+    def init(self, num_tasks: int) -> TensorTree:
+        return {}
+
+    def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
+        return Balance(weights=torch.ones_like(inp.losses)), state
+
+
+class StaticWeighting:
+    """Fixed weights, one per task, in the objective's task order."""
+
+    requires: Requirement = "losses"
+
+    def __init__(self, weights: Sequence[float]):
+        if any(w < 0 for w in weights):
+            raise ValueError(f"static weights must be >= 0, got {list(weights)}")
+        self.weights = torch.tensor(list(weights), dtype=torch.float32)
+
+    def init(self, num_tasks: int) -> TensorTree:
+        if num_tasks != len(self.weights):
+            raise ValueError(f"static weighting has {len(self.weights)} weights for {num_tasks} tasks")
+        return {}
+
+    def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
+        return Balance(weights=self.weights.to(inp.losses)), state

@@ -1,0 +1,76 @@
+"""What every multi-task model offers: ``{task: prediction}`` out, and tagged parameter groups.
+
+Parameter groups drive federated aggregation: ``"shared"`` parameters are averaged over every
+client in the cohort, ``"task:<name>"`` parameters only over the clients that hold that task, and
+``"local"`` parameters never leave the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from fedmtl.tasks import Task
+
+SHARED = "shared"
+LOCAL = "local"
+
+
+def task_group(task: str) -> str:
+    """The group name of a task's own parameters."""
+    return f"task:{task}"
+
+
+class MultiTaskModel(nn.Module):
+    """Base class: subclasses implement :meth:`forward` and :meth:`group_of`."""
+
+    def __init__(self, tasks: Sequence[Task]):
+        super().__init__()
+        if not tasks:
+            raise ValueError("a multi-task model needs at least one task")
+        self.tasks: dict[str, Task] = {t.name: t for t in tasks}
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def group_of(self, param_name: str) -> str:  # pragma: no cover
+        """The group of a parameter, by its name in ``named_parameters()``."""
+        raise NotImplementedError
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """Group name -> parameter names, in ``named_parameters()`` order."""
+        groups: dict[str, list[str]] = {}
+        for name, _ in self.named_parameters():
+            groups.setdefault(self.group_of(name), []).append(name)
+        return groups
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if self.group_of(n) == SHARED]
+
+    def task_parameters(self) -> dict[str, list[nn.Parameter]]:
+        out: dict[str, list[nn.Parameter]] = {t: [] for t in self.tasks}
+        for n, p in self.named_parameters():
+            g = self.group_of(n)
+            if g.startswith("task:"):
+                out[g[5:]].append(p)
+        return out
+
+
+def check_tasks(model: MultiTaskModel, tasks: Sequence[str] | None) -> list[str]:
+    """The requested task list, or all; unknown names are an error listing the model's tasks."""
+    if tasks is None:
+        return model.task_names
+    unknown = [t for t in tasks if t not in model.tasks]
+    if unknown:
+        raise KeyError(f"unknown task(s) {unknown}; the model has {model.task_names}")
+    return list(tasks)
+
+
+def groups_by_param(model: MultiTaskModel) -> Mapping[str, str]:
+    """Parameter name -> group name."""
+    return {n: model.group_of(n) for n, _ in model.named_parameters()}

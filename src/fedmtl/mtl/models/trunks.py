@@ -1,0 +1,96 @@
+"""Shared trunks: the part of a hard-sharing model every task uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activation: str = "relu", dropout: float = 0.0) -> nn.Sequential:
+    """Linear-activation stack; ``out_dim`` adds a final linear layer with no activation."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} not in {sorted(_ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    if out_dim is not None:
+        layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class MLPTrunk(nn.Module):
+    """Flatten the input and apply an MLP."""
+
+    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        self.net = mlp(math.prod(input_shape), hidden, activation=activation, dropout=dropout)
+        self.out_dim = hidden[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class CNN1DTrunk(nn.Module):
+    """Conv1d blocks then a dense layer; accepts ``[N, L]`` or ``[N, C, L]``."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], kernel_size: int = 5, hidden: int = 128):
+        super().__init__()
+        in_ch, length = (1, input_shape[0]) if len(input_shape) == 1 else (input_shape[0], input_shape[1])
+        layers: list[nn.Module] = []
+        c = in_ch
+        for ch in channels:
+            layers += [nn.Conv1d(c, ch, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool1d(2)]
+            c = ch
+            length = max(length // 2, 1)
+        self.conv = nn.Sequential(*layers)
+        self.in_ch = in_ch
+        self.fc = nn.Sequential(nn.Linear(c * length, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.fc(self.conv(x).flatten(1))
+
+
+class CNN2DTrunk(nn.Module):
+    """Conv2d blocks then a dense layer; accepts ``[N, H, W]`` or ``[N, C, H, W]``."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], hidden: int = 128):
+        super().__init__()
+        if len(input_shape) == 2:
+            in_ch, h, w = 1, input_shape[0], input_shape[1]
+        elif len(input_shape) == 3:
+            in_ch, h, w = input_shape
+        else:
+            raise ValueError(f"cnn2d needs image inputs [H, W] or [C, H, W], got feature shape {list(input_shape)}")
+        layers: list[nn.Module] = []
+        c = in_ch
+        for ch in channels:
+            layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c = ch
+            h, w = max(h // 2, 1), max(w // 2, 1)
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.fc(self.conv(x).flatten(1))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["CNN1DTrunk", "CNN2DTrunk", "MLPTrunk", "count_parameters", "mlp", "torch"]
