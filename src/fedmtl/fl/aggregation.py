@@ -69,3 +69,12 @@ def aggregate_by_group(
             out[n] = flat[offset : offset + like.numel()].view_as(like)
             offset += like.numel()
     return out
+
+
+def build_aggregator(cfg: object) -> Aggregator:
+    """The aggregator a ``server.aggregator`` config describes."""
+    from fedmtl.config import training as tcfg
+
+    if isinstance(cfg, tcfg.WeightedMean):
+        return weighted_mean
+    raise TypeError(f"unknown aggregator config {cfg!r}")  # pragma: no cover

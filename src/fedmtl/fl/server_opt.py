@@ -43,3 +43,12 @@ class FedAvg:
             raise KeyError(f"update has parameters the model lacks: {unknown[:5]}")
         new = {k: (v + self.lr * update[k] if k in update else v) for k, v in params.items()}
         return new, state
+
+
+def build_server_optimizer(cfg: object) -> ServerOptimizer:
+    """The server optimiser a ``server.optimizer`` config describes."""
+    from fedmtl.config import training as tcfg
+
+    if isinstance(cfg, tcfg.FedAvgServer):
+        return FedAvg(cfg.lr)
+    raise TypeError(f"unknown server optimizer config {cfg!r}")  # pragma: no cover

@@ -59,8 +59,17 @@ class MultiTaskObjective:
         losses: Mapping[str, Tensor],
         state: TensorTree,
         generator: torch.Generator | None = None,
+        epoch: int = 0,
     ) -> tuple[TensorTree, dict[str, float]]:
-        """Accumulate this step's gradients into ``.grad`` and return the next state and a log."""
+        """Accumulate this step's gradients into ``.grad`` and return the next state and a log.
+
+        Args:
+            model: the model whose parameters receive gradients.
+            losses: task name -> scalar loss of this minibatch (graph attached).
+            state: the objective's state (balancer state, step counter).
+            generator: randomness for stochastic balancers.
+            epoch: the local epoch (schemes that alternate per epoch use it).
+        """
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise KeyError(f"objective expects losses for {missing}; got {sorted(losses)}")
