@@ -1,0 +1,152 @@
+"""From a data config to a :class:`FederatedData`: load, hold out, partition, assign tasks, preprocess."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmtl.config import data as dcfg
+from fedmtl.data import assignment, partition
+from fedmtl.data.dataset import ClientData, FederatedData, Split
+from fedmtl.data.preprocessing import Moments, clean, normalize, transform
+from fedmtl.data.source import DataError, SourceData
+from fedmtl.data.sources import load_source
+from fedmtl.tasks import Task
+
+
+def _streams(seed: int, n: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+
+
+def _partition_labels(src: SourceData, task_name: str | None) -> np.ndarray:
+    cls = [t for t in src.tasks if t.is_classification]
+    if task_name is not None:
+        if task_name not in src.targets:
+            raise DataError(f"data.partition.task {task_name!r} is not a task; tasks are {[t.name for t in src.tasks]}")
+        name = task_name
+    elif cls:
+        name = cls[0].name
+    else:
+        raise DataError("label-skew partitions need a classification task; use iid, quantity_skew or natural")
+    y = src.targets[name]
+    return np.where(np.isfinite(y), y, -1).astype(np.int64)
+
+
+def split_rows(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of each client, by the configured partitioner."""
+    p = cfg.partition
+    n = src.x.shape[0]
+    if isinstance(p, dcfg.NaturalPartition):
+        if src.client_ids is None:
+            raise DataError("partition 'natural' needs client ids in the data (a client column)")
+        return partition.natural(src.client_ids)
+    if isinstance(p, dcfg.IIDPartition):
+        return partition.iid(n, cfg.num_clients, rng)
+    if isinstance(p, dcfg.QuantitySkewPartition):
+        return partition.quantity_skew(n, cfg.num_clients, p.alpha, rng, p.min_size)
+    labels = _partition_labels(src, p.task)
+    if isinstance(p, dcfg.DirichletPartition):
+        return partition.dirichlet(labels, cfg.num_clients, p.alpha, rng, p.min_size)
+    return partition.shards(labels, cfg.num_clients, p.classes_per_client, rng)
+
+
+def assign_tasks(cfg: dcfg.DataConfig, names: list[str], num_clients: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
+    a = cfg.task_assignment
+    if isinstance(a, dcfg.AllTasks):
+        return assignment.all_tasks(num_clients, names)
+    if isinstance(a, dcfg.RandomTaskSubset):
+        return assignment.random_subset(num_clients, names, a.tasks_per_client, rng)
+    return assignment.explicit(num_clients, names, a.clients)
+
+
+def _holdout(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) -> tuple[SourceData, np.ndarray, dict[str, np.ndarray]]:
+    """Split off the server's held-out rows unless the source brings its own test split."""
+    if src.holdout_x is not None and src.holdout_targets is not None:
+        return src, src.holdout_x, src.holdout_targets
+    frac = getattr(cfg.source, "holdout_fraction", 0.0)
+    n = src.x.shape[0]
+    k = int(round(frac * n))
+    perm = rng.permutation(n)
+    held, kept = np.sort(perm[:k]), np.sort(perm[k:])
+    rest = SourceData(
+        x=src.x[kept],
+        targets={t: v[kept] for t, v in src.targets.items()},
+        tasks=src.tasks,
+        client_ids=None if src.client_ids is None else src.client_ids[kept],
+        description=src.description,
+    )
+    return rest, src.x[held], {t: v[held] for t, v in src.targets.items()}
+
+
+def _to_split(x: np.ndarray, targets: dict[str, np.ndarray], tasks: tuple[Task, ...]) -> Split:
+    return Split(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        {t.name: torch.from_numpy(targets[t.name]).to(t.target_dtype()) for t in tasks},
+    )
+
+
+def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | None = None) -> FederatedData:
+    """Build the federation described by ``cfg`` (or from a given source: a user's arrays).
+
+    Deterministic under ``seed``: the hold-out, the partition, the task assignment and the local
+    train/test splits each draw from their own stream of one ``SeedSequence``.
+    """
+    r_hold, r_part, r_tasks, r_split = _streams(seed, 4)
+    src = source if source is not None else load_source(cfg.source, seed)
+    src, hx, hy = _holdout(cfg, src, r_hold)
+    rows = split_rows(cfg, src, r_part)
+    names = [t.name for t in src.tasks]
+    task_sets = assign_tasks(cfg, names, len(rows), r_tasks)
+    pre = cfg.preprocessing
+    per_feature = src.x.ndim <= 2
+    task_by_name = {t.name: t for t in src.tasks}
+
+    raw_clients = []
+    for cid, (idx, held) in enumerate(zip(rows, task_sets)):
+        idx = r_split.permutation(idx)
+        n_test = int(round(cfg.test_fraction * len(idx))) if len(idx) > 1 else 0
+        parts = {"test": idx[:n_test], "train": idx[n_test:]}
+        tasks = tuple(task_by_name[t] for t in held)
+        cleaned, counts = {}, {"dropped_label": 0, "dropped_feature": 0, "imputed_values": 0}
+        for which, ix in parts.items():
+            x, y, c = clean(src.x[ix], {t: src.targets[t][ix] for t in held}, tasks, pre.missing)
+            cleaned[which] = (transform(x, pre.transform), y)
+            counts = {k: counts[k] + c[k] for k in counts}
+        if len(cleaned["train"][0]) == 0:
+            raise DataError(f"client {cid} has no usable training rows after cleaning ({counts}); check the data or the partition")
+        raw_clients.append((cid, tasks, cleaned, counts))
+
+    fed_x = sum((Moments.of(c[2]["train"][0], per_feature) for c in raw_clients[1:]), Moments.of(raw_clients[0][2]["train"][0], per_feature))
+    x_stats = fed_x.mean_std() if pre.normalize != "none" else None
+    y_stats = {}
+    for t in src.tasks:
+        if t.kind == "regression" and pre.normalize != "none":
+            ms = [Moments.of(c[2]["train"][1][t.name][:, None]) for c in raw_clients if t.name in c[2]["train"][1]]
+            y_stats[t.name] = sum(ms[1:], ms[0]).mean_std()
+    clip = pre.clip_value if pre.transform == "clip" else None
+
+    def finish(x: np.ndarray, y: dict[str, np.ndarray], stats) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+        if stats is not None and len(x):
+            x = normalize(x, stats[0], stats[1], clip)
+        y = {k: ((v - y_stats[k][0][0]) / y_stats[k][1][0]).astype(np.float32) if k in y_stats else v for k, v in y.items()}
+        return x, y
+
+    clients = []
+    for cid, tasks, cleaned, counts in raw_clients:
+        stats = x_stats
+        if pre.normalize == "client":
+            stats = Moments.of(cleaned["train"][0], per_feature).mean_std()
+        tr = finish(*cleaned["train"], stats)
+        te = finish(*cleaned["test"], stats)
+        clients.append(ClientData(cid, tuple(t.name for t in tasks), _to_split(*tr, tasks), _to_split(*te, tasks), counts))
+
+    hx, hy, _ = clean(transform(hx, pre.transform), hy, src.tasks, pre.missing) if len(hx) else (hx, hy, {})
+    hx, hy = finish(hx, hy, x_stats)
+    holdout = _to_split(hx, hy, src.tasks)
+    return FederatedData(
+        tasks=src.tasks,
+        input_shape=tuple(src.x.shape[1:]),
+        clients=tuple(clients),
+        holdout=holdout,
+        description=src.description,
+    )

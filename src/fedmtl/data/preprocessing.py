@@ -1,0 +1,95 @@
+"""Client-side preprocessing: cleaning, transformation, normalisation.
+
+Normalisation statistics are either each client's own or computed federatedly: clients send only
+:class:`Moments` (counts, sums and sums of squares), which add up exactly to the federation's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmtl.data.source import DataError
+from fedmtl.tasks import Task
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-feature count, sum and sum of squares: all a client reveals for federated normalisation."""
+
+    n: float
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @staticmethod
+    def of(x: np.ndarray, per_feature: bool = True) -> Moments:
+        flat = x.reshape(x.shape[0], -1).astype(np.float64) if per_feature else x.reshape(-1, 1).astype(np.float64)
+        return Moments(float(flat.shape[0]), flat.sum(0), (flat * flat).sum(0))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.total_sq + other.total_sq)
+
+    def mean_std(self, floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+        if self.n <= 0:
+            raise DataError("cannot normalise with statistics of zero rows")
+        mean = self.total / self.n
+        var = np.maximum(self.total_sq / self.n - mean * mean, 0.0)
+        return mean.astype(np.float32), np.maximum(np.sqrt(var), floor).astype(np.float32)
+
+
+def clean(
+    x: np.ndarray, targets: Mapping[str, np.ndarray], tasks: Sequence[Task], missing: str
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """Drop rows whose labels are missing or invalid; drop or impute rows with non-finite features.
+
+    Returns the cleaned features, targets and counts: ``dropped_label``, ``dropped_feature``, ``imputed_values``.
+    """
+    keep = np.ones(x.shape[0], dtype=bool)
+    for task in tasks:
+        y = targets[task.name]
+        ok = np.isfinite(y)
+        if task.kind == "multiclass":
+            ok &= (y >= 0) & (y < task.num_classes) & (np.mod(np.nan_to_num(y), 1) == 0)
+        elif task.kind == "binary":
+            ok &= np.isin(y, (0, 1))
+        keep &= ok
+    counts = {"dropped_label": int((~keep).sum()), "dropped_feature": 0, "imputed_values": 0}
+    x, targets = x[keep], {k: v[keep] for k, v in targets.items()}
+    flat = x.reshape(x.shape[0], -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        if missing == "drop":
+            rows = bad.any(axis=1)
+            counts["dropped_feature"] = int(rows.sum())
+            x, targets = x[~rows], {k: v[~rows] for k, v in targets.items()}
+        else:
+            counts["imputed_values"] = int(bad.sum())
+            if missing == "impute_mean":
+                masked = np.where(bad, 0.0, flat)
+                seen = (~bad).sum(0)
+                fill = np.divide(masked.sum(0), seen, out=np.zeros(flat.shape[1]), where=seen > 0)
+            elif missing == "impute_zero":
+                fill = np.zeros(flat.shape[1])
+            else:
+                raise DataError(f"missing={missing!r} not in drop, impute_mean, impute_zero")
+            flat = np.where(bad, fill[None, :], flat)
+            x = flat.reshape(x.shape).astype(np.float32)
+    return x, targets, counts
+
+
+def transform(x: np.ndarray, kind: str) -> np.ndarray:
+    """``log1p``: sign(x) log(1 + |x|), for heavy-tailed counts; ``none`` and ``clip`` leave x (clip acts after normalising)."""
+    if kind == "log1p":
+        return (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
+    return x
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None = None) -> np.ndarray:
+    """Standardise with given statistics (per feature, or one scalar for images), optionally clipping."""
+    flat = x.reshape(x.shape[0], -1)
+    out = (flat - mean[None, :]) / std[None, :]
+    if clip is not None:
+        out = np.clip(out, -clip, clip)
+    return out.reshape(x.shape).astype(np.float32)

@@ -1,0 +1,25 @@
+"""Cohort sampling: which clients take part in a round."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def cohort_size(num_clients: int, clients_per_round: int | None, fraction: float | None) -> int:
+    """Cohort size from a count or a fraction (default: every client)."""
+    if clients_per_round is not None:
+        if not 1 <= clients_per_round <= num_clients:
+            raise ValueError(f"clients_per_round={clients_per_round} must lie in 1..{num_clients}")
+        return clients_per_round
+    if fraction is not None:
+        return max(1, min(num_clients, math.ceil(fraction * num_clients)))
+    return num_clients
+
+
+def sample_cohort(num_clients: int, size: int, generator: torch.Generator) -> list[int]:
+    """``size`` distinct clients uniformly at random, in increasing order."""
+    if size >= num_clients:
+        return list(range(num_clients))
+    return sorted(torch.randperm(num_clients, generator=generator)[:size].tolist())
