@@ -1,0 +1,98 @@
+"""Checkpoints: one safetensors file per saved round, written atomically.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed
+over its final name (``os.replace`` is atomic), so a crash mid-write leaves the previous
+checkpoints intact and never a half-written one under a checkpoint's name. Loading takes the newest
+checkpoint that reads back whole and falls back to older ones, saying so, if the newest is damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fedmtl.atomic import atomic_write
+from fedmtl.fl.federation import ServerState
+from fedmtl.tree import flatten, unflatten
+
+log = logging.getLogger("fedmtl")
+PATTERN = re.compile(r"^round-(\d{6})\.safetensors$")
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or one that does not belong to this run."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], keep: int = 2) -> Path:
+    """Save ``state`` as ``checkpoints/round-NNNNNN.safetensors`` and prune to the newest ``keep``."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tree = {
+        "params": state.params,
+        "opt": state.opt_state,
+        "clients": {str(k): v for k, v in state.client_states.items()},
+    }
+    flat = {k: v.contiguous() for k, v in flatten(tree).items()}
+    metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
+    path = folder / f"round-{state.round:06d}.safetensors"
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
+    existing = sorted(p for p in folder.iterdir() if PATTERN.match(p.name))
+    for old in existing[:-keep]:
+        old.unlink()
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if PATTERN.match(p.name)), reverse=True)
+
+
+def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
+    """Read one checkpoint; a damaged file raises :class:`CheckpointError` naming it."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        flat = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {exc}") from None
+    if metadata.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format {metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
+    tree = unflatten(flat)
+    clients = tree.get("clients", {})
+    state = ServerState(
+        round=int(metadata["round"]),
+        params=dict(tree.get("params", {})),  # type: ignore[arg-type]
+        opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
+        client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
+    )
+    return state, json.loads(metadata.get("meta", "{}"))
+
+
+def load_latest(run_dir: Path) -> tuple[ServerState, dict[str, Any]]:
+    """The newest readable checkpoint of a run."""
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        raise CheckpointError(f"{str(run_dir)!r} holds no checkpoint to resume from")
+    errors = []
+    for path in candidates:
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("%s; trying an older checkpoint", exc)
+            errors.append(str(exc))
+    raise CheckpointError("no readable checkpoint: " + "; ".join(errors))

@@ -1,0 +1,229 @@
+"""``Experiment``: build everything from a config, run the rounds, write the run folder, resume.
+
+The run folder holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (a line per round),
+``summary.json``, PNG plots, ``report.html`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fedmtl.atomic import atomic_write_text
+from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
+from fedmtl.data import FederatedData, SourceData, build_federated_data
+from fedmtl.engine import build_engine
+from fedmtl.experiment.checkpoint import CheckpointError, load_latest, save_checkpoint
+from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
+from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.mtl import build_model
+from fedmtl.report import MetricsLog, draw_all, write_report
+
+log = logging.getLogger("fedmtl")
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a finished run returns: where it wrote, its summary and its per-round history."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    params: dict[str, torch.Tensor]
+
+
+def _as_config(config: ExperimentConfig | dict[str, Any] | str | Path | None) -> ExperimentConfig:
+    if config is None:
+        return ExperimentConfig()
+    if isinstance(config, ExperimentConfig):
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    return load_config(config)
+
+
+RESUMABLE_CHANGES = {"server.rounds", "output", "evaluation"}
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [prefix.rstrip(".")] if a != b else []
+
+
+class Experiment:
+    """A federated multi-task experiment.
+
+    Args:
+        config: an :class:`ExperimentConfig`, a dict, a YAML path, or None for the defaults.
+        source: optional in-memory data (see :func:`fedmtl.data.from_arrays`) replacing ``config.data.source``.
+    """
+
+    def __init__(self, config: ExperimentConfig | dict[str, Any] | str | Path | None = None, source: SourceData | None = None):
+        self.config = _as_config(config)
+        self.source = source
+        self._data: FederatedData | None = None
+
+    @property
+    def data(self) -> FederatedData:
+        if self._data is None:
+            self._data = build_federated_data(self.config.data, self.config.seed, self.source)
+        return self._data
+
+    def _run_dir(self, resume: str | Path | None) -> Path:
+        if resume is not None:
+            run_dir = Path(resume)
+            if not run_dir.is_dir():
+                raise CheckpointError(f"cannot resume: {str(run_dir)!r} is not a run folder")
+            saved = run_dir / "config.yaml"
+            if saved.exists():
+                before = yaml.safe_load(saved.read_text())
+                now = self.config.model_dump(mode="json")
+                changed = [k for k in _diff(before, now) if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+                if changed:
+                    raise ConfigError(
+                        f"cannot resume {str(run_dir)!r} with a different configuration; changed: {changed}. "
+                        f"Only {sorted(RESUMABLE_CHANGES)} may change on resume."
+                    )
+            return run_dir
+        out = self.config.output
+        name = out.name or datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(out.dir) / name
+        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another output.name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def run(self, resume: str | Path | None = None, progress: bool = True) -> Results:
+        """Run (or continue) the experiment and return its results."""
+        cfg = self.config
+        if cfg.runtime.threads is not None:
+            torch.set_num_threads(cfg.runtime.threads)
+        run_dir = self._run_dir(resume)
+        data = self.data
+        model = build_model(cfg.model, data.input_shape, data.tasks)
+        engine = build_engine(cfg.engine)
+        fed = Federation(cfg, data, model, engine)
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        if resume is not None and (run_dir / "checkpoints").exists():
+            state, meta = load_latest(run_dir)
+            metrics.truncate_after(state.round)
+            elapsed = float(meta.get("elapsed", 0.0))
+            log.info("resuming %s from round %d", run_dir, state.round)
+        else:
+            state = fed.init_state()
+            metrics.truncate_after(0)
+            elapsed = 0.0
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        log.info("engine: %s; %d clients, cohort %d, %d rounds", engine.name, data.num_clients, fed.cohort_size, cfg.server.rounds)
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.server.rounds, initial=min(state.round, cfg.server.rounds), desc="rounds", unit="round", dynamic_ncols=True)
+        shown = ""
+        try:
+            while state.round < cfg.server.rounds:
+                t0 = time.perf_counter()
+                state, report = fed.round(state)
+                record = self._record(fed, state, report)
+                elapsed += time.perf_counter() - t0
+                record["elapsed"] = elapsed
+                metrics.append(record)
+                if state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds:
+                    save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
+                if bar is not None:
+                    if record.get("global") is not None:
+                        shown = self._postfix(record)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{shown} up={record['bytes_up'] / 1e6:.1f}MB/round")
+        except KeyboardInterrupt:
+            log.warning("interrupted at round %d; resume with: fedmtl run --resume %s", state.round, run_dir)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        history = metrics.read()
+        summary = self._summary(fed, state, history, engine.name, elapsed)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        if cfg.output.plots:
+            render_report(run_dir)
+        return Results(run_dir, summary, history, state.params)
+
+    def _record(self, fed: Federation, state: ServerState, report: RoundReport) -> dict[str, Any]:
+        cfg = self.config
+        record: dict[str, Any] = {
+            "round": state.round,
+            "cohort_size": len(report.cohort),
+            "dropped": report.dropped,
+            "bytes_down": report.bytes_down,
+            "bytes_up": report.bytes_up,
+            "train_loss": report.train_loss,
+            "round_seconds": report.seconds,
+            "engine": fed.engine.name,
+        }
+        due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
+        if due:
+            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size)
+            if cfg.evaluation.personalized:
+                summary, rows = evaluate_personalized(
+                    fed.model, fed.algorithm, state.params, fed.data, state.client_states, cfg.evaluation.batch_size
+                )
+                record["personalized"] = summary
+                if state.round == cfg.server.rounds:
+                    record["clients"] = rows
+        return record
+
+    @staticmethod
+    def _postfix(record: dict[str, Any]) -> str:
+        parts = []
+        for task, m in (record.get("global") or {}).items():
+            key = "accuracy" if "accuracy" in m else "r2"
+            parts.append(f"{task}={m[key]:.3f}")
+        pers = record.get("personalized") or {}
+        if "mean" in pers:
+            parts.append(f"pers={pers['mean']:.3f}")
+        return " ".join(parts)
+
+    def _summary(self, fed: Federation, state: ServerState, history: list[dict[str, Any]], engine: str, elapsed: float) -> dict[str, Any]:
+        last_eval = next((r for r in reversed(history) if r.get("global") is not None), {})
+        return {
+            "rounds_completed": state.round,
+            "engine": engine,
+            "wall_seconds": elapsed,
+            "bytes_down_total": sum(r.get("bytes_down", 0) for r in history),
+            "bytes_up_total": sum(r.get("bytes_up", 0) for r in history),
+            "final_global": last_eval.get("global", {}),
+            "final_personalized": last_eval.get("personalized", {}),
+            "data": fed.data.summary(),
+            "seed": self.config.seed,
+        }
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """(Re)draw a run's plots from its files and write its ``report.html``."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: it has no metrics.jsonl")
+    from fedmtl.report import read_metrics
+
+    records = read_metrics(metrics_path)
+    scores = [row["score"] for r in records[-1:] for row in r.get("clients", [])]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    plots = draw_all(records, scores, run_dir / "plots")
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    return write_report(run_dir, config_text, summary, plots)
