@@ -11,7 +11,8 @@ from fedmtl.config.engine import Engine, RuntimeConfig, SequentialEngine
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
-from fedmtl.config.training import Algorithm, ClientConfig, FedAvgAlgorithm, ServerConfig
+from fedmtl.config.algorithm import Algorithm, FedAvgAlgorithm
+from fedmtl.config.training import ClientConfig, ServerConfig
 
 
 class EvaluationConfig(StrictModel):

@@ -59,15 +59,6 @@ class WeightedMean(StrictModel):
 Aggregator = Annotated[Union[WeightedMean], Field(discriminator="name")]
 
 
-class FedAvgAlgorithm(StrictModel):
-    """Plain federated averaging: every client trains the global model on its own tasks."""
-
-    name: Literal["fedavg"] = "fedavg"
-
-
-Algorithm = Annotated[Union[FedAvgAlgorithm], Field(discriminator="name")]
-
-
 class ServerConfig(StrictModel):
     """The round loop: who takes part, how updates are combined, how the global model moves."""
 

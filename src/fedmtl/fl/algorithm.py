@@ -61,8 +61,8 @@ class FedAvg:
 
 def build_algorithm(cfg: object) -> Algorithm:
     """The algorithm an ``algorithm`` config describes."""
-    from fedmtl.config import training as tcfg
+    from fedmtl.config import algorithm as acfg
 
-    if isinstance(cfg, tcfg.FedAvgAlgorithm):
+    if isinstance(cfg, acfg.FedAvgAlgorithm):
         return FedAvg()
     raise TypeError(f"unknown algorithm config {cfg!r}")  # pragma: no cover

@@ -1,7 +1,10 @@
 """One federated round, end to end: sample, broadcast, train, encode, decode, aggregate, step.
 
-The round is composed from small parts (algorithm, engine, links, aggregator, server optimiser);
-it owns the order of the steps and the bookkeeping (bytes, dropped clients), not their maths.
+The round is split into the server's steps (:meth:`Federation.plan`, :meth:`Federation.collect`,
+:meth:`Federation.apply`) and the client's (:class:`~fedmtl.fl.node.ClientNode`), so the same code
+serves the in-process simulation (:meth:`Federation.round`) and a deployment where the bytes cross
+a network (the Flower integration). It owns the order of the steps and the bookkeeping (bytes,
+dropped clients), not their maths.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
 from fedmtl.fl.algorithm import Algorithm, build_algorithm
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
+from fedmtl.fl.node import ClientNode, ClientReply
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
@@ -39,6 +43,19 @@ class ServerState:
     params: dict[str, Tensor]
     opt_state: TensorTree
     client_states: dict[int, TensorTree] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The server's broadcast for one round: the cohort and the bytes each client receives."""
+
+    round: int
+    cohort: list[int]
+    payloads: dict[int, bytes]
+
+    @property
+    def bytes_down(self) -> int:
+        return sum(len(p) for p in self.payloads.values())
 
 
 @dataclass(frozen=True)
@@ -64,10 +81,20 @@ def initial_parameters(model: MultiTaskModel, seed: int) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def mean_train_loss(replies: Sequence[ClientReply]) -> dict[str, float]:
+    """Per-task training loss averaged over the clients that reported it."""
+    loss: dict[str, list[float]] = {}
+    for r in replies:
+        for k, v in r.metrics.items():
+            if k.startswith("loss/"):
+                loss.setdefault(k[5:], []).append(v)
+    return {t: sum(v) / len(v) for t, v in loss.items()}
+
+
 class Federation:
     """The server's round logic over a fixed federation of clients."""
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, model: MultiTaskModel, engine: Engine):
+    def __init__(self, cfg: ExperimentConfig, data: FederatedData, model: MultiTaskModel, engine: Engine | None = None):
         self.cfg = cfg
         self.data = data
         self.model = model
@@ -76,12 +103,14 @@ class Federation:
         self.trainer = LocalTrainer(model, cfg.client, cfg.mtl)
         self.down = build_link(cfg.comm.downlink)
         self.up = build_link(cfg.comm.uplink)
+        self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.groups = {g: names for g, names in model.param_groups().items() if g != LOCAL}
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
         self.cohort_size = cohort_size(data.num_clients, cfg.server.clients_per_round, cfg.server.fraction)
 
+    # -- server steps -------------------------------------------------------------------------
     def init_state(self) -> ServerState:
         params = initial_parameters(self.model, self.cfg.seed)
         return ServerState(round=0, params=params, opt_state=self.server_opt.init(params))
@@ -89,30 +118,59 @@ class Federation:
     def cohort(self, round_index: int) -> list[int]:
         return sample_cohort(self.data.num_clients, self.cohort_size, generator(self.cfg.seed, "cohort", round_index))
 
-    def broadcast(self, params: Mapping[str, Tensor], cohort: Sequence[int], round_index: int) -> tuple[list[dict[str, Tensor]], int]:
-        """Encode what each client needs (shared + its heads) and decode it as the client would.
+    def plan(self, state: ServerState, cohort: Sequence[int] | None = None) -> RoundPlan:
+        """Sample the cohort and encode what each client needs (shared + its heads).
 
         Clients with the same task set receive identical bytes, so each distinct payload is encoded once.
         """
-        cache: dict[tuple[str, ...], tuple[dict[str, Tensor], int]] = {}
-        starts, total = [], 0
-        for cid in cohort:
+        r = state.round
+        chosen = list(cohort) if cohort is not None else self.cohort(r)
+        cache: dict[tuple[str, ...], bytes] = {}
+        payloads = {}
+        for cid in chosen:
             client = self.data.clients[cid]
             if client.tasks not in cache:
                 names = self.algorithm.uploaded_names(self.model, client)
-                payload, _ = self.down.encode({n: params[n] for n in names}, {}, generator(self.cfg.seed, "down", round_index))
-                cache[client.tasks] = (self.down.decode(payload), len(payload))
-            decoded, nbytes = cache[client.tasks]
-            starts.append(decoded)
-            total += nbytes
-        return starts, total
+                cache[client.tasks], _ = self.down.encode(
+                    {n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r)
+                )
+            payloads[cid] = cache[client.tasks]
+        return RoundPlan(r, chosen, payloads)
 
+    def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
+        """Decode and validate each reply; a bad payload drops that client (with its reason), never the round."""
+        updates, dropped = [], {}
+        for reply in replies:
+            client = self.data.clients[reply.client_id]
+            names = self.algorithm.uploaded_names(self.model, client)
+            try:
+                received = self.up.decode(reply.payload, expected={n: self.shapes[n] for n in names})
+                if set(received) != set(names):
+                    raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
+            except PayloadError as exc:
+                dropped[reply.client_id] = str(exc)
+                log.warning("dropped client %d's update: %s", reply.client_id, exc)
+                continue
+            updates.append(ClientUpdate(reply.client_id, received, reply.num_samples, reply.task_samples, reply.metrics))
+        return updates, dropped
+
+    def apply(self, state: ServerState, updates: Sequence[ClientUpdate], client_states: Mapping[int, TensorTree]) -> ServerState:
+        """Aggregate per parameter group and take the server optimiser's step."""
+        params, opt_state = state.params, state.opt_state
+        if updates:
+            aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
+            params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
+        return ServerState(state.round + 1, params, opt_state, dict(client_states))
+
+    # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
-        """Run round ``state.round`` and return the next state (inputs are not mutated)."""
+        """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
+        if self.engine is None:
+            raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
         t0 = time.perf_counter()
         r = state.round
-        cohort = self.cohort(r)
-        starts, bytes_down = self.broadcast(state.params, cohort, r)
+        plan = self.plan(state)
+        starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in plan.cohort]
         jobs = [
             CohortJob(
                 start={**state.params, **start},
@@ -120,47 +178,23 @@ class Federation:
                 state=state.client_states.get(cid, {}),
                 generator=generator(self.cfg.seed, "client", r, cid),
             )
-            for cid, start in zip(cohort, starts)
+            for cid, start in zip(plan.cohort, starts)
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         client_states = dict(state.client_states)
-        updates: list[ClientUpdate] = []
-        dropped: dict[int, str] = {}
-        bytes_up = 0
-        for cid, job, start, res in zip(cohort, jobs, starts, results):
-            client = job.client
-            names = self.algorithm.uploaded_names(self.model, client)
-            delta = {n: res.params[n] - start[n] for n in names}
-            cstate = dict(res.state)
-            payload, codec_state = self.up.encode(delta, cstate.get("codec", {}), generator(self.cfg.seed, "codec", r, cid))  # type: ignore[arg-type]
-            if self.up.stateful:
-                cstate["codec"] = codec_state
-            client_states[cid] = cstate
-            bytes_up += len(payload)
-            try:
-                received = self.up.decode(payload, expected={n: self.shapes[n] for n in names})
-            except PayloadError as exc:
-                dropped[cid] = str(exc)
-                log.warning("round %d: dropped client %d's update: %s", r, cid, exc)
-                continue
-            task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
-            updates.append(ClientUpdate(cid, received, client.num_train, task_rows, res.metrics))
-        params, opt_state = state.params, state.opt_state
-        if updates:
-            aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
-            params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-        loss: dict[str, list[float]] = {}
-        for u in updates:
-            for k, v in u.metrics.items():
-                if k.startswith("loss/"):
-                    loss.setdefault(k[5:], []).append(v)
+        replies = []
+        for job, start, res in zip(jobs, starts, results):
+            reply, client_states[job.client.client_id] = self.node.upload(start, res, job.client, r)
+            replies.append(reply)
+        updates, dropped = self.collect(replies)
+        new_state = self.apply(state, updates, client_states)
         report = RoundReport(
             round=r,
-            cohort=cohort,
+            cohort=plan.cohort,
             dropped=dropped,
-            bytes_down=bytes_down,
-            bytes_up=bytes_up,
-            train_loss={t: sum(v) / len(v) for t, v in loss.items()},
+            bytes_down=plan.bytes_down,
+            bytes_up=sum(len(x.payload) for x in replies),
+            train_loss=mean_train_loss(replies),
             seconds=time.perf_counter() - t0,
         )
-        return ServerState(r + 1, params, opt_state, client_states), report
+        return new_state, report

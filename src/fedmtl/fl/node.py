@@ -1,0 +1,78 @@
+"""A client node: what one client does with the bytes it receives, in simulation and in deployment.
+
+Decode the broadcast, train on its own data and tasks, compute ``local - received`` for the
+parameters it shares, encode that with its uplink codec state. The simulation's round loop and
+the Flower ClientApp both call :meth:`ClientNode.upload`, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fedmtl.comm import Link
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import Algorithm
+from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.seeding import generator
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """What a client sends back: the encoded update and the weights the server aggregates with."""
+
+    client_id: int
+    payload: bytes
+    num_samples: int
+    task_samples: dict[str, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ClientNode:
+    """The client side of a round, for one client at a time."""
+
+    def __init__(self, model: MultiTaskModel, trainer: LocalTrainer, algorithm: Algorithm, down: Link, up: Link, seed: int):
+        self.model = model
+        self.trainer = trainer
+        self.algorithm = algorithm
+        self.down = down
+        self.up = up
+        self.seed = seed
+
+    def receive(self, payload: bytes, client: ClientData) -> dict[str, Tensor]:
+        """Decode the broadcast; it must hold exactly the parameters this client trains and shares."""
+        names = self.algorithm.uploaded_names(self.model, client)
+        shapes = dict((n, p.shape) for n, p in self.model.named_parameters())
+        return self.down.decode(payload, expected={n: shapes[n] for n in names})
+
+    def train(self, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, round_index: int) -> LocalResult:
+        gen = generator(self.seed, "client", round_index, client.client_id)
+        return self.algorithm.local_train(self.trainer, start, client, state, gen)
+
+    def upload(
+        self, start: Mapping[str, Tensor], result: LocalResult, client: ClientData, round_index: int
+    ) -> tuple[ClientReply, TensorTree]:
+        """Encode ``local - start`` for the shared parameters; returns the reply and the client's next state."""
+        names = self.algorithm.uploaded_names(self.model, client)
+        delta = {n: result.params[n] - start[n] for n in names}
+        state = dict(result.state)
+        gen = generator(self.seed, "codec", round_index, client.client_id)
+        payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
+        if self.up.stateful:
+            state["codec"] = codec_state
+        task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
+        return ClientReply(client.client_id, payload, client.num_train, task_rows, dict(result.metrics)), state
+
+    def run(self, payload: bytes, client: ClientData, state: TensorTree, round_index: int) -> tuple[ClientReply, TensorTree]:
+        """The whole client round from received bytes: what a deployed client executes."""
+        start = self.receive(payload, client)
+        result = self.train(start, client, state, round_index)
+        return self.upload(start, result, client, round_index)
+
+
+__all__ = ["ClientNode", "ClientReply", "torch"]
