@@ -41,20 +41,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``key.path=value`` applied; validation later checks keys and types."""
+def apply_overrides(data: dict[str, Any], overrides: list[str], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` applied; validation later checks keys and types.
+
+    A path into a section the data does not spell out starts from that section's resolved values in
+    ``defaults`` (so ``client.optimizer.lr=0.2`` keeps the default optimizer's name); setting a
+    section's ``name`` to another value starts that section afresh (its old fields belong to the old kind).
+    """
     result = _deep_copy(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = result
+        node, dnode = result, defaults
         for part in path[:-1]:
             child = node.get(part)
+            dchild = dnode.get(part) if isinstance(dnode, dict) else None
             if child is None:
-                child = {}
+                child = _deep_copy(dchild) if isinstance(dchild, dict) else {}
                 node[part] = child
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
-            node = child
+            node, dnode = child, dchild
+        if path[-1] == "name" and node.get("name") not in (None, value):
+            node.clear()
         node[path[-1]] = value
     return result
 
@@ -69,7 +77,13 @@ def _deep_copy(data: Any) -> Any:
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     """Validate a plain dict (plus overrides) into an :class:`ExperimentConfig`."""
-    merged = apply_overrides(data, overrides or [])
+    defaults: dict[str, Any] | None = None
+    if overrides:
+        try:
+            defaults = ExperimentConfig.model_validate(data).model_dump(mode="json")
+        except ValidationError:
+            defaults = ExperimentConfig().model_dump(mode="json")
+    merged = apply_overrides(data, overrides or [], defaults)
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:

@@ -36,7 +36,10 @@ class Moments:
             raise DataError("cannot normalise with statistics of zero rows")
         mean = self.total / self.n
         var = np.maximum(self.total_sq / self.n - mean * mean, 0.0)
-        return mean.astype(np.float32), np.maximum(np.sqrt(var), floor).astype(np.float32)
+        std = np.sqrt(var)
+        # a (near-)constant feature carries no information: scale 1 keeps rare unseen values finite
+        std = np.where(std < 1e-3 * max(float(std.max(initial=0.0)), floor), 1.0, np.maximum(std, floor))
+        return mean.astype(np.float32), std.astype(np.float32)
 
 
 def clean(

@@ -149,9 +149,13 @@ class Federation:
                     raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
             except PayloadError as exc:
                 dropped[reply.client_id] = str(exc)
-                log.warning("dropped client %d's update: %s", reply.client_id, exc)
+                log.debug("dropped client %d's update: %s", reply.client_id, exc)
                 continue
             updates.append(ClientUpdate(reply.client_id, received, reply.num_samples, reply.task_samples, reply.metrics))
+        if dropped:
+            first = next(iter(dropped.items()))
+            hint = " (local training diverged? lower client.optimizer.lr)" if "NaN" in first[1] else ""
+            log.warning("dropped %d of %d updates, e.g. client %d: %s%s", len(dropped), len(replies), first[0], first[1], hint)
         return updates, dropped
 
     def apply(self, state: ServerState, updates: Sequence[ClientUpdate], client_states: Mapping[int, TensorTree]) -> ServerState:

@@ -9,7 +9,7 @@ from fedmtl.data.source import DataError, SourceData
 from fedmtl.tasks import Task
 
 INSTALL_HINT = "the STAR data needs the 'star' extra: pip install 'fedmtl[star]'"
-FEATURES = ["gr", "cltype", "sx", "eth", "schtype", "hdeg", "clad", "exp", "trace"]
+FEATURES = ["gr", "cltype", "sx", "eth", "ses", "schtype", "hdeg", "clad", "exp", "trace", "yrs", "birthq"]
 
 
 def load_star(cfg: StarSource, seed: int) -> SourceData:
@@ -29,7 +29,7 @@ def load_star(cfg: StarSource, seed: int) -> SourceData:
     for c in numeric.columns:  # keep NaN in numeric columns so cleaning sees and counts them
         feats.loc[numeric[c].isna(), c] = np.nan
     targets = {t: frame[t].to_numpy(dtype=np.float64).astype(np.float32) for t in cfg.tasks}
-    schools = frame["schid"].astype("category").cat.codes.to_numpy()
+    schools = frame["sch"].astype("category").cat.codes.to_numpy()
     return SourceData(
         x=feats.to_numpy(dtype=np.float32),
         targets=targets,
