@@ -1,6 +1,15 @@
-"""Communication: codecs, wire format, byte accounting, secure aggregation."""
+"""Communication: codecs, wire format, byte accounting."""
 
-from fedmtl.comm.link import Link, build_link
-from fedmtl.comm.wire import PayloadError, bytes_to_tensors, tensors_to_bytes
+from fedmtl.comm.link import Link, build_link, check_shapes
+from fedmtl.comm.wire import PayloadError, bytes_to_tensors, pack, tensors_to_bytes, unpack
 
-__all__ = ["Link", "PayloadError", "build_link", "bytes_to_tensors", "tensors_to_bytes"]
+__all__ = [
+    "Link",
+    "PayloadError",
+    "build_link",
+    "bytes_to_tensors",
+    "check_shapes",
+    "pack",
+    "tensors_to_bytes",
+    "unpack",
+]
