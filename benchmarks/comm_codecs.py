@@ -42,7 +42,11 @@ CHAINS: dict[str, list[dict]] = {
     "sign (EF)": [{"name": "sign"}],
     "topk 10% (EF)": [{"name": "topk", "fraction": 0.1}],
     "topk 1% (EF)": [{"name": "topk", "fraction": 0.01}],
-    "topk 1% + int8 + zstd (EF)": [{"name": "topk", "fraction": 0.01}, {"name": "int8"}, {"name": "zstd", "level": 3}],
+    "topk 1% + int8 + zstd (EF)": [
+        {"name": "topk", "fraction": 0.01},
+        {"name": "int8"},
+        {"name": "zstd", "level": 3},
+    ],
     "randk 1% (EF)": [{"name": "randk", "fraction": 0.01}],
     "randk 10% + fp16 (EF)": [{"name": "randk", "fraction": 0.1}, {"name": "fp16"}],
     "zstd (lossless)": [{"name": "zstd", "level": 3}],
@@ -152,7 +156,9 @@ def markdown(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/comm_codecs.json")
-    parser.add_argument("--docs", default=None, help="Markdown file whose table (between markers) is replaced.")
+    parser.add_argument(
+        "--docs", default=None, help="Markdown file whose table (between markers) is replaced."
+    )
     parser.add_argument("--only", nargs="*", default=None, help="Chain names to run (default: all).")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -56,7 +56,9 @@ def _bound_sign(x, y):
     flat = x.reshape(-1)
     scale = flat.abs().mean()
     expected = torch.where(flat >= 0, scale, -scale)
-    contraction = (x - y).norm() ** 2 <= (1 - flat.abs().sum() ** 2 / (flat.numel() * flat.norm() ** 2) + 1e-5) * flat.norm() ** 2
+    contraction = (x - y).norm() ** 2 <= (
+        1 - flat.abs().sum() ** 2 / (flat.numel() * flat.norm() ** 2) + 1e-5
+    ) * flat.norm() ** 2
     return torch.allclose(y.reshape(-1), expected) and bool(contraction)
 
 
@@ -76,7 +78,9 @@ def _bound_randk(fraction: float):
     def check(x, y):
         flat, out = x.reshape(-1), y.reshape(-1)
         kept = out != 0
-        return torch.equal(out[kept], flat[kept]) and int(kept.sum()) <= max(1, math.ceil(fraction * flat.numel()))
+        return torch.equal(out[kept], flat[kept]) and int(kept.sum()) <= max(
+            1, math.ceil(fraction * flat.numel())
+        )
 
     return check
 
@@ -98,11 +102,26 @@ CODECS = [
     ("randk", _chain({"name": "randk", "fraction": 0.05}), _bound_randk(0.05), 0.051),
     ("zstd", _chain({"name": "zstd", "level": 3}), _bound_identity, 1.001),
     ("lz4", _chain({"name": "lz4"}), _bound_identity, 1.01),
-    ("topk_int8_zstd", _chain({"name": "topk", "fraction": 0.05}, {"name": "int8"}, {"name": "zstd"}), _rel(0.98), 0.065),
-    ("randk_fp16_lz4", _chain({"name": "randk", "fraction": 0.1}, {"name": "fp16"}, {"name": "lz4"}), _rel(0.98), 0.06),
+    (
+        "topk_int8_zstd",
+        _chain({"name": "topk", "fraction": 0.05}, {"name": "int8"}, {"name": "zstd"}),
+        _rel(0.98),
+        0.065,
+    ),
+    (
+        "randk_fp16_lz4",
+        _chain({"name": "randk", "fraction": 0.1}, {"name": "fp16"}, {"name": "lz4"}),
+        _rel(0.98),
+        0.06,
+    ),
     ("qsgd_zstd", _chain({"name": "qsgd", "levels": 4}, {"name": "zstd"}), _rel(2.0), 0.15),
     ("sign_zstd", _chain({"name": "sign"}, {"name": "zstd"}), _rel(1.0), 1 / 32 + 0.003),
-    ("int8_lz4", _chain({"name": "int8", "per_channel": True}, {"name": "lz4"}), _bound_int8_per_channel, 0.26),
+    (
+        "int8_lz4",
+        _chain({"name": "int8", "per_channel": True}, {"name": "lz4"}),
+        _bound_int8_per_channel,
+        0.26,
+    ),
 ]
 IDS = [c[0] for c in CODECS]
 SHAPES = [(37,), (16, 9), (4, 3, 5), (1,), ()]
@@ -175,7 +194,11 @@ def test_fp16_clamps_instead_of_overflowing():
 
 def test_non_float_tensors_travel_raw_and_dtypes_are_kept():
     link = build_link(_chain({"name": "topk", "fraction": 0.5}, {"name": "int8"}))
-    x = {"steps": torch.tensor(7), "mask": torch.tensor([True, False]), "d": torch.randn(8, dtype=torch.float64)}
+    x = {
+        "steps": torch.tensor(7),
+        "mask": torch.tensor([True, False]),
+        "d": torch.randn(8, dtype=torch.float64),
+    }
     y = link.decode(link.encode(x, {})[0])
     assert torch.equal(y["steps"], x["steps"]) and torch.equal(y["mask"], x["mask"])
     assert y["d"].dtype == torch.float64

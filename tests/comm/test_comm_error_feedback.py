@@ -38,7 +38,9 @@ def test_transmitted_plus_residual_equals_cumulative_update(name):
             sent[k] += out[k]
             true[k] += delta[k]
         for k in sent:
-            assert torch.allclose(sent[k] + state["residual"][k].reshape(sent[k].shape), true[k], atol=1e-5), (r, k)
+            assert torch.allclose(
+                sent[k] + state["residual"][k].reshape(sent[k].shape), true[k], atol=1e-5
+            ), (r, k)
 
 
 def test_error_feedback_can_be_switched_off():

@@ -106,8 +106,10 @@ def test_non_finite_values(bad):
 
 def test_non_finite_scale_in_a_forged_int8_payload():
     link = _link({"name": "int8"})
-    data = _forge({"0.q": torch.ones(3, dtype=torch.int8), "0.scale": torch.tensor([float("inf")])},
-                  _header(link, [["w", [3], "torch.float32"]]))
+    data = _forge(
+        {"0.q": torch.ones(3, dtype=torch.int8), "0.scale": torch.tensor([float("inf")])},
+        _header(link, [["w", [3], "torch.float32"]]),
+    )
     with pytest.raises(PayloadError, match="tensor 'w'.*NaN or Inf"):
         link.decode(data)
 
@@ -129,8 +131,10 @@ def test_decompression_bomb_is_bounded():
 
 def test_declared_tensor_sizes_are_bounded():
     link = build_link(CommConfig(uplink=[{"name": "topk", "fraction": 0.5}]).uplink, max_payload_bytes=10_000)
-    data = _forge({"0.indices": torch.zeros(1, dtype=torch.int32), "0.values": torch.zeros(1)},
-                  _header(link, [["w", [10**12], "torch.float32"]]))
+    data = _forge(
+        {"0.indices": torch.zeros(1, dtype=torch.int32), "0.values": torch.zeros(1)},
+        _header(link, [["w", [10**12], "torch.float32"]]),
+    )
     with pytest.raises(PayloadError, match="oversized"):
         link.decode(data)
 
@@ -150,7 +154,14 @@ def test_chain_mismatch():
         ({"0.indices": torch.tensor([0, 1], dtype=torch.int64), "0.values": torch.ones(2)}, "dtype"),
         ({"0.indices": torch.tensor([0], dtype=torch.int32), "0.values": torch.ones(1)}, "entries"),
         ({"0.values": torch.ones(2)}, "parts"),
-        ({"0.indices": torch.tensor([0, 1], dtype=torch.int32), "0.values": torch.ones(2), "7.x": torch.ones(1)}, "no declared"),
+        (
+            {
+                "0.indices": torch.tensor([0, 1], dtype=torch.int32),
+                "0.values": torch.ones(2),
+                "7.x": torch.ones(1),
+            },
+            "no declared",
+        ),
     ],
 )
 def test_malformed_parts(parts, message):
@@ -172,8 +183,12 @@ def test_malformed_header(entry):
 def test_duplicate_names_and_missing_header():
     link = _link()
     with pytest.raises(PayloadError, match="declared twice"):
-        link.decode(_forge({"0.values": torch.ones(1), "1.values": torch.ones(1)},
-                           _header(link, [["w", [1], "torch.float32"]] * 2)))
+        link.decode(
+            _forge(
+                {"0.values": torch.ones(1), "1.values": torch.ones(1)},
+                _header(link, [["w", [1], "torch.float32"]] * 2),
+            )
+        )
     from fedmtl.comm.wire import tensors_to_bytes
 
     raw = tensors_to_bytes({"a": torch.ones(1)})

@@ -67,8 +67,12 @@ def _with_outliers(n_honest=8, n_bad=2, p=20):
 
 @pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum", "multi_krum"])
 def test_robust_against_known_outliers(name):
-    agg = {"median": CoordinateMedian(), "trimmed_mean": TrimmedMean(0.2), "krum": Krum(f=2),
-           "multi_krum": Krum(f=2, m=4)}[name]
+    agg = {
+        "median": CoordinateMedian(),
+        "trimmed_mean": TrimmedMean(0.2),
+        "krum": Krum(f=2),
+        "multi_krum": Krum(f=2, m=4),
+    }[name]
     u, w, honest = _with_outliers()
     out = agg(u, w)
     assert bool(((out - 1.0).abs() < 0.35).all()), out
@@ -99,22 +103,41 @@ def test_median_of_even_count_is_the_middle_mean():
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [(lambda: TrimmedMean(0.5), "beta must be in \\[0, 0.5\\), got 0.5"), (lambda: Krum(f=-1), "f must be >= 0, got -1"),
-     (lambda: Krum(m=0), "m must be >= 1, got 0"), (lambda: NormBoundedMean(0.0), "max_norm must be > 0, got 0.0")],
+    [
+        (lambda: TrimmedMean(0.5), "beta must be in \\[0, 0.5\\), got 0.5"),
+        (lambda: Krum(f=-1), "f must be >= 0, got -1"),
+        (lambda: Krum(m=0), "m must be >= 1, got 0"),
+        (lambda: NormBoundedMean(0.0), "max_norm must be > 0, got 0.0"),
+    ],
 )
 def test_constructor_validation_names_the_value(bad, message):
     with pytest.raises(ValueError, match=message):
         bad()
 
 
-@pytest.mark.parametrize("spec", [{"name": "mean"}, {"name": "median"}, {"name": "trimmed_mean", "beta": 0.2},
-                                  {"name": "krum", "f": 1, "m": 2}, {"name": "norm_bounded", "max_norm": 5.0}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "mean"},
+        {"name": "median"},
+        {"name": "trimmed_mean", "beta": 0.2},
+        {"name": "krum", "f": 1, "m": 2},
+        {"name": "norm_bounded", "max_norm": 5.0},
+    ],
+)
 def test_built_from_config_and_applied_per_group(spec):
     agg = build_aggregator(TypeAdapter(AggregatorConfig).validate_python(spec))
     g = torch.Generator().manual_seed(0)
     ups = [
-        ClientUpdate(i, {"t.w": torch.randn(2, 3, generator=g), **({"h.b": torch.randn(2, generator=g)} if i < 2 else {})},
-                     10, {"h": 5} if i < 2 else {})
+        ClientUpdate(
+            i,
+            {
+                "t.w": torch.randn(2, 3, generator=g),
+                **({"h.b": torch.randn(2, generator=g)} if i < 2 else {}),
+            },
+            10,
+            {"h": 5} if i < 2 else {},
+        )
         for i in range(5)
     ]
     out = aggregate_by_group(ups, {"shared": ["t.w"], "task:h": ["h.b"], "task:x": ["x.b"]}, agg)

@@ -38,7 +38,9 @@ def test_deterministic_attacks(kind, expect):
 
 
 def test_sign_flip_uses_the_honest_hint():
-    out = attack({"w": torch.ones(2)}, ByzantineConfig(scale=2.0), torch.Generator(), {"w": torch.tensor([1.0, -1.0])})
+    out = attack(
+        {"w": torch.ones(2)}, ByzantineConfig(scale=2.0), torch.Generator(), {"w": torch.tensor([1.0, -1.0])}
+    )
     assert out["w"].tolist() == [-2.0, 2.0]
 
 

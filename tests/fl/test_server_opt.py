@@ -52,8 +52,11 @@ def test_fedavgm_hand_computed():
 @pytest.mark.parametrize("name", ["adagrad", "adam", "yogi"])
 def test_adaptive_hand_computed(name):
     lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
-    make = {"adagrad": lambda: fedadagrad(lr, b1, tau), "adam": lambda: fedadam(lr, b1, b2, tau),
-            "yogi": lambda: fedyogi(lr, b1, b2, tau)}[name]
+    make = {
+        "adagrad": lambda: fedadagrad(lr, b1, tau),
+        "adam": lambda: fedadam(lr, b1, b2, tau),
+        "yogi": lambda: fedyogi(lr, b1, b2, tau),
+    }[name]
     params, _ = _run(make(), [D1, D2])
     x, m, v = 1.0, 0.0, tau**2
     for g in (0.2, -0.1):  # coordinate w[0], by Reddi et al. 2021 Algorithm 2
@@ -113,8 +116,12 @@ def test_step_rejects_unknown_and_misshaped_updates():
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [(lambda: fedavg(0), "lr must be > 0, got 0"), (lambda: trace(1.0), "momentum"),
-     (lambda: fedadam(b1=1.0), "b1"), (lambda: fedyogi(tau=0), "tau")],
+    [
+        (lambda: fedavg(0), "lr must be > 0, got 0"),
+        (lambda: trace(1.0), "momentum"),
+        (lambda: fedadam(b1=1.0), "b1"),
+        (lambda: fedyogi(tau=0), "tau"),
+    ],
 )
 def test_constructor_validation_names_the_value(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from fedmtl.comm.codecs import BYTE_CODECS_BY_ID, CODECS
+from fedmtl.comm.codecs import CODECS
 from fedmtl.comm.wire import PayloadError, pack, unpack
 from fedmtl.config import comm as comm_cfg
 from fedmtl.tree import TensorTree
@@ -87,7 +87,7 @@ class Link:
         Returns:
             ``(payload, next_state)``; ``len(payload)`` is the exact number of bytes on the wire.
         """
-        residuals = dict((state or {}).get("residual", {}))  # type: ignore[arg-type]
+        residuals = dict(cast(dict[str, Tensor], (state or {}).get("residual", {})))
         parts: dict[str, Tensor] = {}
         meta: list[list[Any]] = []
         for i, (name, t) in enumerate(tensors.items()):
@@ -100,7 +100,9 @@ class Link:
             if self.error_feedback and name in residuals:
                 r = residuals[name]
                 if r.shape != x.shape:
-                    raise ValueError(f"codec state residual for {name!r} has {r.numel()} entries, tensor {x.numel()}")
+                    raise ValueError(
+                        f"codec state residual for {name!r} has {r.numel()} entries, tensor {x.numel()}"
+                    )
                 x = x + r
             tparts = self._encode_one(x, tuple(t.shape), generator)
             if self.error_feedback:
@@ -108,7 +110,7 @@ class Link:
             parts.update({f"{i}.{k}": v for k, v in tparts.items()})
         header = {"chain": self._chain_spec, "tensors": meta}
         data = pack(parts, header, self.byte_codec)
-        new_state: TensorTree = {"residual": residuals} if self.error_feedback else {}
+        new_state: TensorTree = {"residual": cast(TensorTree, residuals)} if self.error_feedback else {}
         return data, new_state
 
     def _encode_one(self, x: Tensor, shape: tuple[int, ...], g: torch.Generator | None) -> dict[str, Tensor]:
@@ -155,7 +157,11 @@ class Link:
             mine = {k.split(".", 1)[1]: v for k, v in parts.items() if k.split(".", 1)[0] == str(i)}
             try:
                 if dtype in _OTHERS:
-                    if set(mine) != {"raw"} or mine["raw"].dtype != _OTHERS[dtype] or list(mine["raw"].shape) != shape:
+                    if (
+                        set(mine) != {"raw"}
+                        or mine["raw"].dtype != _OTHERS[dtype]
+                        or list(mine["raw"].shape) != shape
+                    ):
                         raise PayloadError(f"raw {dtype} part missing or malformed")
                     out[name] = mine["raw"]
                     continue
@@ -181,8 +187,17 @@ def _check_tensor_list(meta: Any, max_bytes: int) -> list[tuple[str, list[int], 
         raise PayloadError("payload header lacks its tensor list")
     out, seen, total = [], set(), 0
     for entry in meta:
-        ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], list)
-        if not ok or not all(isinstance(d, int) and d >= 0 for d in entry[1]) or entry[2] not in (_FLOATS | _OTHERS):
+        ok = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+        )
+        if (
+            not ok
+            or not all(isinstance(d, int) and d >= 0 for d in entry[1])
+            or entry[2] not in (_FLOATS | _OTHERS)
+        ):
             raise PayloadError(f"malformed tensor entry in header: {str(entry)[:80]}")
         if entry[0] in seen:
             raise PayloadError(f"tensor {entry[0]!r} declared twice")
@@ -194,9 +209,7 @@ def _check_tensor_list(meta: Any, max_bytes: int) -> list[tuple[str, list[int], 
     return out
 
 
-def check_shapes(
-    tensors: Mapping[str, Any], expected: Mapping[str, torch.Size], values: bool = True
-) -> None:
+def check_shapes(tensors: Mapping[str, Any], expected: Mapping[str, torch.Size], values: bool = True) -> None:
     """Reject unknown names and wrong shapes (and, for tensors when ``values``, non-finite entries)."""
     unknown = sorted(set(tensors) - set(expected))
     if unknown:

@@ -41,7 +41,9 @@ class PayloadError(ValueError):
 
 def tensors_to_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialise named tensors (made contiguous, moved to CPU) as a bare safetensors archive."""
-    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+    return st_save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {})
+    )
 
 
 def bytes_to_tensors(data: bytes) -> dict[str, Tensor]:
@@ -91,7 +93,9 @@ def unpack(
         raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < FRAME_BYTES:
-        raise PayloadError(f"truncated payload: {len(data)} bytes, the frame header alone needs {FRAME_BYTES}")
+        raise PayloadError(
+            f"truncated payload: {len(data)} bytes, the frame header alone needs {FRAME_BYTES}"
+        )
     magic, version, codec_id, _, raw_len, body_len, crc = _FRAME.unpack_from(data)
     if magic != MAGIC:
         raise PayloadError(f"not a fedmtl payload (magic {magic!r}, expected {MAGIC!r})")

@@ -12,7 +12,7 @@ Each stage is optional and appears at most once, e.g.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
@@ -41,7 +41,9 @@ class Int8Codec(StrictModel):
     """Symmetric uniform 8-bit quantisation with a float32 scale per tensor or per output channel."""
 
     name: Literal["int8"] = "int8"
-    per_channel: bool = Field(default=False, description="One scale per row (dim 0) of tensors with >= 2 dims.")
+    per_channel: bool = Field(
+        default=False, description="One scale per row (dim 0) of tensors with >= 2 dims."
+    )
 
 
 class QSGDCodec(StrictModel):
@@ -89,18 +91,16 @@ class LZ4Codec(StrictModel):
 
 
 Codec = Annotated[
-    Union[
-        IdentityCodec,
-        FP16Codec,
-        BF16Codec,
-        Int8Codec,
-        QSGDCodec,
-        SignCodec,
-        TopKCodec,
-        RandKCodec,
-        ZstdCodec,
-        LZ4Codec,
-    ],
+    IdentityCodec
+    | FP16Codec
+    | BF16Codec
+    | Int8Codec
+    | QSGDCodec
+    | SignCodec
+    | TopKCodec
+    | RandKCodec
+    | ZstdCodec
+    | LZ4Codec,
     Field(discriminator="name"),
 ]
 
@@ -108,7 +108,11 @@ SPARSIFIERS = frozenset({"topk", "randk"})
 QUANTISERS = frozenset({"identity", "fp16", "bf16", "int8", "qsgd", "sign"})
 BYTE_CODECS = frozenset({"zstd", "lz4"})
 _STAGE = {**{n: 0 for n in SPARSIFIERS}, **{n: 1 for n in QUANTISERS}, **{n: 2 for n in BYTE_CODECS}}
-_STAGE_NAME = ("sparsifier (topk, randk)", "quantiser (identity, fp16, bf16, int8, qsgd, sign)", "byte codec (zstd, lz4)")
+_STAGE_NAME = (
+    "sparsifier (topk, randk)",
+    "quantiser (identity, fp16, bf16, int8, qsgd, sign)",
+    "byte codec (zstd, lz4)",
+)
 
 
 def check_chain(names: list[str]) -> None:
@@ -138,8 +142,8 @@ def check_chain(names: list[str]) -> None:
 class CommConfig(StrictModel):
     """Codec chains, applied left to right when encoding (right to left when decoding)."""
 
-    uplink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])
-    downlink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])
+    uplink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
+    downlink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
     max_payload_mb: float = Field(
         default=1024.0, gt=0, description="Payloads larger than this (compressed or not) are rejected."
     )

@@ -89,7 +89,8 @@ def attack(
         return {k: c.scale * v for k, v in delta.items()}
     if c.attack == "gaussian":
         return {
-            k: c.scale * torch.randn(v.shape, generator=generator, dtype=v.dtype if v.is_floating_point() else None)
+            k: c.scale
+            * torch.randn(v.shape, generator=generator, dtype=v.dtype if v.is_floating_point() else None)
             for k, v in delta.items()
         }
     raise ValueError(f"unknown attack {c.attack!r}; known: {ATTACKS}")  # pragma: no cover

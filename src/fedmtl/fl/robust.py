@@ -115,5 +115,7 @@ class NormBoundedMean:
     def __call__(self, updates: Tensor, weights: Tensor) -> Tensor:
         rows, w = _active(updates, weights)
         norms = rows.norm(dim=1, keepdim=True)
-        factor = torch.where(norms > self.max_norm, self.max_norm / norms.clamp(min=1e-30), torch.ones_like(norms))
+        factor = torch.where(
+            norms > self.max_norm, self.max_norm / norms.clamp(min=1e-30), torch.ones_like(norms)
+        )
         return weighted_mean(rows * factor, w)

@@ -18,7 +18,7 @@ others, and their state, exactly as they were.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -62,11 +62,11 @@ def trace(decay: float, nesterov: bool = False) -> Transform:
         return {"m": {k: torch.zeros_like(v) for k, v in params.items()}}
 
     def update(u: Updates, state: TensorTree, params: Params) -> tuple[Updates, TensorTree]:
-        m = dict(state["m"])  # type: ignore[arg-type]
+        m = dict(cast(dict[str, Tensor], state["m"]))
         for k, v in u.items():
             m[k] = decay * m.get(k, torch.zeros_like(v)) + v
         out = {k: (v + decay * m[k] if nesterov else m[k]) for k, v in u.items()}
-        return out, {"m": m}
+        return out, {"m": cast(TensorTree, m)}
 
     return Transform(init, update)
 
@@ -90,7 +90,11 @@ def yogi_rule(v: Tensor, g2: Tensor, b2: float) -> Tensor:
 
 
 def scale_by_adaptive(
-    rule: SecondMomentRule, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3, initial_accumulator: float | None = None
+    rule: SecondMomentRule,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    tau: float = 1e-3,
+    initial_accumulator: float | None = None,
 ) -> Transform:
     """Reddi et al.'s adaptive direction ``m / (sqrt(v) + tau)`` with ``v`` updated by ``rule``.
 
@@ -118,13 +122,14 @@ def scale_by_adaptive(
         }
 
     def update(u: Updates, state: TensorTree, params: Params) -> tuple[Updates, TensorTree]:
-        m, v = dict(state["m"]), dict(state["v"])  # type: ignore[arg-type]
+        m = dict(cast(dict[str, Tensor], state["m"]))
+        v = dict(cast(dict[str, Tensor], state["v"]))
         out = {}
         for k, g in u.items():
             m[k] = b1 * m.get(k, torch.zeros_like(g)) + (1 - b1) * g
             v[k] = rule(v.get(k, torch.full_like(g, v0)), g * g, b2)
             out[k] = m[k] / (v[k].clamp(min=0).sqrt() + tau)
-        return out, {"m": m, "v": v}
+        return out, {"m": cast(TensorTree, m), "v": cast(TensorTree, v)}
 
     return Transform(init, update)
 
@@ -166,7 +171,9 @@ class TransformOptimizer:
             raise KeyError(f"update has parameters the model lacks: {unknown[:5]}")
         for k, u in update.items():
             if u.shape != params[k].shape:
-                raise ValueError(f"update for {k!r} has shape {list(u.shape)}, parameter {list(params[k].shape)}")
+                raise ValueError(
+                    f"update for {k!r} has shape {list(u.shape)}, parameter {list(params[k].shape)}"
+                )
         step, new_state = self.transform.update(dict(update), state, params)
         return {k: (p + step[k].to(p.dtype) if k in step else p) for k, p in params.items()}, new_state
 
@@ -187,8 +194,12 @@ def fedavgm(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False) -> T
     return TransformOptimizer(chain(trace(momentum, nesterov), scale(_positive("lr", lr))), "fedavgm")
 
 
-def _adaptive(name: str, rule: SecondMomentRule, lr: float, b1: float, b2: float, tau: float, v0: float | None):
-    return TransformOptimizer(chain(scale_by_adaptive(rule, b1, b2, tau, v0), scale(_positive("lr", lr))), name)
+def _adaptive(
+    name: str, rule: SecondMomentRule, lr: float, b1: float, b2: float, tau: float, v0: float | None
+):
+    return TransformOptimizer(
+        chain(scale_by_adaptive(rule, b1, b2, tau, v0), scale(_positive("lr", lr))), name
+    )
 
 
 def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accumulator: float | None = None):
@@ -196,12 +207,24 @@ def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accu
     return _adaptive("fedadagrad", adagrad_rule, lr, b1, 0.0, tau, initial_accumulator)
 
 
-def fedadam(lr: float = 0.01, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3, initial_accumulator: float | None = None):
+def fedadam(
+    lr: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    tau: float = 1e-3,
+    initial_accumulator: float | None = None,
+):
     """FedAdam (Reddi et al., 2021)."""
     return _adaptive("fedadam", adam_rule, lr, b1, b2, tau, initial_accumulator)
 
 
-def fedyogi(lr: float = 0.01, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3, initial_accumulator: float | None = None):
+def fedyogi(
+    lr: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    tau: float = 1e-3,
+    initial_accumulator: float | None = None,
+):
     """FedYogi (Reddi et al., 2021)."""
     return _adaptive("fedyogi", yogi_rule, lr, b1, b2, tau, initial_accumulator)
 
@@ -222,5 +245,7 @@ def build_server_optimizer(cfg: Any) -> TransformOptimizer:
     try:
         factory = SERVER_OPTIMIZERS[cfg.name]
     except (KeyError, AttributeError):
-        raise TypeError(f"unknown server optimizer config {cfg!r}; known: {sorted(SERVER_OPTIMIZERS)}") from None
+        raise TypeError(
+            f"unknown server optimizer config {cfg!r}; known: {sorted(SERVER_OPTIMIZERS)}"
+        ) from None
     return factory(cfg)
