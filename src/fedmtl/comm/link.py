@@ -152,9 +152,15 @@ class Link:
         if expected is not None:
             check_shapes({name: torch.Size(shape) for name, shape, _ in meta}, expected, values=False)
         allowed = set(self.quantiser.part_names) | set(getattr(self.sparsifier, "part_names", ()))
+        by_tensor: dict[str, dict[str, Tensor]] = {}
+        for key, value in parts.items():
+            index, dot, part = key.partition(".")
+            if not dot or index not in {str(i) for i in range(len(meta))}:
+                raise PayloadError(f"payload part {key[:40]!r} belongs to no declared tensor")
+            by_tensor.setdefault(index, {})[part] = value
         out: dict[str, Tensor] = {}
         for i, (name, shape, dtype) in enumerate(meta):
-            mine = {k.split(".", 1)[1]: v for k, v in parts.items() if k.split(".", 1)[0] == str(i)}
+            mine = by_tensor.get(str(i), {})
             try:
                 if dtype in _OTHERS:
                     if (
@@ -174,10 +180,6 @@ class Link:
                 raise PayloadError(f"tensor {name!r} does not decode ({type(exc).__name__}: {exc})") from None
             if out[name].is_floating_point() and not bool(torch.isfinite(out[name]).all()):
                 raise PayloadError(f"tensor {name!r} carries NaN or Inf")
-        known = {f"{i}" for i in range(len(meta))}
-        stray = sorted(k for k in parts if k.split(".", 1)[0] not in known)
-        if stray:
-            raise PayloadError(f"payload has parts of no declared tensor: {stray[:5]}")
         return out
 
 
@@ -230,3 +232,9 @@ def build_link(codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: in
         max_payload_bytes: rejection limit for received payloads (``CommConfig.max_payload_mb`` * 2**20).
     """
     return Link(codecs, max_payload_bytes)
+
+
+def build_links(cfg: comm_cfg.CommConfig) -> tuple[Link, Link]:
+    """``(uplink, downlink)`` of a ``comm`` config, with its payload limit."""
+    limit = int(cfg.max_payload_mb * 2**20)
+    return Link(cfg.uplink, limit), Link(cfg.downlink, limit)

@@ -107,6 +107,7 @@ Codec = Annotated[
 SPARSIFIERS = frozenset({"topk", "randk"})
 QUANTISERS = frozenset({"identity", "fp16", "bf16", "int8", "qsgd", "sign"})
 BYTE_CODECS = frozenset({"zstd", "lz4"})
+UPDATE_ONLY = frozenset({"topk", "randk", "sign"})  # meaningful for updates (with error feedback) only
 _STAGE = {**{n: 0 for n in SPARSIFIERS}, **{n: 1 for n in QUANTISERS}, **{n: 2 for n in BYTE_CODECS}}
 _STAGE_NAME = (
     "sparsifier (topk, randk)",
@@ -152,4 +153,15 @@ class CommConfig(StrictModel):
     @classmethod
     def _valid_chain(cls, chain: list[Codec]) -> list[Codec]:
         check_chain([c.name for c in chain])
+        return chain
+
+    @field_validator("downlink")
+    @classmethod
+    def _downlink_sends_parameters(cls, chain: list[Codec]) -> list[Codec]:
+        update_only = [c.name for c in chain if c.name in UPDATE_ONLY]
+        if update_only:
+            raise ValueError(
+                f"comm.downlink carries the global parameters, not updates: {update_only} would zero or "
+                "binarise weights; use fp16, bf16, int8, qsgd and/or zstd/lz4 on the downlink"
+            )
         return chain
