@@ -230,3 +230,13 @@ def test_codec_parameters_are_validated():
         CommConfig(uplink=[{"name": "topk", "fraction": 0}])
     with pytest.raises(ValueError, match="levels"):
         QSGD(levels=0)
+
+
+@pytest.mark.parametrize(("name", "chain", "bound", "ratio"), CODECS, ids=IDS)
+def test_empty_and_zero_tensors(name, chain, bound, ratio):
+    link = build_link(chain)
+    x = {"empty": torch.zeros(0, 3), "zero": torch.zeros(5, 2)}
+    out = link.decode(
+        link.encode(x, {}, torch.Generator().manual_seed(0))[0], {k: v.shape for k, v in x.items()}
+    )
+    assert out["empty"].shape == (0, 3) and torch.equal(out["zero"], x["zero"])
