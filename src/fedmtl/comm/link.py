@@ -1,60 +1,240 @@
 """A link: one direction of communication (uplink or downlink) with its codec chain.
 
 ``encode`` turns named tensors into the exact bytes that would go on the wire and returns the
-sender's next codec state (error-feedback residuals live there); ``decode`` turns bytes back into
-tensors. Byte accounting is ``len()`` of those bytes, nothing estimated.
+sender's next codec state; ``decode`` turns bytes back into tensors or raises
+:class:`~fedmtl.comm.wire.PayloadError`. Byte accounting is ``len()`` of those bytes, nothing estimated.
+
+Error feedback (Seide et al., 2014; Stich et al., 2018; Karimireddy et al., 2019) is a property of the
+whole chain, switched on by ``error_feedback: true`` on a top-k, random-k or sign codec: the sender
+adds its residual ``e`` to the tensor before compressing and keeps ``e' = (x + e) - decode(encode(x + e))``
+in its state, so what was transmitted plus what remains always equals the true cumulative update.
+The state is an explicit tensor tree ``{"residual": {name: tensor}}``; the link itself holds none.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from fedmtl.comm.wire import PayloadError, bytes_to_tensors, tensors_to_bytes
+from fedmtl.comm.codecs import CODECS
+from fedmtl.comm.wire import PayloadError, pack, unpack
 from fedmtl.config import comm as comm_cfg
 from fedmtl.tree import TensorTree
 
+_FLOATS = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+_OTHERS = {str(d): d for d in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)}
+
 
 class Link:
-    """Identity (float32) link: the foundation's codec chain."""
+    """A codec chain ``[sparsifier] -> [quantiser] -> [byte codec]`` with framing and validation.
 
-    def __init__(self, codecs: list[comm_cfg.Codec] | None = None):
-        self.codecs = list(codecs or [comm_cfg.IdentityCodec()])
+    Args:
+        codecs: codec configs in encoding order (default: identity float32).
+        max_payload_bytes: payloads (sent or decompressed) larger than this are rejected.
+    """
+
+    def __init__(self, codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30):
+        self.codecs = list(codecs) if codecs else [comm_cfg.IdentityCodec()]
+        comm_cfg.check_chain([c.name for c in self.codecs])
+        if max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.sparsifier: Any = None
+        self.quantiser: Any = CODECS["identity"](None)
+        self.byte_codec: Any = None
         for c in self.codecs:
-            if not isinstance(c, comm_cfg.IdentityCodec):
-                raise ValueError(f"codec {c.name!r} is not available in this link")
+            built = CODECS[c.name](c)
+            if c.name in comm_cfg.SPARSIFIERS:
+                self.sparsifier = built
+            elif c.name in comm_cfg.QUANTISERS:
+                self.quantiser = built
+            else:
+                self.byte_codec = built
+        self.error_feedback = any(getattr(c, "error_feedback", False) for c in self.codecs)
+        self._chain_spec = [c.model_dump(mode="json") for c in self.codecs]
+
+    def __repr__(self) -> str:
+        return f"Link({[c.name for c in self.codecs]}, error_feedback={self.error_feedback})"
 
     @property
     def stateful(self) -> bool:
         """Whether senders must keep codec state between rounds (error feedback)."""
-        return False
+        return self.error_feedback
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether ``encode`` draws from its generator (it then requires one)."""
+        return bool(getattr(self.sparsifier, "stochastic", False) or self.quantiser.stochastic)
+
+    # ------------------------------------------------------------------ encoding
     def encode(
-        self, tensors: Mapping[str, Tensor], state: TensorTree | None = None, generator: torch.Generator | None = None
+        self,
+        tensors: Mapping[str, Tensor],
+        state: TensorTree | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[bytes, TensorTree]:
-        return tensors_to_bytes({k: v.float() for k, v in tensors.items()}), dict(state or {})
+        """Compress and frame ``tensors``.
 
+        Args:
+            tensors: name -> tensor (any shape; floating tensors go through the chain, others are sent raw).
+            state: the sender's codec state from its previous call (``{}`` at first); not mutated.
+            generator: the only source of randomness for stochastic codecs (required by qsgd and randk).
+
+        Returns:
+            ``(payload, next_state)``; ``len(payload)`` is the exact number of bytes on the wire.
+        """
+        residuals = dict(cast(dict[str, Tensor], (state or {}).get("residual", {})))
+        parts: dict[str, Tensor] = {}
+        meta: list[list[Any]] = []
+        for i, (name, t) in enumerate(tensors.items()):
+            t = t.detach().cpu()
+            meta.append([name, list(t.shape), str(t.dtype)])
+            if not t.is_floating_point():
+                parts[f"{i}.raw"] = t.contiguous()
+                continue
+            x = t.float().reshape(-1)
+            if self.error_feedback and name in residuals:
+                r = residuals[name]
+                if r.shape != x.shape:
+                    raise ValueError(
+                        f"codec state residual for {name!r} has {r.numel()} entries, tensor {x.numel()}"
+                    )
+                x = x + r
+            tparts = self._encode_one(x, tuple(t.shape), generator)
+            if self.error_feedback:
+                residuals[name] = x - self._decode_one(tparts, tuple(t.shape)).reshape(-1)
+            parts.update({f"{i}.{k}": v for k, v in tparts.items()})
+        header = {"chain": self._chain_spec, "tensors": meta}
+        data = pack(parts, header, self.byte_codec)
+        new_state: TensorTree = {"residual": cast(TensorTree, residuals)} if self.error_feedback else {}
+        return data, new_state
+
+    def _encode_one(self, x: Tensor, shape: tuple[int, ...], g: torch.Generator | None) -> dict[str, Tensor]:
+        if self.sparsifier is not None:
+            out, values = self.sparsifier.select(x, g)
+        else:
+            out, values = {}, x
+        out.update(self.quantiser.encode(values, shape, g))
+        return out
+
+    def _decode_one(self, parts: Mapping[str, Tensor], shape: tuple[int, ...]) -> Tensor:
+        numel = math.prod(shape)
+        n = self.sparsifier.kept(numel) if self.sparsifier is not None else numel
+        values = self.quantiser.decode(dict(parts), n, shape)
+        if self.sparsifier is not None:
+            values = self.sparsifier.expand(dict(parts), values, numel)
+        return values.reshape(shape)
+
+    # ------------------------------------------------------------------ decoding
     def decode(self, data: bytes, expected: Mapping[str, torch.Size] | None = None) -> dict[str, Tensor]:
-        """Tensors from bytes; with ``expected``, names and shapes must match it or :class:`PayloadError` says which."""
-        out = bytes_to_tensors(data)
+        """Tensors from bytes, fully validated.
+
+        Args:
+            data: a payload from :meth:`encode` of a link with the same chain.
+            expected: name -> shape the receiver accepts; any other name or shape is rejected (names may
+                be missing: a client sends only what it trained).
+
+        Raises:
+            PayloadError: with the reason (truncated, checksum, version, oversized, chain mismatch, unknown
+                tensor, wrong shape, malformed part, NaN/Inf).
+        """
+        byte_codecs = {self.byte_codec.wire_id: self.byte_codec} if self.byte_codec is not None else {}
+        header, parts = unpack(data, byte_codecs, self.max_payload_bytes)
+        if header.get("chain") != self._chain_spec:
+            raise PayloadError(
+                f"payload was encoded with codec chain {header.get('chain')}, this link expects {self._chain_spec}"
+            )
+        meta = _check_tensor_list(header.get("tensors"), self.max_payload_bytes)
         if expected is not None:
-            check_shapes(out, expected)
+            check_shapes({name: torch.Size(shape) for name, shape, _ in meta}, expected, values=False)
+        allowed = set(self.quantiser.part_names) | set(getattr(self.sparsifier, "part_names", ()))
+        by_tensor: dict[str, dict[str, Tensor]] = {}
+        for key, value in parts.items():
+            index, dot, part = key.partition(".")
+            if not dot or index not in {str(i) for i in range(len(meta))}:
+                raise PayloadError(f"payload part {key[:40]!r} belongs to no declared tensor")
+            by_tensor.setdefault(index, {})[part] = value
+        out: dict[str, Tensor] = {}
+        for i, (name, shape, dtype) in enumerate(meta):
+            mine = by_tensor.get(str(i), {})
+            try:
+                if dtype in _OTHERS:
+                    if (
+                        set(mine) != {"raw"}
+                        or mine["raw"].dtype != _OTHERS[dtype]
+                        or list(mine["raw"].shape) != shape
+                    ):
+                        raise PayloadError(f"raw {dtype} part missing or malformed")
+                    out[name] = mine["raw"]
+                    continue
+                if set(mine) != allowed:
+                    raise PayloadError(f"parts {sorted(mine)}, expected {sorted(allowed)}")
+                out[name] = self._decode_one(mine, tuple(shape)).to(_FLOATS[dtype])
+            except PayloadError as exc:
+                raise PayloadError(f"tensor {name!r}: {exc}") from None
+            except (RuntimeError, IndexError, ValueError, OverflowError) as exc:
+                raise PayloadError(f"tensor {name!r} does not decode ({type(exc).__name__}: {exc})") from None
+            if out[name].is_floating_point() and not bool(torch.isfinite(out[name]).all()):
+                raise PayloadError(f"tensor {name!r} carries NaN or Inf")
         return out
 
 
-def check_shapes(tensors: Mapping[str, Tensor], expected: Mapping[str, torch.Size]) -> None:
-    """Reject unknown names, wrong shapes and non-finite values."""
+def _check_tensor_list(meta: Any, max_bytes: int) -> list[tuple[str, list[int], str]]:
+    """The header's tensor list, checked: unique names, non-negative shapes, known dtypes, bounded size."""
+    if not isinstance(meta, list):
+        raise PayloadError("payload header lacks its tensor list")
+    out, seen, total = [], set(), 0
+    for entry in meta:
+        ok = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+        )
+        if (
+            not ok
+            or not all(isinstance(d, int) and d >= 0 for d in entry[1])
+            or entry[2] not in (_FLOATS | _OTHERS)
+        ):
+            raise PayloadError(f"malformed tensor entry in header: {str(entry)[:80]}")
+        if entry[0] in seen:
+            raise PayloadError(f"tensor {entry[0]!r} declared twice")
+        seen.add(entry[0])
+        total += math.prod(entry[1])
+        if 4 * total > max_bytes:
+            raise PayloadError(f"oversized payload: declared tensors exceed the {max_bytes}-byte limit")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
+
+def check_shapes(tensors: Mapping[str, Any], expected: Mapping[str, torch.Size], values: bool = True) -> None:
+    """Reject unknown names and wrong shapes (and, for tensors when ``values``, non-finite entries)."""
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise PayloadError(f"payload has unknown tensors {unknown[:5]}")
     for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name]):
-            raise PayloadError(f"tensor {name!r} has shape {list(t.shape)}, expected {list(expected[name])}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        shape = t if isinstance(t, torch.Size) else t.shape
+        if tuple(shape) != tuple(expected[name]):
+            raise PayloadError(f"tensor {name!r} has shape {list(shape)}, expected {list(expected[name])}")
+        if values and isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PayloadError(f"tensor {name!r} carries NaN or Inf")
 
 
-def build_link(codecs: list[comm_cfg.Codec]) -> Link:
-    return Link(codecs)
+def build_link(codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30) -> Link:
+    """The link a ``comm.uplink`` / ``comm.downlink`` chain describes.
+
+    Args:
+        codecs: codec configs in encoding order.
+        max_payload_bytes: rejection limit for received payloads (``CommConfig.max_payload_mb`` * 2**20).
+    """
+    return Link(codecs, max_payload_bytes)
+
+
+def build_links(cfg: comm_cfg.CommConfig) -> tuple[Link, Link]:
+    """``(uplink, downlink)`` of a ``comm`` config, with its payload limit."""
+    limit = int(cfg.max_payload_mb * 2**20)
+    return Link(cfg.uplink, limit), Link(cfg.downlink, limit)

@@ -47,7 +47,48 @@ class FedAvgServer(StrictModel):
     lr: PositiveFloat = 1.0
 
 
-ServerOptimizer = Annotated[Union[FedAvgServer], Field(discriminator="name")]
+class FedAvgMServer(StrictModel):
+    """FedAvgM: server momentum ``m = momentum * m + Δ``, ``x += lr * m`` (Hsu et al., 2019)."""
+
+    name: Literal["fedavgm"] = "fedavgm"
+    lr: PositiveFloat = 1.0
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class _AdaptiveServer(StrictModel):
+    """Reddi et al. (2021) adaptive server optimiser: ``x += lr * m / (sqrt(v) + tau)``."""
+
+    lr: PositiveFloat = 0.01
+    b1: float = Field(default=0.9, ge=0, lt=1)
+    b2: float = Field(default=0.99, ge=0, lt=1)
+    tau: PositiveFloat = 1e-3
+    initial_accumulator: float | None = Field(default=None, ge=0, description="v_{-1}; default tau**2.")
+
+
+class FedAdagradServer(_AdaptiveServer):
+    """FedAdagrad: ``v += Δ²`` (b2 unused)."""
+
+    name: Literal["fedadagrad"] = "fedadagrad"
+    lr: PositiveFloat = 0.1
+
+
+class FedAdamServer(_AdaptiveServer):
+    """FedAdam: ``v = b2 v + (1 - b2) Δ²``."""
+
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiServer(_AdaptiveServer):
+    """FedYogi: ``v -= (1 - b2) Δ² sign(v - Δ²)``."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+
+
+ServerOptimizer = Annotated[
+    Union[FedAvgServer, FedAvgMServer, FedAdagradServer, FedAdamServer, FedYogiServer],
+    Field(discriminator="name"),
+]
 
 
 class WeightedMean(StrictModel):
@@ -56,7 +97,48 @@ class WeightedMean(StrictModel):
     name: Literal["mean"] = "mean"
 
 
-Aggregator = Annotated[Union[WeightedMean], Field(discriminator="name")]
+class CoordinateMedian(StrictModel):
+    """Coordinate-wise median of the updates (Yin et al., 2018)."""
+
+    name: Literal["median"] = "median"
+
+
+class TrimmedMean(StrictModel):
+    """Coordinate-wise mean after dropping the ``beta`` share largest and smallest values (Yin et al., 2018)."""
+
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    beta: float = Field(default=0.1, ge=0, lt=0.5)
+
+
+class KrumAggregator(StrictModel):
+    """(Multi-)Krum: mean of the ``m`` updates closest to their neighbours, tolerating ``f`` attackers (Blanchard et al., 2017)."""
+
+    name: Literal["krum"] = "krum"
+    f: int = Field(default=1, ge=0, description="Byzantine updates tolerated.")
+    m: int = Field(default=1, ge=1, description="Updates averaged (1 = Krum, >1 = Multi-Krum).")
+
+
+class NormBoundedMean(StrictModel):
+    """Clip each update to ``max_norm`` (L2, per parameter group), then the weighted mean (Sun et al., 2019)."""
+
+    name: Literal["norm_bounded"] = "norm_bounded"
+    max_norm: PositiveFloat = 1.0
+
+
+Aggregator = Annotated[
+    Union[WeightedMean, CoordinateMedian, TrimmedMean, KrumAggregator, NormBoundedMean],
+    Field(discriminator="name"),
+]
+
+
+class ByzantineConfig(StrictModel):
+    """Simulated Byzantine clients: a fixed ``fraction`` of clients replace their update by an attack."""
+
+    fraction: float = Field(default=0.2, ge=0, le=1)
+    attack: Literal["sign_flip", "scaled", "gaussian"] = "sign_flip"
+    scale: PositiveFloat = Field(
+        default=1.0, description="sign_flip: -scale * Δ; scaled: scale * Δ; gaussian: noise std."
+    )
 
 
 class ServerConfig(StrictModel):
@@ -67,6 +149,7 @@ class ServerConfig(StrictModel):
     fraction: float | None = Field(default=None, gt=0, le=1, description="Cohort as a share of all clients.")
     optimizer: ServerOptimizer = Field(default_factory=FedAvgServer)
     aggregator: Aggregator = Field(default_factory=WeightedMean)
+    byzantine: ByzantineConfig | None = Field(default=None, description="Simulated attackers (None: all honest).")
 
     @model_validator(mode="after")
     def _one_cohort_rule(self) -> ServerConfig:

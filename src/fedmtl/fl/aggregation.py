@@ -8,6 +8,7 @@ shared trunk over the whole cohort, each task head over its holders.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,10 +72,19 @@ def aggregate_by_group(
     return out
 
 
-def build_aggregator(cfg: object) -> Aggregator:
-    """The aggregator a ``server.aggregator`` config describes."""
-    from fedmtl.config import training as tcfg
+def build_aggregator(cfg: Any) -> Aggregator:
+    """The aggregator a ``server.aggregator`` config describes (looked up by its ``name``)."""
+    from fedmtl.fl import robust
 
-    if isinstance(cfg, tcfg.WeightedMean):
-        return weighted_mean
-    raise TypeError(f"unknown aggregator config {cfg!r}")  # pragma: no cover
+    factories: dict[str, Callable[[Any], Aggregator]] = {
+        "mean": lambda c: weighted_mean,
+        "median": lambda c: robust.CoordinateMedian(),
+        "trimmed_mean": lambda c: robust.TrimmedMean(c.beta),
+        "krum": lambda c: robust.Krum(c.f, c.m),
+        "norm_bounded": lambda c: robust.NormBoundedMean(c.max_norm),
+    }
+    try:
+        factory = factories[cfg.name]
+    except (KeyError, AttributeError):
+        raise TypeError(f"unknown aggregator config {cfg!r}; known: {sorted(factories)}") from None
+    return factory(cfg)

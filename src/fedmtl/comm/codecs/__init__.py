@@ -1,0 +1,47 @@
+"""Codecs by role and the name -> factory registry that builds them from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedmtl.comm.codecs.base import ByteCodec, Parts, Quantiser, Sparsifier
+from fedmtl.comm.codecs.cast import Cast
+from fedmtl.comm.codecs.int8 import Int8
+from fedmtl.comm.codecs.lossless import LZ4, Zstd
+from fedmtl.comm.codecs.qsgd import QSGD
+from fedmtl.comm.codecs.sign import ScaledSign
+from fedmtl.comm.codecs.sparse import RandK, TopK
+
+CODECS: dict[str, Callable[[Any], object]] = {
+    "identity": lambda c: Cast(torch.float32),
+    "fp16": lambda c: Cast(torch.float16),
+    "bf16": lambda c: Cast(torch.bfloat16),
+    "int8": lambda c: Int8(per_channel=c.per_channel),
+    "qsgd": lambda c: QSGD(levels=c.levels, bucket_size=c.bucket_size),
+    "sign": lambda c: ScaledSign(),
+    "topk": lambda c: TopK(c.fraction),
+    "randk": lambda c: RandK(c.fraction),
+    "zstd": lambda c: Zstd(c.level),
+    "lz4": lambda c: LZ4(),
+}
+
+BYTE_CODECS_BY_ID: dict[int, str] = {1: "zstd", 2: "lz4"}
+
+__all__ = [
+    "CODECS",
+    "LZ4",
+    "QSGD",
+    "ByteCodec",
+    "Cast",
+    "Int8",
+    "Parts",
+    "Quantiser",
+    "RandK",
+    "ScaledSign",
+    "Sparsifier",
+    "TopK",
+    "Zstd",
+]
