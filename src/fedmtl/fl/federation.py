@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fedmtl.comm import PayloadError, build_link
+from fedmtl.comm import PayloadError, build_links
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
 from fedmtl.fl.algorithm import Algorithm, build_algorithm
+from fedmtl.fl.byzantine import attack, malicious_clients
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply
@@ -101,14 +102,14 @@ class Federation:
         self.engine = engine
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm)
         self.trainer = LocalTrainer(model, cfg.client, cfg.mtl)
-        self.down = build_link(cfg.comm.downlink)
-        self.up = build_link(cfg.comm.uplink)
+        self.up, self.down = build_links(cfg.comm)
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.groups = {g: names for g, names in model.param_groups().items() if g != LOCAL}
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
         self.cohort_size = cohort_size(data.num_clients, cfg.server.clients_per_round, cfg.server.fraction)
+        self.byzantine = malicious_clients(range(data.num_clients), cfg.server.byzantine, cfg.seed)
 
     # -- server steps -------------------------------------------------------------------------
     def init_state(self) -> ServerState:
@@ -188,7 +189,12 @@ class Federation:
         client_states = dict(state.client_states)
         replies = []
         for job, start, res in zip(jobs, starts, results):
-            reply, client_states[job.client.client_id] = self.node.upload(start, res, job.client, r)
+            cid = job.client.client_id
+            tamper = None
+            if cid in self.byzantine:
+                gen = generator(self.cfg.seed, "byzantine", r, cid)
+                tamper = lambda delta, g=gen: attack(delta, self.cfg.server.byzantine, g)  # noqa: E731
+            reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper)
             replies.append(reply)
         updates, dropped = self.collect(replies)
         new_state = self.apply(state, updates, client_states)

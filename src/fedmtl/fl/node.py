@@ -7,7 +7,7 @@ the Flower ClientApp both call :meth:`ClientNode.upload`, so the two cannot drif
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -55,11 +55,21 @@ class ClientNode:
         return self.algorithm.local_train(self.trainer, start, client, state, gen)
 
     def upload(
-        self, start: Mapping[str, Tensor], result: LocalResult, client: ClientData, round_index: int
+        self,
+        start: Mapping[str, Tensor],
+        result: LocalResult,
+        client: ClientData,
+        round_index: int,
+        tamper: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
     ) -> tuple[ClientReply, TensorTree]:
-        """Encode ``local - start`` for the shared parameters; returns the reply and the client's next state."""
+        """Encode ``local - start`` for the shared parameters; returns the reply and the client's next state.
+
+        ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
+        """
         names = self.algorithm.uploaded_names(self.model, client)
         delta = {n: result.params[n] - start[n] for n in names}
+        if tamper is not None:
+            delta = tamper(delta)
         state = dict(result.state)
         gen = generator(self.seed, "codec", round_index, client.client_id)
         payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
