@@ -74,6 +74,7 @@ class Experiment:
         self.config = _as_config(config)
         self.source = source
         self._data: FederatedData | None = None
+        self._final_clients: list[dict[str, Any]] = []
 
     @property
     def data(self) -> FederatedData:
@@ -158,6 +159,8 @@ class Experiment:
         history = metrics.read()
         summary = self._summary(fed, state, history, engine.name, elapsed)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self._final_clients:
+            atomic_write_text(run_dir / "clients.json", json.dumps(self._final_clients, indent=1))
         if cfg.output.plots:
             render_report(run_dir)
         return Results(run_dir, summary, history, state.params)
@@ -183,7 +186,7 @@ class Experiment:
                 )
                 record["personalized"] = summary
                 if state.round == cfg.server.rounds:
-                    record["clients"] = rows
+                    self._final_clients = rows
         return record
 
     @staticmethod
@@ -221,7 +224,8 @@ def render_report(run_dir: str | Path) -> Path:
     from fedmtl.report import read_metrics
 
     records = read_metrics(metrics_path)
-    scores = [row["score"] for r in records[-1:] for row in r.get("clients", [])]
+    clients_path = run_dir / "clients.json"
+    scores = [row["score"] for row in json.loads(clients_path.read_text())] if clients_path.exists() else []
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     plots = draw_all(records, scores, run_dir / "plots")
