@@ -65,6 +65,7 @@ def secure_aggregate(
     dropped: Collection[int] | None = None,
     late_dropped: Collection[int] = (),
     generator: torch.Generator | None = None,
+    clip_ranges: Mapping[str, float] | None = None,
 ) -> SecAggResult:
     """Secure per-group sums of the clients' updates (one key setup for all groups of a round).
 
@@ -76,6 +77,7 @@ def secure_aggregate(
         late_dropped: clients whose masked input arrives but who miss the unmasking round.
         generator: randomness for keys, rounding and dropouts (None: OS CSPRNG and no stochastic
             rounding reproducibility; stochastic rounding then needs a generator).
+        clip_ranges: per-group override of ``cfg.clip_range`` (e.g. 1.0 for a group of counts).
 
     Returns:
         The per-group sums the server learns, and the protocol's cost.
@@ -89,11 +91,11 @@ def secure_aggregate(
     for c, groups in updates.items():
         for g in groups:
             holders.setdefault(g, []).append(c)
-    r = cfg.clip_range
     inputs: dict[int, dict[str, np.ndarray]] = {c: {} for c in updates}
     bounds: dict[str, tuple[Tensor, Tensor, int]] = {}
     for g, hs in holders.items():
         size = updates[hs[0]][g].numel()
+        r = (clip_ranges or {}).get(g, cfg.clip_range)
         lo = torch.full((size + (weights is not None),), -r, dtype=torch.float64)
         hi = torch.full_like(lo, r)
         if weights is not None:
