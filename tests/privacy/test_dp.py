@@ -26,7 +26,10 @@ from fedmtl.privacy.dp import (
 def test_clipping_bound_holds_for_every_client(seed, scale, clip):
     g = torch.Generator().manual_seed(seed)
     for _ in range(5):  # five clients
-        delta = {"shared.w": torch.randn(7, 3, generator=g) * scale, "task:a.w": torch.randn(4, generator=g) * scale}
+        delta = {
+            "shared.w": torch.randn(7, 3, generator=g) * scale,
+            "task:a.w": torch.randn(4, generator=g) * scale,
+        }
         out, norm = clip_update(delta, clip)
         assert global_norm(out) <= clip * (1 + 1e-6)
         if norm <= clip:
@@ -74,7 +77,9 @@ def test_accountant_is_immutable_and_composes_heterogeneous_steps():
 def test_target_epsilon_sets_sigma_and_stops_training():
     cfg = DPConfig(target_epsilon=2.0, delta=1e-5)
     plan = DPFedAvg.from_config(cfg, num_clients=500, cohort_size=25, rounds=30)
-    expected = get_noise_multiplier(target_epsilon=2.0, target_delta=1e-5, sample_rate=0.05, steps=30, accountant="rdp")
+    expected = get_noise_multiplier(
+        target_epsilon=2.0, target_delta=1e-5, sample_rate=0.05, steps=30, accountant="rdp"
+    )
     assert plan.noise_multiplier == pytest.approx(expected)
     assert noise_for_target_epsilon(2.0, 1e-5, 0.05, 30) == pytest.approx(expected)
     state, rounds = plan.init(), 0
@@ -94,28 +99,44 @@ def test_epsilon_schedule_matches_accountant():
         ref.step(noise_multiplier=0.9, sample_rate=0.02)
         if r in (3, 6, 9, 10):
             assert dict(sched)[r] == pytest.approx(ref.get_epsilon(1e-5))
-    assert all(a < b for (_, a), (_, b) in zip(sched, sched[1:]))
+    assert all(a < b for (_, a), (_, b) in zip(sched, sched[1:], strict=False))
 
 
 def test_server_noise_std_matches_sigma_c():
-    plan = DPFedAvg.from_config(DPConfig(noise_multiplier=1.3, clip_norm=0.5), num_clients=100, cohort_size=10, rounds=1)
+    plan = DPFedAvg.from_config(
+        DPConfig(noise_multiplier=1.3, clip_norm=0.5), num_clients=100, cohort_size=10, rounds=1
+    )
     state = plan.init()
-    noisy = plan.noise_sums({"shared": torch.zeros(200_000, dtype=torch.float64)}, state, generator=torch.Generator().manual_seed(0))
+    noisy = plan.noise_sums(
+        {"shared": torch.zeros(200_000, dtype=torch.float64)},
+        state,
+        generator=torch.Generator().manual_seed(0),
+    )
     std = noisy["shared"].std().item()
     assert std == pytest.approx(1.3 * 0.5, rel=0.01)  # 200k samples: relative s.e. ~ 0.16%
     assert abs(noisy["shared"].mean().item()) < 0.01
 
 
 def test_distributed_noise_sums_to_sigma_c_and_tops_up():
-    cfg = PrivacyConfig(dp=DPConfig(noise_multiplier=2.0, clip_norm=1.0, placement="distributed"), secure_aggregation=SecureAggregationConfig())
+    cfg = PrivacyConfig(
+        dp=DPConfig(noise_multiplier=2.0, clip_norm=1.0, placement="distributed"),
+        secure_aggregation=SecureAggregationConfig(),
+    )
     plan = DPFedAvg.from_config(cfg.dp, num_clients=100, cohort_size=16, rounds=1)
     state, g = plan.init(), torch.Generator().manual_seed(0)
-    parts = [plan.client_noise({"shared": torch.zeros(50_000, dtype=torch.float64)}, state, {"shared": 16}, generator=g)["shared"] for _ in range(16)]
+    parts = [
+        plan.client_noise(
+            {"shared": torch.zeros(50_000, dtype=torch.float64)}, state, {"shared": 16}, generator=g
+        )["shared"]
+        for _ in range(16)
+    ]
     assert parts[0].std().item() == pytest.approx(2.0 / 4, rel=0.02)
     assert sum(parts).std().item() == pytest.approx(2.0, rel=0.02)
     # only 9 of 16 contributed: server tops up variance (1 - 9/16) sigma^2 C^2
     partial = sum(parts[:9])
-    topped = plan.noise_sums({"shared": partial}, state, generator=g, contributors={"shared": 9}, noise_shares={"shared": 16})
+    topped = plan.noise_sums(
+        {"shared": partial}, state, generator=g, contributors={"shared": 9}, noise_shares={"shared": 16}
+    )
     assert topped["shared"].std().item() == pytest.approx(2.0, rel=0.02)
 
 
@@ -140,7 +161,9 @@ def test_adaptive_dp_round_updates_clip_and_accounts_total_z():
     cfg = DPConfig(noise_multiplier=1.0, adaptive_clipping=AdaptiveClippingConfig(count_noise_multiplier=2.0))
     plan = DPFedAvg.from_config(cfg, num_clients=100, cohort_size=20, rounds=5)
     assert plan.update_noise_multiplier > plan.noise_multiplier
-    state, report = plan.server_step(plan.init(), unclipped_count=20.0, generator=torch.Generator().manual_seed(0))
+    state, report = plan.server_step(
+        plan.init(), unclipped_count=20.0, generator=torch.Generator().manual_seed(0)
+    )
     assert state.clip_norm < 1.0 and report.clip_norm == 1.0
     assert state.accountant.history == ((1.0, 0.2, 1),)
 

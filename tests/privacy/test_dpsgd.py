@@ -14,7 +14,12 @@ def _setup(seed=0):
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(64, 5, generator=g), torch.randint(0, 2, (64,), generator=g)
     model = nn.Linear(5, 2)
-    return model, torch.optim.SGD(model.parameters(), lr=0.1), DataLoader(TensorDataset(x, y), batch_size=16), g
+    return (
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=16),
+        g,
+    )
 
 
 def _train(session):
@@ -29,7 +34,9 @@ def test_dpsgd_epsilon_equals_opacus_accountant():
     before = model.weight.detach().clone()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s = make_private_client(model, opt, loader, DPSGDConfig(noise_multiplier=1.0, max_grad_norm=0.5), generator=g)
+        s = make_private_client(
+            model, opt, loader, DPSGDConfig(noise_multiplier=1.0, max_grad_norm=0.5), generator=g
+        )
         _train(s)
         ref = RDPAccountant()
         for _ in range(len(s.data_loader)):
@@ -40,7 +47,14 @@ def test_dpsgd_epsilon_equals_opacus_accountant():
         plain = s.close()
         assert plain is model and not torch.equal(model.weight, before)
         opt2 = torch.optim.SGD(model.parameters(), lr=0.1)
-        s2 = make_private_client(model, opt2, loader, DPSGDConfig(noise_multiplier=1.0, max_grad_norm=0.5), generator=g, prior=prior)
+        s2 = make_private_client(
+            model,
+            opt2,
+            loader,
+            DPSGDConfig(noise_multiplier=1.0, max_grad_norm=0.5),
+            generator=g,
+            prior=prior,
+        )
         _train(s2)
         assert s2.epsilon(1e-5) > s.epsilon(1e-5)
         s2.close()

@@ -14,7 +14,10 @@ def _deltas(n=9, scale=0.1, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for c in range(n):
-        d = {"trunk.w": torch.randn(5, 4, generator=g) * scale, "trunk.b": torch.randn(4, generator=g) * scale}
+        d = {
+            "trunk.w": torch.randn(5, 4, generator=g) * scale,
+            "trunk.b": torch.randn(4, generator=g) * scale,
+        }
         if c % 3 != 0:
             d["head_a.w"] = torch.randn(4, 2, generator=g) * scale
         if c % 3 != 1:
@@ -41,7 +44,9 @@ def test_without_dp_matches_weighted_fedavg_per_group(secagg):
     expected = aggregate_by_group(updates, GROUPS)
     cfg = PrivacyConfig(secure_aggregation=SecureAggregationConfig(bits=48) if secagg else None)
     weights = {c: {g: samples[c] / 100 for g in GROUPS} for c in deltas}  # scaled into [0, 1] by a public cap
-    res = private_aggregate(deltas, GROUPS, cfg, weights=weights, dropped=(), generator=torch.Generator().manual_seed(0))
+    res = private_aggregate(
+        deltas, GROUPS, cfg, weights=weights, dropped=(), generator=torch.Generator().manual_seed(0)
+    )
     assert res.contributors["task:a"] == (1, 2, 4, 5, 7, 8)
     for k in expected:
         assert torch.allclose(res.mean[k].double(), expected[k].double(), atol=1e-6), k
@@ -82,7 +87,9 @@ def test_dp_distributed_under_secagg_with_adaptive_clipping():
         placement="distributed",
         adaptive_clipping=AdaptiveClippingConfig(count_noise_multiplier=1.0),
     )
-    cfg = PrivacyConfig(dp=dp, secure_aggregation=SecureAggregationConfig(threshold=0.5, clip_range=4.0, bits=40))
+    cfg = PrivacyConfig(
+        dp=dp, secure_aggregation=SecureAggregationConfig(threshold=0.5, clip_range=4.0, bits=40)
+    )
     plan = DPFedAvg.from_config(dp, num_clients=120, cohort_size=12, rounds=5)
     state, g = plan.init(), torch.Generator().manual_seed(0)
     for _ in range(3):

@@ -10,7 +10,10 @@ from fedmtl.privacy.secagg.masking import levels, neighbour_graph, quantise
 def _updates(n, size=64, seed=0, heads=True):
     g = torch.Generator().manual_seed(seed)
     return {
-        c: {"shared": torch.randn(size, generator=g) * 0.2, **({"task:a": torch.randn(8, generator=g)} if heads and c % 3 else {})}
+        c: {
+            "shared": torch.randn(size, generator=g) * 0.2,
+            **({"task:a": torch.randn(8, generator=g)} if heads and c % 3 else {}),
+        }
         for c in range(n)
     }
 
@@ -20,7 +23,10 @@ def _plain_quantised_sums(ups, cfg, contributors):
     for g, who in contributors.items():
         holders = [c for c in ups if g in ups[c]]
         level = levels(cfg.bits, len(holders))
-        qs = [quantise(ups[c][g], -cfg.clip_range, cfg.clip_range, level, stochastic=False, generator=None) for c in who]
+        qs = [
+            quantise(ups[c][g], -cfg.clip_range, cfg.clip_range, level, stochastic=False, generator=None)
+            for c in who
+        ]
         out[g] = np.sum(qs, axis=0, dtype=np.uint64) & np.uint64((1 << cfg.bits) - 1)
     return out
 
@@ -28,7 +34,9 @@ def _plain_quantised_sums(ups, cfg, contributors):
 @pytest.mark.parametrize("graph", ["complete", "k_regular"])
 def test_masked_inputs_hide_and_sum_exactly(graph):
     ups = _updates(12)
-    cfg = SecureAggregationConfig(threshold=0.5, rounding="deterministic", graph=graph, degree=6 if graph == "k_regular" else None)
+    cfg = SecureAggregationConfig(
+        threshold=0.5, rounding="deterministic", graph=graph, degree=6 if graph == "k_regular" else None
+    )
     res = secure_aggregate(ups, cfg, dropped=(), generator=torch.Generator().manual_seed(3))
     plain = _plain_quantised_sums(ups, cfg, res.contributors)
     for g in plain:
@@ -42,7 +50,10 @@ def test_server_sees_masked_values_unlike_true_ones():
     ups = _updates(5, heads=False)
     cfg = SecureAggregationConfig(rounding="deterministic")
     level = levels(cfg.bits, 5)
-    inputs = {c: {"shared": quantise(v["shared"], -1.0, 1.0, level, stochastic=False, generator=None)} for c, v in ups.items()}
+    inputs = {
+        c: {"shared": quantise(v["shared"], -1.0, 1.0, level, stochastic=False, generator=None)}
+        for c, v in ups.items()
+    }
     out = run_protocol(inputs, cfg, generator=torch.Generator().manual_seed(0))
     for c in inputs:
         seen = out.masked[c]["shared"]
@@ -59,7 +70,9 @@ def test_dropouts_up_to_n_minus_t_recovered():
     n = 10
     ups = _updates(n)
     cfg = SecureAggregationConfig(threshold=6, rounding="deterministic")
-    res = secure_aggregate(ups, cfg, dropped={0, 1, 2}, late_dropped={3}, generator=torch.Generator().manual_seed(1))
+    res = secure_aggregate(
+        ups, cfg, dropped={0, 1, 2}, late_dropped={3}, generator=torch.Generator().manual_seed(1)
+    )
     assert res.contributors["shared"] == tuple(range(3, 10))  # late dropout's input still counts
     plain = _plain_quantised_sums(ups, cfg, res.contributors)
     for g in plain:
@@ -72,14 +85,19 @@ def test_fewer_than_threshold_survivors_refused():
     with pytest.raises(SecAggError, match="fewer than threshold t=6"):
         secure_aggregate(ups, cfg, dropped={0, 1, 2, 3, 4}, generator=torch.Generator().manual_seed(1))
     with pytest.raises(SecAggError, match="threshold t=6"):  # enough masked inputs, too few reveals
-        secure_aggregate(ups, cfg, dropped={0, 1}, late_dropped={2, 3, 4}, generator=torch.Generator().manual_seed(1))
+        secure_aggregate(
+            ups, cfg, dropped={0, 1}, late_dropped={2, 3, 4}, generator=torch.Generator().manual_seed(1)
+        )
 
 
 def test_tampered_share_detected():
     ups = _updates(4, heads=False)
     cfg = SecureAggregationConfig(threshold=3)
     level = levels(cfg.bits, 4)
-    inputs = {c: {"shared": quantise(v["shared"], -1.0, 1.0, level, stochastic=False, generator=None)} for c, v in ups.items()}
+    inputs = {
+        c: {"shared": quantise(v["shared"], -1.0, 1.0, level, stochastic=False, generator=None)}
+        for c, v in ups.items()
+    }
 
     def flip(msgs):
         m = msgs[2]
@@ -125,8 +143,17 @@ def test_k_regular_graph_is_symmetric_and_regular():
 
 def test_secagg_plus_cost_grows_slowly():
     cfg = SecureAggregationConfig(graph="k_regular", degree=6, threshold=0.5)
-    small = secure_aggregate(_updates(20, size=16, heads=False), cfg, dropped=(), generator=torch.Generator().manual_seed(0))
-    big = secure_aggregate(_updates(80, size=16, heads=False), cfg, dropped=(), generator=torch.Generator().manual_seed(0))
+    small = secure_aggregate(
+        _updates(20, size=16, heads=False), cfg, dropped=(), generator=torch.Generator().manual_seed(0)
+    )
+    big = secure_aggregate(
+        _updates(80, size=16, heads=False), cfg, dropped=(), generator=torch.Generator().manual_seed(0)
+    )
     assert big.stats.upload_bytes == pytest.approx(small.stats.upload_bytes, rel=0.01)
-    full = secure_aggregate(_updates(80, size=16, heads=False), SecureAggregationConfig(), dropped=(), generator=torch.Generator().manual_seed(0))
+    full = secure_aggregate(
+        _updates(80, size=16, heads=False),
+        SecureAggregationConfig(),
+        dropped=(),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert full.stats.upload_bytes > 5 * big.stats.upload_bytes

@@ -28,7 +28,9 @@ class AdaptiveClippingConfig(StrictModel):
     the (noised) fraction of the cohort whose update norm was at most ``C``.
     """
 
-    target_quantile: float = Field(default=0.5, gt=0, lt=1, description="Quantile gamma of update norms to track.")
+    target_quantile: float = Field(
+        default=0.5, gt=0, lt=1, description="Quantile gamma of update norms to track."
+    )
     learning_rate: PositiveFloat = Field(default=0.2, description="Geometric step size eta_C.")
     count_noise_multiplier: float | None = Field(
         default=None,
@@ -45,7 +47,8 @@ class DPConfig(StrictModel):
     clip_norm: PositiveFloat = Field(default=1.0, description="L2 bound C on each client's whole update.")
     noise_multiplier: float | None = Field(default=None, ge=0, description="sigma; noise std is sigma * C.")
     target_epsilon: PositiveFloat | None = Field(
-        default=None, description="Set sigma before training so that epsilon stays below this after all rounds."
+        default=None,
+        description="Set sigma before training so that epsilon stays below this after all rounds.",
     )
     delta: float = Field(default=1e-5, gt=0, lt=1)
     adaptive_clipping: AdaptiveClippingConfig | None = None
@@ -77,7 +80,9 @@ class SecureAggregationConfig(StrictModel):
         description="Shamir threshold t: an int >= 2 is absolute; a value in (0, 1] is a fraction of each neighbourhood.",
     )
     bits: int = Field(default=32, ge=8, le=64, description="Ring size 2^bits of the masked integers.")
-    clip_range: PositiveFloat = Field(default=1.0, description="Each coordinate is clipped to [-r, r] before quantising.")
+    clip_range: PositiveFloat = Field(
+        default=1.0, description="Each coordinate is clipped to [-r, r] before quantising."
+    )
     rounding: Literal["stochastic", "deterministic"] = "stochastic"
     graph: Literal["complete", "k_regular"] = Field(
         default="complete", description="complete: original SecAgg; k_regular: SecAgg+ random Harary graph."
@@ -86,9 +91,12 @@ class SecureAggregationConfig(StrictModel):
         default=None, description="k for the k_regular graph (even); None = an even number near 3 log2(n)."
     )
     min_group_survivors: PositiveInt = Field(
-        default=2, description="Refuse to reveal a parameter group's sum over fewer surviving holders than this."
+        default=2,
+        description="Refuse to reveal a parameter group's sum over fewer surviving holders than this.",
     )
-    dropout_rate: float = Field(default=0.0, ge=0, lt=1, description="Simulated fraction dropping after sharing keys.")
+    dropout_rate: float = Field(
+        default=0.0, ge=0, lt=1, description="Simulated fraction dropping after sharing keys."
+    )
 
     @model_validator(mode="after")
     def _threshold_form(self) -> SecureAggregationConfig:
@@ -119,7 +127,9 @@ class DPSGDConfig(StrictModel):
 
     max_grad_norm: PositiveFloat = Field(default=1.0, description="Per-sample gradient clip norm.")
     noise_multiplier: float | None = Field(default=None, ge=0)
-    target_epsilon: PositiveFloat | None = Field(default=None, description="Per client, over its local epochs.")
+    target_epsilon: PositiveFloat | None = Field(
+        default=None, description="Per client, over its local epochs."
+    )
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"
     poisson_sampling: bool = True

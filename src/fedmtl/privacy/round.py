@@ -132,7 +132,10 @@ def private_aggregate(
     if dp is not None and dp_state is not None and dp.placement == "distributed":
         groups = {c: dp.client_noise(v, dp_state, shares, generator=generator) for c, v in groups.items()}
     if dp is not None and dp.adaptive is not None:
-        groups = {c: {**v, COUNT_GROUP: torch.tensor([unclipped[c]], dtype=torch.float64)} for c, v in groups.items()}
+        groups = {
+            c: {**v, COUNT_GROUP: torch.tensor([unclipped[c]], dtype=torch.float64)}
+            for c, v in groups.items()
+        }
     use_weights = None if dp is not None else weights
 
     stats = None
@@ -140,13 +143,19 @@ def private_aggregate(
         sa = secure_aggregate(
             groups,
             cfg.secure_aggregation,
-            weights=None if use_weights is None else {c: {**use_weights[c], COUNT_GROUP: 1.0} for c in groups},
+            weights=None
+            if use_weights is None
+            else {c: {**use_weights[c], COUNT_GROUP: 1.0} for c in groups},
             dropped=dropped,
             generator=generator,
             clip_ranges={COUNT_GROUP: 1.0},
         )
         sums, weight_sums, contributors, withheld, stats = (
-            sa.sums, sa.weight_sums, sa.contributors, sa.withheld, sa.stats
+            sa.sums,
+            sa.weight_sums,
+            sa.contributors,
+            sa.withheld,
+            sa.stats,
         )
     else:
         gone = frozenset(dropped or ())
@@ -156,7 +165,7 @@ def private_aggregate(
             if not who:
                 continue
             w = {c: (1.0 if use_weights is None else float(use_weights[c][g])) for c in who}
-            sums[g] = sum(w[c] * groups[c][g] for c in who)
+            sums[g] = torch.stack([w[c] * groups[c][g] for c in who]).sum(0)
             weight_sums[g], contributors[g] = sum(w.values()), who
         withheld = ()
 

@@ -15,7 +15,10 @@ from torch import Tensor
 
 def global_norm(delta: Mapping[str, Tensor]) -> float:
     """L2 norm of all tensors of ``delta`` taken as one vector (computed in float64)."""
-    total = sum((t.detach().to(torch.float64).pow(2).sum() for t in delta.values()), torch.zeros((), dtype=torch.float64))
+    total = sum(
+        (t.detach().to(torch.float64).pow(2).sum() for t in delta.values()),
+        torch.zeros((), dtype=torch.float64),
+    )
     return float(total.sqrt())
 
 

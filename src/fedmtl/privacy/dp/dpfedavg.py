@@ -155,7 +155,10 @@ class DPFedAvg:
         Returns:
             ``groups`` plus noise (unchanged under server placement).
         """
-        return {g: add_noise(v, self.client_noise_std(state, noise_shares[g]), generator) for g, v in sorted(groups.items())}
+        return {
+            g: add_noise(v, self.client_noise_std(state, noise_shares[g]), generator)
+            for g, v in sorted(groups.items())
+        }
 
     # server side --------------------------------------------------------------------------
     def noise_sums(
@@ -202,10 +205,17 @@ class DPFedAvg:
         accountant = state.accountant.step(self.noise_multiplier, self.sample_rate)
         clip, fraction = state.clip_norm, None
         if self.adaptive is not None:
-            clip, fraction = adaptive_clip_step(state.clip_norm, unclipped_count, self.cohort_size, self.adaptive, generator)
+            clip, fraction = adaptive_clip_step(
+                state.clip_norm, unclipped_count, self.cohort_size, self.adaptive, generator
+            )
         new = replace(state, clip_norm=clip, accountant=accountant, rounds=state.rounds + 1)
         report = RoundPrivacy(
-            new.rounds, accountant.epsilon(self.delta), self.delta, state.clip_norm, self.noise_multiplier, fraction
+            new.rounds,
+            accountant.epsilon(self.delta),
+            self.delta,
+            state.clip_norm,
+            self.noise_multiplier,
+            fraction,
         )
         return new, report
 

@@ -77,7 +77,11 @@ def make_private_client(
         if prior.mechanism != cfg.accountant:
             raise ValueError(f"prior accountant is {prior.mechanism!r}, config asks for {cfg.accountant!r}")
         engine.accountant.history = list(prior.history)
-    loader = DPDataLoader.from_data_loader(data_loader, generator=generator) if cfg.poisson_sampling else data_loader
+    loader = (
+        DPDataLoader.from_data_loader(data_loader, generator=generator)
+        if cfg.poisson_sampling
+        else data_loader
+    )
     common = dict(
         module=model,
         optimizer=optimizer,

@@ -48,13 +48,15 @@ class SecAggResult:
         return {g: s / self.weight_sums[g] for g, s in self.sums.items() if self.weight_sums[g] > 0}
 
 
-def sample_dropouts(clients: Collection[int], rate: float, generator: torch.Generator | None) -> frozenset[int]:
+def sample_dropouts(
+    clients: Collection[int], rate: float, generator: torch.Generator | None
+) -> frozenset[int]:
     """Each client drops independently with probability ``rate`` (a simulation of unreliable devices)."""
     if rate <= 0:
         return frozenset()
     ids = sorted(clients)
     draws = torch.rand(len(ids), generator=generator)
-    return frozenset(c for c, u in zip(ids, draws.tolist()) if u < rate)
+    return frozenset(c for c, u in zip(ids, draws.tolist(), strict=False) if u < rate)
 
 
 def secure_aggregate(
@@ -109,7 +111,9 @@ def secure_aggregate(
             if weights is not None:
                 w = float(weights[c][g])
                 if not 0.0 <= w <= 1.0:
-                    raise ValueError(f"weight of client {c} for group {g!r} is {w}; scale weights into [0, 1]")
+                    raise ValueError(
+                        f"weight of client {c} for group {g!r} is {w}; scale weights into [0, 1]"
+                    )
                 x = torch.cat([x * w, torch.tensor([w], dtype=torch.float64)])
             inputs[c][g] = quantise(
                 x, lo, hi, level, stochastic=cfg.rounding == "stochastic", generator=generator

@@ -100,6 +100,4 @@ def neighbour_graph(
     order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
     ring = [ids[p] for p in order]
     half = degree // 2
-    return {
-        ring[p]: frozenset(ring[(p + d) % n] for d in range(-half, half + 1) if d != 0) for p in range(n)
-    }
+    return {ring[p]: frozenset(ring[(p + d) % n] for d in range(-half, half + 1) if d != 0) for p in range(n)}

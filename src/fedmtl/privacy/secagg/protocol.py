@@ -147,23 +147,33 @@ class SecAggClient:
         seed_shares = {g: shamir.split(s, xs, threshold, self.generator) for g, s in self.self_seeds.items()}
         out = []
         for k, r in enumerate(recipients):
-            body = key_shares[k].to_bytes() + b"".join(seed_shares[g][k].to_bytes() for g in sorted(seed_shares))
+            body = key_shares[k].to_bytes() + b"".join(
+                seed_shares[g][k].to_bytes() for g in sorted(seed_shares)
+            )
             if r == self.id:
                 self.received[self.id] = self._parse(self.id, body)
                 continue
             header = struct.pack(">II", self.id, r)
-            aead_key = keys.agree(self.cipher_keys, self.adverts[r].cipher_public, _label("enc", self.round_id))
-            out.append(EncryptedShare(self.id, r, keys.encrypt(aead_key, header + body, header, self.generator)))
+            aead_key = keys.agree(
+                self.cipher_keys, self.adverts[r].cipher_public, _label("enc", self.round_id)
+            )
+            out.append(
+                EncryptedShare(self.id, r, keys.encrypt(aead_key, header + body, header, self.generator))
+            )
         return out
 
     def _parse(self, sender: int, body: bytes) -> tuple[shamir.Share, dict[str, shamir.Share]]:
         size = shamir.ELEMENT_BYTES
         groups = sorted(g for g, h in self.holders.items() if sender in h)
         if len(body) != size * (1 + len(groups)):
-            raise SecAggError(f"client {self.id}: share from client {sender} has {len(body)} bytes, malformed")
+            raise SecAggError(
+                f"client {self.id}: share from client {sender} has {len(body)} bytes, malformed"
+            )
         x = self.id + 1
         values = [int.from_bytes(body[k * size : (k + 1) * size], "big") for k in range(1 + len(groups))]
-        return shamir.Share(x, values[0]), {g: shamir.Share(x, v) for g, v in zip(groups, values[1:])}
+        return shamir.Share(x, values[0]), {
+            g: shamir.Share(x, v) for g, v in zip(groups, values[1:], strict=False)
+        }
 
     # Round 2 -------------------------------------------------------------------------------
     def masked_input(self, inbox: Sequence[EncryptedShare]) -> dict[str, np.ndarray]:
@@ -172,7 +182,9 @@ class SecAggClient:
             if msg.recipient != self.id or msg.sender not in self.adverts:
                 raise SecAggError(f"client {self.id}: unexpected share {msg.sender}->{msg.recipient}")
             header = struct.pack(">II", msg.sender, self.id)
-            aead_key = keys.agree(self.cipher_keys, self.adverts[msg.sender].cipher_public, _label("enc", self.round_id))
+            aead_key = keys.agree(
+                self.cipher_keys, self.adverts[msg.sender].cipher_public, _label("enc", self.round_id)
+            )
             try:
                 plain = keys.decrypt(aead_key, msg.blob, header)
             except InvalidTag:
@@ -194,7 +206,9 @@ class SecAggClient:
             )
             for j in self.adverts:
                 if j in self.holders[g]:
-                    seed = keys.agree(self.mask_keys, self.adverts[j].mask_public, _label("mask", self.round_id, g))
+                    seed = keys.agree(
+                        self.mask_keys, self.adverts[j].mask_public, _label("mask", self.round_id, g)
+                    )
                     pad = prg.expand(seed, x.size, self.bits)
                     y = y + pad if _sign(self.id, j) > 0 else y - pad
             out[g] = y & mod
@@ -277,8 +291,13 @@ def run_protocol(
     cohort = sorted(inputs)
     dropped_set, late_set = set(dropped), set(late_dropped)
     if not dropped_set | late_set <= set(cohort) or dropped_set & late_set:
-        raise ValueError(f"dropped={sorted(dropped_set)} and late_dropped={sorted(late_set)} must be disjoint cohort subsets")
-    holders = {g: frozenset(c for c in cohort if g in inputs[c]) for g in sorted({g for v in inputs.values() for g in v})}
+        raise ValueError(
+            f"dropped={sorted(dropped_set)} and late_dropped={sorted(late_set)} must be disjoint cohort subsets"
+        )
+    holders = {
+        g: frozenset(c for c in cohort if g in inputs[c])
+        for g in sorted({g for v in inputs.values() for g in v})
+    }
     for g, h in holders.items():
         if len({inputs[c][g].size for c in h}) != 1:
             raise ValueError(f"holders of group {g!r} sent inputs of different lengths")
@@ -300,7 +319,9 @@ def run_protocol(
         return out
 
     clients = {
-        c: timed(lambda c=c: SecAggClient(c, inputs[c], bits=cfg.bits, round_id=round_id, generator=generator))
+        c: timed(
+            lambda c=c: SecAggClient(c, inputs[c], bits=cfg.bits, round_id=round_id, generator=generator)
+        )
         for c in cohort
     }
     # Round 0: keys, relayed to neighbours.
@@ -327,7 +348,9 @@ def run_protocol(
             up[c] += sum(-(-v.size * cfg.bits // 8) for v in masked[c].values())
     survivors = frozenset(masked)
     if len(survivors) < threshold:
-        raise SecAggError(f"only {len(survivors)} clients sent masked inputs, fewer than threshold t={threshold}")
+        raise SecAggError(
+            f"only {len(survivors)} clients sent masked inputs, fewer than threshold t={threshold}"
+        )
     # Round 3: reveals from those still online after masking.
     reveals: list[Reveal] = []
     for c in sorted(survivors - late_set):
@@ -377,8 +400,12 @@ def _unmask(
         if j not in revealed_keys:
             got = key_shares.get(j, [])
             if len(got) < threshold:
-                raise SecAggError(f"only {len(got)} shares of dropped client {j}'s mask key, threshold t={threshold}")
-            revealed_keys[j] = keys.KeyPair.from_private_bytes(shamir.reconstruct(got, threshold, keys.SEED_BYTES))
+                raise SecAggError(
+                    f"only {len(got)} shares of dropped client {j}'s mask key, threshold t={threshold}"
+                )
+            revealed_keys[j] = keys.KeyPair.from_private_bytes(
+                shamir.reconstruct(got, threshold, keys.SEED_BYTES)
+            )
             if revealed_keys[j].public != adverts[j].mask_public:
                 raise SecAggError(f"reconstructed mask key of client {j} does not match its advertised key")
         return revealed_keys[j]
