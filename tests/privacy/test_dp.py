@@ -50,14 +50,14 @@ def test_clip_does_not_mutate_and_validates():
 @pytest.mark.parametrize("mechanism,opacus_cls", [("rdp", RDPAccountant), ("prv", PRVAccountant)])
 def test_epsilon_equals_opacus_computed_directly(mechanism, opacus_cls):
     cfg = DPConfig(noise_multiplier=1.1, delta=1e-5, accountant=mechanism)
-    plan = DPFedAvg.from_config(cfg, num_clients=1000, cohort_size=50, rounds=20)
+    plan = DPFedAvg.from_config(cfg, num_clients=1000, cohort_size=50, rounds=10)
     state = plan.init()
     reference = opacus_cls()
-    for _ in range(20):
+    for _ in range(10):
         state, report = plan.server_step(state)
         reference.step(noise_multiplier=1.1, sample_rate=0.05)
         assert report.epsilon == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
-    assert report.round == 20 and state.accountant.steps == 20
+    assert report.round == 10 and state.accountant.steps == 10
 
 
 def test_accountant_is_immutable_and_composes_heterogeneous_steps():

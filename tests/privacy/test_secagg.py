@@ -157,3 +157,30 @@ def test_secagg_plus_cost_grows_slowly():
         generator=torch.Generator().manual_seed(0),
     )
     assert full.stats.upload_bytes > 5 * big.stats.upload_bytes
+
+
+def test_client_never_reveals_both_shares_of_a_neighbour(monkeypatch):
+    ups = _updates(6, heads=False)
+    cfg = SecureAggregationConfig(threshold=3, rounding="deterministic")
+    level = levels(cfg.bits, 6)
+    inputs = {
+        c: {"shared": quantise(v["shared"], -1.0, 1.0, level, stochastic=False, generator=None)}
+        for c, v in ups.items()
+    }
+    from fedmtl.privacy.secagg import SecAggClient
+    from fedmtl.privacy.secagg.protocol import Reveal
+
+    seen: list[Reveal] = []
+    original = SecAggClient.unmask
+
+    def spy(self, survivors, min_group_survivors):
+        r = original(self, survivors, min_group_survivors)
+        seen.append(r)
+        return r
+
+    monkeypatch.setattr(SecAggClient, "unmask", spy)
+    run_protocol(inputs, cfg, dropped={0, 1}, generator=torch.Generator().manual_seed(0))
+    assert seen
+    for r in seen:
+        assert set(r.mask_key_shares) == {0, 1}
+        assert not set(r.mask_key_shares) & {j for j, _ in r.self_mask_shares}
