@@ -1,0 +1,108 @@
+"""Privacy accounting through Opacus' accountants, with the history as explicit, immutable state.
+
+Client-level DP-FedAvg is a composition of sub-sampled Gaussian mechanisms, one per round, with
+noise multiplier sigma and sample rate q = cohort size / number of clients (McMahan et al., 2018).
+The analysis is Opacus': RDP (Mironov, 2017; Mironov, Talwar & Zhang, 2019) or PRV (Gopi, Lee &
+Wutschitz, NeurIPS 2021). Both assume Poisson sampling of the cohort.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+Mechanism = Literal["rdp", "prv"]
+
+
+@dataclass(frozen=True)
+class PrivacyAccountant:
+    """Immutable accounting state: ``history`` of ``(noise_multiplier, sample_rate, steps)``.
+
+    ``step`` returns a new accountant; ``epsilon`` asks Opacus for the current epsilon at ``delta``.
+    """
+
+    mechanism: Mechanism = "rdp"
+    history: tuple[tuple[float, float, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ("rdp", "prv"):
+            raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.mechanism!r}")
+
+    @property
+    def steps(self) -> int:
+        return sum(s for _, _, s in self.history)
+
+    def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> PrivacyAccountant:
+        """Record ``steps`` rounds of the sub-sampled Gaussian mechanism."""
+        if noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        hist = list(self.history)
+        if hist and hist[-1][0] == noise_multiplier and hist[-1][1] == sample_rate:
+            hist[-1] = (noise_multiplier, sample_rate, hist[-1][2] + steps)
+        else:
+            hist.append((float(noise_multiplier), float(sample_rate), steps))
+        return PrivacyAccountant(self.mechanism, tuple(hist))
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta`` (0 before any step, inf with zero noise)."""
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        if not self.history:
+            return 0.0
+        if any(sigma == 0 for sigma, _, _ in self.history):
+            return math.inf
+        acc = create_accountant(mechanism=self.mechanism)
+        acc.history = list(self.history)
+        return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_target_epsilon(
+    target_epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: Mechanism = "rdp"
+) -> float:
+    """The noise multiplier sigma reaching ``target_epsilon`` at ``delta`` after ``rounds`` rounds.
+
+    A thin call to Opacus' ``get_noise_multiplier`` (binary search on the accountant).
+    """
+    if target_epsilon <= 0 or rounds < 1:
+        raise ValueError(f"need target_epsilon > 0 and rounds >= 1, got {target_epsilon}, {rounds}")
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=rounds,
+            accountant=accountant,
+        )
+    )
+
+
+def epsilon_schedule(
+    noise_multiplier: float,
+    sample_rate: float,
+    rounds: int,
+    delta: float,
+    accountant: Mechanism = "rdp",
+    every: int = 1,
+) -> list[tuple[int, float]]:
+    """``(round, epsilon)`` after every ``every``-th round up to ``rounds`` (and the last).
+
+    What a privacy-utility curve is drawn against: pair each evaluated round's metric with its epsilon.
+    """
+    if rounds < 1 or every < 1:
+        raise ValueError(f"rounds and every must be >= 1, got {rounds}, {every}")
+    marks = sorted(set(range(every, rounds + 1, every)) | {rounds})
+    acc = PrivacyAccountant(accountant)
+    out, done = [], 0
+    for r in marks:
+        acc = acc.step(noise_multiplier, sample_rate, r - done)
+        done = r
+        out.append((r, acc.epsilon(delta)))
+    return out
