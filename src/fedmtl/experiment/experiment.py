@@ -135,15 +135,20 @@ class Experiment:
 
             bar = tqdm(total=cfg.server.rounds, initial=min(state.round, cfg.server.rounds), desc="rounds", unit="round", dynamic_ncols=True)
         shown = ""
+        stopped = ""
         try:
             while state.round < cfg.server.rounds:
+                if not fed.can_run_round(state):
+                    stopped = f"privacy budget: another round would exceed target epsilon {cfg.privacy.dp.target_epsilon}"  # type: ignore[union-attr]
+                    log.warning("stopping after round %d: %s", state.round, stopped)
+                    break
                 t0 = time.perf_counter()
                 state, report = fed.round(state)
                 record = self._record(fed, state, report)
                 elapsed += time.perf_counter() - t0
                 record["elapsed"] = elapsed
                 metrics.append(record)
-                if state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds:
+                if state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds or not fed.can_run_round(state):
                     save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
                 if bar is not None:
                     if record.get("global") is not None:
@@ -158,6 +163,8 @@ class Experiment:
                 bar.close()
         history = metrics.read()
         summary = self._summary(fed, state, history, engine.name, elapsed)
+        if stopped:
+            summary["stopped_early"] = stopped
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         if self._final_clients:
             atomic_write_text(run_dir / "clients.json", json.dumps(self._final_clients, indent=1))
@@ -177,6 +184,8 @@ class Experiment:
             "round_seconds": report.seconds,
             "engine": fed.engine.name,
         }
+        if report.privacy:
+            record["privacy"] = report.privacy
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
         if due:
             record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size)
@@ -198,11 +207,15 @@ class Experiment:
         pers = record.get("personalized") or {}
         if "mean" in pers:
             parts.append(f"pers={pers['mean']:.3f}")
+        if "epsilon" in (record.get("privacy") or {}):
+            parts.append(f"ε={record['privacy']['epsilon']:.2f}")
         return " ".join(parts)
 
     def _summary(self, fed: Federation, state: ServerState, history: list[dict[str, Any]], engine: str, elapsed: float) -> dict[str, Any]:
         last_eval = next((r for r in reversed(history) if r.get("global") is not None), {})
+        privacy = next((r["privacy"] for r in reversed(history) if r.get("privacy")), None)
         return {
+            "privacy": privacy,
             "rounds_completed": state.round,
             "engine": engine,
             "wall_seconds": elapsed,

@@ -26,6 +26,7 @@ from fedmtl.fl.byzantine import attack, malicious_clients
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply
+from fedmtl.fl.privacy_step import PrivacyStep
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
@@ -44,6 +45,7 @@ class ServerState:
     params: dict[str, Tensor]
     opt_state: TensorTree
     client_states: dict[int, TensorTree] = field(default_factory=dict)
+    privacy_state: TensorTree = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class RoundReport:
     bytes_up: int
     train_loss: dict[str, float]
     seconds: float
+    privacy: dict[str, object] = field(default_factory=dict)
 
 
 def initial_parameters(model: MultiTaskModel, seed: int) -> dict[str, Tensor]:
@@ -110,11 +113,20 @@ class Federation:
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
         self.cohort_size = cohort_size(data.num_clients, cfg.server.clients_per_round, cfg.server.fraction)
         self.byzantine = malicious_clients(range(data.num_clients), cfg.server.byzantine, cfg.seed)
+        self.privacy: PrivacyStep | None = None
+        if PrivacyStep.enabled(cfg.privacy):
+            cap = max(c.num_train for c in data.clients)
+            self.privacy = PrivacyStep(cfg.privacy, data.num_clients, self.cohort_size, cfg.server.rounds, cap)
 
     # -- server steps -------------------------------------------------------------------------
     def init_state(self) -> ServerState:
         params = initial_parameters(self.model, self.cfg.seed)
-        return ServerState(round=0, params=params, opt_state=self.server_opt.init(params))
+        privacy_state = self.privacy.init() if self.privacy is not None else {}
+        return ServerState(round=0, params=params, opt_state=self.server_opt.init(params), privacy_state=privacy_state)
+
+    def can_run_round(self, state: ServerState) -> bool:
+        """False when the privacy budget (a target epsilon) forbids another round."""
+        return self.privacy is None or self.privacy.can_run_round(state.privacy_state)
 
     def cohort(self, round_index: int) -> list[int]:
         return sample_cohort(self.data.num_clients, self.cohort_size, generator(self.cfg.seed, "cohort", round_index))
@@ -159,13 +171,24 @@ class Federation:
             log.warning("dropped %d of %d updates, e.g. client %d: %s%s", len(dropped), len(replies), first[0], first[1], hint)
         return updates, dropped
 
-    def apply(self, state: ServerState, updates: Sequence[ClientUpdate], client_states: Mapping[int, TensorTree]) -> ServerState:
-        """Aggregate per parameter group and take the server optimiser's step."""
-        params, opt_state = state.params, state.opt_state
+    def apply(
+        self, state: ServerState, updates: Sequence[ClientUpdate], client_states: Mapping[int, TensorTree]
+    ) -> tuple[ServerState, dict[str, object]]:
+        """Aggregate per parameter group (privately when configured) and take the server optimiser's step.
+
+        Returns the next state and what the privacy layer reports about the round (epsilon, costs).
+        """
+        params, opt_state, privacy_state = state.params, state.opt_state, state.privacy_state
+        info: dict[str, object] = {}
         if updates:
-            aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
+            if self.privacy is not None:
+                gen = generator(self.cfg.seed, "privacy", state.round)
+                private = self.privacy.aggregate(updates, self.groups, state.privacy_state, gen)
+                aggregate, privacy_state, info = private.mean, private.state, private.log
+            else:
+                aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-        return ServerState(state.round + 1, params, opt_state, dict(client_states))
+        return ServerState(state.round + 1, params, opt_state, dict(client_states), privacy_state), info
 
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
@@ -197,7 +220,7 @@ class Federation:
             reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper)
             replies.append(reply)
         updates, dropped = self.collect(replies)
-        new_state = self.apply(state, updates, client_states)
+        new_state, privacy_info = self.apply(state, updates, client_states)
         report = RoundReport(
             round=r,
             cohort=plan.cohort,
@@ -206,5 +229,6 @@ class Federation:
             bytes_up=sum(len(x.payload) for x in replies),
             train_loss=mean_train_loss(replies),
             seconds=time.perf_counter() - t0,
+            privacy=privacy_info,
         )
         return new_state, report
