@@ -73,3 +73,9 @@ def test_config_is_frozen():
     cfg = ExperimentConfig()
     with pytest.raises(Exception):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_sections_of_the_default_kind_need_no_name():
+    cfg = config_from_dict({"model": {"trunk": {"hidden": [16]}}, "client": {"optimizer": {"lr": 0.3}}})
+    assert cfg.model.name == "hard_sharing" and cfg.model.trunk.hidden == [16]
+    assert cfg.client.optimizer.name == "sgd" and cfg.client.optimizer.lr == 0.3

@@ -75,6 +75,20 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+def fill_default_kinds(data: Any, defaults: Any) -> Any:
+    """Give every section that names no ``name`` the default's, so ``model: {trunk: {hidden: [64]}}`` works.
+
+    Sections are discriminated unions on ``name``; a user who only tunes the default kind's fields
+    should not have to repeat its name.
+    """
+    if not isinstance(data, dict) or not isinstance(defaults, dict):
+        return data
+    out = {k: fill_default_kinds(v, defaults.get(k)) for k, v in data.items()}
+    if "name" not in out and isinstance(defaults.get("name"), str):
+        out["name"] = defaults["name"]
+    return out
+
+
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     """Validate a plain dict (plus overrides) into an :class:`ExperimentConfig`."""
     defaults: dict[str, Any] | None = None
@@ -84,6 +98,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
         except ValidationError:
             defaults = ExperimentConfig().model_dump(mode="json")
     merged = apply_overrides(data, overrides or [], defaults)
+    merged = fill_default_kinds(merged, ExperimentConfig().model_dump(mode="json"))
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
