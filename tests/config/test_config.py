@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 
@@ -71,7 +72,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_config_is_frozen():
     cfg = ExperimentConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.seed = 3  # type: ignore[misc]
 
 
@@ -79,3 +80,8 @@ def test_sections_of_the_default_kind_need_no_name():
     cfg = config_from_dict({"model": {"trunk": {"hidden": [16]}}, "client": {"optimizer": {"lr": 0.3}}})
     assert cfg.model.name == "hard_sharing" and cfg.model.trunk.hidden == [16]
     assert cfg.client.optimizer.name == "sgd" and cfg.client.optimizer.lr == 0.3
+
+
+def test_overriding_a_plain_name_field_keeps_its_section():
+    cfg = load_config(None, ["output.dir=/tmp/x", "output.name=mine"])
+    assert cfg.output.dir == "/tmp/x" and cfg.output.name == "mine"

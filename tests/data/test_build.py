@@ -100,10 +100,14 @@ def test_user_arrays_with_natural_clients_and_string_labels():
     size = x[:, 0] * 2 + rng.normal(0, 0.1, n)
     site = np.array(["north", "south", "east", "west"])[rng.integers(0, 4, n)]
     src = from_arrays(x, {"colour": colour, "size": size}, {"colour": "multiclass", "size": "regression"}, client_ids=site)
-    cfg = config_from_dict(
-        {"data": {"source": {"name": "table", "path": "unused.csv", "tasks": [{"name": "colour", "kind": "multiclass"}, {"name": "size", "kind": "regression"}], "client_column": "site"}, "partition": {"name": "natural"}}}
-    ).data
+    cfg = config_from_dict({"data": {"source": {"name": "arrays"}, "partition": {"name": "natural"}}}).data
     fed = build_federated_data(cfg, seed=0, source=src)
     assert fed.num_clients == 4
     assert fed.task("colour").num_classes == 3
     assert sum(len(c.train) + len(c.test) for c in fed.clients) + len(fed.holdout) == n
+
+
+def test_arrays_source_without_arrays_says_how_to_pass_them():
+    cfg = config_from_dict({"data": {"source": {"name": "arrays"}, "partition": {"name": "iid"}}}).data
+    with pytest.raises(DataError, match="source=fedmtl.from_arrays"):
+        build_federated_data(cfg, seed=0)

@@ -83,8 +83,15 @@ class TableSource(StrictModel):
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
 
 
+class ArraysSource(StrictModel):
+    """In-memory arrays given to ``Experiment(config, source=fedmtl.from_arrays(...))`` from Python."""
+
+    name: Literal["arrays"] = "arrays"
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+
+
 Source = Annotated[
-    Union[MNIST1DSource, DigitsSource, FashionMNISTSource, StarSource, TableSource],
+    Union[MNIST1DSource, DigitsSource, FashionMNISTSource, StarSource, TableSource, ArraysSource],
     Field(discriminator="name"),
 ]
 
@@ -181,7 +188,7 @@ class DataConfig(StrictModel):
     @model_validator(mode="after")
     def _natural_needs_natural_source(self) -> DataConfig:
         if isinstance(self.partition, NaturalPartition):
-            natural = isinstance(self.source, StarSource) or (
+            natural = isinstance(self.source, (StarSource, ArraysSource)) or (
                 isinstance(self.source, TableSource) and self.source.client_column is not None
             )
             if not natural:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveInt, model_validator
 
+from fedmtl.config.algorithm import Algorithm, FedAvgAlgorithm
 from fedmtl.config.base import StrictModel
 from fedmtl.config.comm import CommConfig
-from fedmtl.config.data import DataConfig, TableSource
+from fedmtl.config.data import ArraysSource, DataConfig, TableSource
 from fedmtl.config.engine import Engine, RuntimeConfig, SequentialEngine
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
-from fedmtl.config.algorithm import Algorithm, FedAvgAlgorithm
 from fedmtl.config.training import ClientConfig, ServerConfig
 
 
@@ -53,7 +53,7 @@ class ExperimentConfig(StrictModel):
     @model_validator(mode="after")
     def _cohort_fits(self) -> ExperimentConfig:
         n = self.server.clients_per_round
-        if n is not None and n > self.data.num_clients and not isinstance(self.data.source, TableSource):
+        if n is not None and n > self.data.num_clients and not isinstance(self.data.source, (TableSource, ArraysSource)):
             raise ValueError(
                 f"server.clients_per_round={n} exceeds data.num_clients={self.data.num_clients}; "
                 f"allowed: 1..{self.data.num_clients}"

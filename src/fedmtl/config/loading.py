@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fedmtl.config.experiment import ExperimentConfig
 
@@ -41,7 +43,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``key.path=value`` applied; validation later checks keys and types.
 
     A path into a section the data does not spell out starts from that section's resolved values in
@@ -61,10 +65,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], defaults: dict[s
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
             node, dnode = child, dchild
-        if path[-1] == "name" and node.get("name") not in (None, value):
+        if (
+            path[-1] == "name"
+            and ".".join(path[:-1]) in kind_sections()
+            and node.get("name") not in (None, value)
+        ):
             node.clear()
         node[path[-1]] = value
     return result
+
+
+@functools.cache
+def kind_sections() -> frozenset[str]:
+    """Dotted paths of the sections whose ``name`` picks a kind (discriminated unions)."""
+    found: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field_name, info in model.model_fields.items():
+            path = f"{prefix}{field_name}"
+            if info.discriminator is not None:
+                found.add(path)
+            for member in _models_in(info.annotation):
+                walk(member, path + ".")
+
+    walk(ExperimentConfig, "")
+    return frozenset(found)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += _models_in(arg)
+    return out
 
 
 def _deep_copy(data: Any) -> Any:
@@ -119,7 +153,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {str(p)!r} must hold a mapping at the top level, got {type(loaded).__name__}"
+            )
         data = loaded
     return config_from_dict(data, overrides)
 

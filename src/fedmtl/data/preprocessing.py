@@ -91,6 +91,8 @@ def transform(x: np.ndarray, kind: str) -> np.ndarray:
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None = None) -> np.ndarray:
     """Standardise with given statistics (per feature, or one scalar for images), optionally clipping."""
+    if x.shape[0] == 0:
+        return x.astype(np.float32)
     flat = x.reshape(x.shape[0], -1)
     out = (flat - mean[None, :]) / std[None, :]
     if clip is not None:

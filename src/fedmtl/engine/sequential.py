@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedmtl.fl.cohort import CohortJob
 from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.cohort import CohortJob
 
 
 class SequentialEngine:

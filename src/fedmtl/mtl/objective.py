@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fedmtl.mtl.balancers.base import Balance, Balancer, BalanceInput
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer
 from fedmtl.mtl.models.base import MultiTaskModel
 from fedmtl.tree import TensorTree
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedmtl.config import data as dcfg
-from fedmtl.data.source import SourceData
+from fedmtl.data.source import DataError, SourceData
 from fedmtl.data.sources.digits import load_digits_source
 from fedmtl.data.sources.fashion_mnist import load_fashion_mnist
 from fedmtl.data.sources.mnist1d import load_mnist1d
@@ -21,6 +21,10 @@ LOADERS = {
 
 def load_source(cfg: dcfg.Source, seed: int) -> SourceData:
     """Load the configured source (offline)."""
+    if isinstance(cfg, dcfg.ArraysSource):
+        raise DataError(
+            "data.source 'arrays' means in-memory data: pass it as Experiment(config, source=fedmtl.from_arrays(...))"
+        )
     return LOADERS[type(cfg)](cfg, seed)  # type: ignore[operator]
 
 
