@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.config.mtl import MTLConfig
+from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.config.training import SGD, Adam, ClientConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
@@ -57,15 +58,21 @@ def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.o
 class LocalTrainer:
     """Trains a model (one reused instance) on one client at a time."""
 
-    def __init__(self, model: MultiTaskModel, client_cfg: ClientConfig, mtl_cfg: MTLConfig):
+    def __init__(self, model: MultiTaskModel, client_cfg: ClientConfig, mtl_cfg: MTLConfig, dp_sgd: DPSGDConfig | None = None):
         self.model = model
         self.cfg = client_cfg
         self.mtl_cfg = mtl_cfg
+        #: sample-level DP-SGD settings; when set, :meth:`train` runs through Opacus
+        self.dp_sgd = dp_sgd
 
     def train(
         self, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
         """Train from ``start`` (the global parameters the client received) on the client's own tasks."""
+        if self.dp_sgd is not None:
+            from fedmtl.fl.dp_sgd_client import train_with_dp_sgd
+
+            return train_with_dp_sgd(self, start, client, state, generator, self.dp_sgd)
         model = self.model
         tasks = list(client.tasks)
         names = held_parameter_names(model, tasks)

@@ -85,6 +85,12 @@ def initial_parameters(model: MultiTaskModel, seed: int) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def max_client_epsilon(replies: Sequence[ClientReply]) -> dict[str, object]:
+    """The largest per-client DP-SGD epsilon reported this round (sample-level DP), if any."""
+    eps = [r.metrics["dp_sgd_epsilon"] for r in replies if "dp_sgd_epsilon" in r.metrics]
+    return {"dp_sgd_max_client_epsilon": max(eps)} if eps else {}
+
+
 def mean_train_loss(replies: Sequence[ClientReply]) -> dict[str, float]:
     """Per-task training loss averaged over the clients that reported it."""
     loss: dict[str, list[float]] = {}
@@ -104,7 +110,7 @@ class Federation:
         self.model = model
         self.engine = engine
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm)
-        self.trainer = LocalTrainer(model, cfg.client, cfg.mtl)
+        self.trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
         self.up, self.down = build_links(cfg.comm)
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
         self.aggregator = build_aggregator(cfg.server.aggregator)
@@ -229,6 +235,6 @@ class Federation:
             bytes_up=sum(len(x.payload) for x in replies),
             train_loss=mean_train_loss(replies),
             seconds=time.perf_counter() - t0,
-            privacy=privacy_info,
+            privacy={**privacy_info, **max_client_epsilon(replies)},
         )
         return new_state, report
