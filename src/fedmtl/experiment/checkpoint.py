@@ -42,6 +42,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
         "params": state.params,
         "opt": state.opt_state,
         "clients": {str(k): v for k, v in state.client_states.items()},
+        "algorithm": state.algorithm_state,
     }
     flat = {k: v.contiguous() for k, v in flatten(tree).items()}
     metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
@@ -79,6 +80,7 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         params=dict(tree.get("params", {})),  # type: ignore[arg-type]
         opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
         client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
+        algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
     )
     return state, json.loads(metadata.get("meta", "{}"))
 
