@@ -12,8 +12,8 @@ from fedmtl.data.dataset import FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm, Mixture
 from fedmtl.fl.client import load_parameters
 from fedmtl.fl.evaluation import evaluate, summarize_clients
-from fedmtl.tasks import add_sums
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.tasks import add_sums
 from fedmtl.tree import TensorTree
 
 

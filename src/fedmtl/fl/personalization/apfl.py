@@ -63,8 +63,8 @@ class APFL(FedAvg):
                 mixed = {n: ar * vr[n] + (1 - ar) * w[n].detach() for n in names}
                 gv = torch.autograd.grad(client_loss(model, mixed, client.train, tasks, idx), [*vr.values(), ar])
                 with torch.no_grad():
-                    w = {n: w[n].detach() - lr * g for n, g in zip(names, gw)}
-                    v = {n: v[n].detach() - lr * g for n, g in zip(names, gv[:-1])}
+                    w = {n: w[n].detach() - lr * g for n, g in zip(names, gw, strict=True)}
+                    v = {n: v[n].detach() - lr * g for n, g in zip(names, gv[:-1], strict=True)}
                     alpha = (alpha.detach() - self.alpha_lr * gv[-1]).clamp(0.0, 1.0)
                 total += float(loss_w.detach())
                 steps += 1

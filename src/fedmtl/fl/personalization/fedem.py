@@ -76,7 +76,7 @@ class FedEM(FedAvg):
                     cr = {n: t.detach().requires_grad_() for n, t in comps[k].items()}
                     loss = (q[k, idx] * client_loss(model, cr, client.train, tasks, idx, per_sample=True)).mean()
                     grads = torch.autograd.grad(loss, list(cr.values()))
-                    comps[k] = {n: comps[k][n] - lr * g for n, g in zip(names, grads)}
+                    comps[k] = {n: comps[k][n] - lr * g for n, g in zip(names, grads, strict=True)}
                     total += float(loss.detach())
                     steps += 1
         comps = [{n: t.detach() for n, t in c.items()} for c in comps]

@@ -54,7 +54,7 @@ class PFedMe(FedAvg):
                     tr = {n: t.detach().requires_grad_() for n, t in theta.items()}
                     loss = client_loss(model, tr, client.train, tasks, idx)
                     grads = torch.autograd.grad(loss, list(tr.values()))
-                    theta = {n: theta[n] - self.personal_lr * (g + self.lam * (theta[n] - w[n])) for n, g in zip(names, grads)}
+                    theta = {n: theta[n] - self.personal_lr * (g + self.lam * (theta[n] - w[n])) for n, g in zip(names, grads, strict=True)}
                 w = {n: w[n] - lr * self.lam * (w[n] - theta[n]) for n in names}
                 total += float(loss.detach())
                 steps += 1
