@@ -161,7 +161,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]]) -> None:
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The Markdown table of docs/personalization.md."""
     parts = list(results)
-    head = "| method | " + " | ".join(f"{p} mean | {p} worst 10 % | {p} global digit" for p in parts) + " | seconds |"
+    head = "| method | " + " | ".join(f"{p} mean | {p} worst 10 % | {p} global digit" for p in parts) + " | seconds (both runs) |"
     lines = [head, "|" + "---|" * (3 * len(parts) + 2)]
     for m in ["central", *METHODS]:
         if not any(m in results[p] for p in parts):
