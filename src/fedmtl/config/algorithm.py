@@ -1,10 +1,13 @@
-"""Configuration of the federated algorithm's client side (FedAvg, and personalisation methods)."""
+"""Configuration of the federated algorithm's client side (FedAvg, FedProx, SCAFFOLD, personalisation, FMTL).
+
+Each method is a small model tagged by ``name``; ``algorithm: {name: ditto, lam: 0.1}`` selects one.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from fedmtl.config.base import StrictModel
 
@@ -15,4 +18,109 @@ class FedAvgAlgorithm(StrictModel):
     name: Literal["fedavg"] = "fedavg"
 
 
-Algorithm = Annotated[Union[FedAvgAlgorithm], Field(discriminator="name")]
+class FedProxAlgorithm(StrictModel):
+    """FedProx (Li et al., 2020): local loss plus ``mu/2 ||w - w_global||^2``; ``mu=0`` is FedAvg."""
+
+    name: Literal["fedprox"] = "fedprox"
+    mu: float = Field(default=0.01, ge=0, description="Proximal weight.")
+
+
+class ScaffoldAlgorithm(StrictModel):
+    """SCAFFOLD (Karimireddy et al., 2020), option II control variates; needs ``client.optimizer: sgd``.
+
+    The global step size is ``server.optimizer.lr``.
+    """
+
+    name: Literal["scaffold"] = "scaffold"
+
+
+class LocalOnlyAlgorithm(StrictModel):
+    """Reference point: each client trains only on its own data; nothing is sent or aggregated."""
+
+    name: Literal["local"] = "local"
+
+
+class FedPerAlgorithm(StrictModel):
+    """FedPer (Arivazhagan et al., 2019): global trunk, task heads kept on the client, never uploaded."""
+
+    name: Literal["fedper"] = "fedper"
+
+
+class FedRepAlgorithm(StrictModel):
+    """FedRep (Collins et al., 2021): local heads trained ``head_epochs`` with the trunk frozen, then the trunk."""
+
+    name: Literal["fedrep"] = "fedrep"
+    head_epochs: PositiveInt = Field(default=5, description="Head-only epochs before the trunk's client.epochs.")
+
+
+class FedBNAlgorithm(StrictModel):
+    """FedBN (Li et al., 2021): normalisation-layer parameters stay local (a no-op on trunks without them)."""
+
+    name: Literal["fedbn"] = "fedbn"
+
+
+class DittoAlgorithm(StrictModel):
+    """Ditto (Li et al., 2021): a personal model pulled to the global one by ``lam/2 ||v - w||^2``."""
+
+    name: Literal["ditto"] = "ditto"
+    lam: float = Field(default=0.1, ge=0, description="Pull of the personal model towards the global one.")
+    personal_epochs: PositiveInt | None = Field(default=None, description="Epochs on the personal model (default client.epochs).")
+
+
+class APFLAlgorithm(StrictModel):
+    """APFL (Deng et al., 2020): personal model ``alpha * v + (1 - alpha) * w`` with ``alpha`` learned."""
+
+    name: Literal["apfl"] = "apfl"
+    alpha: float = Field(default=0.5, ge=0, le=1, description="Initial mixing weight of the local model.")
+    alpha_lr: float = Field(default=0.01, ge=0, description="Step size of alpha (0 keeps it fixed).")
+
+
+class PFedMeAlgorithm(StrictModel):
+    """pFedMe (Dinh et al., 2020): personal models as Moreau envelopes of the local loss around the global model."""
+
+    name: Literal["pfedme"] = "pfedme"
+    lam: PositiveFloat = Field(default=15.0, description="Moreau-envelope regularisation strength.")
+    inner_steps: PositiveInt = Field(default=5, description="Gradient steps on the personal model per minibatch.")
+    personal_lr: PositiveFloat = Field(default=0.05, description="Step size of those inner steps.")
+
+
+class IFCAAlgorithm(StrictModel):
+    """IFCA (Ghosh et al., 2020): clients pick the best of ``clusters`` models by local loss."""
+
+    name: Literal["ifca"] = "ifca"
+    clusters: PositiveInt = Field(default=2, le=64)
+
+
+class FedEMAlgorithm(StrictModel):
+    """FedEM (Marfoq et al., 2021): each client's distribution a mixture of ``components`` shared models."""
+
+    name: Literal["fedem"] = "fedem"
+    components: int = Field(default=3, ge=2, le=16)
+
+
+class MochaAlgorithm(StrictModel):
+    """MOCHA-style federated MTL (Smith et al., 2017): personal heads coupled by a learned Omega."""
+
+    name: Literal["mocha"] = "mocha"
+    lam: float = Field(default=0.01, ge=0, description="Weight of the task-relationship regulariser tr(W Omega^-1 W^T).")
+    eps: float = Field(default=0.1, gt=0, description="Ridge added to W W^T, relative to its mean diagonal, before the square root.")
+
+
+Algorithm = Annotated[
+    Union[
+        FedAvgAlgorithm,
+        FedProxAlgorithm,
+        ScaffoldAlgorithm,
+        LocalOnlyAlgorithm,
+        FedPerAlgorithm,
+        FedRepAlgorithm,
+        FedBNAlgorithm,
+        DittoAlgorithm,
+        APFLAlgorithm,
+        PFedMeAlgorithm,
+        IFCAAlgorithm,
+        FedEMAlgorithm,
+        MochaAlgorithm,
+    ],
+    Field(discriminator="name"),
+]

@@ -43,6 +43,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
         "opt": state.opt_state,
         "clients": {str(k): v for k, v in state.client_states.items()},
         "privacy": state.privacy_state,
+        "algorithm": state.algorithm_state,
     }
     flat = {k: v.contiguous() for k, v in flatten(tree).items()}
     metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
@@ -81,6 +82,7 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
         client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
         privacy_state=tree.get("privacy", {}),  # type: ignore[arg-type]
+        algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
     )
     return state, json.loads(metadata.get("meta", "{}"))
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from fedmtl.data.dataset import FederatedData
-from fedmtl.fl.algorithm import Algorithm
+from fedmtl.data.dataset import FederatedData, Split
+from fedmtl.fl.algorithm import Algorithm, Mixture
+from fedmtl.fl.client import load_parameters
 from fedmtl.fl.evaluation import evaluate, summarize_clients
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.tasks import add_sums
 from fedmtl.tree import TensorTree
 
 
@@ -38,8 +41,12 @@ def evaluate_personalized(
     for client in data.clients:
         if len(client.test) == 0:
             continue
-        personal = algorithm.personal_params(model, params, client, client_states.get(client.client_id, {}))
-        metrics = evaluate(model, personal, client.test, client.tasks, batch_size)
+        cstate = client_states.get(client.client_id, {})
+        mixture = algorithm.personal_mixture(model, params, client, cstate)
+        if mixture is None:
+            metrics = evaluate(model, algorithm.personal_params(model, params, client, cstate), client.test, client.tasks, batch_size)
+        else:
+            metrics = evaluate_mixture(model, mixture, client.test, client.tasks, batch_size)
         if not metrics:
             continue
         primary = {t: m[model.tasks[t].primary_metric] for t, m in metrics.items()}
@@ -51,3 +58,28 @@ def evaluate_personalized(
             per_task.setdefault(t, []).append(v)
     summary["per_task"] = {t: sum(v) / len(v) for t, v in per_task.items()}
     return summary, rows
+
+
+@torch.no_grad()
+def evaluate_mixture(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
+    """Metrics of a mixture of models (FedEM): class probabilities (or regression values) averaged by weight."""
+    model.eval()
+    sums: dict[str, dict[str, float]] = {t: {} for t in tasks}
+    for start in range(0, len(split), batch_size):
+        x = split.x[start : start + batch_size]
+        mixed: dict[str, Tensor] = {}
+        for weight, params in mixture:
+            load_parameters(model, params)
+            for t, pred in model(x, list(tasks)).items():
+                kind = model.tasks[t].kind
+                p = pred.softmax(-1) if kind == "multiclass" else pred.sigmoid() if kind == "binary" else pred
+                mixed[t] = mixed.get(t, 0) + weight * p  # type: ignore[operator]
+        for t in tasks:
+            kind = model.tasks[t].kind
+            p = mixed[t]
+            if kind == "multiclass":
+                p = p.clamp_min(1e-12).log()
+            elif kind == "binary":
+                p = p.clamp(1e-7, 1 - 1e-7).logit()
+            sums[t] = add_sums(sums[t], model.tasks[t].metric_sums(p, split.y[t][start : start + batch_size]))
+    return {t: model.tasks[t].finalize(s) for t, s in sums.items() if s.get("n", 0) > 0}

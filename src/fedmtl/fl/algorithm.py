@@ -2,12 +2,24 @@
 
 FedAvg trains the global model on the client's tasks, uploads every held parameter's delta and
 uses the global model (with any ``local`` parameters it keeps) as its personalised model.
-Personalisation methods change exactly these three answers.
+Personalisation methods change exactly these three answers. Methods that also keep server-side
+state (SCAFFOLD's control variate, IFCA's cluster models, FedEM's components, MOCHA's Omega) add
+the optional server hooks :meth:`Algorithm.server_init` and :meth:`Algorithm.server_update`.
+
+How server state reaches the client and extra uploads reach the server (simulation):
+
+- during a round, a client's state holds the server's algorithm state under :data:`SERVER_KEY`
+  (it must not return it);
+- a client may return extra uploads under :data:`OUTBOX_KEY` in its state; the round removes them
+  from the persisted client state and hands them to :meth:`Algorithm.server_update`.
+
+Neither channel goes through the codecs, so neither is counted in ``bytes_down`` / ``bytes_up``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -15,12 +27,42 @@ from torch import Tensor
 
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel
 from fedmtl.tree import TensorTree
 
+SERVER_KEY = "server"
+OUTBOX_KEY = "outbox"
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What an algorithm's server step sees after the round's standard aggregation.
+
+    Attributes:
+        before: the global parameters broadcast this round (what client deltas are relative to).
+        after: the global parameters after aggregation and the server optimiser's step.
+        state: the algorithm's server state before this round.
+        updates: the decoded client updates.
+        outboxes: client id -> extra uploads that client returned under :data:`OUTBOX_KEY`.
+        groups: parameter group -> names (shared and task groups; never ``local``).
+        population: parameter name -> how many clients of the federation upload it.
+    """
+
+    before: Mapping[str, Tensor]
+    after: Mapping[str, Tensor]
+    state: TensorTree
+    updates: Sequence[ClientUpdate]
+    outboxes: Mapping[int, TensorTree] = field(default_factory=dict)
+    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    population: Mapping[str, int] = field(default_factory=dict)
+
+
+Mixture = list[tuple[float, dict[str, Tensor]]]
+
 
 class Algorithm(Protocol):
-    """Client-side behaviour of a federated algorithm."""
+    """Client-side behaviour of a federated algorithm, plus optional server-side state."""
 
     name: str
     #: whether the vectorised engine may batch this algorithm's local training
@@ -36,9 +78,20 @@ class Algorithm(Protocol):
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> dict[str, Tensor]: ...
 
+    def personal_mixture(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> Mixture | None: ...
+
+    def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree: ...
+
+    def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]: ...
+
 
 class FedAvg:
-    """McMahan et al. (2017): local SGD from the global model, every held parameter uploaded."""
+    """McMahan et al. (2017): local SGD from the global model, every held parameter uploaded.
+
+    Also the base of the other algorithms: it supplies the default answers and the no-op server hooks.
+    """
 
     name = "fedavg"
     vectorizable = True
@@ -46,7 +99,7 @@ class FedAvg:
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
-        return trainer.train(start, client, state, generator)
+        return trainer.train(start, client, without_server(state), generator)
 
     def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]:
         return [n for n in held_parameter_names(model, client.tasks) if model.group_of(n) != LOCAL]
@@ -58,11 +111,50 @@ class FedAvg:
         out.update(state.get("local", {}))  # type: ignore[arg-type]
         return out
 
+    def personal_mixture(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> Mixture | None:
+        """A mixture of models whose predictions are averaged (FedEM); None: use :meth:`personal_params`."""
+        return None
+
+    def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
+        """The algorithm's initial server state (none for FedAvg)."""
+        return {}
+
+    def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
+        """The global parameters and server state after the round (FedAvg: unchanged)."""
+        return dict(ctx.after), ctx.state
+
+
+def without_server(state: TensorTree) -> TensorTree:
+    """The client's own state, without the server broadcast the round adds to it."""
+    return {k: v for k, v in state.items() if k != SERVER_KEY}
+
+
+def _registry() -> dict[type, Callable[[object], Algorithm]]:
+    from fedmtl.config import algorithm as acfg
+    from fedmtl.fl import personalization as p
+
+    return {
+        acfg.FedAvgAlgorithm: lambda c: FedAvg(),
+        acfg.FedProxAlgorithm: lambda c: p.FedProx(c.mu),  # type: ignore[attr-defined]
+        acfg.ScaffoldAlgorithm: lambda c: p.Scaffold(),
+        acfg.LocalOnlyAlgorithm: lambda c: p.LocalOnly(),
+        acfg.FedPerAlgorithm: lambda c: p.FedPer(),
+        acfg.FedRepAlgorithm: lambda c: p.FedRep(c.head_epochs),  # type: ignore[attr-defined]
+        acfg.FedBNAlgorithm: lambda c: p.FedBN(),
+        acfg.DittoAlgorithm: lambda c: p.Ditto(c.lam, c.personal_epochs),  # type: ignore[attr-defined]
+        acfg.APFLAlgorithm: lambda c: p.APFL(c.alpha, c.alpha_lr),  # type: ignore[attr-defined]
+        acfg.PFedMeAlgorithm: lambda c: p.PFedMe(c.lam, c.inner_steps, c.personal_lr),  # type: ignore[attr-defined]
+        acfg.IFCAAlgorithm: lambda c: p.IFCA(c.clusters),  # type: ignore[attr-defined]
+        acfg.FedEMAlgorithm: lambda c: p.FedEM(c.components),  # type: ignore[attr-defined]
+        acfg.MochaAlgorithm: lambda c: p.Mocha(c.lam, c.eps),  # type: ignore[attr-defined]
+    }
+
 
 def build_algorithm(cfg: object) -> Algorithm:
     """The algorithm an ``algorithm`` config describes."""
-    from fedmtl.config import algorithm as acfg
-
-    if isinstance(cfg, acfg.FedAvgAlgorithm):
-        return FedAvg()
-    raise TypeError(f"unknown algorithm config {cfg!r}")  # pragma: no cover
+    factory = _registry().get(type(cfg))
+    if factory is None:
+        raise TypeError(f"unknown algorithm config {cfg!r}")  # pragma: no cover
+    return factory(cfg)

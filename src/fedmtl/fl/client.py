@@ -5,7 +5,7 @@ This is the sequential reference implementation; other engines must reproduce it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +35,31 @@ class LocalResult:
     state: TensorTree = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Prox:
+    """A pull of some parameters towards ``center`` by ``weight / 2 * ||w - center||^2``.
+
+    ``implicit=False`` adds the penalty's gradient ``weight * (w - center)`` to each step's gradient
+    (FedProx, Li et al. 2020). ``implicit=True`` takes the proximal step after the optimiser's step,
+    ``w <- (w + lr * weight * center) / (1 + lr * weight)``: the same objective, stable for any weight
+    (so ``weight -> inf`` pins ``w`` to ``center``); Ditto and MOCHA use it.
+    """
+
+    center: Mapping[str, Tensor]
+    #: one weight for every parameter, or a weight per parameter name (MOCHA)
+    weight: float | Mapping[str, float]
+    implicit: bool = False
+
+    def __post_init__(self) -> None:
+        weights = self.weight.values() if isinstance(self.weight, Mapping) else [self.weight]
+        bad = [w for w in weights if not w >= 0]
+        if bad:
+            raise ValueError(f"proximal weight must be >= 0, got {bad[0]}")
+
+    def weight_of(self, name: str) -> float:
+        return float(self.weight[name]) if isinstance(self.weight, Mapping) else float(self.weight)
+
+
 def held_parameter_names(model: MultiTaskModel, tasks: tuple[str, ...] | list[str]) -> list[str]:
     """The parameters a client with these tasks trains: shared, its tasks' own, and local ones."""
     keep = {SHARED, LOCAL} | {task_group(t) for t in tasks}
@@ -55,6 +80,13 @@ def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.o
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def _add_grad(named: Mapping[str, torch.nn.Parameter], names: Sequence[str], term) -> None:  # type: ignore[no-untyped-def]
+    for n in names:
+        p = named[n]
+        extra = term(n).to(p)
+        p.grad = extra.clone() if p.grad is None else p.grad + extra
+
+
 class LocalTrainer:
     """Trains a model (one reused instance) on one client at a time."""
 
@@ -66,10 +98,33 @@ class LocalTrainer:
         self.dp_sgd = dp_sgd
 
     def train(
-        self, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self,
+        start: Mapping[str, Tensor],
+        client: ClientData,
+        state: TensorTree,
+        generator: torch.Generator,
+        *,
+        prox: Prox | None = None,
+        grad_offset: Mapping[str, Tensor] | None = None,
+        trainable: Sequence[str] | None = None,
+        epochs: int | None = None,
     ) -> LocalResult:
-        """Train from ``start`` (the global parameters the client received) on the client's own tasks."""
+        """Train from ``start`` (the global parameters the client received) on the client's own tasks.
+
+        The keyword options serve client-side algorithms (FedAvg uses none of them):
+
+        Args:
+            prox: a proximal pull towards a centre (FedProx, Ditto, MOCHA).
+            grad_offset: a constant added to each step's gradient after clipping (SCAFFOLD's ``c - c_i``).
+            trainable: train only these parameters (the others stay at their start; FedRep's phases).
+            epochs: local epochs instead of ``client.epochs``.
+        """
         if self.dp_sgd is not None:
+            if prox is not None or grad_offset is not None or trainable is not None or epochs is not None:
+                raise ValueError(
+                    "privacy.dp_sgd runs plain local SGD steps; it cannot be combined with an algorithm that "
+                    "adds a proximal term, control variates or training phases (use fedavg, fedper or local)"
+                )
             from fedmtl.fl.dp_sgd_client import train_with_dp_sgd
 
             return train_with_dp_sgd(self, start, client, state, generator, self.dp_sgd)
@@ -81,7 +136,8 @@ class LocalTrainer:
         if local_saved:
             load_parameters(model, local_saved)  # type: ignore[arg-type]
         named = dict(model.named_parameters())
-        params = [named[n] for n in names]
+        stepped = names if trainable is None else [n for n in names if n in set(trainable)]
+        params = [named[n] for n in stepped]
         opt = make_optimizer(self.cfg.optimizer, params)
         objective = build_objective(self.mtl_cfg, tasks)
         ostate = state.get("objective") or objective.init()
@@ -89,16 +145,27 @@ class LocalTrainer:
         steps = 0
         model.train()
         x_all, y_all = client.train.x, client.train.y
-        plan = batch_plan(len(client.train), self.cfg.batch_size, self.cfg.epochs, generator)
+        plan = batch_plan(len(client.train), self.cfg.batch_size, epochs or self.cfg.epochs, generator)
+        pulled = [n for n in stepped if prox is not None and n in prox.center]
+        offset = [n for n in stepped if grad_offset is not None and n in grad_offset]
         for epoch, batches in enumerate(plan):
             for idx in batches:
                 preds = model(x_all[idx], tasks)
                 losses = {t: model.tasks[t].loss(preds[t], y_all[t][idx]) for t in tasks}
                 opt.zero_grad(set_to_none=True)
                 ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch)  # type: ignore[arg-type]
+                if prox is not None and not prox.implicit:
+                    _add_grad(named, pulled, lambda n: prox.weight_of(n) * (named[n].detach() - prox.center[n]))
                 if self.cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                if grad_offset is not None:
+                    _add_grad(named, offset, lambda n: grad_offset[n])
                 opt.step()
+                if prox is not None and prox.implicit and pulled:
+                    with torch.no_grad():
+                        for n in pulled:
+                            shrink = self.cfg.optimizer.lr * prox.weight_of(n)
+                            named[n].add_(prox.center[n], alpha=shrink).div_(1.0 + shrink)
                 for t in tasks:
                     loss_sums[t] += float(losses[t].detach())
                 steps += 1

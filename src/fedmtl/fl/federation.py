@@ -21,7 +21,7 @@ from fedmtl.comm import PayloadError, build_links
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
-from fedmtl.fl.algorithm import Algorithm, build_algorithm
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm, ServerContext, build_algorithm
 from fedmtl.fl.byzantine import attack, malicious_clients
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
@@ -45,6 +45,9 @@ class ServerState:
     params: dict[str, Tensor]
     opt_state: TensorTree
     client_states: dict[int, TensorTree] = field(default_factory=dict)
+    #: the algorithm's server-side state (SCAFFOLD's control variate, IFCA's clusters, ...); {} for FedAvg
+    algorithm_state: TensorTree = field(default_factory=dict)
+    #: the privacy layer's state (adaptive clip norm, accountant history); {} without DP
     privacy_state: TensorTree = field(default_factory=dict)
 
 
@@ -117,6 +120,7 @@ class Federation:
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.groups = {g: names for g, names in model.param_groups().items() if g != LOCAL}
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        self.population = self._population()
         self.cohort_size = cohort_size(data.num_clients, cfg.server.clients_per_round, cfg.server.fraction)
         self.byzantine = malicious_clients(range(data.num_clients), cfg.server.byzantine, cfg.seed)
         self.privacy: PrivacyStep | None = None
@@ -124,11 +128,30 @@ class Federation:
             cap = max(c.num_train for c in data.clients)
             self.privacy = PrivacyStep(cfg.privacy, data.num_clients, self.cohort_size, cfg.server.rounds, cap)
 
+    def _population(self) -> dict[str, int]:
+        """Parameter name -> number of clients that upload it (clients with equal task sets upload the same)."""
+        by_tasks: dict[tuple[str, ...], int] = {}
+        for client in self.data.clients:
+            by_tasks[client.tasks] = by_tasks.get(client.tasks, 0) + 1
+        counts: dict[str, int] = {}
+        for tasks, k in by_tasks.items():
+            client = next(c for c in self.data.clients if c.tasks == tasks)
+            for n in self.algorithm.uploaded_names(self.model, client):
+                counts[n] = counts.get(n, 0) + k
+        return counts
+
     # -- server steps -------------------------------------------------------------------------
     def init_state(self) -> ServerState:
         params = initial_parameters(self.model, self.cfg.seed)
+        algorithm_state = self.algorithm.server_init(params, self.data.num_clients, generator(self.cfg.seed, "init", 1))
         privacy_state = self.privacy.init() if self.privacy is not None else {}
-        return ServerState(round=0, params=params, opt_state=self.server_opt.init(params), privacy_state=privacy_state)
+        return ServerState(
+            round=0,
+            params=params,
+            opt_state=self.server_opt.init(params),
+            algorithm_state=algorithm_state,
+            privacy_state=privacy_state,
+        )
 
     def can_run_round(self, state: ServerState) -> bool:
         """False when the privacy budget (a target epsilon) forbids another round."""
@@ -178,13 +201,19 @@ class Federation:
         return updates, dropped
 
     def apply(
-        self, state: ServerState, updates: Sequence[ClientUpdate], client_states: Mapping[int, TensorTree]
+        self,
+        state: ServerState,
+        updates: Sequence[ClientUpdate],
+        client_states: Mapping[int, TensorTree],
+        outboxes: Mapping[int, TensorTree] | None = None,
     ) -> tuple[ServerState, dict[str, object]]:
-        """Aggregate per parameter group (privately when configured) and take the server optimiser's step.
+        """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
+        algorithm's server step.
 
         Returns the next state and what the privacy layer reports about the round (epsilon, costs).
         """
-        params, opt_state, privacy_state = state.params, state.opt_state, state.privacy_state
+        params, opt_state, algorithm_state = state.params, state.opt_state, state.algorithm_state
+        privacy_state = state.privacy_state
         info: dict[str, object] = {}
         if updates:
             if self.privacy is not None:
@@ -194,7 +223,14 @@ class Federation:
             else:
                 aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-        return ServerState(state.round + 1, params, opt_state, dict(client_states), privacy_state), info
+            ctx = ServerContext(state.params, params, algorithm_state, updates, dict(outboxes or {}), self.groups, self.population)
+            params, algorithm_state = self.algorithm.server_update(ctx)
+        return ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, privacy_state), info
+
+    def client_view(self, state: ServerState, cid: int) -> TensorTree:
+        """A client's state for this round: its own, plus the algorithm's server state when there is one."""
+        own = state.client_states.get(cid, {})
+        return {**own, SERVER_KEY: state.algorithm_state} if state.algorithm_state else own
 
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
@@ -209,24 +245,28 @@ class Federation:
             CohortJob(
                 start={**state.params, **start},
                 client=self.data.clients[cid],
-                state=state.client_states.get(cid, {}),
+                state=self.client_view(state, cid),
                 generator=generator(self.cfg.seed, "client", r, cid),
             )
             for cid, start in zip(plan.cohort, starts)
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         client_states = dict(state.client_states)
-        replies = []
+        replies, outboxes = [], {}
         for job, start, res in zip(jobs, starts, results):
             cid = job.client.client_id
             tamper = None
             if cid in self.byzantine:
                 gen = generator(self.cfg.seed, "byzantine", r, cid)
                 tamper = lambda delta, g=gen: attack(delta, self.cfg.server.byzantine, g)  # noqa: E731
-            reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper)
+            reply, cstate = self.node.upload(start, res, job.client, r, tamper)
+            if OUTBOX_KEY in cstate:
+                outboxes[cid] = cstate[OUTBOX_KEY]
+            client_states[cid] = {k: v for k, v in cstate.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
             replies.append(reply)
         updates, dropped = self.collect(replies)
-        new_state, privacy_info = self.apply(state, updates, client_states)
+        kept = {u.client_id for u in updates}
+        new_state, privacy_info = self.apply(state, updates, client_states, {c: o for c, o in outboxes.items() if c in kept})
         report = RoundReport(
             round=r,
             cohort=plan.cohort,

@@ -1,0 +1,86 @@
+"""APFL: adaptive personalised federated learning, a learned mix of a local and the global model.
+
+Deng, Kamani, Mahdavi. "Adaptive Personalized Federated Learning", arXiv:2003.13461, 2020, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import FedAvg
+from fedmtl.fl.batching import batch_plan
+from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.personalization._common import client_loss, is_local
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+class APFL(FedAvg):
+    """Each step: ``w <- w - lr grad f(w)``; with ``vbar = alpha v + (1 - alpha) w``,
+    ``v <- v - lr grad_v f(vbar)`` and ``alpha <- alpha - alpha_lr grad_alpha f(vbar)`` (clipped to [0, 1]).
+
+    ``w`` is uploaded as in FedAvg; ``v`` and ``alpha`` stay on the client. The personal model is
+    ``alpha v + (1 - alpha) w`` with the current global ``w``. Plain SGD at ``client.optimizer.lr``, equal task weights.
+
+    Args:
+        alpha: initial mixing weight.
+        alpha_lr: step size of ``alpha``.
+    """
+
+    name = "apfl"
+    vectorizable = False
+
+    def __init__(self, alpha: float, alpha_lr: float):
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"APFL alpha must be in [0, 1], got {alpha}")
+        if not alpha_lr >= 0:
+            raise ValueError(f"APFL alpha_lr must be >= 0, got {alpha_lr}")
+        self.alpha, self.alpha_lr = alpha, alpha_lr
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        model, cfg = trainer.model, trainer.cfg
+        names = held_parameter_names(model, client.tasks)
+        own_local = state.get("local", {})
+        w = {n: own_local.get(n, start[n]).detach().clone() for n in names}  # type: ignore[union-attr]
+        saved = state.get("apfl_v", {})
+        v = {n: saved.get(n, w[n]).detach().clone() for n in names}  # type: ignore[union-attr]
+        alpha = state["apfl_alpha"].clone() if "apfl_alpha" in state else torch.tensor(self.alpha)  # type: ignore[union-attr]
+        lr, tasks = cfg.optimizer.lr, list(client.tasks)
+        total, steps = 0.0, 0
+        for batches in batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator):
+            for idx in batches:
+                wr = {n: t.requires_grad_() for n, t in w.items()}
+                loss_w = client_loss(model, wr, client.train, tasks, idx)
+                gw = torch.autograd.grad(loss_w, list(wr.values()))
+                vr = {n: t.requires_grad_() for n, t in v.items()}
+                ar = alpha.requires_grad_()
+                mixed = {n: ar * vr[n] + (1 - ar) * w[n].detach() for n in names}
+                gv = torch.autograd.grad(client_loss(model, mixed, client.train, tasks, idx), [*vr.values(), ar])
+                with torch.no_grad():
+                    w = {n: w[n].detach() - lr * g for n, g in zip(names, gw, strict=True)}
+                    v = {n: v[n].detach() - lr * g for n, g in zip(names, gv[:-1], strict=True)}
+                    alpha = (alpha.detach() - self.alpha_lr * gv[-1]).clamp(0.0, 1.0)
+                total += float(loss_w.detach())
+                steps += 1
+        w = {n: t.detach() for n, t in w.items()}
+        new_state: TensorTree = {"apfl_v": v, "apfl_alpha": alpha.detach()}
+        local = {n: t for n, t in w.items() if is_local(model, n)}
+        if local:
+            new_state["local"] = local  # type: ignore[assignment]
+        return LocalResult(w, {"loss/apfl": total / max(steps, 1), "steps": float(steps)}, new_state)
+
+    def personal_params(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> dict[str, Tensor]:
+        out = super().personal_params(model, global_params, client, state)
+        if "apfl_v" in state:
+            a = state["apfl_alpha"]
+            for n, v in state["apfl_v"].items():  # type: ignore[union-attr]
+                out[n] = a * v + (1 - a) * out[n]  # type: ignore[operator]
+        return out

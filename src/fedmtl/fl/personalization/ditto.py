@@ -1,0 +1,56 @@
+"""Ditto: a personal model pulled towards the global one, the global one trained as FedAvg.
+
+Li, Hu, Beirami, Smith. "Ditto: Fair and Robust Federated Learning Through Personalization", ICML 2021, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import FedAvg
+from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
+from fedmtl.fl.personalization._common import drop, fork
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+class Ditto(FedAvg):
+    """Global ``w``: FedAvg's local training (same batches). Personal ``v_k``: ``F_k(v) + lam/2 ||v - w||^2``.
+
+    The personal step is proximal SGD (the pull applied implicitly after each step), so ``lam -> inf``
+    pins ``v_k`` to the received ``w`` (FedAvg) and ``lam = 0`` is local training of ``v_k`` alone.
+
+    Args:
+        lam: pull towards the global model (>= 0).
+        personal_epochs: epochs on ``v_k`` per round (default: ``client.epochs``).
+    """
+
+    name = "ditto"
+    vectorizable = False
+
+    def __init__(self, lam: float, personal_epochs: int | None = None):
+        if not lam >= 0:
+            raise ValueError(f"Ditto lam must be >= 0, got {lam}")
+        self.lam = lam
+        self.personal_epochs = personal_epochs
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        glob = trainer.train(start, client, drop(state, "personal", "personal_objective"), generator)
+        names = self.uploaded_names(trainer.model, client)
+        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}  # type: ignore[misc]
+        begin = {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+        prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
+        pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
+        personal = {n: pers.params[n] for n in names}
+        return LocalResult(glob.params, glob.metrics, {**glob.state, "personal": personal, "personal_objective": pers.state["objective"]})
+
+    def personal_params(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> dict[str, Tensor]:
+        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -1,0 +1,37 @@
+"""FedBN: normalisation layers stay local.
+
+Li, Jiang, Zhang, Kamp, Dou. "FedBN: Federated Learning on Non-IID Features via Local Batch
+Normalization", ICLR 2021.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedmtl.fl.personalization._common import KeepPrivate
+from fedmtl.mtl import MultiTaskModel
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def norm_parameter_names(model: MultiTaskModel) -> set[str]:
+    """Names of the parameters that belong to normalisation layers (by module type, not by name)."""
+    out = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NORM_LAYERS):
+            out |= {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+    return out
+
+
+class FedBN(KeepPrivate):
+    """Parameters of normalisation layers private; everything else as FedAvg.
+
+    On a model without normalisation layers (the built-in MLP / CNN trunks today) this is FedAvg.
+    Running statistics (buffers) are not part of the federated state in fedmtl, so only the affine
+    parameters are personalised.
+    """
+
+    name = "fedbn"
+
+    def private(self, model: MultiTaskModel, name: str) -> bool:
+        return name in norm_parameter_names(model)

@@ -1,0 +1,76 @@
+"""IFCA: iterative federated clustering; each client joins the cluster model with the lowest local loss.
+
+Ghosh, Chung, Yin, Ramchandran. "An Efficient Framework for Clustered Federated Learning", NeurIPS 2020, Algorithm 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
+from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.personalization._common import average_members, client_loss, drop, shuffled
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+class IFCA(FedAvg):
+    """``k`` cluster models in the server state (cluster 0 starts at the global initialisation, the others
+    at permuted copies). A client evaluates every cluster model on its training data, trains the best
+    one and reports its choice (``metrics["cluster"]``); each cluster model moves to the mean of its
+    members' models, per parameter group. The global model is the usual average of all clients.
+
+    Clients download all ``k`` models (not counted in ``bytes_down``). The personal model is the one
+    the client ended its last round with.
+
+    Args:
+        clusters: number of cluster models ``k``.
+    """
+
+    name = "ifca"
+    vectorizable = False
+
+    def __init__(self, clusters: int):
+        if clusters < 1:
+            raise ValueError(f"IFCA needs clusters >= 1, got {clusters}")
+        self.clusters = clusters
+
+    def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
+        models = {str(j): (dict(params) if j == 0 else shuffled(params, generator)) for j in range(self.clusters)}
+        return {"clusters": models}  # type: ignore[dict-item]
+
+    def choose(self, model: MultiTaskModel, clusters: Mapping[str, Mapping[str, Tensor]], client: ClientData) -> int:
+        """The cluster whose model has the lowest training loss on the client's data."""
+        names = held_parameter_names(model, client.tasks)
+        with torch.no_grad():
+            losses = [float(client_loss(model, {n: clusters[str(j)][n] for n in names}, client.train, client.tasks)) for j in range(len(clusters))]
+        return min(range(len(losses)), key=losses.__getitem__)
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        clusters = state[SERVER_KEY]["clusters"]  # type: ignore[index]
+        j = self.choose(trainer.model, clusters, client)  # type: ignore[arg-type]
+        names = held_parameter_names(trainer.model, client.tasks)
+        begin = {**start, **{n: clusters[str(j)][n] for n in names}}  # type: ignore[index]
+        res = trainer.train(begin, client, drop(state, "personal", "cluster"), generator)
+        return LocalResult(res.params, {**res.metrics, "cluster": float(j)}, {**res.state, "personal": res.params, "cluster": torch.tensor(j)})
+
+    def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
+        clusters = ctx.state["clusters"]
+        out = {}
+        for key, cmodel in clusters.items():  # type: ignore[union-attr]
+            members = [
+                (u, {n: ctx.before[n] + d for n, d in u.delta.items()}) for u in ctx.updates if int(u.metrics.get("cluster", -1)) == int(key)
+            ]
+            out[key] = average_members(cmodel, members, ctx.groups)  # type: ignore[arg-type]
+        return dict(ctx.after), {"clusters": out}  # type: ignore[dict-item]
+
+    def personal_params(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> dict[str, Tensor]:
+        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -1,0 +1,40 @@
+"""Local-only training: the reference point with no federation at all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import FedAvg
+from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.personalization._common import drop
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+class LocalOnly(FedAvg):
+    """Each client trains its own model from the common initialisation; the global model never moves.
+
+    The client's model lives in ``state["personal"]``. The client reports a zero update (its uploaded
+    parameters equal to what it received), so the aggregate is exactly zero. (An empty upload would be
+    the natural encoding, but the links cannot round-trip an empty payload today.)
+    """
+
+    name = "local"
+    vectorizable = False
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        begin = {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+        res = trainer.train(begin, client, drop(state, "personal"), generator)
+        reported = {**res.params, **{n: start[n] for n in self.uploaded_names(trainer.model, client)}}
+        return LocalResult(reported, res.metrics, {**res.state, "personal": res.params})
+
+    def personal_params(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> dict[str, Tensor]:
+        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -1,0 +1,66 @@
+"""pFedMe: personalised models as Moreau envelopes of the local loss around the local copy of the global model.
+
+Dinh, Tran, Nguyen. "Personalized Federated Learning with Moreau Envelopes", NeurIPS 2020, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import FedAvg
+from fedmtl.fl.batching import batch_plan
+from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.personalization._common import client_loss
+from fedmtl.mtl import MultiTaskModel
+from fedmtl.tree import TensorTree
+
+
+class PFedMe(FedAvg):
+    """Per minibatch: ``inner_steps`` gradient steps on ``theta`` for ``f(theta) + lam/2 ||theta - w||^2``,
+    then ``w <- w - lr * lam * (w - theta)``. ``w`` is uploaded; ``theta`` is the personal model.
+
+    The server's ``beta`` of the paper is ``server.optimizer.lr``. Equal task weights.
+
+    Args:
+        lam: regularisation strength of the Moreau envelope.
+        inner_steps: steps on ``theta`` per minibatch (the paper's K).
+        personal_lr: step size of those steps.
+    """
+
+    name = "pfedme"
+    vectorizable = False
+
+    def __init__(self, lam: float, inner_steps: int, personal_lr: float):
+        if not lam > 0 or inner_steps < 1 or not personal_lr > 0:
+            raise ValueError(f"pFedMe needs lam > 0, inner_steps >= 1, personal_lr > 0; got {lam}, {inner_steps}, {personal_lr}")
+        self.lam, self.inner_steps, self.personal_lr = lam, inner_steps, personal_lr
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        model, cfg = trainer.model, trainer.cfg
+        names = held_parameter_names(model, client.tasks)
+        w = {n: start[n].detach().clone() for n in names}
+        theta = {n: t.clone() for n, t in w.items()}
+        lr, tasks = cfg.optimizer.lr, list(client.tasks)
+        total, steps = 0.0, 0
+        for batches in batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator):
+            for idx in batches:
+                for _ in range(self.inner_steps):
+                    tr = {n: t.detach().requires_grad_() for n, t in theta.items()}
+                    loss = client_loss(model, tr, client.train, tasks, idx)
+                    grads = torch.autograd.grad(loss, list(tr.values()))
+                    theta = {n: theta[n] - self.personal_lr * (g + self.lam * (theta[n] - w[n])) for n, g in zip(names, grads, strict=True)}
+                w = {n: w[n] - lr * self.lam * (w[n] - theta[n]) for n in names}
+                total += float(loss.detach())
+                steps += 1
+        return LocalResult(w, {"loss/pfedme": total / max(steps, 1), "steps": float(steps)}, {"personal": theta})
+
+    def personal_params(
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+    ) -> dict[str, Tensor]:
+        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -1,0 +1,70 @@
+"""SCAFFOLD: client-drift correction with control variates (option II).
+
+Karimireddy, Kale, Mohri, Reddi, Stich, Suresh. "SCAFFOLD: Stochastic Controlled Averaging for
+Federated Learning", ICML 2020, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.config.training import SGD
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, ServerContext
+from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.personalization._common import drop
+from fedmtl.tree import TensorTree
+
+
+def control_variate_step(
+    c: Mapping[str, Tensor], c_i: Mapping[str, Tensor], start: Mapping[str, Tensor], trained: Mapping[str, Tensor], steps: int, lr: float
+) -> dict[str, Tensor]:
+    """Option II: ``c_i+ = c_i - c + (x - y_i) / (K * lr)``."""
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
+    return {n: c_i[n] - c[n] + (start[n] - trained[n]) / (steps * lr) for n in c_i}
+
+
+class Scaffold(FedAvg):
+    """Local steps ``y <- y - lr (g(y) - c_i + c)``; the server keeps ``c``, each client its ``c_i``.
+
+    The server moves ``c`` by ``(1/N) sum_i (c_i+ - c_i)`` over the cohort, per parameter with ``N`` the
+    number of clients holding it (every client for the trunk, a task's holders for its head); the global
+    model takes the usual aggregated step (global step size = ``server.optimizer.lr``). Each client's
+    ``c_i+ - c_i`` travels in its outbox (not counted in ``bytes_up``).
+    """
+
+    name = "scaffold"
+    vectorizable = False
+
+    def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
+        return {"c": {n: torch.zeros_like(p) for n, p in params.items()}}
+
+    def local_train(
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+    ) -> LocalResult:
+        opt = trainer.cfg.optimizer
+        if not isinstance(opt, SGD) or opt.momentum != 0:
+            raise ValueError(f"SCAFFOLD needs client.optimizer sgd with momentum 0, got {opt!r}")
+        names = self.uploaded_names(trainer.model, client)
+        c_all = state.get(SERVER_KEY, {}).get("c", {})  # type: ignore[union-attr]
+        c = {n: c_all.get(n, torch.zeros_like(start[n])) for n in names}  # type: ignore[union-attr]
+        own = state.get("scaffold_c", {})
+        c_i = {n: own.get(n, torch.zeros_like(start[n])) for n in names}  # type: ignore[union-attr]
+        res = trainer.train(start, client, drop(state, "scaffold_c"), generator, grad_offset={n: c[n] - c_i[n] for n in names})
+        c_new = control_variate_step(c, c_i, start, res.params, int(res.metrics["steps"]), opt.lr)
+        delta = {n: c_new[n] - c_i[n] for n in names}
+        return LocalResult(res.params, res.metrics, {**res.state, "scaffold_c": c_new, OUTBOX_KEY: {"delta_c": delta}})
+
+    def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
+        c = dict(ctx.state["c"])  # type: ignore[arg-type]
+        sums: dict[str, Tensor] = {}
+        for u in ctx.updates:
+            for n, d in ctx.outboxes.get(u.client_id, {}).get("delta_c", {}).items():  # type: ignore[union-attr]
+                sums[n] = d if n not in sums else sums[n] + d  # type: ignore[assignment]
+        for n, s in sums.items():
+            c[n] = c[n] + s / max(ctx.population.get(n, 1), 1)  # type: ignore[operator]
+        return dict(ctx.after), {"c": c}

@@ -1,0 +1,163 @@
+"""Method-specific properties: limits that reduce to known algorithms, hand computations, closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from fedmtl.data import from_arrays
+from fedmtl.fl.algorithm import FedAvg, ServerContext
+from fedmtl.fl.personalization import Ditto, FedProx, Mocha, Scaffold, omega_update
+from fedmtl.fl.personalization._common import fork
+from fedmtl.fl.seeding import generator
+from fedmtl.fl.update import ClientUpdate
+
+from .conftest import config, federation
+
+
+def _setup(algorithm=None, **over):  # type: ignore[no-untyped-def]
+    fed = federation(config(algorithm, **over))
+    return fed, fed.init_state()
+
+
+def test_fedprox_with_mu_zero_is_fedavg() -> None:
+    fed, state = _setup()
+    client = fed.data.clients[4]
+    a = FedAvg().local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
+    b = FedProx(0.0).local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
+    c = FedProx(1.0).local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
+    assert all(torch.equal(a.params[n], b.params[n]) for n in a.params)
+    assert any(not torch.allclose(a.params[n], c.params[n]) for n in a.params)
+
+
+def test_scaffold_control_variates_against_a_hand_computation() -> None:
+    # one local step (batch holds every row): y = x - lr (g(x) - c_i + c) and c_i+ = g(x)
+    fed, state = _setup(client={"epochs": 1, "batch_size": 10_000, "optimizer": {"name": "sgd", "lr": 0.1}})
+    client = fed.data.clients[5]
+    names = Scaffold().uploaded_names(fed.model, client)
+    g0 = torch.Generator().manual_seed(1)
+    c = {n: 0.01 * torch.randn(state.params[n].shape, generator=g0) for n in state.params}
+    c_i = {n: 0.02 * torch.randn(state.params[n].shape, generator=g0) for n in names}
+    res = Scaffold().local_train(fed.trainer, state.params, client, {"server": {"c": c}, "scaffold_c": c_i}, generator(0, "client", 0, 5))
+    assert res.metrics["steps"] == 1
+    # the gradient at x, by hand
+    model = fed.model
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(state.params[n])
+    model.zero_grad()
+    preds = model(client.train.x, list(client.tasks))
+    sum(model.tasks[t].loss(preds[t], client.train.y[t]) for t in client.tasks).backward()
+    g = {n: named[n].grad.clone() for n in names}
+    for n in names:
+        assert torch.allclose(res.params[n], state.params[n] - 0.1 * (g[n] - c_i[n] + c[n]), atol=1e-6)
+        assert torch.allclose(res.state["scaffold_c"][n], g[n], atol=1e-4)
+        assert torch.allclose(res.state["outbox"]["delta_c"][n], g[n] - c_i[n], atol=1e-4)
+    # server: c <- c + (1/N) sum_i delta_c_i, N = clients holding the parameter
+    up = ClientUpdate(5, {n: res.params[n] - state.params[n] for n in names}, client.num_train, {t: 1 for t in client.tasks})
+    ctx = ServerContext(state.params, state.params, {"c": c}, [up], {5: res.state["outbox"]}, fed.groups, fed.population)
+    _, new = Scaffold().server_update(ctx)
+    head_a = fed.groups["task:a"][0]
+    assert fed.population[head_a] == 4 and fed.population[names[0]] == 6
+    assert torch.allclose(new["c"][head_a], c[head_a] + (g[head_a] - c_i[head_a]) / 4, atol=1e-5)
+    assert torch.allclose(new["c"][names[0]], c[names[0]] + (g[names[0]] - c_i[names[0]]) / 6, atol=1e-5)
+
+
+def test_ditto_limits() -> None:
+    fed, state = _setup()
+    client = fed.data.clients[4]
+    gen = lambda: generator(0, "client", 0, 4)  # noqa: E731
+    plain = FedAvg().local_train(fed.trainer, state.params, client, {}, gen())
+    # lam -> inf: the global model is FedAvg's, the personal model is pinned to the received global model
+    huge = Ditto(1e12).local_train(fed.trainer, state.params, client, {}, gen())
+    assert all(torch.equal(plain.params[n], huge.params[n]) for n in plain.params)
+    assert all(torch.allclose(v, state.params[n], atol=1e-6) for n, v in huge.state["personal"].items())
+    # lam = 0: the personal model is local training alone, whatever global model arrives
+    r1 = Ditto(0.0).local_train(fed.trainer, state.params, client, {}, gen())
+    other_global = {n: v + 1.0 for n, v in state.params.items()}
+    r2 = Ditto(0.0).local_train(fed.trainer, other_global, client, r1.state, generator(0, "client", 1, 4))
+    g = generator(0, "client", 0, 4)
+    FedAvg().local_train(fed.trainer, state.params, client, {}, g)
+    local1 = fed.trainer.train(state.params, client, {}, fork(g))
+    g = generator(0, "client", 1, 4)
+    FedAvg().local_train(fed.trainer, other_global, client, {}, g)
+    local2 = fed.trainer.train({**other_global, **local1.params}, client, {"objective": local1.state["objective"]}, fork(g))
+    for n, v in r2.state["personal"].items():
+        assert torch.allclose(v, local2.params[n], atol=1e-6)
+
+
+def test_fedper_never_sends_heads() -> None:
+    fed, state = _setup({"name": "fedper"})
+    plan = fed.plan(state)
+    cstates = {}
+    replies = []
+    for cid in plan.cohort:
+        reply, cstates[cid] = fed.node.run(plan.payloads[cid], fed.data.clients[cid], {}, 0)
+        replies.append(reply)
+    updates, dropped = fed.collect(replies)
+    assert not dropped
+    for u in updates:
+        assert u.delta and all(not n.startswith("heads.") for n in u.delta)
+        assert all(n.startswith("heads.") for n in cstates[u.client_id]["personal"])
+    # the broadcast carries no heads either, and the heads a client keeps are its own
+    received = fed.node.receive(plan.payloads[0], fed.data.clients[0])
+    assert all(not n.startswith("heads.") for n in received)
+    nxt, _ = fed.apply(state, updates, cstates)
+    heads = [n for n in state.params if n.startswith("heads.")]
+    assert all(torch.equal(nxt.params[n], state.params[n]) for n in heads)
+
+
+def test_ifca_separates_two_clusters() -> None:
+    rng = np.random.default_rng(0)
+    n_per, clients = 80, 8
+    x = rng.normal(size=(n_per * clients, 4)).astype(np.float32)
+    cid = np.repeat(np.arange(clients), n_per)
+    flip = (cid % 2 == 1)  # odd clients: the opposite labelling
+    y = ((x[:, 0] > 0) ^ flip).astype(int)
+    src = from_arrays(x, {"a": y}, {"a": "binary"}, client_ids=cid)
+    cfg = config(
+        {"name": "ifca", "clusters": 2},
+        data={
+            "num_clients": clients,
+            "source": {"name": "table", "path": "in-memory", "client_column": "cid", "tasks": [{"name": "a", "kind": "binary"}]},
+            "partition": {"name": "natural"},
+        },
+        server={"rounds": 5, "clients_per_round": clients},
+        client={"epochs": 2, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.2}},
+    )
+    fed = federation(cfg, src)
+    state = fed.init_state()
+    for _ in range(5):
+        state, _ = fed.round(state)
+    chosen = {c.client_id: int(state.client_states[c.client_id]["cluster"]) for c in fed.data.clients}
+    even = {chosen[c] for c in chosen if c % 2 == 0}
+    odd = {chosen[c] for c in chosen if c % 2 == 1}
+    assert len(even) == 1 and len(odd) == 1 and even != odd, chosen
+
+
+def test_mocha_omega_matches_the_closed_form() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 12, generator=g, dtype=torch.float64)  # 5 clients, 12 head weights each
+    omega = omega_update(w)
+    root = scipy.linalg.sqrtm((w @ w.T).numpy()).real
+    assert np.allclose(omega.numpy(), root / np.trace(root), atol=1e-8)
+    assert abs(float(omega.trace()) - 1) < 1e-10
+
+
+def test_mocha_server_step_updates_w_and_omega() -> None:
+    fed, state = _setup({"name": "mocha", "lam": 0.1, "eps": 0.1})
+    state, _ = fed.round(state)
+    entry = state.algorithm_state["tasks"]["a"]
+    holders = [0, 1, 4, 5]
+    assert entry["seen"].nonzero().flatten().tolist() == holders
+    names = fed.groups["task:a"]
+    for cid in holders:
+        personal = state.client_states[cid]["personal"]
+        assert torch.allclose(entry["W"][cid], torch.cat([personal[n].reshape(-1) for n in names]), atol=1e-6)
+    idx = torch.tensor(holders)
+    assert torch.allclose(entry["omega"][idx][:, idx], omega_update(entry["W"][idx], 0.1), atol=1e-6)
+    # the next round pulls every holder's head by lam * tr(W Omega^-1 W^T)
+    state, _ = fed.round(state)
+    assert Mocha(0.1, 0.1).name == "mocha"
