@@ -153,7 +153,8 @@ class MultiTaskObjective:
         if fixed is not None:
             active = [i for i in range(len(self.tasks)) if float(fixed[i]) != 0.0]
             if active:
-                total = sum(fixed[i] * loss_vec[i] for i in active)
+                # index the losses themselves, not the stacked vector: inactive heads stay out of the graph
+                total = sum(fixed[i] * losses[self.tasks[i]] for i in active)
                 _accumulate(params, torch.autograd.grad(total, params, allow_unused=True))  # type: ignore[arg-type]
             weights = fixed
         else:
