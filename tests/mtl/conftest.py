@@ -7,6 +7,9 @@ import torch
 
 from fedmtl.tasks import Task
 
+# tiny models: intra-op threads only add contention on a shared machine
+torch.set_num_threads(1)
+
 TASKS = [Task("digit", "multiclass", 4), Task("parity", "binary"), Task("value", "regression")]
 
 

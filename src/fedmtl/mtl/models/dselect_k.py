@@ -22,8 +22,8 @@ def smooth_step(t: Tensor, gamma: float) -> Tensor:
 class DSelectKGate(nn.Module):
     """``k`` differentiable single-expert selectors (binary encodings through smooth steps), mixed by a softmax.
 
-    Input-dependent (per-example) gate. With ``E`` not a power of two, the first ``E`` codes are used
-    and renormalised.
+    Input-dependent (per-example) gate. With ``E`` not a power of two, the ``2^m`` codes are folded
+    onto the experts (code ``c`` selects expert ``c mod E``), so the weights always sum to one.
     """
 
     def __init__(self, in_dim: int, num_experts: int, k: int, gamma: float = 1.0):
@@ -32,8 +32,10 @@ class DSelectKGate(nn.Module):
         self.bits = max(1, math.ceil(math.log2(num_experts)))
         self.z = nn.Linear(in_dim, k * self.bits)
         self.w = nn.Linear(in_dim, k)
-        codes = torch.tensor([[(i >> b) & 1 for b in range(self.bits)] for i in range(num_experts)], dtype=torch.float32)
+        n_codes = 2**self.bits
+        codes = torch.tensor([[(i >> b) & 1 for b in range(self.bits)] for i in range(n_codes)], dtype=torch.float32)
         self.register_buffer("codes", codes, persistent=False)
+        self.register_buffer("fold", torch.eye(num_experts)[torch.arange(n_codes) % num_experts], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Expert weights ``[N, E]`` summing to 1."""
@@ -41,8 +43,7 @@ class DSelectKGate(nn.Module):
         # r[n, k, e] = prod_b (s if code_b(e) else 1 - s)
         c = self.codes
         r = torch.prod(s[:, :, None, :] * c + (1 - s[:, :, None, :]) * (1 - c), dim=-1)
-        r = r / r.sum(-1, keepdim=True).clamp_min(1e-12)
-        return torch.einsum("nk,nke->ne", torch.softmax(self.w(x), -1), r)
+        return torch.einsum("nk,nkc,ce->ne", torch.softmax(self.w(x), -1), r, self.fold)
 
 
 class DSelectKModel(MultiTaskModel):
