@@ -13,7 +13,8 @@ Per-task gradients without ``T`` separate backward passes:
   the shared block goes to the balancer, and every gradient is then a combination of the rows, so
   no second backward pass is needed.
 * ``source="representation"``: the Jacobian w.r.t. the model's shared representation ``z`` (heads
-  only, cheap), then one backward pass through the trunk with the balanced ``dL/dz`` (MGDA-UB style).
+  only, cheap; a single ordinary backward pass when the model offers per-task aliases of ``z``),
+  then one backward pass through the trunk with the balanced ``dL/dz`` (MGDA-UB style).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode = "b
             gs = torch.autograd.grad(loss_vec, list(inputs), grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True)
             return [g if g is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device) for g, x in zip(gs, inputs)]
         except RuntimeError as e:  # pragma: no cover - depends on torch's batching coverage
+            if "vmap" not in str(e) and "batch" not in str(e).lower():
+                raise
             warnings.warn(f"batched Jacobian failed ({e}); using one backward pass per task", RuntimeWarning, stacklevel=2)
     rows: list[list[Tensor]] = []
     for i in range(t):
@@ -109,6 +112,15 @@ class MultiTaskObjective:
         self.scheme: Scheme = scheme if scheme is not None else WeightedSum()
         self.grad_source: GradSource = source
         self.jacobian_mode: JacobianMode = jacobian_mode
+        self._layout: tuple[tuple[int, ...], list[bool]] | None = None
+
+    def _shared_mask(self, model: MultiTaskModel, params: list[torch.nn.Parameter]) -> list[bool]:
+        """Which of ``params`` are shared; cached per parameter list (a model's groups do not change)."""
+        key = tuple(map(id, params))
+        if self._layout is None or self._layout[0] != key:
+            names = {id(p): n for n, p in model.named_parameters()}
+            self._layout = (key, [model.group_of(names[id(p)]) == SHARED for p in params])
+        return self._layout[1]
 
     def init(self) -> TensorTree:
         return {
@@ -180,13 +192,12 @@ class MultiTaskObjective:
             total = (balance.weights.to(loss_vec) * loss_vec).sum()
             _accumulate(params, torch.autograd.grad(total, params, allow_unused=True))
             return balance.weights, new
-        names = {id(p): n for n, p in model.named_parameters()}
-        is_shared = [model.group_of(names[id(p)]) == SHARED for p in params]
+        is_shared = self._shared_mask(model, params)
         if not any(is_shared):  # nothing to balance (e.g. soft sharing): plain sum, state unchanged
             _accumulate(params, torch.autograd.grad(loss_vec.sum(), params, allow_unused=True))
             return torch.ones_like(loss_vec.detach()), bstate
         if self.grad_source == "representation":
-            return self._balanced_rep(model, loss_vec, params, call)
+            return self._balanced_rep(loss_vec, params, is_shared, model, call)
         jac = jacobian(loss_vec, params, self.jacobian_mode)
         shared = [j.reshape(j.shape[0], -1) for j, s in zip(jac, is_shared) if s]
         grads = torch.cat(shared, dim=1) if shared else loss_vec.new_zeros(len(self.tasks), 0)
@@ -201,28 +212,31 @@ class MultiTaskObjective:
         out: dict[int, Tensor] = dict(zip(map(id, shared_params), _split(shared_flat, shared_params)))
         for p, j, s in zip(params, jac, is_shared):
             if not s:
-                out[id(p)] = torch.tensordot(w, j, dims=1)
+                out[id(p)] = (w @ j.reshape(j.shape[0], -1)).view_as(p)
         _accumulate(params, [out[id(p)] for p in params])
         return balance.weights, new
 
-    def _balanced_rep(self, model: MultiTaskModel, loss_vec: Tensor, params: list[torch.nn.Parameter], call) -> tuple[Tensor, TensorTree]:  # type: ignore[no-untyped-def]
+    def _balanced_rep(self, loss_vec: Tensor, params: list[torch.nn.Parameter], is_shared: list[bool], model: MultiTaskModel, call) -> tuple[Tensor, TensorTree]:  # type: ignore[no-untyped-def]
         z = model.shared_representation()
         if z is None:
             raise ValueError(
                 f"{type(model).__name__} exposes no single shared representation; use grad_source='parameters'"
             )
-        gz = jacobian(loss_vec, [z], self.jacobian_mode, retain_graph=True)[0].reshape(len(self.tasks), -1)
+        per_task = model.task_representations()
+        if per_task is not None and all(t in per_task for t in self.tasks):
+            # each alias feeds one head only: one ordinary backward pass through the heads gives every row
+            gs = torch.autograd.grad(loss_vec.sum(), [per_task[t] for t in self.tasks], retain_graph=True, allow_unused=True)
+            gz = torch.stack([(g if g is not None else torch.zeros_like(z)).reshape(-1) for g in gs])
+        else:
+            gz = jacobian(loss_vec, [z], self.jacobian_mode, retain_graph=True)[0].reshape(len(self.tasks), -1)
         balance, new = call(gz)
         w = balance.weights.to(loss_vec)
         if balance.shared_direction is not None:
             dz = balance.shared_direction.to(gz)
         else:
             dz = (balance.shared_weights.to(gz) if balance.shared_weights is not None else w) @ gz
-        names = {id(p): n for n, p in model.named_parameters()}
-        shared = [p for p in params if model.group_of(names[id(p)]) == SHARED]
-        other = [p for p in params if model.group_of(names[id(p)]) != SHARED]
-        if other:
-            _accumulate(other, torch.autograd.grad((w * loss_vec).sum(), other, retain_graph=True, allow_unused=True))
-        if shared:
-            _accumulate(shared, torch.autograd.grad(z, shared, grad_outputs=dz.view_as(z), allow_unused=True))
+        # one backward pass of  sum_t w_t L_t + <z, dz - sum_t w_t dL_t/dz>  (the bracket detached):
+        # heads get sum_t w_t grad L_t, and everything behind z gets J_z^T dz.
+        surrogate = (w * loss_vec).sum() + (z * (dz - w.to(gz) @ gz).view_as(z).detach()).sum()
+        _accumulate(params, torch.autograd.grad(surrogate, params, allow_unused=True))
         return balance.weights, new

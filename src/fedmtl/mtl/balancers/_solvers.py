@@ -25,10 +25,38 @@ def _min_norm_2(v1v1: float, v1v2: float, v2v2: float) -> float:
     return float((v2v2 - v1v2) / (v1v1 + v2v2 - 2 * v1v2))
 
 
-def min_norm_weights(m: np.ndarray, max_iter: int = 250, tol: float = 1e-7) -> np.ndarray:
-    """``argmin_{w in simplex} w^T M w``: the min-norm point of the convex hull (Frank-Wolfe, Sener & Koltun 2018).
+def _min_norm_by_faces(m: np.ndarray) -> np.ndarray:
+    """Exact min-norm point for small ``T``: the best feasible stationary point over all faces of the simplex."""
+    t = m.shape[0]
+    best, best_w = np.inf, np.full(t, 1.0 / t)
+    for mask in range(1, 2**t):
+        idx = [i for i in range(t) if mask >> i & 1]
+        k = len(idx)
+        kkt = np.zeros((k + 1, k + 1))
+        kkt[:k, :k] = m[np.ix_(idx, idx)]
+        kkt[:k, k] = kkt[k, :k] = 1.0
+        rhs = np.zeros(k + 1)
+        rhs[k] = 1.0
+        try:
+            sol = np.linalg.solve(kkt, rhs)[:k]
+        except np.linalg.LinAlgError:
+            continue
+        if (sol < -1e-12).any():
+            continue
+        w = np.zeros(t)
+        w[idx] = np.clip(sol, 0, None)
+        w /= w.sum()
+        val = w @ m @ w
+        if val < best - 1e-15:
+            best, best_w = val, w
+    return best_w
 
-    Closed form for two tasks.
+
+def min_norm_weights(m: np.ndarray, max_iter: int = 250, tol: float = 1e-7) -> np.ndarray:
+    """``argmin_{w in simplex} w^T M w``: the min-norm point of the convex hull of the task gradients.
+
+    Closed form for two tasks, exact enumeration of the simplex's faces up to six tasks, and
+    Frank-Wolfe with exact line search (Sener & Koltun, 2018) beyond.
     """
     t = m.shape[0]
     if t == 1:
@@ -36,6 +64,8 @@ def min_norm_weights(m: np.ndarray, max_iter: int = 250, tol: float = 1e-7) -> n
     if t == 2:
         g = _min_norm_2(m[0, 0], m[0, 1], m[1, 1])
         return np.array([g, 1.0 - g])
+    if t <= 6:
+        return _min_norm_by_faces(m)
     w = np.full(t, 1.0 / t)
     for _ in range(max_iter):
         mw = m @ w

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 
 from fedmtl.mtl.balancers._solvers import min_norm_weights
@@ -13,15 +14,16 @@ from fedmtl.tree import TensorTree
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 
-def normalizers(grads: torch.Tensor, losses: torch.Tensor, how: Normalization) -> torch.Tensor:
+def normalizers(m: np.ndarray, losses: np.ndarray, how: Normalization) -> np.ndarray:
     """Per-task gradient scales ``[T]`` (``g_t / n_t`` is what the solver sees), as in the paper's code."""
+    norms = np.sqrt(np.clip(np.diag(m), 0, None))
     if how == "l2":
-        return grads.norm(dim=1).clamp_min(1e-12)
+        return np.maximum(norms, 1e-12)
     if how == "loss":
-        return losses.clamp_min(1e-12)
+        return np.maximum(losses, 1e-12)
     if how == "loss+":
-        return (losses * grads.norm(dim=1)).clamp_min(1e-12)
-    return torch.ones_like(losses)
+        return np.maximum(losses * norms, 1e-12)
+    return np.ones_like(losses)
 
 
 class MGDA(GradBalancer):
@@ -38,11 +40,10 @@ class MGDA(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        g = inp.grads.detach()
-        n = normalizers(g.double(), inp.losses.detach().double().to(g.device), self.normalization)
-        m = gramian(g) / (n[:, None] * n[None, :])
-        w = torch.as_tensor(min_norm_weights(m.cpu().numpy())).to(n) / n
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=w.to(inp.losses)), state
+        m = gramian(inp.grads.detach()).cpu().numpy()
+        n = normalizers(m, inp.losses.detach().double().cpu().numpy(), self.normalization)
+        w = min_norm_weights(m / np.outer(n, n)) / n
+        return Balance(weights=torch.ones_like(inp.losses), shared_weights=torch.from_numpy(w).to(inp.losses)), state
 
 
 class MGDAUB(MGDA):

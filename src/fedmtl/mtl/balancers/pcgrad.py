@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
@@ -15,15 +16,16 @@ def pcgrad_coefficients(m: torch.Tensor, orders: list[list[int]]) -> torch.Tenso
     component along ``g_j`` is removed: ``g_i^pc -= <g_i^pc, g_j> / ||g_j||^2 g_j``.
     """
     t = m.shape[0]
-    c = torch.eye(t, dtype=m.dtype)
+    mm = m.double().numpy()
+    c = np.eye(t)
     for i in range(t):
         for j in orders[i]:
             if j == i:
                 continue
-            dot = c[i] @ m[:, j]
+            dot = c[i] @ mm[:, j]
             if dot < 0:
-                c[i, j] -= dot / (m[j, j] + 1e-20)
-    return c
+                c[i, j] -= dot / (mm[j, j] + 1e-20)
+    return torch.from_numpy(c).to(m.dtype)
 
 
 class PCGrad(GradBalancer):

@@ -54,6 +54,11 @@ class MultiTaskModel(nn.Module):
         the predictions), for representation-gradient balancing (MGDA-UB); ``None`` if the model has none."""
         return None
 
+    def task_representations(self) -> dict[str, Tensor] | None:
+        """Optional fast path: per-task aliases of the shared representation, each feeding only its
+        task's head, so one ordinary backward pass of ``sum_t L_t`` yields every ``dL_t/dz``."""
+        return None
+
     def param_groups(self) -> dict[str, list[str]]:
         """Group name -> parameter names, in ``named_parameters()`` order."""
         groups: dict[str, list[str]] = {}
