@@ -3,7 +3,8 @@
 Tasks: ``digit`` (10 classes), ``parity`` (digit odd) and ``large`` (digit >= 5). One hard-sharing
 MLP per run, the same seed, data split and optimiser for every method. Reports per-task test
 accuracy, Delta_m% (mean relative accuracy change against the single-task models, as in LibMTL)
-and the mean wall time of a training step relative to equal weighting.
+and the wall time of a training step relative to equal weighting, measured round-robin over all
+methods (median of several rounds) so that load on a shared machine affects them alike.
 
     PYTHONPATH=src python benchmarks/mtl_methods.py [--epochs 12] [--out benchmarks/results/mtl_methods.json]
 """
@@ -92,12 +93,41 @@ def run(mtl: dict, tasks: list[Task], train: dict, test: dict, epochs: int, seed
     return {"accuracy": acc, "step_ms": 1e3 * float(np.median(step_times)), "last_log": log}
 
 
+def time_steps(methods: list[tuple[str, dict]], train: dict, hidden: list[int], rounds: int, steps: int) -> dict[str, float]:
+    """Median ms per training step of each method, measured round-robin so that load drift on a shared
+    machine affects every method alike."""
+    x, names = train["x"][:64], NAMES
+    runs = {}
+    for label, mtl in methods:
+        torch.manual_seed(0)
+        model = build_model(model_cfg.HardSharing(trunk=model_cfg.MLPTrunk(hidden=hidden)), [40], TASKS)
+        obj = build_objective(MTLConfig.model_validate(mtl), names)
+        runs[label] = [model, obj, obj.init(), torch.optim.Adam(model.parameters(), lr=2e-3), []]
+    gen = torch.Generator().manual_seed(0)
+    for r in range(rounds + 1):
+        for label, run_ in runs.items():
+            model, obj, state, opt, times = run_
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                preds = model(x, names)
+                losses = {t.name: t.loss(preds[t.name], train[t.name][:64]) for t in TASKS}
+                state, _ = obj.backward(model, losses, state, generator=gen, epoch=0)
+                opt.step()
+            run_[2] = state
+            if r > 0:  # round 0 warms up
+                times.append(1e3 * (time.perf_counter() - t0) / steps)
+    return {label: float(np.median(v[4])) for label, v in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--timing-rounds", type=int, default=7)
+    ap.add_argument("--timing-steps", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/mtl_methods.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -108,10 +138,12 @@ def main() -> None:
     for label, mtl in METHODS:
         r = run(mtl, TASKS, train, test, a.epochs, a.seed, a.hidden)
         dm = 100 * float(np.mean([(r["accuracy"][t] - single[t]) / single[t] for t in NAMES]))
-        rows.append({"method": label, "config": mtl, "accuracy": r["accuracy"], "delta_m": dm, "step_ms": r["step_ms"]})
-        print(f"{label:32s} {r['accuracy']} dm={dm:+.2f} {r['step_ms']:.2f} ms", flush=True)
-    base = next(r["step_ms"] for r in rows if r["method"] == "equal")
+        rows.append({"method": label, "config": mtl, "accuracy": r["accuracy"], "delta_m": dm, "train_step_ms": r["step_ms"]})
+        print(f"{label:32s} {r['accuracy']} dm={dm:+.2f}", flush=True)
+    timing = time_steps(METHODS, train, a.hidden, a.timing_rounds, a.timing_steps)
+    base = timing["equal"]
     for r in rows:
+        r["step_ms"] = timing[r["method"]]
         r["relative_step_time"] = r["step_ms"] / base
     lines = [
         "| method | digit | parity | large | Δm% | step time (× equal) |",
