@@ -293,3 +293,20 @@ def test_rlw_is_on_simplex_and_reproducible() -> None:
 def test_constructor_validation_names_value(make, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_nash_mtl_cvxpy_agrees_with_newton() -> None:
+    pytest.importorskip("cvxpy")
+    g3 = torch.randn(3, 6, generator=torch.Generator().manual_seed(0)) + 0.5
+    for g in (G2, g3):
+        a, _ = run(B.NashMTL(), grads=g, losses=torch.ones(len(g)))
+        b, _ = run(B.NashMTL(solver="cvxpy"), grads=g, losses=torch.ones(len(g)))
+        assert torch.allclose(a.shared_weights, b.shared_weights, rtol=1e-2, atol=1e-3)
+
+
+def test_nash_mtl_cvxpy_missing_is_an_import_error_with_hint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cvxpy", None)
+    with pytest.raises(ImportError, match=r"fedmtl\[solvers\]"):
+        B.NashMTL(solver="cvxpy")

@@ -29,13 +29,15 @@ def _cvxpy_solve(m: np.ndarray, w0: np.ndarray, iters: int = 20) -> np.ndarray: 
     phi = phi_tag @ (alpha - prev)
     constraints = [-cp.log(alpha[i]) - cp.log(g_alpha[i]) <= 0 for i in range(t)]
     problem = cp.Problem(cp.Minimize(cp.sum(g_alpha) + phi), constraints)
-    w = w0
+    w = w0 if (m @ w0 > 1e-12).all() else 1.0 / np.sqrt(np.clip(np.diag(m), 1e-20, None))
+    if not (m @ w > 1e-12).all():
+        raise RuntimeError("Nash-MTL (cvxpy): no feasible starting point (G G^T alpha > 0); try solver='newton'")
     for _ in range(iters):
         prev.value = w
         phi_tag.value = 1.0 / w + (1.0 / (m @ w)) @ m
         try:
             problem.solve(warm_start=True)
-        except cp.SolverError:
+        except (cp.SolverError, ValueError):
             break
         if alpha.value is None:
             break
