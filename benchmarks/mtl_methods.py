@@ -105,7 +105,7 @@ def time_steps(methods: list[tuple[str, dict]], train: dict, hidden: list[int], 
         runs[label] = [model, obj, obj.init(), torch.optim.Adam(model.parameters(), lr=2e-3), []]
     gen = torch.Generator().manual_seed(0)
     for r in range(rounds + 1):
-        for label, run_ in runs.items():
+        for run_ in runs.values():
             model, obj, state, opt, times = run_
             t0 = time.perf_counter()
             for _ in range(steps):

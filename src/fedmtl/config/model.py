@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -37,7 +37,7 @@ class CNN2DTrunk(StrictModel):
     hidden: PositiveInt = 128
 
 
-Trunk = Annotated[Union[MLPTrunk, CNN1DTrunk, CNN2DTrunk], Field(discriminator="name")]
+Trunk = Annotated[MLPTrunk | CNN1DTrunk | CNN2DTrunk, Field(discriminator="name")]
 
 
 class HardSharing(StrictModel):
@@ -161,6 +161,6 @@ class Distillation(StrictModel):
 
 
 Architecture = Annotated[
-    Union[HardSharing, SharedEncoder, SoftSharing, CrossStitch, MTAN, MMoE, CGC, PLE, DSelectK, LTB, MTRL, Distillation],
+    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation,
     Field(discriminator="name"),
 ]

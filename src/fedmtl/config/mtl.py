@@ -7,7 +7,7 @@ bounded; pydantic's messages name the field and the allowed values.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -197,11 +197,7 @@ class ConFIG(StrictModel):
 
 
 Balancer = Annotated[
-    Union[
-        EqualWeighting, StaticWeighting, RLW, DWA, UncertaintyWeighting, GradNorm, GLS, FAMO, STCH, ExcessMTL,
-        FairGrad, MoCo, PCGrad, GradVac, GradDrop, MGDA, MGDAUB, CAGrad, IMTL, NashMTL, AlignedMTL, DBMTL,
-        UPGrad, DualProj, ConFIG,
-    ],
+    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG,
     Field(discriminator="name"),
 ]
 
@@ -235,7 +231,7 @@ class Lagrangian(StrictModel):
         return self
 
 
-Scheme = Annotated[Union[WeightedSum, Alternating, Lagrangian], Field(discriminator="name")]
+Scheme = Annotated[WeightedSum | Alternating | Lagrangian, Field(discriminator="name")]
 
 
 class Gradients(StrictModel):

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fedmtl.mtl.balancers.base import Balance, Balancer, BalanceInput, GradSource
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer, GradSource
 from fedmtl.mtl.models.base import SHARED, MultiTaskModel
 from fedmtl.mtl.schemes import Scheme, WeightedSum
 from fedmtl.tree import TensorTree

@@ -1,7 +1,7 @@
 """Loss weighting and gradient balancing, one family per file, each citing its paper."""
 
 from fedmtl.mtl.balancers.aligned_mtl import AlignedMTL
-from fedmtl.mtl.balancers.base import Balance, Balancer, BalanceInput, GradBalancer, LossBalancer
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer, GradBalancer, LossBalancer
 from fedmtl.mtl.balancers.cagrad import CAGrad
 from fedmtl.mtl.balancers.conflict_free import ConFIG
 from fedmtl.mtl.balancers.db_mtl import DBMTL

@@ -86,7 +86,7 @@ def project_to_dual_cone(m: np.ndarray, u: np.ndarray, reg: float = 1e-10) -> np
     With ``M = A^T A`` and ``v = u + s``: ``min_{s >= 0} ||A s + A u||^2``.
     """
     t = m.shape[0]
-    evals, evecs = np.linalg.eigh(m + reg * np.trace(m) / max(t, 1) * np.eye(t) + 1e-30 * np.eye(t))
+    evals, evecs = np.linalg.eigh(m + (reg * np.trace(m) / t + 1e-30) * np.eye(t))
     a = np.sqrt(np.clip(evals, 0, None))[:, None] * evecs.T
     s, _ = nnls(a, -(a @ u))
     return u + s
@@ -97,7 +97,6 @@ def solve_power_balance(m: np.ndarray, p: float, w0: np.ndarray | None = None, m
 
     ``p = 1`` is Nash-MTL's bargaining condition; ``p = 1/alpha`` is FairGrad's alpha-fairness condition.
     """
-    t = m.shape[0]
     d = np.clip(np.diag(m), 1e-20, None)
     v = np.log(w0) if w0 is not None else -np.log(d) / (1.0 + p)
 

@@ -35,9 +35,9 @@ class LTBModel(MultiTaskModel):
         dims = [math.prod(input_shape), *hidden]
         counts = [1, *branches]
         self.inner = nn.ModuleList(
-            [nn.ModuleList([nn.Linear(dims[l], dims[l + 1]) for _ in range(counts[l + 1])]) for l in range(len(branches))]
+            [nn.ModuleList([nn.Linear(dims[i], dims[i + 1]) for _ in range(counts[i + 1])]) for i in range(len(branches))]
         )
-        self.inner_logits = nn.ParameterList([nn.Parameter(torch.zeros(counts[l + 1], counts[l])) for l in range(len(branches))])
+        self.inner_logits = nn.ParameterList([nn.Parameter(torch.zeros(counts[i + 1], counts[i])) for i in range(len(branches))])
         self.last = nn.ModuleDict({t.name: nn.Linear(dims[-2], dims[-1]) for t in tasks})
         self.last_logits = nn.ParameterDict({t.name: nn.Parameter(torch.zeros(counts[-1])) for t in tasks})
         self.heads = nn.ModuleDict({t.name: nn.Linear(dims[-1], t.output_dim) for t in tasks})
