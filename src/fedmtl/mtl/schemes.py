@@ -88,14 +88,15 @@ class Lagrangian:
 
     def weights(self, losses: Tensor, state: TensorTree, step: int, epoch: int) -> tuple[Tensor | None, TensorTree, dict[str, float]]:
         lam = state["multipliers"]
-        w = lam.clone()  # type: ignore[union-attr]
+        assert isinstance(lam, Tensor)
+        w = lam.clone()
         if self.main in self.tasks:
             w[self.tasks.index(self.main)] = 1.0
         viol = losses.detach().float().cpu() - self.eps
-        new = torch.where(self.constrained, (lam + self.dual_lr * viol).clamp_min(0.0), torch.zeros_like(viol))  # type: ignore[operator]
+        new = torch.where(self.constrained, (lam + self.dual_lr * viol).clamp_min(0.0), torch.zeros_like(viol))
         log: dict[str, float] = {}
         for i, t in enumerate(self.tasks):
             if bool(self.constrained[i]):
-                log[f"multiplier/{t}"] = float(lam[i])  # type: ignore[index]
+                log[f"multiplier/{t}"] = float(lam[i])
                 log[f"violation/{t}"] = float(viol[i])
         return w.to(losses), {"multipliers": new}, log

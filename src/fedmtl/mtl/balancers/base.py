@@ -98,6 +98,14 @@ class GradBalancer:
         return {}
 
 
+def leaf(tree: TensorTree, key: str) -> Tensor:
+    """``tree[key]``, checked to be a tensor (state entries of balancers are flat)."""
+    value = tree[key]
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state entry {key!r} is a sub-tree, expected a tensor")
+    return value
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     """Constructor validation with a message naming the value."""
     if value < 0 or (value == 0 and not allow_zero):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive, leaf
 from fedmtl.tree import TensorTree
 
 
@@ -28,22 +28,22 @@ class DWA(LossBalancer):
         }
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
-        epoch, s, count = int(state["epoch"]), state["sum"], state["count"]  # type: ignore[arg-type]
-        hist, seen = state["history"], int(state["seen"])  # type: ignore[arg-type]
+        epoch, s, count = int(leaf(state, "epoch")), leaf(state, "sum"), leaf(state, "count")
+        hist, seen = leaf(state, "history"), int(leaf(state, "seen"))
         if epoch >= 0 and inp.epoch != epoch and float(count) > 0:  # close the previous epoch
-            hist = torch.stack([hist[1], s / count])  # type: ignore[index,operator]
+            hist = torch.stack([hist[1], s / count])
             seen += 1
-            s, count = torch.zeros_like(s), torch.zeros_like(count)  # type: ignore[arg-type]
+            s, count = torch.zeros_like(s), torch.zeros_like(count)
         t = inp.losses.numel()
         if seen >= 2:
-            r = hist[1] / hist[0].clamp_min(1e-12)  # type: ignore[index]
+            r = hist[1] / hist[0].clamp_min(1e-12)
             w = t * torch.softmax(r / self.temperature, 0)
         else:
             w = torch.ones(t)
-        new = {
+        new: TensorTree = {
             "epoch": torch.tensor(inp.epoch),
-            "sum": s + inp.losses.detach().float().cpu(),  # type: ignore[operator]
-            "count": count + 1,  # type: ignore[operator]
+            "sum": s + inp.losses.detach().float().cpu(),
+            "count": count + 1,
             "history": hist,
             "seen": torch.tensor(seen),
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, leaf
 from fedmtl.tree import TensorTree
 
 
@@ -28,11 +28,11 @@ class ExcessMTL(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         g = inp.grads.detach().float()
-        acc = state["grad_sq"]
-        acc = (g * g) if acc.shape[1] == 0 else acc.to(g) + g * g  # type: ignore[union-attr,operator]
+        acc = leaf(state, "grad_sq")
+        acc = (g * g) if acc.shape[1] == 0 else acc.to(g) + g * g
         risk = (g * g / (acc + 1e-7).sqrt()).sum(1).cpu()
-        initial = state["initial"]
-        if acc.shape[1] and not bool((initial > 0).any()):  # type: ignore[operator]
+        initial = leaf(state, "initial")
+        if acc.shape[1] and not bool((initial > 0).any()):
             initial = risk.clamp_min(1e-12)
         w = state["w"] * torch.exp(self.eta * risk / initial)  # type: ignore[operator]
         w = w * len(w) / w.sum()

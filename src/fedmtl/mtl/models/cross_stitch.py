@@ -40,7 +40,7 @@ class CrossStitchModel(MultiTaskModel):
         order = self.task_names
         h = x.flatten(1).unsqueeze(0).expand(len(order), -1, -1)
         for layer, alpha in enumerate(self.stitch):
-            h = torch.stack([torch.relu(self.columns[t][layer](h[i])) for i, t in enumerate(order)])
+            h = torch.stack([torch.relu(self.columns[t][layer](h[i])) for i, t in enumerate(order)])  # type: ignore[index]
             h = torch.einsum("ts,snd->tnd", alpha, h)
         return {t: self.heads[t](h[order.index(t)]) for t in names}
 

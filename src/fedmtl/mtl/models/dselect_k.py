@@ -34,6 +34,8 @@ class DSelectKGate(nn.Module):
         self.w = nn.Linear(in_dim, k)
         n_codes = 2**self.bits
         codes = torch.tensor([[(i >> b) & 1 for b in range(self.bits)] for i in range(n_codes)], dtype=torch.float32)
+        self.codes: Tensor
+        self.fold: Tensor
         self.register_buffer("codes", codes, persistent=False)
         self.register_buffer("fold", torch.eye(num_experts)[torch.arange(n_codes) % num_experts], persistent=False)
 

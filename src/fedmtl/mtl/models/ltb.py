@@ -49,7 +49,7 @@ class LTBModel(MultiTaskModel):
         names = check_tasks(self, tasks)
         nodes = x.flatten(1).unsqueeze(0)
         for layer, logits in zip(self.inner, self.inner_logits):
-            nodes = torch.stack([torch.relu(lin(self._mix(logits[j], nodes))) for j, lin in enumerate(layer)])
+            nodes = torch.stack([torch.relu(lin(self._mix(logits[j], nodes))) for j, lin in enumerate(layer)])  # type: ignore[arg-type,var-annotated]
         return {t: self.heads[t](torch.relu(self.last[t](self._mix(self.last_logits[t], nodes)))) for t in names}
 
     def branching(self) -> dict[str, list[int]]:

@@ -67,7 +67,7 @@ class _ExtractionLayer(nn.Module):
     def forward(self, task_in: dict[str, Tensor], shared_in: Tensor, tasks: Sequence[str]) -> tuple[dict[str, Tensor], Tensor | None]:
         shared_out = [e(shared_in) for e in self.shared_experts]
         need = self.tasks if self.shared_gate is not None else list(tasks)
-        own = {t: [e(task_in[t]) for e in self.task_experts[t]] for t in need}
+        own = {t: [e(task_in[t]) for e in self.task_experts[t]] for t in need}  # type: ignore[attr-defined]
         out = {t: _mix(self.task_gates[t], task_in[t], torch.stack(own[t] + shared_out)) for t in tasks}
         s = None
         if self.shared_gate is not None:

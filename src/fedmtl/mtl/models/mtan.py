@@ -37,7 +37,8 @@ class MTANModel(MultiTaskModel):
         out = {}
         for t in names:
             a = None
-            for j, att in enumerate(self.attention[t]):
+            layers: nn.ModuleList = self.attention[t]  # type: ignore[assignment]
+            for j, att in enumerate(layers):
                 inp = u[j] if a is None else torch.cat([u[j], a], dim=1)
                 a = torch.sigmoid(att(inp)) * u[j]
             out[t] = self.heads[t](a)

@@ -37,6 +37,7 @@ class MTRLModel(MultiTaskModel):
         self.adapters = nn.ModuleDict({t.name: nn.Linear(trunk_dim, adapter_dim) for t in tasks})
         self.heads = nn.ModuleDict({t.name: nn.Linear(adapter_dim, t.output_dim) for t in tasks})
         n = len(tasks)
+        self.omega: Tensor
         self.register_buffer("omega", torch.eye(n) / n)
 
     def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -45,7 +46,7 @@ class MTRLModel(MultiTaskModel):
 
     def task_matrix(self) -> Tensor:
         """``W``: one column per task, the flattened adapter weights, ``[D, T]``."""
-        return torch.stack([self.adapters[t].weight.reshape(-1) for t in self.task_names], dim=1)
+        return torch.stack([self.adapters[t].weight.reshape(-1) for t in self.task_names], dim=1)  # type: ignore[union-attr,operator]
 
     def update_omega(self) -> Tensor:
         """Refresh ``Omega`` in closed form from the current adapters; returns it."""
