@@ -99,3 +99,26 @@ def test_gradient_methods_are_descent_directions_for_the_mean(seed: int, scale: 
         bal, _ = b(BalanceInput(losses, grads, 0), b.init(3))
         d = bal.shared_direction if bal.shared_direction is not None else bal.shared_weights @ grads  # type: ignore[operator]
         assert (grads @ d >= -1e-4 * scale**2).all(), name
+
+
+RANDOM_ORDER = {"rlw", "pcgrad", "gradvac", "graddrop", "static"}
+
+
+@pytest.mark.parametrize("cfg", [c for c in ALL if c.name not in RANDOM_ORDER], ids=[c.name for c in ALL if c.name not in RANDOM_ORDER])  # type: ignore[attr-defined]
+def test_permutation_equivariance(cfg) -> None:  # type: ignore[no-untyped-def]
+    """Relabelling the tasks permutes the weights and leaves the shared update unchanged."""
+    b = build_balancer(cfg, TASKS)
+    losses, grads = step_inputs(11)
+    perm = torch.tensor([2, 0, 1])
+    need = b.requires == "shared_grads"
+    a, _ = b(BalanceInput(losses, grads if need else None, 0), b.init(3))
+    p, _ = b(BalanceInput(losses[perm], grads[perm] if need else None, 0), b.init(3))
+    assert torch.allclose(a.weights[perm], p.weights, atol=1e-5)
+
+    def update(bal, g):  # type: ignore[no-untyped-def]
+        if bal.shared_direction is not None:
+            return bal.shared_direction
+        return (bal.shared_weights if bal.shared_weights is not None else bal.weights) @ g
+
+    if need:
+        assert torch.allclose(update(a, grads), update(p, grads[perm]), atol=1e-4)

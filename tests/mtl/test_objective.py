@@ -147,3 +147,38 @@ def test_model_config_validation_messages() -> None:
     with pytest.raises(ValidationError, match="mmoe"):
         ta.validate_python({"name": "mmo"})
     assert ta.validate_python({"name": "ple", "levels": 3}).levels == 3
+
+
+def _all_balancer_configs() -> list[tuple[str, dict]]:
+    from fedmtl.mtl.factory import BALANCERS
+
+    out = []
+    for cls in BALANCERS:
+        name = cls.model_fields["name"].default
+        extra = {"weights": {"digit": 2.0}} if name == "static" else {}
+        out.append((f"{name}/parameters", {"balancer": {"name": name, **extra}}))
+    reps = ["pcgrad", "gradvac", "graddrop", "cagrad", "imtl", "nash_mtl", "upgrad", "config", "gradnorm", "fairgrad"]
+    out += [(f"{n}/representation", {"balancer": {"name": n}, "gradients": {"source": "representation"}}) for n in reps]
+    return out
+
+
+@pytest.mark.parametrize("label, raw", _all_balancer_configs(), ids=[c[0] for c in _all_balancer_configs()])
+def test_every_balancer_trains_hard_sharing(label: str, raw: dict) -> None:
+    """Every balancer, as the objective of a (client) training loop: losses fall, state stays a tensor tree."""
+    m, _, _ = setup()
+    x, y = synthetic(128)
+    obj = build_objective(MTLConfig.model_validate(raw), NAMES)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    state = obj.init()
+    with torch.no_grad():
+        start = sum(float(v) for v in losses(m, x, y).values())
+    gen = torch.Generator().manual_seed(0)
+    for step in range(40):
+        opt.zero_grad(set_to_none=True)
+        state, log = obj.backward(m, losses(m, x, y), state, generator=gen, epoch=step // 10)
+        opt.step()
+    with torch.no_grad():
+        end = sum(float(v) for v in losses(m, x, y).values())
+    assert end < 0.8 * start, (label, start, end)
+    assert all(isinstance(v, torch.Tensor) for v in flatten(state).values())
+    assert all(isinstance(v, float) for v in log.values())
