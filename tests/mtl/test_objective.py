@@ -182,3 +182,20 @@ def test_every_balancer_trains_hard_sharing(label: str, raw: dict) -> None:
     assert end < 0.8 * start, (label, start, end)
     assert all(isinstance(v, torch.Tensor) for v in flatten(state).values())
     assert all(isinstance(v, float) for v in log.values())
+
+
+@pytest.mark.parametrize("label, raw", _all_balancer_configs()[:25], ids=[c[0] for c in _all_balancer_configs()[:25]])
+def test_every_balancer_on_a_single_task_client(label: str, raw: dict) -> None:
+    """A federated client holding one task: every balancer degenerates gracefully (finite, weight defined)."""
+    if "static" in label:
+        raw = {"balancer": {"name": "static", "weights": {"parity": 2.0}}}
+    m, x, y = setup()
+    obj = build_objective(MTLConfig.model_validate(raw), ["parity"])
+    state = obj.init()
+    for step in range(3):
+        m.zero_grad(set_to_none=True)
+        p = m(x, ["parity"])
+        state, log = obj.backward(m, {"parity": m.tasks["parity"].loss(p["parity"], y["parity"])}, state, generator=torch.Generator().manual_seed(step))
+    assert all(torch.isfinite(q.grad).all() for q in m.parameters() if q.grad is not None)
+    assert all(q.grad is None for q in m.heads["digit"].parameters())
+    assert torch.isfinite(torch.tensor(log["weight/parity"]))
