@@ -41,20 +41,32 @@ def jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode = "b
     falls back to one pass per task with a warning.
     """
     t = loss_vec.numel()
+    return [
+        j if j is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device)
+        for j, x in zip(_jacobian(loss_vec, inputs, mode, retain_graph), inputs)
+    ]
+
+
+def _jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode, retain_graph: bool) -> list[Tensor | None]:
+    """As :func:`jacobian`, with ``None`` for inputs no loss depends on."""
+    t = loss_vec.numel()
     if mode == "batched" and t > 1:
         try:
             eye = torch.eye(t, dtype=loss_vec.dtype, device=loss_vec.device)
-            gs = torch.autograd.grad(loss_vec, list(inputs), grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True)
-            return [g if g is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device) for g, x in zip(gs, inputs)]
+            return list(torch.autograd.grad(loss_vec, list(inputs), grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True))
         except RuntimeError as e:  # pragma: no cover - depends on torch's batching coverage
             if "vmap" not in str(e) and "batch" not in str(e).lower():
                 raise
             warnings.warn(f"batched Jacobian failed ({e}); using one backward pass per task", RuntimeWarning, stacklevel=2)
-    rows: list[list[Tensor]] = []
-    for i in range(t):
-        gs = torch.autograd.grad(loss_vec[i], list(inputs), retain_graph=True if i < t - 1 else retain_graph, allow_unused=True)
-        rows.append([g if g is not None else torch.zeros_like(x) for g, x in zip(gs, inputs)])
-    return [torch.stack([r[j] for r in rows]) for j in range(len(inputs))]
+    rows = [
+        torch.autograd.grad(loss_vec[i], list(inputs), retain_graph=True if i < t - 1 else retain_graph, allow_unused=True)
+        for i in range(t)
+    ]
+    out: list[Tensor | None] = []
+    for j, x in enumerate(inputs):
+        col = [r[j] for r in rows]
+        out.append(None if all(g is None for g in col) else torch.stack([g if g is not None else torch.zeros_like(x) for g in col]))
+    return out
 
 
 def per_task_shared_grads(losses: Sequence[Tensor], shared: Sequence[torch.nn.Parameter]) -> Tensor:
@@ -198,8 +210,10 @@ class MultiTaskObjective:
             return torch.ones_like(loss_vec.detach()), bstate
         if self.grad_source == "representation":
             return self._balanced_rep(loss_vec, params, is_shared, model, call)
-        jac = jacobian(loss_vec, params, self.jacobian_mode)
-        shared = [j.reshape(j.shape[0], -1) for j, s in zip(jac, is_shared) if s]
+        raw = _jacobian(loss_vec, params, self.jacobian_mode, retain_graph=False)
+        t = len(self.tasks)
+        jac = [j if j is not None else p.new_zeros((t, *p.shape)) for j, p in zip(raw, params)]
+        shared = [j.reshape(t, -1) for j, s in zip(jac, is_shared) if s]
         grads = torch.cat(shared, dim=1) if shared else loss_vec.new_zeros(len(self.tasks), 0)
         balance, new = call(grads)
         w = balance.weights.to(grads)
@@ -209,10 +223,10 @@ class MultiTaskObjective:
             sw = balance.shared_weights.to(grads) if balance.shared_weights is not None else w
             shared_flat = sw @ grads
         shared_params = [p for p, s in zip(params, is_shared) if s]
-        out: dict[int, Tensor] = dict(zip(map(id, shared_params), _split(shared_flat, shared_params)))
-        for p, j, s in zip(params, jac, is_shared):
-            if not s:
-                out[id(p)] = (w @ j.reshape(j.shape[0], -1)).view_as(p)
+        out: dict[int, Tensor | None] = dict(zip(map(id, shared_params), _split(shared_flat, shared_params)))
+        for p, j, r, s in zip(params, jac, raw, is_shared):
+            if not s:  # parameters no loss depends on (heads of tasks not held) keep .grad = None
+                out[id(p)] = None if r is None else (w @ j.reshape(t, -1)).view_as(p)
         _accumulate(params, [out[id(p)] for p in params])
         return balance.weights, new
 
