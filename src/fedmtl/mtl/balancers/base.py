@@ -51,15 +51,15 @@ class Balance:
 
     Attributes:
         weights: loss weights ``[T]``; task-specific (and local) parameters receive ``sum_t w_t grad L_t``.
-        shared_weights: when given, the shared coordinates receive ``sum_t s_t grad L_t`` instead
-            (gradient-balancing methods whose output is a combination of the task gradients).
         shared_direction: when given, the gradient to use for the shared coordinates (flattened
             ``[P]``, same coordinates as ``BalanceInput.grads``); it overrides ``shared_weights``.
+        shared_weights: when given, the shared coordinates receive ``sum_t s_t grad L_t`` instead
+            (gradient-balancing methods whose output is a combination of the task gradients).
     """
 
     weights: Tensor
-    shared_weights: Tensor | None = None
     shared_direction: Tensor | None = None
+    shared_weights: Tensor | None = None
 
 
 class Balancer(Protocol):
