@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from fedmtl.config.base import StrictModel
+
+Hidden = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class MLPTrunk(StrictModel):
@@ -35,7 +37,7 @@ class CNN2DTrunk(StrictModel):
     hidden: PositiveInt = 128
 
 
-Trunk = Annotated[Union[MLPTrunk, CNN1DTrunk, CNN2DTrunk], Field(discriminator="name")]
+Trunk = Annotated[MLPTrunk | CNN1DTrunk | CNN2DTrunk, Field(discriminator="name")]
 
 
 class HardSharing(StrictModel):
@@ -46,4 +48,119 @@ class HardSharing(StrictModel):
     head_hidden: list[PositiveInt] = Field(default=[], description="Hidden layers of each task head.")
 
 
-Architecture = Annotated[Union[HardSharing], Field(discriminator="name")]
+class SharedEncoder(StrictModel):
+    """Feature sharing: a shared encoder feeding one tower (MLP) per task."""
+
+    name: Literal["shared_encoder"] = "shared_encoder"
+    trunk: Trunk = Field(default_factory=MLPTrunk)
+    tower_hidden: Hidden = Field(default=[64])
+
+
+class SoftSharing(StrictModel):
+    """One model per task, coupled by ``strength * sum_t ||theta_t - mean||^2``."""
+
+    name: Literal["soft_sharing"] = "soft_sharing"
+    trunk: Trunk = Field(default_factory=MLPTrunk)
+    head_hidden: list[PositiveInt] = Field(default=[])
+    strength: NonNegativeFloat = 1e-3
+
+
+class CrossStitch(StrictModel):
+    """Cross-stitch networks: one MLP column per task mixed by learned units after every layer."""
+
+    name: Literal["cross_stitch"] = "cross_stitch"
+    hidden: Hidden = Field(default=[128, 64])
+    self_weight: float = Field(default=0.9, gt=0, le=1)
+
+
+class MTAN(StrictModel):
+    """Multi-task attention network: shared MLP backbone, per-task attention masks."""
+
+    name: Literal["mtan"] = "mtan"
+    hidden: Hidden = Field(default=[128, 64])
+
+
+class MMoE(StrictModel):
+    """Multi-gate mixture of experts."""
+
+    name: Literal["mmoe"] = "mmoe"
+    num_experts: PositiveInt = 4
+    expert_hidden: Hidden = Field(default=[64])
+    tower_hidden: list[PositiveInt] = Field(default=[])
+
+
+class CGC(StrictModel):
+    """Customised gate control (single-level PLE)."""
+
+    name: Literal["cgc"] = "cgc"
+    num_shared_experts: PositiveInt = 2
+    num_task_experts: PositiveInt = 1
+    expert_hidden: Hidden = Field(default=[64])
+    tower_hidden: list[PositiveInt] = Field(default=[])
+
+
+class PLE(StrictModel):
+    """Progressive layered extraction (stacked CGC layers)."""
+
+    name: Literal["ple"] = "ple"
+    levels: int = Field(default=2, ge=1, le=8)
+    num_shared_experts: PositiveInt = 2
+    num_task_experts: PositiveInt = 1
+    expert_hidden: Hidden = Field(default=[64])
+    tower_hidden: list[PositiveInt] = Field(default=[])
+
+
+class DSelectK(StrictModel):
+    """Mixture of experts with DSelect-k gates."""
+
+    name: Literal["dselect_k"] = "dselect_k"
+    num_experts: PositiveInt = 4
+    k: PositiveInt = 2
+    expert_hidden: Hidden = Field(default=[64])
+    tower_hidden: list[PositiveInt] = Field(default=[])
+    gamma: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _k_at_most_experts(self) -> DSelectK:
+        if self.k > self.num_experts:
+            raise ValueError(f"model.k={self.k} must be <= model.num_experts={self.num_experts}")
+        return self
+
+
+class LTB(StrictModel):
+    """Learning to branch: a tree-structured MLP with learned parent choices."""
+
+    name: Literal["ltb"] = "ltb"
+    hidden: Hidden = Field(default=[128, 64, 64])
+    branches: list[PositiveInt] = Field(default=[1, 2], description="Nodes per inner layer; len(hidden) - 1 entries.")
+    temperature: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _branches_match(self) -> LTB:
+        if len(self.branches) != len(self.hidden) - 1:
+            raise ValueError(f"model.branches needs len(model.hidden) - 1 = {len(self.hidden) - 1} entries, got {len(self.branches)}")
+        return self
+
+
+class MTRL(StrictModel):
+    """Multi-task relationship learning: task adapters coupled by a learned task covariance."""
+
+    name: Literal["mtrl"] = "mtrl"
+    trunk: Trunk = Field(default_factory=MLPTrunk)
+    adapter_dim: PositiveInt = 32
+    strength: NonNegativeFloat = 1e-3
+
+
+class Distillation(StrictModel):
+    """Per-task students distilled to and from a shared multi-task teacher (Distral)."""
+
+    name: Literal["distillation"] = "distillation"
+    trunk: Trunk = Field(default_factory=MLPTrunk)
+    strength: NonNegativeFloat = 0.5
+    temperature: PositiveFloat = 2.0
+
+
+Architecture = Annotated[
+    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation,
+    Field(discriminator="name"),
+]

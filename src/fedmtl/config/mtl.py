@@ -1,12 +1,19 @@
-"""Configuration of the local multi-task objective: how task losses become one update."""
+"""Configuration of the local multi-task objective: how task losses become one update.
+
+``mtl.balancer`` picks a loss weighting / gradient balancing method by ``name``, ``mtl.scheme`` the
+joint-optimisation scheme, ``mtl.gradients`` where per-task gradients are taken. Every field is
+bounded; pydantic's messages name the field and the allowed values.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from fedmtl.config.base import StrictModel
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class EqualWeighting(StrictModel):
@@ -22,7 +29,177 @@ class StaticWeighting(StrictModel):
     weights: dict[str, PositiveFloat]
 
 
-Balancer = Annotated[Union[EqualWeighting, StaticWeighting], Field(discriminator="name")]
+class RLW(StrictModel):
+    """Random loss weighting (Lin et al., 2022)."""
+
+    name: Literal["rlw"] = "rlw"
+
+
+class DWA(StrictModel):
+    """Dynamic weight average (Liu et al., 2019)."""
+
+    name: Literal["dwa"] = "dwa"
+    temperature: PositiveFloat = 2.0
+
+
+class UncertaintyWeighting(StrictModel):
+    """Homoscedastic uncertainty weighting (Kendall et al., 2018)."""
+
+    name: Literal["uw"] = "uw"
+    lr: PositiveFloat = 0.05
+
+
+class GradNorm(StrictModel):
+    """Gradient normalisation (Chen et al., 2018)."""
+
+    name: Literal["gradnorm"] = "gradnorm"
+    alpha: NonNegativeFloat = 1.5
+    lr: PositiveFloat = 0.025
+
+
+class GLS(StrictModel):
+    """Geometric loss strategy (Chennupati et al., 2019)."""
+
+    name: Literal["gls"] = "gls"
+
+
+class FAMO(StrictModel):
+    """Fast adaptive multitask optimisation (Liu et al., 2023)."""
+
+    name: Literal["famo"] = "famo"
+    lr: PositiveFloat = 0.025
+    gamma: NonNegativeFloat = 0.001
+
+
+class STCH(StrictModel):
+    """Smooth Tchebycheff scalarisation (Lin et al., 2024)."""
+
+    name: Literal["stch"] = "stch"
+    mu: PositiveFloat = 1.0
+    warmup_steps: PositiveInt = 20
+
+
+class ExcessMTL(StrictModel):
+    """Excess-risk weighting (He et al., 2024)."""
+
+    name: Literal["excess_mtl"] = "excess_mtl"
+    robust_step_size: PositiveFloat = 0.01
+
+
+class FairGrad(StrictModel):
+    """Alpha-fair gradient aggregation (Ban & Ji, 2024)."""
+
+    name: Literal["fairgrad"] = "fairgrad"
+    alpha: PositiveFloat = 1.0
+
+
+class MoCo(StrictModel):
+    """Momentum-corrected MGDA (Fernando et al., 2023)."""
+
+    name: Literal["moco"] = "moco"
+    beta: PositiveFloat = 0.5
+    beta_sigma: NonNegativeFloat = 0.5
+    gamma: PositiveFloat = 0.1
+    gamma_sigma: NonNegativeFloat = 0.5
+    rho: NonNegativeFloat = 0.0
+
+
+class PCGrad(StrictModel):
+    """Projecting conflicting gradients (Yu et al., 2020)."""
+
+    name: Literal["pcgrad"] = "pcgrad"
+
+
+class GradVac(StrictModel):
+    """Gradient vaccine (Wang et al., 2021)."""
+
+    name: Literal["gradvac"] = "gradvac"
+    beta: Fraction = 0.5
+
+
+class GradDrop(StrictModel):
+    """Gradient sign dropout (Chen et al., 2020)."""
+
+    name: Literal["graddrop"] = "graddrop"
+    leak: float = Field(default=0.0, ge=0, le=1)
+
+
+Normalization = Literal["none", "l2", "loss", "loss+"]
+
+
+class MGDA(StrictModel):
+    """Multiple-gradient descent (Sener & Koltun, 2018) on parameter gradients."""
+
+    name: Literal["mgda"] = "mgda"
+    normalization: Normalization = "none"
+
+
+class MGDAUB(StrictModel):
+    """MGDA-UB: MGDA on gradients of the shared representation (needs a hard-sharing-like model)."""
+
+    name: Literal["mgda_ub"] = "mgda_ub"
+    normalization: Normalization = "none"
+
+
+class CAGrad(StrictModel):
+    """Conflict-averse gradient descent (Liu et al., 2021)."""
+
+    name: Literal["cagrad"] = "cagrad"
+    c: NonNegativeFloat = 0.4
+
+
+class IMTL(StrictModel):
+    """Impartial MTL (Liu et al., 2021): IMTL-G, plus IMTL-L when ``loss_scaling``."""
+
+    name: Literal["imtl"] = "imtl"
+    loss_scaling: bool = False
+    lr: PositiveFloat = 0.025
+
+
+class NashMTL(StrictModel):
+    """Nash bargaining (Navon et al., 2022). ``solver: cvxpy`` needs the ``solvers`` extra."""
+
+    name: Literal["nash_mtl"] = "nash_mtl"
+    solver: Literal["newton", "cvxpy"] = "newton"
+    update_every: PositiveInt = 1
+
+
+class AlignedMTL(StrictModel):
+    """Aligned-MTL (Senushkin et al., 2023)."""
+
+    name: Literal["aligned_mtl"] = "aligned_mtl"
+
+
+class DBMTL(StrictModel):
+    """Dual balancing (Lin et al., 2023)."""
+
+    name: Literal["db_mtl"] = "db_mtl"
+    beta: float = Field(default=0.9, ge=0, lt=1)
+    beta_sigma: NonNegativeFloat = 0.5
+
+
+class UPGrad(StrictModel):
+    """Unconflicting projection of gradients (Quinton & Rey, 2024)."""
+
+    name: Literal["upgrad"] = "upgrad"
+
+
+class DualProj(StrictModel):
+    """Dual-cone projection of the mean gradient (Quinton & Rey, 2024)."""
+
+    name: Literal["dualproj"] = "dualproj"
+
+
+class ConFIG(StrictModel):
+    """Conflict-free inverse gradients (Liu et al., 2025)."""
+
+    name: Literal["config"] = "config"
+
+
+Balancer = Annotated[
+    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG,
+    Field(discriminator="name"),
+]
 
 
 class WeightedSum(StrictModel):
@@ -31,7 +208,37 @@ class WeightedSum(StrictModel):
     name: Literal["weighted_sum"] = "weighted_sum"
 
 
-Scheme = Annotated[Union[WeightedSum], Field(discriminator="name")]
+class Alternating(StrictModel):
+    """One task at a time, switching every step or every epoch (other tasks' heads fixed)."""
+
+    name: Literal["alternating"] = "alternating"
+    every: Literal["step", "epoch"] = "step"
+
+
+class Lagrangian(StrictModel):
+    """Minimise ``main``'s loss s.t. ``f_t <= eps_t`` (``constraints``); projected dual ascent with ``dual_lr``."""
+
+    name: Literal["lagrangian"] = "lagrangian"
+    main: str
+    constraints: dict[str, NonNegativeFloat] = Field(min_length=1)
+    dual_lr: PositiveFloat = 0.1
+    init_multiplier: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _main_not_constrained(self) -> Lagrangian:
+        if self.main in self.constraints:
+            raise ValueError(f"scheme.main {self.main!r} cannot also be in scheme.constraints {sorted(self.constraints)}")
+        return self
+
+
+Scheme = Annotated[WeightedSum | Alternating | Lagrangian, Field(discriminator="name")]
+
+
+class Gradients(StrictModel):
+    """Where gradient balancers take per-task gradients, and how the Jacobian is computed."""
+
+    source: Literal["parameters", "representation"] = "parameters"
+    jacobian: Literal["batched", "loop"] = "batched"
 
 
 class MTLConfig(StrictModel):
@@ -39,3 +246,13 @@ class MTLConfig(StrictModel):
 
     scheme: Scheme = Field(default_factory=WeightedSum)
     balancer: Balancer = Field(default_factory=EqualWeighting)
+    gradients: Gradients = Field(default_factory=Gradients)
+
+    @model_validator(mode="after")
+    def _balancer_needs_weighted_sum(self) -> MTLConfig:
+        if self.scheme.name != "weighted_sum" and self.balancer.name != "equal":
+            raise ValueError(
+                f"mtl.balancer {self.balancer.name!r} applies only with mtl.scheme 'weighted_sum'; "
+                f"scheme {self.scheme.name!r} sets the weights itself (use balancer 'equal')"
+            )
+        return self

@@ -1,57 +1,145 @@
 """The local multi-task objective: task losses in, gradients on the model's parameters out.
 
 This is the training step that owns autograd. A joint-optimisation scheme decides which tasks
-take part in a step and with which extra weights; the balancer turns the losses (and, when it asks
-for them, per-task gradients of the shared parameters) into loss weights or a shared direction.
+take part in a step and with which weights; otherwise the balancer turns the losses (and, when it
+asks for them, per-task gradients of the shared coordinates) into loss weights, shared weights or a
+shared direction. A model's regulariser (``model.penalty()``: soft-sharing coupling, MTRL's task
+covariance term, distillation) is added here, with weight 1, so the federated loop never sees it.
+
+Per-task gradients without ``T`` separate backward passes:
+
+* ``source="parameters"``: the Jacobian of the loss vector w.r.t. all trainable parameters in one
+  vectorised reverse pass (``torch.autograd.grad(..., grad_outputs=I_T, is_grads_batched=True)``);
+  the shared block goes to the balancer, and every gradient is then a combination of the rows, so
+  no second backward pass is needed.
+* ``source="representation"``: the Jacobian w.r.t. the model's shared representation ``z`` (heads
+  only, cheap; a single ordinary backward pass when the model offers per-task aliases of ``z``),
+  then one backward pass through the trunk with the balanced ``dL/dz`` (MGDA-UB style).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer
-from fedmtl.mtl.models.base import MultiTaskModel
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer, GradSource
+from fedmtl.mtl.models.base import SHARED, MultiTaskModel
+from fedmtl.mtl.schemes import Scheme, WeightedSum
 from fedmtl.tree import TensorTree
+
+JacobianMode = Literal["batched", "loop"]
+
+
+def jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode = "batched", retain_graph: bool = False) -> list[Tensor]:
+    """Rows ``d loss_vec[t] / d inputs``: one tensor ``[T, *x.shape]`` per input (zeros where unused).
+
+    ``"batched"`` is a single vectorised reverse pass; if an operation has no batching rule it
+    falls back to one pass per task with a warning.
+    """
+    t = loss_vec.numel()
+    return [
+        j if j is not None else torch.zeros((t, *x.shape), dtype=x.dtype, device=x.device)
+        for j, x in zip(_jacobian(loss_vec, inputs, mode, retain_graph), inputs)
+    ]
+
+
+def _jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode, retain_graph: bool) -> list[Tensor | None]:
+    """As :func:`jacobian`, with ``None`` for inputs no loss depends on."""
+    t = loss_vec.numel()
+    if mode == "batched" and t > 1:
+        try:
+            eye = torch.eye(t, dtype=loss_vec.dtype, device=loss_vec.device)
+            return list(torch.autograd.grad(loss_vec, list(inputs), grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True))
+        except RuntimeError as e:  # pragma: no cover - depends on torch's batching coverage
+            if "vmap" not in str(e) and "batch" not in str(e).lower():
+                raise
+            warnings.warn(f"batched Jacobian failed ({e}); using one backward pass per task", RuntimeWarning, stacklevel=2)
+    rows = [
+        torch.autograd.grad(loss_vec[i], list(inputs), retain_graph=True if i < t - 1 else retain_graph, allow_unused=True)
+        for i in range(t)
+    ]
+    out: list[Tensor | None] = []
+    for j, x in enumerate(inputs):
+        col = [r[j] for r in rows]
+        out.append(None if all(g is None for g in col) else torch.stack([g if g is not None else torch.zeros_like(x) for g in col]))
+    return out
 
 
 def per_task_shared_grads(losses: Sequence[Tensor], shared: Sequence[torch.nn.Parameter]) -> Tensor:
-    """Gradients of each task loss w.r.t. the shared parameters, flattened: ``[T, P]``.
-
-    One reverse pass per task (the graph is kept): the rows of the Jacobian.
-    """
-    rows = []
-    for loss in losses:
-        gs = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, shared)]))
-    return torch.stack(rows)
+    """Gradients of each task loss w.r.t. the shared parameters, flattened: ``[T, P]`` (vectorised)."""
+    jac = jacobian(torch.stack(list(losses)), shared, retain_graph=True)
+    return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
 
 
-def _assign_flat(params: Sequence[torch.nn.Parameter], flat: Tensor) -> None:
-    offset = 0
-    for p in params:
-        n = p.numel()
-        g = flat[offset : offset + n].view_as(p)
+def _accumulate(params: Sequence[torch.nn.Parameter], grads: Sequence[Tensor | None]) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        g = g.detach()
         p.grad = g.clone() if p.grad is None else p.grad + g
-        offset += n
+
+
+def _split(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    out, offset = [], 0
+    for p in like:
+        out.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out
 
 
 class MultiTaskObjective:
-    """Weighted-sum joint optimisation driven by a :class:`Balancer`.
+    """Joint optimisation of a client's tasks: a scheme, a balancer, and the model's own penalty.
 
-    ``tasks`` is the task order the balancer's weights refer to (a client's own tasks).
+    Args:
+        balancer: loss weighting / gradient balancing (used by the weighted-sum scheme).
+        tasks: the task order the weights refer to (a client's own tasks).
+        scheme: weighted sum (default), alternating or Lagrangian.
+        grad_source: where per-task gradients are taken for gradient balancers.
+        jacobian_mode: ``"batched"`` (one vectorised pass) or ``"loop"`` (one pass per task).
     """
 
-    def __init__(self, balancer: Balancer, tasks: Sequence[str]):
+    def __init__(
+        self,
+        balancer: Balancer,
+        tasks: Sequence[str],
+        scheme: Scheme | None = None,
+        grad_source: GradSource = "parameters",
+        jacobian_mode: JacobianMode = "batched",
+    ):
         if not tasks:
             raise ValueError("an objective needs at least one task")
+        if grad_source not in ("parameters", "representation"):
+            raise ValueError(f"grad_source must be 'parameters' or 'representation', got {grad_source!r}")
+        if jacobian_mode not in ("batched", "loop"):
+            raise ValueError(f"jacobian_mode must be 'batched' or 'loop', got {jacobian_mode!r}")
+        source = getattr(balancer, "forced_source", None) or grad_source
+        if source == "representation" and not getattr(balancer, "representation_ok", True):
+            raise ValueError(f"{type(balancer).__name__} keeps per-parameter state and needs grad_source='parameters'")
         self.balancer = balancer
         self.tasks = list(tasks)
+        self.scheme: Scheme = scheme if scheme is not None else WeightedSum()
+        self.grad_source: GradSource = source
+        self.jacobian_mode: JacobianMode = jacobian_mode
+        self._layout: tuple[tuple[int, ...], list[bool]] | None = None
+
+    def _shared_mask(self, model: MultiTaskModel, params: list[torch.nn.Parameter]) -> list[bool]:
+        """Which of ``params`` are shared; cached per parameter list (a model's groups do not change)."""
+        key = tuple(map(id, params))
+        if self._layout is None or self._layout[0] != key:
+            names = {id(p): n for n, p in model.named_parameters()}
+            self._layout = (key, [model.group_of(names[id(p)]) == SHARED for p in params])
+        return self._layout[1]
 
     def init(self) -> TensorTree:
-        return {"balancer": self.balancer.init(len(self.tasks)), "step": torch.zeros((), dtype=torch.long)}
+        return {
+            "balancer": self.balancer.init(len(self.tasks)),
+            "scheme": self.scheme.init(self.tasks),
+            "step": torch.zeros((), dtype=torch.long),
+        }
 
     def backward(
         self,
@@ -66,36 +154,103 @@ class MultiTaskObjective:
         Args:
             model: the model whose parameters receive gradients.
             losses: task name -> scalar loss of this minibatch (graph attached).
-            state: the objective's state (balancer state, step counter).
+            state: the objective's state (balancer and scheme states, step counter).
             generator: randomness for stochastic balancers.
-            epoch: the local epoch (schemes that alternate per epoch use it).
+            epoch: the local epoch (per-epoch alternation, DWA).
         """
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise KeyError(f"objective expects losses for {missing}; got {sorted(losses)}")
         loss_vec = torch.stack([losses[t] for t in self.tasks])
         step = int(state["step"])  # type: ignore[arg-type]
-        shared = model.shared_parameters()
-        grads = None
-        if self.balancer.requires == "shared_grads":
-            grads = per_task_shared_grads(list(loss_vec), shared)
-        balance, bstate = self.balancer(
-            BalanceInput(losses=loss_vec.detach(), grads=grads, step=step, generator=generator),
-            state["balancer"],  # type: ignore[arg-type]
-        )
-        self._apply(model, loss_vec, balance, shared)
-        log = {f"weight/{t}": float(w) for t, w in zip(self.tasks, balance.weights)}
-        return {"balancer": bstate, "step": torch.tensor(step + 1)}, log
+        log: dict[str, float] = {f"loss/{t}": float(loss_vec[i].detach()) for i, t in enumerate(self.tasks)}
+        params = [p for p in model.parameters() if p.requires_grad]
 
-    def _apply(self, model: MultiTaskModel, loss_vec: Tensor, balance: Balance, shared: list[torch.nn.Parameter]) -> None:
-        total = (balance.weights.to(loss_vec) * loss_vec).sum()
-        if balance.shared_direction is None:
-            total.backward()
-            return
-        task_params = [p for ps in model.task_parameters().values() for p in ps]
-        if task_params:
-            gs = torch.autograd.grad(total, task_params, allow_unused=True)
-            for p, g in zip(task_params, gs):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
-        _assign_flat(shared, balance.shared_direction.detach())
+        penalty = model.penalty()
+        if penalty is not None:
+            log["penalty"] = float(penalty.detach())
+            _accumulate(params, torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True))
+
+        fixed, sstate, slog = self.scheme.weights(loss_vec.detach(), state["scheme"], step, epoch)  # type: ignore[arg-type]
+        log.update(slog)
+        bstate = state["balancer"]
+        if fixed is not None:
+            active = [i for i in range(len(self.tasks)) if float(fixed[i]) != 0.0]
+            if active:
+                # index the losses themselves, not the stacked vector: inactive heads stay out of the graph
+                total = sum(fixed[i] * losses[self.tasks[i]] for i in active)
+                _accumulate(params, torch.autograd.grad(total, params, allow_unused=True))  # type: ignore[arg-type]
+            weights = fixed
+        else:
+            weights, bstate = self._balanced(model, loss_vec, params, bstate, step, generator, epoch)  # type: ignore[arg-type]
+        log.update({f"weight/{t}": float(w) for t, w in zip(self.tasks, weights)})
+        return {"balancer": bstate, "scheme": sstate, "step": torch.tensor(step + 1)}, log
+
+    def _balanced(
+        self,
+        model: MultiTaskModel,
+        loss_vec: Tensor,
+        params: list[torch.nn.Parameter],
+        bstate: TensorTree,
+        step: int,
+        generator: torch.Generator | None,
+        epoch: int,
+    ) -> tuple[Tensor, TensorTree]:
+        def call(grads: Tensor | None) -> tuple[Balance, TensorTree]:
+            return self.balancer(BalanceInput(losses=loss_vec.detach(), grads=grads, step=step, generator=generator, epoch=epoch), bstate)
+
+        if self.balancer.requires == "losses":
+            balance, new = call(None)
+            total = (balance.weights.to(loss_vec) * loss_vec).sum()
+            _accumulate(params, torch.autograd.grad(total, params, allow_unused=True))
+            return balance.weights, new
+        is_shared = self._shared_mask(model, params)
+        if not any(is_shared):  # nothing to balance (e.g. soft sharing): plain sum, state unchanged
+            _accumulate(params, torch.autograd.grad(loss_vec.sum(), params, allow_unused=True))
+            return torch.ones_like(loss_vec.detach()), bstate
+        if self.grad_source == "representation":
+            return self._balanced_rep(loss_vec, params, is_shared, model, call)
+        raw = _jacobian(loss_vec, params, self.jacobian_mode, retain_graph=False)
+        t = len(self.tasks)
+        jac = [j if j is not None else p.new_zeros((t, *p.shape)) for j, p in zip(raw, params)]
+        shared = [j.reshape(t, -1) for j, s in zip(jac, is_shared) if s]
+        grads = torch.cat(shared, dim=1) if shared else loss_vec.new_zeros(len(self.tasks), 0)
+        balance, new = call(grads)
+        w = balance.weights.to(grads)
+        if balance.shared_direction is not None:
+            shared_flat = balance.shared_direction.to(grads)
+        else:
+            sw = balance.shared_weights.to(grads) if balance.shared_weights is not None else w
+            shared_flat = sw @ grads
+        shared_params = [p for p, s in zip(params, is_shared) if s]
+        out: dict[int, Tensor | None] = dict(zip(map(id, shared_params), _split(shared_flat, shared_params)))
+        for p, j, r, s in zip(params, jac, raw, is_shared):
+            if not s:  # parameters no loss depends on (heads of tasks not held) keep .grad = None
+                out[id(p)] = None if r is None else (w @ j.reshape(t, -1)).view_as(p)
+        _accumulate(params, [out[id(p)] for p in params])
+        return balance.weights, new
+
+    def _balanced_rep(self, loss_vec: Tensor, params: list[torch.nn.Parameter], is_shared: list[bool], model: MultiTaskModel, call) -> tuple[Tensor, TensorTree]:  # type: ignore[no-untyped-def]
+        z = model.shared_representation()
+        if z is None:
+            raise ValueError(
+                f"{type(model).__name__} exposes no single shared representation; use grad_source='parameters'"
+            )
+        per_task = model.task_representations()
+        if per_task is not None and all(t in per_task for t in self.tasks):
+            # each alias feeds one head only: one ordinary backward pass through the heads gives every row
+            gs = torch.autograd.grad(loss_vec.sum(), [per_task[t] for t in self.tasks], retain_graph=True, allow_unused=True)
+            gz = torch.stack([(g if g is not None else torch.zeros_like(z)).reshape(-1) for g in gs])
+        else:
+            gz = jacobian(loss_vec, [z], self.jacobian_mode, retain_graph=True)[0].reshape(len(self.tasks), -1)
+        balance, new = call(gz)
+        w = balance.weights.to(loss_vec)
+        if balance.shared_direction is not None:
+            dz = balance.shared_direction.to(gz)
+        else:
+            dz = (balance.shared_weights.to(gz) if balance.shared_weights is not None else w) @ gz
+        # one backward pass of  sum_t w_t L_t + <z, dz - sum_t w_t dL_t/dz>  (the bracket detached):
+        # heads get sum_t w_t grad L_t, and everything behind z gets J_z^T dz.
+        surrogate = (w * loss_vec).sum() + (z * (dz - w.to(gz) @ gz).view_as(z).detach()).sum()
+        _accumulate(params, torch.autograd.grad(surrogate, params, allow_unused=True))
+        return balance.weights, new

@@ -3,6 +3,12 @@
 A balancer never calls ``backward()`` and never writes ``.grad``: the training step
 (:mod:`fedmtl.mtl.objective`) owns autograd. Its state is an explicit tensor tree, returned anew
 on every call (optax-style), so it can live in a federated client's state and in checkpoints.
+
+Per-task gradients ("``grads``", shape ``[T, P]``) are the rows of the Jacobian of the task losses
+with respect to the shared coordinates: either the shared *parameters* (exact; one batched reverse
+pass) or the shared *representation* (MGDA-UB-style upper bound; cheap, reverse passes through the
+heads only). The objective decides which from its configuration; a balancer whose state depends on
+``P`` declares ``representation_ok = False`` because ``P`` then changes with the batch size.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import Tensor
 from fedmtl.tree import TensorTree
 
 Requirement = Literal["losses", "shared_grads"]
+GradSource = Literal["parameters", "representation"]
 
 
 @dataclass(frozen=True)
@@ -24,16 +31,18 @@ class BalanceInput:
 
     Attributes:
         losses: detached task losses, shape ``[T]``, in the order of the objective's task list.
-        grads: per-task gradients of the shared parameters, flattened, shape ``[T, P]``;
+        grads: per-task gradients of the shared coordinates, flattened, shape ``[T, P]``;
             present only when the balancer's ``requires`` is ``"shared_grads"``.
         step: the local step counter (0-based) within the current objective state.
         generator: the source of randomness (RLW, GradDrop, PCGrad's order); never the global RNG.
+        epoch: the local epoch (DWA averages losses per epoch).
     """
 
     losses: Tensor
     grads: Tensor | None
     step: int
     generator: torch.Generator | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,16 @@ class Balance:
     """A balancer's answer.
 
     Attributes:
-        weights: loss weights ``[T]``; task-specific parameters receive ``w_t * grad L_t``.
-        shared_direction: when given, the gradient to use for the shared parameters (flattened ``[P]``);
-            when ``None`` the shared parameters receive ``sum_t w_t grad L_t``.
+        weights: loss weights ``[T]``; task-specific (and local) parameters receive ``sum_t w_t grad L_t``.
+        shared_direction: when given, the gradient to use for the shared coordinates (flattened
+            ``[P]``, same coordinates as ``BalanceInput.grads``); it overrides ``shared_weights``.
+        shared_weights: when given, the shared coordinates receive ``sum_t s_t grad L_t`` instead
+            (gradient-balancing methods whose output is a combination of the task gradients).
     """
 
     weights: Tensor
     shared_direction: Tensor | None = None
+    shared_weights: Tensor | None = None
 
 
 class Balancer(Protocol):
@@ -62,3 +74,50 @@ class Balancer(Protocol):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         """The balance for this step and the next state."""
         ...
+
+
+class LossBalancer:
+    """Base for balancers that only look at the losses (no gradients)."""
+
+    requires: Requirement = "losses"
+    representation_ok: bool = True
+    forced_source: GradSource | None = None
+
+    def init(self, num_tasks: int) -> TensorTree:
+        return {}
+
+
+class GradBalancer:
+    """Base for balancers that need per-task gradients of the shared coordinates."""
+
+    requires: Requirement = "shared_grads"
+    representation_ok: bool = True
+    forced_source: GradSource | None = None
+
+    def init(self, num_tasks: int) -> TensorTree:
+        return {}
+
+
+def leaf(tree: TensorTree, key: str) -> Tensor:
+    """``tree[key]``, checked to be a tensor (state entries of balancers are flat)."""
+    value = tree[key]
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state entry {key!r} is a sub-tree, expected a tensor")
+    return value
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """Constructor validation with a message naming the value."""
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
+    return float(value)
+
+
+def gramian(grads: Tensor) -> Tensor:
+    """``G G^T`` in float64 (the ``[T, T]`` matrix most gradient methods work from)."""
+    g = grads.double()
+    return g @ g.T
+
+
+def ones_like_losses(losses: Tensor) -> Tensor:
+    return torch.ones_like(losses)

@@ -6,26 +6,19 @@ from collections.abc import Sequence
 
 import torch
 
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, Requirement
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer
 from fedmtl.tree import TensorTree
 
 
-class EqualWeighting:
+class EqualWeighting(LossBalancer):
     """Every task weight 1: the plain sum of task losses."""
-
-    requires: Requirement = "losses"
-
-    def init(self, num_tasks: int) -> TensorTree:
-        return {}
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         return Balance(weights=torch.ones_like(inp.losses)), state
 
 
-class StaticWeighting:
-    """Fixed weights, one per task, in the objective's task order."""
-
-    requires: Requirement = "losses"
+class StaticWeighting(LossBalancer):
+    """Fixed weights, one per task, in the objective's task order: ``sum_t lambda_t f_t``."""
 
     def __init__(self, weights: Sequence[float]):
         if any(w < 0 for w in weights):

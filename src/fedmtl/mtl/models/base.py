@@ -42,6 +42,23 @@ class MultiTaskModel(nn.Module):
         """The group of a parameter, by its name in ``named_parameters()``."""
         raise NotImplementedError
 
+    def penalty(self) -> Tensor | None:
+        """A regulariser the objective adds to the loss (soft sharing, MTRL, distillation); ``None`` if none.
+
+        It may depend on the last forward pass (distillation) or only on the parameters.
+        """
+        return None
+
+    def shared_representation(self) -> Tensor | None:
+        """The last forward pass's shared representation ``z`` (the only path from shared parameters to
+        the predictions), for representation-gradient balancing (MGDA-UB); ``None`` if the model has none."""
+        return None
+
+    def task_representations(self) -> dict[str, Tensor] | None:
+        """Optional fast path: per-task aliases of the shared representation, each feeding only its
+        task's head, so one ordinary backward pass of ``sum_t L_t`` yields every ``dL_t/dz``."""
+        return None
+
     def param_groups(self) -> dict[str, list[str]]:
         """Group name -> parameter names, in ``named_parameters()`` order."""
         groups: dict[str, list[str]] = {}

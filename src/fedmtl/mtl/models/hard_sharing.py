@@ -1,4 +1,8 @@
-"""Hard parameter sharing: one shared trunk, one head per task (Caruana, 1997)."""
+"""Hard parameter sharing: one shared trunk, one head (or tower) per task (Caruana, 1997).
+
+With deeper task towers (``head_hidden``) this is the "shared encoder feeding task towers" form of
+feature sharing.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,24 @@ class HardSharingModel(MultiTaskModel):
         super().__init__(tasks)
         self.trunk = trunk
         self.heads = nn.ModuleDict({t.name: mlp(trunk_dim, head_hidden, t.output_dim) for t in tasks})
+        self._rep: Tensor | None = None
+        self._task_reps: dict[str, Tensor] | None = None
 
     def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         names = check_tasks(self, tasks)
         z = self.trunk(x)
-        return {t: self.heads[t](z) for t in names}
+        if not z.requires_grad:
+            self._rep = self._task_reps = None
+            return {t: self.heads[t](z) for t in names}
+        self._rep = z
+        self._task_reps = {t: z.view_as(z) for t in names}  # distinct graph nodes, same storage
+        return {t: self.heads[t](self._task_reps[t]) for t in names}
+
+    def shared_representation(self) -> Tensor | None:
+        return self._rep
+
+    def task_representations(self) -> dict[str, Tensor] | None:
+        return self._task_reps
 
     def group_of(self, param_name: str) -> str:
         if param_name.startswith("heads."):

@@ -1,0 +1,32 @@
+"""Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.tree import TensorTree
+
+
+def aligned_weights(m: torch.Tensor) -> torch.Tensor:
+    """Weights that make the task gradients' system well conditioned (condition number 1).
+
+    ``M = V diag(lambda) V^T`` (rank ``r``), ``B = sqrt(lambda_min) V diag(lambda)^{-1/2} V^T``, weights ``B 1``.
+    """
+    evals, evecs = torch.linalg.eigh(m)
+    tol = evals.max() * m.shape[0] * torch.finfo(m.dtype).eps
+    keep = evals > tol
+    if not bool(keep.any()):
+        return torch.ones(m.shape[0], dtype=m.dtype)
+    lam, v = evals[keep], evecs[:, keep]
+    b = lam.min().sqrt() * (v / lam.sqrt()[None, :]) @ v.T
+    return b.sum(0)
+
+
+class AlignedMTL(GradBalancer):
+    """Align the principal components of the task-gradient matrix; returns shared weights from the Gramian."""
+
+    def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
+        assert inp.grads is not None
+        w = aligned_weights(gramian(inp.grads).cpu())
+        return Balance(weights=torch.ones_like(inp.losses), shared_weights=w.to(inp.losses)), state

@@ -1,0 +1,26 @@
+"""FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024)."""
+
+from __future__ import annotations
+
+import torch
+
+from fedmtl.mtl.balancers._solvers import solve_power_balance
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.tree import TensorTree
+
+
+class FairGrad(GradBalancer):
+    """Alpha-fair utilities: weights ``w > 0`` solving ``G G^T w = w^{-1/alpha}``; direction ``G^T w``.
+
+    ``alpha = 1`` is proportional fairness (the Nash-MTL condition); larger ``alpha`` is closer to
+    max-min fairness. Solved by damped Newton in ``log w`` on the ``[T, T]`` Gramian.
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = check_positive("alpha", alpha)
+
+    def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
+        assert inp.grads is not None
+        w = solve_power_balance(gramian(inp.grads).cpu().numpy(), 1.0 / self.alpha)
+        sw = torch.as_tensor(w, dtype=inp.losses.dtype, device=inp.losses.device)
+        return Balance(weights=torch.ones_like(inp.losses), shared_weights=sw), state
