@@ -111,3 +111,8 @@ def test_arrays_source_without_arrays_says_how_to_pass_them():
     cfg = config_from_dict({"data": {"source": {"name": "arrays"}, "partition": {"name": "iid"}}}).data
     with pytest.raises(DataError, match="source=fedmtl.from_arrays"):
         build_federated_data(cfg, seed=0)
+
+
+def test_no_local_test_split():
+    fed = build_federated_data(small(test_fraction=0.0), seed=0)
+    assert all(len(c.test) == 0 and len(c.train) > 0 for c in fed.clients)

@@ -15,6 +15,11 @@ from fedmtl.data.source import DataError
 from fedmtl.tasks import Task
 
 
+def rows_by_features(x: np.ndarray) -> np.ndarray:
+    """``[N, ...]`` as ``[N, features]``; also for N = 0, where ``reshape(0, -1)`` is ambiguous."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+
+
 @dataclass(frozen=True)
 class Moments:
     """Per-feature count, sum and sum of squares: all a client reveals for federated normalisation."""
@@ -25,7 +30,7 @@ class Moments:
 
     @staticmethod
     def of(x: np.ndarray, per_feature: bool = True) -> Moments:
-        flat = x.reshape(x.shape[0], -1).astype(np.float64) if per_feature else x.reshape(-1, 1).astype(np.float64)
+        flat = rows_by_features(x).astype(np.float64) if per_feature else x.reshape(-1, 1).astype(np.float64)
         return Moments(float(flat.shape[0]), flat.sum(0), (flat * flat).sum(0))
 
     def __add__(self, other: Moments) -> Moments:
@@ -60,7 +65,7 @@ def clean(
         keep &= ok
     counts = {"dropped_label": int((~keep).sum()), "dropped_feature": 0, "imputed_values": 0}
     x, targets = x[keep], {k: v[keep] for k, v in targets.items()}
-    flat = x.reshape(x.shape[0], -1)
+    flat = rows_by_features(x)
     bad = ~np.isfinite(flat)
     if bad.any():
         if missing == "drop":
@@ -91,9 +96,7 @@ def transform(x: np.ndarray, kind: str) -> np.ndarray:
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None = None) -> np.ndarray:
     """Standardise with given statistics (per feature, or one scalar for images), optionally clipping."""
-    if x.shape[0] == 0:
-        return x.astype(np.float32)
-    flat = x.reshape(x.shape[0], -1)
+    flat = rows_by_features(x)
     out = (flat - mean[None, :]) / std[None, :]
     if clip is not None:
         out = np.clip(out, -clip, clip)

@@ -1,0 +1,55 @@
+"""Shared helpers for the benchmarks that run whole federated experiments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fedmtl
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``patch`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def run(config: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
+    """Run one experiment quietly; return its summary plus wall seconds."""
+    cfg = merge(config, {"output": {"dir": str(out_dir), "name": name, "plots": False}})
+    t0 = time.perf_counter()
+    res = fedmtl.Experiment(cfg).run(progress=False)
+    summary = dict(res.summary)
+    summary["benchmark_seconds"] = time.perf_counter() - t0
+    summary["history"] = res.history
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
