@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -19,7 +20,7 @@ from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import FederatedData
 from fedmtl.fl.federation import Federation
 from fedmtl.integrations.flower.settings import FlowerSettings
-from fedmtl.integrations.flower.strategy import FlowerServer, stub_client
+from fedmtl.integrations.flower.strategy import FlowerServer, GridLike, stub_client
 from fedmtl.mtl import build_model
 
 log = logging.getLogger("fedmtl")
@@ -41,8 +42,14 @@ def server_data(cfg: ExperimentConfig) -> FederatedData:
     return FederatedData(data.tasks, data.input_shape, stubs, data.holdout, data.description)
 
 
-def build_server(settings: FlowerSettings, grid: Grid, base_dir: Path) -> FlowerServer:
+def build_server(settings: FlowerSettings, grid: GridLike, base_dir: Path) -> FlowerServer:
+    """The server of the experiment the settings name (config resolved against ``base_dir``)."""
     cfg = load_config(_resolve(base_dir, settings.config), overrides=settings.override_list())
+    return server_for(cfg, settings, grid, _resolve(Path.cwd(), settings.output_dir) / settings.run_name)
+
+
+def server_for(cfg: ExperimentConfig, settings: FlowerSettings, grid: GridLike, run_dir: Path, **kwargs: Any) -> FlowerServer:
+    """A :class:`FlowerServer` for ``cfg`` writing to ``run_dir`` (kwargs go to its constructor)."""
     if cfg.runtime.threads is not None:
         import torch
 
@@ -50,8 +57,7 @@ def build_server(settings: FlowerSettings, grid: Grid, base_dir: Path) -> Flower
     data = server_data(cfg)
     model = build_model(cfg.model, data.input_shape, data.tasks)
     fed = Federation(cfg, data, model)
-    run_dir = _resolve(Path.cwd(), settings.output_dir) / settings.run_name
-    return FlowerServer(fed, settings, grid, run_dir)
+    return FlowerServer(fed, settings, grid, run_dir, **kwargs)
 
 
 def make_server_app(base_dir: str | Path | None = None) -> ServerApp:
@@ -74,4 +80,4 @@ def make_server_app(base_dir: str | Path | None = None) -> ServerApp:
     return app
 
 
-__all__ = ["build_server", "make_server_app", "server_data"]
+__all__ = ["build_server", "make_server_app", "server_data", "server_for"]

@@ -42,6 +42,7 @@ from fedmtl.report import MetricsLog
 
 log = logging.getLogger("fedmtl")
 RESUMABLE = ("server.rounds", "output", "evaluation")
+REGISTER_BACKOFF = 10.0
 
 
 class RoundFailed(RuntimeError):
@@ -160,25 +161,30 @@ class FlowerServer:
         self.sleep = sleep
         self._num_clients = fed.data.num_clients
         self._template = fed.data
+        self._retry_after: dict[int, float] = {}  # node id -> when a failed registration may be retried
 
     # -- registration -------------------------------------------------------------------------
     def register(self) -> None:
         """Ask every node not yet known which client it is; refuse duplicates and unknown ids."""
         known = set(self.registry.client_of)
-        new = [n for n in self.grid.get_node_ids() if n not in known]
+        now = self.clock()
+        new = [n for n in self.grid.get_node_ids() if n not in known and self._retry_after.get(n, now) <= now]
         if not new:
             return
         content = msgs.register_content(self.cfg.model_dump_json())
+        timeout = min(self.settings.wait_for_nodes, self.settings.round_timeout)
         ex = exchange(self.grid, {n: content for n in new}, MessageType.QUERY, "register",
-                      self.settings.wait_for_nodes, self.settings.poll_interval, self.clock, self.sleep)
-        for node, reason in ex.failed.items():
-            log.warning("node %d failed to register: %s", node, reason)
+                      timeout, self.settings.poll_interval, self.clock, self.sleep)
+        for node, reason in [*ex.failed.items(), *((n, "no answer") for n in ex.timed_out)]:
+            log.warning("node %d failed to register (asking again in %.0f s): %s", node, REGISTER_BACKOFF, reason)
+            self._retry_after[node] = self.clock() + REGISTER_BACKOFF
         for node, reply in ex.replies.items():
             try:
                 cid, tasks, _ = msgs.read_registration(reply.content)
             except msgs.MessageFormatError as exc:
                 log.warning("node %d sent a bad registration: %s", node, exc)
                 continue
+            self._retry_after[node] = self.clock() + REGISTER_BACKOFF  # refused below: not asked again at once
             if not 0 <= cid < self._num_clients:
                 log.warning("node %d claims client %d; the federation has clients 0..%d", node, cid, self._num_clients - 1)
                 continue
@@ -190,6 +196,7 @@ class FlowerServer:
                 if c == cid:  # a restarted SuperNode comes back with a new node id
                     del self.registry.client_of[old]
             self.registry.client_of[node] = cid
+            self._retry_after.pop(node, None)
             self.registry.tasks[cid] = tasks
             log.info("node %d is client %d with tasks %s", node, cid, list(tasks))
         clients = tuple(
