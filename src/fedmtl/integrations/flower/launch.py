@@ -262,6 +262,15 @@ class LocalFederation:
             raise RuntimeError(f"flwr run failed: {data}")
         return int(data["run-id"])
 
+    def run_log(self, run_id: int, timeout: float = 30.0) -> str:
+        """The run's logs as the SuperLink keeps them (``flwr log <run-id> fedmtl --show``)."""
+        try:
+            res = subprocess.run([_bin("flwr"), "log", str(run_id), "fedmtl", "--show"], capture_output=True,
+                                 env=self.env(), timeout=timeout, cwd=self.workdir)
+        except subprocess.TimeoutExpired:
+            return "(flwr log timed out)"
+        return res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
+
     def kill_node(self, index: int) -> None:
         """SIGKILL a SuperNode and everything it started (its ClientApp included): a machine that dies."""
         proc = self.procs[f"supernode-{index}"]

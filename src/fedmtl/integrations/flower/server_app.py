@@ -71,7 +71,12 @@ def make_server_app(base_dir: str | Path | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        logging.getLogger("fedmtl").setLevel(logging.INFO)
+        logger = logging.getLogger("fedmtl")
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:  # so the run's log (flwr log <run-id>) shows fedmtl's progress and warnings
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s fedmtl: %(message)s"))
+            logger.addHandler(handler)
         settings = FlowerSettings.from_run_config(context.run_config)
         server = build_server(settings, grid, base)
         summary = server.run()

@@ -225,13 +225,19 @@ class FlowerServer:
 
     # -- one round ----------------------------------------------------------------------------
     def choose_cohort(self, round_index: int, attempt: int) -> list[int]:
-        """The simulation's cohort when every client is there; otherwise a sample of those available."""
-        available = sorted(c for c, n in self._online().items() if self.registry.quarantine.get(n, 0) <= round_index)
-        if attempt == 0 and len(available) == self._num_clients:
+        """The simulation's cohort when every client is there; otherwise a sample of those available.
+
+        Nodes in quarantine (they timed out recently) are left out unless that leaves too few clients.
+        """
+        online = self._online()
+        healthy = sorted(c for c, n in online.items() if self.registry.quarantine.get(n, 0) <= round_index)
+        if attempt == 0 and len(healthy) == self._num_clients:
             return self.fed.cohort(round_index)
-        size = min(self.fed.cohort_size, len(available))
-        picks = sample_cohort(len(available), size, generator(self.cfg.seed, "cohort", round_index, attempt + 1))
-        return [available[i] for i in picks]
+        size = min(self.fed.cohort_size, len(healthy))
+        if size < self.settings.required_replies(size) or not healthy:
+            healthy, size = sorted(online), min(self.fed.cohort_size, len(online))  # everyone still online
+        picks = sample_cohort(len(healthy), size, generator(self.cfg.seed, "cohort", round_index, attempt + 1))
+        return [healthy[i] for i in picks]
 
     def run_round(self, state: ServerState) -> tuple[ServerState, dict[str, Any]]:
         r = state.round
