@@ -68,8 +68,16 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
     run_dir = workdir / "runs" / "flower"
     t0 = time.monotonic()
     with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=timeout + 60) as fed:
-        run_id = fed.submit(app, {"output-dir": str(workdir / "runs"), "min-nodes": nodes, "min-replies": nodes,
-                                  "round-timeout": timeout, "wait-for-nodes": timeout})
+        run_id = fed.submit(
+            app,
+            {
+                "output-dir": str(workdir / "runs"),
+                "min-nodes": nodes,
+                "min-replies": nodes,
+                "round-timeout": timeout,
+                "wait-for-nodes": timeout,
+            },
+        )
         deadline = time.monotonic() + timeout
         while not (run_dir / "summary.json").exists() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -101,9 +109,11 @@ def table(rows: list[dict]) -> str:
     head += "|---:|---|:-:|---:|---:|---:|---:|---:|\n"
     for r in rows:
         codec = "+".join(c["name"] for c in r["codec"])
-        head += (f"| {r['nodes']} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
-                 f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
-                 f"{r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n")
+        head += (
+            f"| {r['nodes']} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
+            f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
+            f"{r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
+        )
     return head
 
 
@@ -111,7 +121,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)")
+    ap.add_argument(
+        "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
+    )
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--timeout", type=float, default=400.0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
@@ -123,16 +135,20 @@ def main() -> None:
             row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    import torch
-
     import flwr
+    import torch
 
     result = {
         "benchmark": "flower_deploy",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                    "torch": torch.__version__, "flwr": flwr.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+            "torch": torch.__version__,
+            "flwr": flwr.__version__,
+        },
         "note": "loopback, all processes on one machine shared with other work; ClientApps run in Flower's default "
-                "subprocess isolation (a fresh Python process per message)",
+        "subprocess isolation (a fresh Python process per message)",
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,10 @@ SMALL = {
         "source": {"name": "mnist1d", "num_samples": 1200, "tasks": ["digit", "parity"]},
         "num_clients": 3,
         "partition": {"name": "iid"},
-        "task_assignment": {"name": "explicit", "clients": {0: ["digit", "parity"], 1: ["digit"], 2: ["parity"]}},
+        "task_assignment": {
+            "name": "explicit",
+            "clients": {0: ["digit", "parity"], 1: ["digit"], 2: ["parity"]},
+        },
     },
     "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [32]}},
     "client": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}},
@@ -56,7 +59,9 @@ class FakeGrid:
     def context(self, node: int) -> Context:
         if node not in self.contexts:
             cfg = {"partition-id": self.partitions[node], "num-partitions": len(self.partitions)}
-            self.contexts[node] = Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
+            self.contexts[node] = Context(
+                run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={}
+            )
         return self.contexts[node]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
@@ -71,7 +76,9 @@ class FakeGrid:
             if how == "offline" or (how == "silent" and m.metadata.message_type == "train"):
                 continue
             if how == "raise" and m.metadata.message_type == "train":
-                self.replies[mid] = m.create_error_reply(Error(code=1, reason="ClientApp raised: injected failure"))
+                self.replies[mid] = m.create_error_reply(
+                    Error(code=1, reason="ClientApp raised: injected failure")
+                )
                 continue
             self.replies[mid] = self.app(m, self.context(m.metadata.dst_node_id))
         return ids

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _flower_fakes import SMALL
 
 from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower.launch import LocalFederation, copy_app
-
-from _flower_fakes import SMALL
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 APP = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
@@ -50,7 +49,10 @@ def test_tls_federation_of_three_supernodes_matches_the_simulation(tmp_path):
     app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "flower"
     with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=150) as fed:
-        run_id = fed.submit(app, {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0})
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0},
+        )
         _wait(lambda: (run_dir / "summary.json").exists(), 130, fed, run_id, "the run to finish")
     assert "TLS" not in fed.log("superlink") or "insecure" not in fed.log("superlink").lower()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -70,11 +72,16 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
     run_dir = tmp_path / "runs" / "flower"
     metrics = run_dir / "metrics.jsonl"
     with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
-        run_id = fed.submit(app, {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 2, "round-timeout": 40.0})
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 2, "round-timeout": 40.0},
+        )
         _wait(lambda: len(_read(metrics)) >= 1, 80, fed, run_id, "round 1")
         fed.kill_node(2)  # round 2 has just been sent out: client 2 dies with its message in flight
         killed_at = len(_read(metrics)) + 1
-        _wait(lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish without node 2")
+        _wait(
+            lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish without node 2"
+        )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     history = _read(metrics)

@@ -22,7 +22,9 @@ def test_payload_bytes_cross_unchanged_as_one_uint8_array():
 
 
 def test_reply_round_trip():
-    reply = ClientReply(4, b"\x00\x01payload", 37, {"digit": 37, "parity": 12}, {"loss/digit": 0.25, "steps": 3.0})
+    reply = ClientReply(
+        4, b"\x00\x01payload", 37, {"digit": 37, "parity": 12}, {"loss/digit": 0.25, "steps": 3.0}
+    )
     assert msgs.read_reply_content(msgs.reply_content(reply)) == reply
 
 
@@ -31,7 +33,11 @@ def test_train_content_round_trip():
 
 
 def test_client_state_tree_round_trip_keeps_empty_subtrees():
-    tree = {"objective": {}, "local": {"head.w": torch.randn(3, 2)}, "codec": {"residual": {"x": torch.arange(4.0)}}}
+    tree = {
+        "objective": {},
+        "local": {"head.w": torch.randn(3, 2)},
+        "codec": {"residual": {"x": torch.arange(4.0)}},
+    }
     back = msgs.tree_from_record(msgs.tree_to_record(tree))
     assert back["objective"] == {}
     assert torch.equal(back["local"]["head.w"], tree["local"]["head.w"])
@@ -55,7 +61,9 @@ def test_wire_bytes_grow_with_the_payload():
 
 
 def test_settings_from_run_config():
-    s = FlowerSettings.from_run_config({"min-replies": 2, "round-timeout": 5.0, "overrides": "server.rounds=2; seed=3"})
+    s = FlowerSettings.from_run_config(
+        {"min-replies": 2, "round-timeout": 5.0, "overrides": "server.rounds=2; seed=3"}
+    )
     assert s.min_replies == 2 and s.round_timeout == 5.0
     assert s.override_list() == ["server.rounds=2", "seed=3"]
     assert FlowerSettings(min_replies=1, min_fraction=0.5).required_replies(5) == 3

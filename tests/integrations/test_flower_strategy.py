@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
+from _flower_fakes import SMALL, FakeClock, FakeGrid
 
 from fedmtl.config import config_from_dict
 from fedmtl.experiment import Experiment
 from fedmtl.experiment.checkpoint import load_latest
 from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
 from fedmtl.integrations.flower.server_app import server_for
-
-from _flower_fakes import SMALL, FakeClock, FakeGrid
 
 pytestmark = pytest.mark.flower
 
@@ -37,7 +36,9 @@ def _grid(behaviour=None):
 def _run(tmp_path, grid, name="flower", settings=None, **server):
     clock = FakeClock()
     settings = settings or FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
-    server_obj = server_for(_config(tmp_path, **server), settings, grid, tmp_path / name, clock=clock, sleep=clock.sleep)
+    server_obj = server_for(
+        _config(tmp_path, **server), settings, grid, tmp_path / name, clock=clock, sleep=clock.sleep
+    )
     return server_obj, server_obj.run(), clock
 
 
@@ -48,7 +49,9 @@ def _cache(tmp_path, monkeypatch):
 
 def test_deployment_loop_reproduces_the_simulation(tmp_path):
     cfg = _config(tmp_path)
-    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(progress=False)
+    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(
+        progress=False
+    )
     _, summary, _ = _run(tmp_path, _grid())
     state, _ = load_latest(tmp_path / "flower")
     assert state.round == 3
@@ -71,14 +74,18 @@ def test_client_state_lives_in_the_node_context(tmp_path):
 
 
 def test_a_client_that_raises_is_dropped_and_the_round_completes(tmp_path):
-    server, summary, _ = _run(tmp_path, _grid({102: "raise"}), settings=FlowerSettings(min_nodes=3, min_replies=2))
+    server, summary, _ = _run(
+        tmp_path, _grid({102: "raise"}), settings=FlowerSettings(min_nodes=3, min_replies=2)
+    )
     assert summary["rounds_completed"] == 3
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     assert all(h["replies"] == 2 and "injected failure" in h["dropped"]["1"] for h in history)
 
 
 def test_a_silent_client_times_out_and_is_quarantined(tmp_path):
-    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=10.0, quarantine_rounds=5, poll_interval=0.5)
+    settings = FlowerSettings(
+        min_nodes=3, min_replies=2, round_timeout=10.0, quarantine_rounds=5, poll_interval=0.5
+    )
     _, summary, clock = _run(tmp_path, _grid({103: "silent"}), settings=settings)
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     assert "no reply within 10 s" in history[0]["dropped"]["2"]
@@ -89,8 +96,12 @@ def test_a_silent_client_times_out_and_is_quarantined(tmp_path):
 
 def test_below_the_minimum_the_round_is_retried_then_the_run_stops_and_resumes(tmp_path):
     grid = _grid()
-    settings = FlowerSettings(min_nodes=3, min_replies=3, round_timeout=5.0, max_retries=1, quarantine_rounds=0)
-    server = server_for(_config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
+    settings = FlowerSettings(
+        min_nodes=3, min_replies=3, round_timeout=5.0, max_retries=1, quarantine_rounds=0
+    )
+    server = server_for(
+        _config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep
+    )
     state = server.fed.init_state()
     server.wait_for_nodes()
     state, _ = server.run_round(state)  # round 1 with everyone
@@ -114,7 +125,9 @@ def test_below_the_minimum_the_round_is_retried_then_the_run_stops_and_resumes(t
 def test_an_offline_node_is_not_waited_for(tmp_path):
     grid = _grid()
     settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=60.0)
-    server = server_for(_config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
+    server = server_for(
+        _config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep
+    )
     server.wait_for_nodes()
     grid.behaviour[101] = "offline"
     state, record = server.run_round(server.fed.init_state())

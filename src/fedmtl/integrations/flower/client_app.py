@@ -49,10 +49,14 @@ class Partition:
 def partition_id(context: Context, cfg: ExperimentConfig) -> int:
     nc = context.node_config
     if "partition-id" not in nc:
-        raise ValueError("this SuperNode has no 'partition-id' in its --node-config; start it with --node-config 'partition-id=0 num-partitions=N'")
+        raise ValueError(
+            "this SuperNode has no 'partition-id' in its --node-config; start it with --node-config 'partition-id=0 num-partitions=N'"
+        )
     pid = int(nc["partition-id"])  # type: ignore[arg-type]
     if "num-partitions" in nc and int(nc["num-partitions"]) != cfg.data.num_clients:  # type: ignore[arg-type]
-        raise ValueError(f"num-partitions={nc['num-partitions']} but the experiment has data.num_clients={cfg.data.num_clients}")
+        raise ValueError(
+            f"num-partitions={nc['num-partitions']} but the experiment has data.num_clients={cfg.data.num_clients}"
+        )
     if not 0 <= pid < cfg.data.num_clients:
         raise ValueError(f"partition-id={pid} outside 0..{cfg.data.num_clients - 1}")
     return pid
@@ -80,7 +84,9 @@ def load_partition(cfg: ExperimentConfig, pid: int, cache_dir: str | Path | None
 
 def _config(context: Context) -> ExperimentConfig:
     if msgs.CONFIG not in context.state.config_records:
-        raise RuntimeError("this node has not been registered by the server (no experiment config in its state)")
+        raise RuntimeError(
+            "this node has not been registered by the server (no experiment config in its state)"
+        )
     return config_from_dict(json.loads(str(context.state.config_records[msgs.CONFIG]["experiment"])))
 
 
@@ -100,7 +106,9 @@ def make_client_app() -> ClientApp:
         pid = partition_id(context, cfg)
         part = load_partition(cfg, pid, _cache_dir(context))
         context.state[msgs.CONFIG] = ConfigRecord({"experiment": experiment})
-        return Message(msgs.registration_reply(pid, part.client.tasks, part.client.num_train), reply_to=message)
+        return Message(
+            msgs.registration_reply(pid, part.client.tasks, part.client.num_train), reply_to=message
+        )
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -116,9 +124,16 @@ def make_client_app() -> ClientApp:
         part = load_partition(cfg, pid, _cache_dir(context))
         model = build_model(cfg.model, part.input_shape, part.tasks)
         node = build_node(cfg, model)
-        state = msgs.tree_from_record(context.state.array_records[msgs.STATE]) if msgs.STATE in context.state.array_records else {}
+        state = (
+            msgs.tree_from_record(context.state.array_records[msgs.STATE])
+            if msgs.STATE in context.state.array_records
+            else {}
+        )
         received = node.receive(payload, part.client)
-        start = {**initial_parameters(model, cfg.seed), **received}  # as the simulation: global values for what is not sent
+        start = {
+            **initial_parameters(model, cfg.seed),
+            **received,
+        }  # as the simulation: global values for what is not sent
         result = node.train(start, part.client, state, round_index)
         reply, new_state = node.upload(start, result, part.client, round_index)
         context.state[msgs.STATE] = msgs.tree_to_record(new_state)
@@ -132,7 +147,9 @@ def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-u
 
     algorithm = build_algorithm(cfg.algorithm)
     trainer = LocalTrainer(model, cfg.client, cfg.mtl)
-    return ClientNode(model, trainer, algorithm, build_link(cfg.comm.downlink), build_link(cfg.comm.uplink), cfg.seed)
+    return ClientNode(
+        model, trainer, algorithm, build_link(cfg.comm.downlink), build_link(cfg.comm.uplink), cfg.seed
+    )
 
 
 __all__ = ["Partition", "build_node", "load_partition", "make_client_app", "partition_id"]

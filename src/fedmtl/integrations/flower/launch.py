@@ -45,7 +45,9 @@ class Certificates:
     key: Path
 
 
-def generate_certificates(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> Certificates:
+def generate_certificates(
+    folder: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30
+) -> Certificates:
     """A throw-away CA and a server certificate for ``hosts`` (PEM files in ``folder``).
 
     For a real deployment use certificates from your own CA; the SuperLink needs ``--ssl-ca-certfile``,
@@ -62,8 +64,12 @@ def generate_certificates(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedmtl test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -76,9 +82,13 @@ def generate_certificates(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0
         except ValueError:
             sans.append(x509.DNSName(h))
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -87,7 +97,9 @@ def generate_certificates(folder: str | Path, hosts: tuple[str, ...] = ("127.0.0
     out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     out.key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     os.chmod(out.key, 0o600)
     return out
@@ -171,7 +183,9 @@ class LocalFederation:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[3])  # the fedmtl source this module comes from
-        env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [src] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["FLWR_HOME"] = str(self.home)
         env["FEDMTL_FLOWER_CACHE"] = str(self.workdir / "cache")
@@ -183,7 +197,14 @@ class LocalFederation:
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")
         cmd = ["timeout", "-s", "KILL", str(int(self.time_limit)), *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.workdir, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=self.workdir,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -194,10 +215,24 @@ class LocalFederation:
     # -- processes ------------------------------------------------------------------------------
     def start_superlink(self) -> None:
         self.port = self.port or free_port()
-        args = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        args = [
+            _bin("flower-superlink"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.tls:
             self.certs = self.certs or generate_certificates(self.workdir / "certs")
-            args += ["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.cert), "--ssl-keyfile", str(self.certs.key)]
+            args += [
+                "--ssl-ca-certfile",
+                str(self.certs.ca),
+                "--ssl-certfile",
+                str(self.certs.cert),
+                "--ssl-keyfile",
+                str(self.certs.key),
+            ]
         else:
             args.append("--insecure")
         self._start("superlink", args)
@@ -207,8 +242,17 @@ class LocalFederation:
     def start_supernode(self, index: int) -> None:
         port = free_port()
         n = self.num_partitions or self.num_nodes
-        args = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(port),
-                "--node-config", f"partition-id={index} num-partitions={n}", "--max-wait-time", "60"]
+        args = [
+            _bin("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--port",
+            str(port),
+            "--node-config",
+            f"partition-id={index} num-partitions={n}",
+            "--max-wait-time",
+            "60",
+        ]
         if self.tls:
             assert self.certs is not None
             args += ["--root-certificates", str(self.certs.ca)]
@@ -227,7 +271,9 @@ class LocalFederation:
         while time.monotonic() < deadline:
             proc = self.procs[name]
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}"
+                )
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     return
@@ -247,7 +293,9 @@ class LocalFederation:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    def submit(self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None, timeout: float = 120.0) -> int:
+    def submit(
+        self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None, timeout: float = 120.0
+    ) -> int:
         """``flwr run <app_dir> fedmtl`` with run-config overrides; returns the run id."""
         args = [_bin("flwr"), "run", str(app_dir), "fedmtl", "--format", "json"]
         if run_config:
@@ -255,7 +303,7 @@ class LocalFederation:
         res = subprocess.run(args, capture_output=True, env=self.env(), timeout=timeout, cwd=self.workdir)
         out = res.stdout.decode()
         try:
-            data = json.loads(out[out.index("{"):])
+            data = json.loads(out[out.index("{") :])
         except ValueError:
             raise RuntimeError(f"flwr run failed ({res.returncode}): {out}\n{res.stderr.decode()}") from None
         if not data.get("success", False):
@@ -265,8 +313,13 @@ class LocalFederation:
     def run_log(self, run_id: int, timeout: float = 30.0) -> str:
         """The run's logs as the SuperLink keeps them (``flwr log <run-id> fedmtl --show``)."""
         try:
-            res = subprocess.run([_bin("flwr"), "log", str(run_id), "fedmtl", "--show"], capture_output=True,
-                                 env=self.env(), timeout=timeout, cwd=self.workdir)
+            res = subprocess.run(
+                [_bin("flwr"), "log", str(run_id), "fedmtl", "--show"],
+                capture_output=True,
+                env=self.env(),
+                timeout=timeout,
+                cwd=self.workdir,
+            )
         except subprocess.TimeoutExpired:
             return "(flwr log timed out)"
         return res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
@@ -339,4 +392,12 @@ def copy_app(template: str | Path, dest: str | Path, experiment: str | None = No
     return dest
 
 
-__all__ = ["Certificates", "LocalFederation", "copy_app", "descendants", "free_port", "generate_certificates", "wait_for_file"]
+__all__ = [
+    "Certificates",
+    "LocalFederation",
+    "copy_app",
+    "descendants",
+    "free_port",
+    "generate_certificates",
+    "wait_for_file",
+]

@@ -53,7 +53,9 @@ def tree_from_record(record: ArrayRecord) -> TensorTree:
 
 def train_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
     """What the server sends a client for one round."""
-    return RecordDict({PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})})
+    return RecordDict(
+        {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
+    )
 
 
 def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
@@ -66,10 +68,18 @@ def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
 def reply_content(reply: ClientReply) -> RecordDict:
     """A client's reply: its encoded update, the weights the server aggregates with, its metrics."""
     meta = ConfigRecord(
-        {"client-id": reply.client_id, "num-samples": reply.num_samples, "task-samples": json.dumps(reply.task_samples)}
+        {
+            "client-id": reply.client_id,
+            "num-samples": reply.num_samples,
+            "task-samples": json.dumps(reply.task_samples),
+        }
     )
     return RecordDict(
-        {PAYLOAD: payload_record(reply.payload), META: meta, METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()})}
+        {
+            PAYLOAD: payload_record(reply.payload),
+            META: meta,
+            METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()}),
+        }
     )
 
 
@@ -93,7 +103,13 @@ def register_content(experiment_json: str) -> RecordDict:
 
 
 def registration_reply(client_id: int, tasks: list[str] | tuple[str, ...], num_samples: int) -> RecordDict:
-    return RecordDict({META: ConfigRecord({"client-id": client_id, "tasks": json.dumps(list(tasks)), "num-samples": num_samples})})
+    return RecordDict(
+        {
+            META: ConfigRecord(
+                {"client-id": client_id, "tasks": json.dumps(list(tasks)), "num-samples": num_samples}
+            )
+        }
+    )
 
 
 def read_registration(content: RecordDict) -> tuple[int, tuple[str, ...], int]:

@@ -48,7 +48,9 @@ def build_server(settings: FlowerSettings, grid: GridLike, base_dir: Path) -> Fl
     return server_for(cfg, settings, grid, _resolve(Path.cwd(), settings.output_dir) / settings.run_name)
 
 
-def server_for(cfg: ExperimentConfig, settings: FlowerSettings, grid: GridLike, run_dir: Path, **kwargs: Any) -> FlowerServer:
+def server_for(
+    cfg: ExperimentConfig, settings: FlowerSettings, grid: GridLike, run_dir: Path, **kwargs: Any
+) -> FlowerServer:
     """A :class:`FlowerServer` for ``cfg`` writing to ``run_dir`` (kwargs go to its constructor)."""
     if cfg.runtime.threads is not None:
         import torch

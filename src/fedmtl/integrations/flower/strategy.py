@@ -93,11 +93,15 @@ def exchange(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Exchange:
     """Send ``contents[node]`` to each node, pull replies until all answered, a node left, or ``timeout``."""
-    messages = {n: Message(c, dst_node_id=n, message_type=message_type, ttl=timeout + 60.0, group_id=group) for n, c in contents.items()}
+    messages = {
+        n: Message(c, dst_node_id=n, message_type=message_type, ttl=timeout + 60.0, group_id=group)
+        for n, c in contents.items()
+    }
     wire_down = sum(msgs.wire_bytes(m) for m in messages.values())
     ids = list(grid.push_messages(list(messages.values())))
-    node_of = {mid: n for mid, n in zip(ids, messages) if mid}
-    failed = {n: "message could not be pushed to the SuperLink" for mid, n in zip(ids, messages) if not mid}
+    ids += [None] * (len(messages) - len(ids))  # Flower returns [] (or None entries) for what it could not push
+    node_of = {mid: n for mid, n in zip(ids, messages, strict=True) if mid}
+    failed = {n: "message could not be pushed to the SuperLink" for mid, n in zip(ids, messages, strict=True) if not mid}
     replies: dict[int, Message] = {}
     wire_up = 0
     deadline = clock() + timeout
@@ -128,7 +132,9 @@ def exchange(
 def _changed(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _changed(a.get(key), b.get(key), f"{prefix}{key}.")]
+        return [
+            k for key in sorted(set(a) | set(b)) for k in _changed(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
     return [prefix.rstrip(".")] if a != b else []
 
 
@@ -149,8 +155,15 @@ class FlowerServer:
         run_dir: the run folder (config.yaml, metrics.jsonl, checkpoints/, summary.json).
     """
 
-    def __init__(self, fed: Federation, settings: FlowerSettings, grid: GridLike, run_dir: Path,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        fed: Federation,
+        settings: FlowerSettings,
+        grid: GridLike,
+        run_dir: Path,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.fed = fed
         self.cfg = fed.cfg
         self.settings = settings
@@ -173,10 +186,20 @@ class FlowerServer:
             return
         content = msgs.register_content(self.cfg.model_dump_json())
         timeout = min(self.settings.wait_for_nodes, self.settings.round_timeout)
-        ex = exchange(self.grid, {n: content for n in new}, MessageType.QUERY, "register",
-                      timeout, self.settings.poll_interval, self.clock, self.sleep)
+        ex = exchange(
+            self.grid,
+            {n: content for n in new},
+            MessageType.QUERY,
+            "register",
+            timeout,
+            self.settings.poll_interval,
+            self.clock,
+            self.sleep,
+        )
         for node, reason in [*ex.failed.items(), *((n, "no answer") for n in ex.timed_out)]:
-            log.warning("node %d failed to register (asking again in %.0f s): %s", node, REGISTER_BACKOFF, reason)
+            log.warning(
+                "node %d failed to register (asking again in %.0f s): %s", node, REGISTER_BACKOFF, reason
+            )
             self._retry_after[node] = self.clock() + REGISTER_BACKOFF
         for node, reply in ex.replies.items():
             try:
@@ -184,13 +207,26 @@ class FlowerServer:
             except msgs.MessageFormatError as exc:
                 log.warning("node %d sent a bad registration: %s", node, exc)
                 continue
-            self._retry_after[node] = self.clock() + REGISTER_BACKOFF  # refused below: not asked again at once
+            self._retry_after[node] = (
+                self.clock() + REGISTER_BACKOFF
+            )  # refused below: not asked again at once
             if not 0 <= cid < self._num_clients:
-                log.warning("node %d claims client %d; the federation has clients 0..%d", node, cid, self._num_clients - 1)
+                log.warning(
+                    "node %d claims client %d; the federation has clients 0..%d",
+                    node,
+                    cid,
+                    self._num_clients - 1,
+                )
                 continue
             unknown = set(tasks) - set(self._template.task_names)
             if unknown or not tasks:
-                log.warning("node %d (client %d) reports tasks %s; known tasks are %s", node, cid, list(tasks), self._template.task_names)
+                log.warning(
+                    "node %d (client %d) reports tasks %s; known tasks are %s",
+                    node,
+                    cid,
+                    list(tasks),
+                    self._template.task_names,
+                )
                 continue
             for old, c in list(self.registry.client_of.items()):
                 if c == cid:  # a restarted SuperNode comes back with a new node id
@@ -200,7 +236,8 @@ class FlowerServer:
             self.registry.tasks[cid] = tasks
             log.info("node %d is client %d with tasks %s", node, cid, list(tasks))
         clients = tuple(
-            stub_client(c, self.registry.tasks.get(c, tuple(self._template.task_names)), self._template) for c in range(self._num_clients)
+            stub_client(c, self.registry.tasks.get(c, tuple(self._template.task_names)), self._template)
+            for c in range(self._num_clients)
         )
         self.fed.data = replace(self._template, clients=clients)
 
@@ -236,7 +273,9 @@ class FlowerServer:
         size = min(self.fed.cohort_size, len(healthy))
         if size < self.settings.required_replies(size) or not healthy:
             healthy, size = sorted(online), min(self.fed.cohort_size, len(online))  # everyone still online
-        picks = sample_cohort(len(healthy), size, generator(self.cfg.seed, "cohort", round_index, attempt + 1))
+        picks = sample_cohort(
+            len(healthy), size, generator(self.cfg.seed, "cohort", round_index, attempt + 1)
+        )
         return [healthy[i] for i in picks]
 
     def run_round(self, state: ServerState) -> tuple[ServerState, dict[str, Any]]:
@@ -248,15 +287,31 @@ class FlowerServer:
             cohort = self.choose_cohort(r, attempt)
             need = self.settings.required_replies(len(cohort))
             if len(cohort) < need or not cohort:
-                tried.append({"attempt": attempt, "cohort": cohort, "reason": f"only {len(cohort)} clients available"})
-                log.warning("round %d attempt %d: %d clients available, %d replies needed", r + 1, attempt + 1, len(cohort), need)
+                tried.append(
+                    {"attempt": attempt, "cohort": cohort, "reason": f"only {len(cohort)} clients available"}
+                )
+                log.warning(
+                    "round %d attempt %d: %d clients available, %d replies needed",
+                    r + 1,
+                    attempt + 1,
+                    len(cohort),
+                    need,
+                )
                 self.sleep(min(self.settings.round_timeout, 5.0))
                 continue
             plan = self.fed.plan(state, cohort)
             online = self._online()
             contents = {online[c]: msgs.train_content(plan.payloads[c], r, c) for c in cohort}
-            ex = exchange(self.grid, contents, MessageType.TRAIN, str(r + 1), self.settings.round_timeout,
-                          self.settings.poll_interval, self.clock, self.sleep)
+            ex = exchange(
+                self.grid,
+                contents,
+                MessageType.TRAIN,
+                str(r + 1),
+                self.settings.round_timeout,
+                self.settings.poll_interval,
+                self.clock,
+                self.sleep,
+            )
             dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
             for n in ex.timed_out:
                 dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
@@ -294,8 +349,22 @@ class FlowerServer:
                     "engine": "flower",
                 }
                 return new_state, record
-            tried.append({"attempt": attempt, "cohort": cohort, "replies": len(updates), "dropped": {str(k): v for k, v in dropped.items()}})
-            log.warning("round %d attempt %d: %d of %d valid replies, %d needed; retrying", r + 1, attempt + 1, len(updates), len(cohort), need)
+            tried.append(
+                {
+                    "attempt": attempt,
+                    "cohort": cohort,
+                    "replies": len(updates),
+                    "dropped": {str(k): v for k, v in dropped.items()},
+                }
+            )
+            log.warning(
+                "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
+                r + 1,
+                attempt + 1,
+                len(updates),
+                len(cohort),
+                need,
+            )
         raise RoundFailed(
             f"round {r + 1} failed: fewer than the required replies after {self.settings.max_retries + 1} attempt(s) "
             f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
@@ -310,13 +379,17 @@ class FlowerServer:
                 changed = _changed(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(self.cfg)))
                 changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE)]
                 if changed:
-                    raise ConfigError(f"cannot resume {str(self.run_dir)!r} with a different configuration; changed: {changed}")
+                    raise ConfigError(
+                        f"cannot resume {str(self.run_dir)!r} with a different configuration; changed: {changed}"
+                    )
             state, meta = load_latest(self.run_dir)
             metrics.truncate_after(state.round)
             log.info("resuming %s from round %d", self.run_dir, state.round)
             return state, float(meta.get("elapsed", 0.0))
         if list_checkpoints(self.run_dir):
-            raise ConfigError(f"{str(self.run_dir)!r} already holds a run and resume is off; choose another run-name")
+            raise ConfigError(
+                f"{str(self.run_dir)!r} already holds a run and resume is off; choose another run-name"
+            )
         metrics.truncate_after(0)
         return self.fed.init_state(), 0.0
 
@@ -333,13 +406,24 @@ class FlowerServer:
             t0 = time.perf_counter()
             state, record = self.run_round(state)
             if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
-                record["global"] = evaluate_global(self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size)
+                record["global"] = evaluate_global(
+                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size
+                )
             elapsed += time.perf_counter() - t0
             record["elapsed"] = elapsed
             metrics.append(record)
             if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds:
-                save_checkpoint(self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints)
-            log.info("round %d/%d: %d replies, dropped %s, %s", state.round, rounds, record["replies"], record["dropped"], record.get("global", ""))
+                save_checkpoint(
+                    self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints
+                )
+            log.info(
+                "round %d/%d: %d replies, dropped %s, %s",
+                state.round,
+                rounds,
+                record["replies"],
+                record["dropped"],
+                record.get("global", ""),
+            )
         history = metrics.read()
         last_eval = next((h for h in reversed(history) if h.get("global")), {})
         summary = {
