@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
     args = ap.parse_args()
     codec = yaml.safe_load(args.codec) if args.codec else None
+    load_start = os.getloadavg()
     rows = []
     for n in args.nodes:
         with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-") as tmp:
@@ -141,9 +143,10 @@ def main() -> None:
     result = {
         "benchmark": "flower_deploy",
         "machine": {
+            "load_average_start_end": [load_start[0], os.getloadavg()[0]],
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "flwr": flwr.__version__,
         },

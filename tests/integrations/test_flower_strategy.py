@@ -42,9 +42,15 @@ def _run(tmp_path, grid, name="flower", settings=None, **server):
     return server_obj, server_obj.run(), clock
 
 
+@pytest.fixture(scope="module")
+def _cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("partition-cache")
+
+
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(tmp_path / "cache"))
+def _cache(_cache_dir, monkeypatch):
+    """Nodes cache their partition; sharing the cache across tests saves rebuilding the data."""
+    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(_cache_dir))
 
 
 def test_deployment_loop_reproduces_the_simulation(tmp_path):
