@@ -100,3 +100,24 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
     assert "2" in history[killed_at - 1]["dropped"]
     assert history[killed_at - 1]["replies"] == 2
     assert all(h["replies"] >= 2 for h in history)
+
+
+def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
+    cfg = _experiment(rounds=2)
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    settings = {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0}
+
+    def rounds_done() -> int:
+        path = run_dir / "summary.json"
+        return json.loads(path.read_text())["rounds_completed"] if path.exists() else 0
+
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
+        first = fed.submit(app, settings)
+        _wait(lambda: rounds_done() == 2, 80, fed, first, "the first run")
+        # a new ServerApp process (a restarted server) with a longer schedule picks up the checkpoint
+        second = fed.submit(app, {**settings, "overrides": "server.rounds=3"})
+        _wait(lambda: rounds_done() == 3, 60, fed, second, "the resumed run")
+        log = fed.run_log(second)
+    assert "resuming" in log and "from round 2" in log
+    assert [h["round"] for h in _read(run_dir / "metrics.jsonl")] == [1, 2, 3]
