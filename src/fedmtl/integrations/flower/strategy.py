@@ -98,10 +98,16 @@ def exchange(
         for n, c in contents.items()
     }
     wire_down = sum(msgs.wire_bytes(m) for m in messages.values())
-    ids = list(grid.push_messages(list(messages.values())))
-    ids += [None] * (len(messages) - len(ids))  # Flower returns [] (or None entries) for what it could not push
+    ids: list[str | None] = list(grid.push_messages(list(messages.values())))
+    ids += [None] * (
+        len(messages) - len(ids)
+    )  # Flower returns [] (or None entries) for what it could not push
     node_of = {mid: n for mid, n in zip(ids, messages, strict=True) if mid}
-    failed = {n: "message could not be pushed to the SuperLink" for mid, n in zip(ids, messages, strict=True) if not mid}
+    failed = {
+        n: "message could not be pushed to the SuperLink"
+        for mid, n in zip(ids, messages, strict=True)
+        if not mid
+    }
     replies: dict[int, Message] = {}
     wire_up = 0
     deadline = clock() + timeout
@@ -425,7 +431,7 @@ class FlowerServer:
                 record.get("global", ""),
             )
         history = metrics.read()
-        last_eval = next((h for h in reversed(history) if h.get("global")), {})
+        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global")), {})
         summary = {
             "rounds_completed": state.round,
             "engine": "flower",
