@@ -1,0 +1,165 @@
+"""Flower deployment benchmark: bytes on the wire per round and rounds per minute, real processes on 127.0.0.1.
+
+For each setting it starts a SuperLink and N SuperNodes (``fedmtl.integrations.flower.launch``),
+submits the fedmtl app with ``flwr run`` and reads the run's metrics.jsonl:
+
+* ``wire_bytes_down`` / ``wire_bytes_up``: the size of the Flower messages of a round as Flower
+  serialises them (the message and every nested record and array, ``InflatableObject.deflate``),
+  summed over the cohort; ``bytes_*`` are fedmtl's payload bytes inside them.
+* rounds per minute: 60 / mean round time (from sending a round's messages to having aggregated
+  and evaluated it), with registration excluded; the first round (data partition built on each node) is
+  reported separately.
+
+Usage::
+
+    python benchmarks/flower_deploy.py                         # 3 and 10 SuperNodes, fp32
+    python benchmarks/flower_deploy.py --nodes 3 --codec "[{name: topk, ratio: 0.01}, {name: int8}]"
+
+``--codec`` is a YAML list used for ``comm.uplink`` (the codec chain); codecs must exist in the
+installed fedmtl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fedmtl.integrations.flower.launch import LocalFederation, copy_app  # noqa: E402
+
+APP = ROOT / "examples" / "flower_app"
+
+
+def experiment(nodes: int, rounds: int, codec: list | None) -> dict:
+    tasks = ["digit", "parity"]
+    assignment = {i: (tasks if i % 3 == 0 else [tasks[i % 3 - 1]]) for i in range(nodes)}
+    cfg = {
+        "seed": 0,
+        "data": {
+            "source": {"name": "mnist1d", "num_samples": 4000, "tasks": tasks},
+            "num_clients": nodes,
+            "partition": {"name": "iid"},
+            "task_assignment": {"name": "explicit", "clients": assignment},
+        },
+        "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [128, 128]}},
+        "client": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}},
+        "server": {"rounds": rounds},
+        "evaluation": {"every": 1, "personalized": False},
+        "runtime": {"threads": 1},
+        "output": {"plots": False},
+    }
+    if codec is not None:
+        cfg["comm"] = {"uplink": codec}
+    return cfg
+
+
+def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float) -> dict:
+    app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec)))
+    run_dir = workdir / "runs" / "flower"
+    t0 = time.monotonic()
+    with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=timeout + 60) as fed:
+        run_id = fed.submit(
+            app,
+            {
+                "output-dir": str(workdir / "runs"),
+                "min-nodes": nodes,
+                "min-replies": nodes,
+                "round-timeout": timeout,
+                "wait-for-nodes": timeout,
+            },
+        )
+        deadline = time.monotonic() + timeout
+        while not (run_dir / "summary.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not (run_dir / "summary.json").exists():
+            raise RuntimeError(f"run did not finish in {timeout:.0f} s:\n{fed.run_log(run_id)[-4000:]}")
+    wall = time.monotonic() - t0
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steady = [h["round_seconds"] for h in history[1:]] or [history[0]["round_seconds"]]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "nodes": nodes,
+        "rounds": rounds,
+        "tls": tls,
+        "codec": codec or [{"name": "identity"}],
+        "payload_bytes_down_per_round": statistics.mean(h["bytes_down"] for h in history),
+        "payload_bytes_up_per_round": statistics.mean(h["bytes_up"] for h in history),
+        "wire_bytes_down_per_round": statistics.mean(h["wire_bytes_down"] for h in history),
+        "wire_bytes_up_per_round": statistics.mean(h["wire_bytes_up"] for h in history),
+        "first_round_seconds": history[0]["round_seconds"],
+        "round_seconds_mean": statistics.mean(steady),
+        "rounds_per_minute": 60.0 / statistics.mean(steady),
+        "wall_seconds_incl_startup": wall,
+        "final_global": summary["final_global"],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = "| SuperNodes | codec (uplink) | TLS | wire down / round | wire up / round | payload up / round | s / round | rounds / min |\n"
+    head += "|---:|---|:-:|---:|---:|---:|---:|---:|\n"
+    for r in rows:
+        codec = "+".join(c["name"] for c in r["codec"])
+        head += (
+            f"| {r['nodes']} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
+            f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
+            f"{r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
+        )
+    return head
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument(
+        "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
+    )
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--timeout", type=float, default=400.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
+    args = ap.parse_args()
+    codec = yaml.safe_load(args.codec) if args.codec else None
+    load_start = os.getloadavg()
+    rows = []
+    for n in args.nodes:
+        with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-") as tmp:
+            row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    import flwr
+    import torch
+
+    result = {
+        "benchmark": "flower_deploy",
+        "machine": {
+            "load_average_start_end": [load_start[0], os.getloadavg()[0]],
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "flwr": flwr.__version__,
+        },
+        "note": "loopback, all processes on one machine shared with other work; ClientApps run in Flower's default "
+        "subprocess isolation (a fresh Python process per message)",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    md = table(rows)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

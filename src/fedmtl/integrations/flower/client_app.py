@@ -1,0 +1,155 @@
+"""The fedmtl ClientApp: one SuperNode is one fedmtl client.
+
+The node's ``node_config`` says which client it is (``partition-id``; ``num-partitions`` must match
+the experiment's ``data.num_clients`` when given). At registration the server sends the resolved
+experiment config; the node builds the federation's data deterministically from it (same seed,
+same partition as the simulation), keeps only its own partition, and caches that on its disk.
+Per-client state (objective state, ``local`` parameters, codec error-feedback residuals) lives in
+the ClientApp's ``Context.state``, so it survives between rounds on that node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from fedmtl.atomic import atomic_write
+from fedmtl.config import ExperimentConfig, config_from_dict
+from fedmtl.data import build_federated_data
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.algorithm import build_algorithm
+from fedmtl.fl.client import LocalTrainer
+from fedmtl.fl.federation import initial_parameters
+from fedmtl.fl.node import ClientNode
+from fedmtl.integrations.flower import messages as msgs
+from fedmtl.mtl import build_model
+from fedmtl.tasks import Task
+
+log = logging.getLogger("fedmtl")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What a node keeps of the federation: its own client and what the model needs to be built."""
+
+    client: ClientData
+    tasks: tuple[Task, ...]
+    input_shape: tuple[int, ...]
+
+
+def partition_id(context: Context, cfg: ExperimentConfig) -> int:
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise ValueError(
+            "this SuperNode has no 'partition-id' in its --node-config; start it with --node-config 'partition-id=0 num-partitions=N'"
+        )
+    pid = int(nc["partition-id"])  # type: ignore[arg-type]
+    if "num-partitions" in nc and int(nc["num-partitions"]) != cfg.data.num_clients:  # type: ignore[arg-type]
+        raise ValueError(
+            f"num-partitions={nc['num-partitions']} but the experiment has data.num_clients={cfg.data.num_clients}"
+        )
+    if not 0 <= pid < cfg.data.num_clients:
+        raise ValueError(f"partition-id={pid} outside 0..{cfg.data.num_clients - 1}")
+    return pid
+
+
+def load_partition(cfg: ExperimentConfig, pid: int, cache_dir: str | Path | None) -> Partition:
+    """This node's partition, built once and cached (the node's own data only)."""
+    key = hashlib.sha256((cfg.data.model_dump_json() + f"|{cfg.seed}").encode()).hexdigest()[:16]
+    folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "fedmtl-flower-cache"
+    path = folder / f"{key}-client{pid}.pkl"
+    if path.exists():
+        try:
+            with open(path, "rb") as fh:
+                part = pickle.load(fh)  # our own file, written below
+            if isinstance(part, Partition):
+                return part
+        except Exception:  # a damaged cache is rebuilt
+            log.warning("rebuilding damaged partition cache %s", path)
+    data = build_federated_data(cfg.data, cfg.seed)
+    part = Partition(data.clients[pid], data.tasks, data.input_shape)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: p.write_bytes(pickle.dumps(part)))
+    return part
+
+
+def _config(context: Context) -> ExperimentConfig:
+    if msgs.CONFIG not in context.state.config_records:
+        raise RuntimeError(
+            "this node has not been registered by the server (no experiment config in its state)"
+        )
+    return config_from_dict(json.loads(str(context.state.config_records[msgs.CONFIG]["experiment"])))
+
+
+def _cache_dir(context: Context) -> str | None:
+    value = context.node_config.get("cache-dir") or os.environ.get("FEDMTL_FLOWER_CACHE")
+    return str(value) if value else None
+
+
+def make_client_app() -> ClientApp:
+    """The fedmtl ClientApp (handles ``query`` = registration and ``train``)."""
+    app = ClientApp()
+
+    @app.query()
+    def register(message: Message, context: Context) -> Message:
+        experiment = str(message.content.config_records[msgs.CONFIG]["experiment"])
+        cfg = config_from_dict(json.loads(experiment))
+        pid = partition_id(context, cfg)
+        part = load_partition(cfg, pid, _cache_dir(context))
+        context.state[msgs.CONFIG] = ConfigRecord({"experiment": experiment})
+        return Message(
+            msgs.registration_reply(pid, part.client.tasks, part.client.num_train), reply_to=message
+        )
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        cfg = _config(context)
+        if cfg.runtime.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.runtime.threads)
+        payload, round_index, client_id = msgs.read_train_content(message.content)
+        pid = partition_id(context, cfg)
+        if client_id != pid:
+            raise ValueError(f"message for client {client_id} reached the node of client {pid}")
+        part = load_partition(cfg, pid, _cache_dir(context))
+        model = build_model(cfg.model, part.input_shape, part.tasks)
+        node = build_node(cfg, model)
+        state = (
+            msgs.tree_from_record(context.state.array_records[msgs.STATE])
+            if msgs.STATE in context.state.array_records
+            else {}
+        )
+        received = node.receive(payload, part.client)
+        start = {
+            **initial_parameters(model, cfg.seed),
+            **received,
+        }  # as the simulation: global values for what is not sent
+        result = node.train(start, part.client, state, round_index)
+        reply, new_state = node.upload(start, result, part.client, round_index)
+        context.state[msgs.STATE] = msgs.tree_to_record(new_state)
+        return Message(msgs.reply_content(reply), reply_to=message)
+
+    return app
+
+
+def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-untyped-def]
+    from fedmtl.comm import build_link
+
+    algorithm = build_algorithm(cfg.algorithm)
+    trainer = LocalTrainer(model, cfg.client, cfg.mtl)
+    return ClientNode(
+        model, trainer, algorithm, build_link(cfg.comm.downlink), build_link(cfg.comm.uplink), cfg.seed
+    )
+
+
+__all__ = ["Partition", "build_node", "load_partition", "make_client_app", "partition_id"]

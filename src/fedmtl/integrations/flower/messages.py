@@ -1,0 +1,143 @@
+"""Conversion between fedmtl's values and Flower's records.
+
+The update a client sends and the broadcast it receives cross the network as fedmtl's own encoded
+bytes (the codec chain's output), carried as one ``uint8`` array in an ``ArrayRecord``: Flower moves
+exactly the bytes fedmtl's byte accounting counts, so compression shrinks what crosses the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedmtl.fl.node import ClientReply
+from fedmtl.tree import TensorTree, flatten, unflatten
+
+PAYLOAD = "fedmtl.payload"
+META = "fedmtl.meta"
+METRICS = "fedmtl.metrics"
+CONFIG = "fedmtl.config"
+STATE = "fedmtl.client-state"
+
+
+class MessageFormatError(ValueError):
+    """A record that does not hold what fedmtl expects; the message says what is missing."""
+
+
+def payload_record(payload: bytes) -> ArrayRecord:
+    """Bytes as a single uint8 array."""
+    return ArrayRecord({"bytes": Array(np.frombuffer(payload, dtype=np.uint8).copy())})
+
+
+def payload_from_record(record: ArrayRecord) -> bytes:
+    if "bytes" not in record:
+        raise MessageFormatError("payload record has no 'bytes' array")
+    arr = record["bytes"].numpy()
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise MessageFormatError(f"payload array must be 1-D uint8, got {arr.dtype} with shape {arr.shape}")
+    return arr.tobytes()
+
+
+def tree_to_record(tree: Mapping[str, object]) -> ArrayRecord:
+    """A tensor tree (client state) as an ArrayRecord keyed by flattened paths."""
+    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in flatten(tree).items()})
+
+
+def tree_from_record(record: ArrayRecord) -> TensorTree:
+    return unflatten({k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()})
+
+
+def train_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
+    """What the server sends a client for one round."""
+    return RecordDict(
+        {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
+    )
+
+
+def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
+    if PAYLOAD not in content.array_records or META not in content.config_records:
+        raise MessageFormatError("train message lacks the fedmtl payload or meta record")
+    meta = content.config_records[META]
+    return payload_from_record(content.array_records[PAYLOAD]), int(meta["round"]), int(meta["client-id"])  # type: ignore[arg-type]
+
+
+def reply_content(reply: ClientReply) -> RecordDict:
+    """A client's reply: its encoded update, the weights the server aggregates with, its metrics."""
+    meta = ConfigRecord(
+        {
+            "client-id": reply.client_id,
+            "num-samples": reply.num_samples,
+            "task-samples": json.dumps(reply.task_samples),
+        }
+    )
+    return RecordDict(
+        {
+            PAYLOAD: payload_record(reply.payload),
+            META: meta,
+            METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()}),
+        }
+    )
+
+
+def read_reply_content(content: RecordDict) -> ClientReply:
+    if PAYLOAD not in content.array_records or META not in content.config_records:
+        raise MessageFormatError("reply lacks the fedmtl payload or meta record")
+    meta = content.config_records[META]
+    metrics = content.metric_records.get(METRICS, MetricRecord({}))
+    return ClientReply(
+        client_id=int(meta["client-id"]),  # type: ignore[arg-type]
+        payload=payload_from_record(content.array_records[PAYLOAD]),
+        num_samples=int(meta["num-samples"]),  # type: ignore[arg-type]
+        task_samples={k: int(v) for k, v in json.loads(str(meta["task-samples"])).items()},
+        metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
+    )
+
+
+def register_content(experiment_json: str) -> RecordDict:
+    """The registration query: the resolved experiment config every node builds its side from."""
+    return RecordDict({CONFIG: ConfigRecord({"experiment": experiment_json})})
+
+
+def registration_reply(client_id: int, tasks: list[str] | tuple[str, ...], num_samples: int) -> RecordDict:
+    return RecordDict(
+        {
+            META: ConfigRecord(
+                {"client-id": client_id, "tasks": json.dumps(list(tasks)), "num-samples": num_samples}
+            )
+        }
+    )
+
+
+def read_registration(content: RecordDict) -> tuple[int, tuple[str, ...], int]:
+    if META not in content.config_records:
+        raise MessageFormatError("registration reply lacks its meta record")
+    meta = content.config_records[META]
+    return int(meta["client-id"]), tuple(json.loads(str(meta["tasks"]))), int(meta["num-samples"])  # type: ignore[arg-type]
+
+
+def wire_bytes(message: Message) -> int:
+    """Bytes of a message as Flower serialises it for the network: the message and every nested record/array."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+__all__ = [
+    "MessageFormatError",
+    "payload_from_record",
+    "payload_record",
+    "read_registration",
+    "read_reply_content",
+    "read_train_content",
+    "register_content",
+    "registration_reply",
+    "reply_content",
+    "train_content",
+    "tree_from_record",
+    "tree_to_record",
+    "wire_bytes",
+]

@@ -1,0 +1,451 @@
+"""fedmtl's server loop on a Flower ``Grid``: registration, rounds that survive failing clients, checkpoints.
+
+Flower's built-in strategies expect every reply to carry the same array keys; fedmtl's replies do
+not (each client sends only its own task heads, encoded by its codec chain), so fedmtl brings its
+own loop. The maths stays in :class:`~fedmtl.fl.federation.Federation` (plan, collect, apply);
+this module owns only who is asked, how long the server waits and what happens when clients fail:
+
+* a client whose ClientApp raises comes back as an error reply: it is dropped from the round;
+* a client that does not answer within ``round-timeout`` (a SuperNode killed mid-round, a hung
+  client) is dropped and left out of the next ``quarantine-rounds`` cohorts;
+* a round that ends with fewer valid replies than required is re-run (fresh cohort among the
+  nodes still answering) up to ``max-retries`` times; then the run stops with :class:`RoundFailed`.
+  The server checkpoints after every round, so restarting the run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+from flwr.app import Message, MessageType, RecordDict
+
+from fedmtl.atomic import atomic_write_text
+from fedmtl.config import ConfigError, dump_config
+from fedmtl.data.dataset import ClientData, FederatedData, Split
+from fedmtl.experiment.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from fedmtl.experiment.evaluation import evaluate_global
+from fedmtl.fl.federation import Federation, ServerState, mean_train_loss
+from fedmtl.fl.node import ClientReply
+from fedmtl.fl.sampling import sample_cohort
+from fedmtl.fl.seeding import generator
+from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower.settings import FlowerSettings
+from fedmtl.report import MetricsLog
+
+log = logging.getLogger("fedmtl")
+RESUMABLE = ("server.rounds", "output", "evaluation")
+REGISTER_BACKOFF = 10.0
+
+
+class RoundFailed(RuntimeError):
+    """A round stayed below its minimum number of replies after every retry."""
+
+
+class GridLike(Protocol):
+    """The part of Flower's ``Grid`` the loop uses (a fake implements it in unit tests)."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]: ...
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]: ...
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The outcome of sending one message to each of several nodes and waiting for the answers."""
+
+    replies: dict[int, Message]
+    failed: dict[int, str]
+    timed_out: list[int]
+    wire_down: int
+    wire_up: int
+
+
+@dataclass
+class Registry:
+    """Which Flower node is which fedmtl client (learned by a registration query)."""
+
+    client_of: dict[int, int] = field(default_factory=dict)  # node id -> client id
+    tasks: dict[int, tuple[str, ...]] = field(default_factory=dict)  # client id -> tasks
+    quarantine: dict[int, int] = field(default_factory=dict)  # node id -> first round it may rejoin
+
+    def node_of(self, client_id: int) -> int:
+        return next(n for n, c in self.client_of.items() if c == client_id)
+
+
+def exchange(
+    grid: GridLike,
+    contents: Mapping[int, RecordDict],
+    message_type: str,
+    group: str,
+    timeout: float,
+    poll: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Exchange:
+    """Send ``contents[node]`` to each node, pull replies until all answered, a node left, or ``timeout``."""
+    messages = {
+        n: Message(c, dst_node_id=n, message_type=message_type, ttl=timeout + 60.0, group_id=group)
+        for n, c in contents.items()
+    }
+    wire_down = sum(msgs.wire_bytes(m) for m in messages.values())
+    ids: list[str | None] = list(grid.push_messages(list(messages.values())))
+    ids += [None] * (
+        len(messages) - len(ids)
+    )  # Flower returns [] (or None entries) for what it could not push
+    node_of = {mid: n for mid, n in zip(ids, messages, strict=True) if mid}
+    failed = {
+        n: "message could not be pushed to the SuperLink"
+        for mid, n in zip(ids, messages, strict=True)
+        if not mid
+    }
+    replies: dict[int, Message] = {}
+    wire_up = 0
+    deadline = clock() + timeout
+    last_check = clock()
+    while node_of:
+        for reply in grid.pull_messages(list(node_of)):
+            node = node_of.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            if reply.has_error():
+                failed[node] = f"error {reply.error.code}: {reply.error.reason}"
+            else:
+                wire_up += msgs.wire_bytes(reply)
+                replies[node] = reply
+        if not node_of or clock() >= deadline:
+            break
+        if clock() - last_check > 2.0:  # a node the SuperLink declared offline will never answer
+            last_check = clock()
+            online = set(grid.get_node_ids())
+            for mid, n in list(node_of.items()):
+                if n not in online:
+                    failed[n] = "node went offline"
+                    del node_of[mid]
+        sleep(poll)
+    return Exchange(replies, failed, sorted(node_of.values()), wire_down, wire_up)
+
+
+def _changed(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            k for key in sorted(set(a) | set(b)) for k in _changed(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> ClientData:
+    """What the server knows of a client: its id and task set (no rows)."""
+    empty = Split(torch.empty((0, *data.input_shape)), {t: torch.empty(0) for t in tasks})
+    return ClientData(cid, tasks, empty, empty)
+
+
+class FlowerServer:
+    """Runs a fedmtl experiment's rounds over a Flower grid.
+
+    Args:
+        fed: the server's :class:`Federation`; its ``data`` needs only tasks, input shape and holdout:
+            the clients' task sets are learned from the nodes at registration.
+        settings: deployment settings.
+        grid: Flower's grid (or anything with its three methods).
+        run_dir: the run folder (config.yaml, metrics.jsonl, checkpoints/, summary.json).
+    """
+
+    def __init__(
+        self,
+        fed: Federation,
+        settings: FlowerSettings,
+        grid: GridLike,
+        run_dir: Path,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.fed = fed
+        self.cfg = fed.cfg
+        self.settings = settings
+        self.grid = grid
+        self.run_dir = Path(run_dir)
+        self.registry = Registry()
+        self.clock = clock
+        self.sleep = sleep
+        self._num_clients = fed.data.num_clients
+        self._template = fed.data
+        self._retry_after: dict[int, float] = {}  # node id -> when a failed registration may be retried
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self) -> None:
+        """Ask every node not yet known which client it is; refuse duplicates and unknown ids."""
+        known = set(self.registry.client_of)
+        now = self.clock()
+        new = [n for n in self.grid.get_node_ids() if n not in known and self._retry_after.get(n, now) <= now]
+        if not new:
+            return
+        content = msgs.register_content(self.cfg.model_dump_json())
+        timeout = min(self.settings.wait_for_nodes, self.settings.round_timeout)
+        ex = exchange(
+            self.grid,
+            {n: content for n in new},
+            MessageType.QUERY,
+            "register",
+            timeout,
+            self.settings.poll_interval,
+            self.clock,
+            self.sleep,
+        )
+        for node, reason in [*ex.failed.items(), *((n, "no answer") for n in ex.timed_out)]:
+            log.warning(
+                "node %d failed to register (asking again in %.0f s): %s", node, REGISTER_BACKOFF, reason
+            )
+            self._retry_after[node] = self.clock() + REGISTER_BACKOFF
+        for node, reply in ex.replies.items():
+            try:
+                cid, tasks, _ = msgs.read_registration(reply.content)
+            except msgs.MessageFormatError as exc:
+                log.warning("node %d sent a bad registration: %s", node, exc)
+                continue
+            self._retry_after[node] = (
+                self.clock() + REGISTER_BACKOFF
+            )  # refused below: not asked again at once
+            if not 0 <= cid < self._num_clients:
+                log.warning(
+                    "node %d claims client %d; the federation has clients 0..%d",
+                    node,
+                    cid,
+                    self._num_clients - 1,
+                )
+                continue
+            unknown = set(tasks) - set(self._template.task_names)
+            if unknown or not tasks:
+                log.warning(
+                    "node %d (client %d) reports tasks %s; known tasks are %s",
+                    node,
+                    cid,
+                    list(tasks),
+                    self._template.task_names,
+                )
+                continue
+            for old, c in list(self.registry.client_of.items()):
+                if c == cid:  # a restarted SuperNode comes back with a new node id
+                    del self.registry.client_of[old]
+            self.registry.client_of[node] = cid
+            self._retry_after.pop(node, None)
+            self.registry.tasks[cid] = tasks
+            log.info("node %d is client %d with tasks %s", node, cid, list(tasks))
+        clients = tuple(
+            stub_client(c, self.registry.tasks.get(c, tuple(self._template.task_names)), self._template)
+            for c in range(self._num_clients)
+        )
+        self.fed.data = replace(self._template, clients=clients)
+
+    def wait_for_nodes(self) -> None:
+        deadline = self.clock() + self.settings.wait_for_nodes
+        while True:
+            self.register()
+            online = self._online()
+            if len(online) >= self.settings.min_nodes:
+                return
+            if self.clock() >= deadline:
+                raise RoundFailed(
+                    f"only {len(online)} registered SuperNode(s) after {self.settings.wait_for_nodes:.0f} s; "
+                    f"min-nodes is {self.settings.min_nodes}. Start more SuperNodes or lower min-nodes."
+                )
+            self.sleep(max(self.settings.poll_interval, 0.5))
+
+    def _online(self) -> dict[int, int]:
+        """Registered clients whose node is online: client id -> node id."""
+        online = set(self.grid.get_node_ids())
+        return {c: n for n, c in self.registry.client_of.items() if n in online}
+
+    # -- one round ----------------------------------------------------------------------------
+    def choose_cohort(self, round_index: int, attempt: int) -> list[int]:
+        """The simulation's cohort when every client is there; otherwise a sample of those available.
+
+        Nodes in quarantine (they timed out recently) are left out unless that leaves too few clients.
+        """
+        online = self._online()
+        healthy = sorted(c for c, n in online.items() if self.registry.quarantine.get(n, 0) <= round_index)
+        if attempt == 0 and len(healthy) == self._num_clients:
+            return self.fed.cohort(round_index)
+        size = min(self.fed.cohort_size, len(healthy))
+        if size < self.settings.required_replies(size) or not healthy:
+            healthy, size = sorted(online), min(self.fed.cohort_size, len(online))  # everyone still online
+        picks = sample_cohort(
+            len(healthy), size, generator(self.cfg.seed, "cohort", round_index, attempt + 1)
+        )
+        return [healthy[i] for i in picks]
+
+    def run_round(self, state: ServerState) -> tuple[ServerState, dict[str, Any]]:
+        r = state.round
+        t0 = time.perf_counter()
+        tried: list[dict[str, Any]] = []
+        for attempt in range(self.settings.max_retries + 1):
+            self.register()  # pick up nodes that (re)connected
+            cohort = self.choose_cohort(r, attempt)
+            need = self.settings.required_replies(len(cohort))
+            if len(cohort) < need or not cohort:
+                tried.append(
+                    {"attempt": attempt, "cohort": cohort, "reason": f"only {len(cohort)} clients available"}
+                )
+                log.warning(
+                    "round %d attempt %d: %d clients available, %d replies needed",
+                    r + 1,
+                    attempt + 1,
+                    len(cohort),
+                    need,
+                )
+                self.sleep(min(self.settings.round_timeout, 5.0))
+                continue
+            plan = self.fed.plan(state, cohort)
+            online = self._online()
+            contents = {online[c]: msgs.train_content(plan.payloads[c], r, c) for c in cohort}
+            ex = exchange(
+                self.grid,
+                contents,
+                MessageType.TRAIN,
+                str(r + 1),
+                self.settings.round_timeout,
+                self.settings.poll_interval,
+                self.clock,
+                self.sleep,
+            )
+            dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
+            for n in ex.timed_out:
+                dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
+                self.registry.quarantine[n] = r + 1 + self.settings.quarantine_rounds
+            replies: list[ClientReply] = []
+            for n, m in ex.replies.items():
+                try:
+                    reply = msgs.read_reply_content(m.content)
+                except (msgs.MessageFormatError, KeyError, ValueError) as exc:
+                    dropped[self.registry.client_of[n]] = f"bad reply: {exc}"
+                    continue
+                if reply.client_id != self.registry.client_of[n]:
+                    dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
+                    continue
+                replies.append(reply)
+            updates, bad = self.fed.collect(replies)
+            dropped.update(bad)
+            for c, why in sorted(dropped.items()):
+                log.warning("round %d: client %d dropped: %s", r + 1, c, why)
+            if len(updates) >= need:
+                new_state = self.fed.apply(state, updates, state.client_states)
+                record = {
+                    "round": new_state.round,
+                    "cohort_size": len(cohort),
+                    "replies": len(updates),
+                    "dropped": {str(k): v for k, v in dropped.items()},
+                    "attempts": attempt + 1,
+                    "failed_attempts": tried,
+                    "bytes_down": plan.bytes_down,
+                    "bytes_up": sum(len(x.payload) for x in replies),
+                    "wire_bytes_down": ex.wire_down,
+                    "wire_bytes_up": ex.wire_up,
+                    "train_loss": mean_train_loss(replies),
+                    "round_seconds": time.perf_counter() - t0,
+                    "engine": "flower",
+                }
+                return new_state, record
+            tried.append(
+                {
+                    "attempt": attempt,
+                    "cohort": cohort,
+                    "replies": len(updates),
+                    "dropped": {str(k): v for k, v in dropped.items()},
+                }
+            )
+            log.warning(
+                "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
+                r + 1,
+                attempt + 1,
+                len(updates),
+                len(cohort),
+                need,
+            )
+        raise RoundFailed(
+            f"round {r + 1} failed: fewer than the required replies after {self.settings.max_retries + 1} attempt(s) "
+            f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
+            f"fix the nodes and submit the run again to resume."
+        )
+
+    # -- the run ------------------------------------------------------------------------------
+    def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
+        saved = self.run_dir / "config.yaml"
+        if self.settings.resume and list_checkpoints(self.run_dir):
+            if saved.exists():
+                changed = _changed(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(self.cfg)))
+                changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE)]
+                if changed:
+                    raise ConfigError(
+                        f"cannot resume {str(self.run_dir)!r} with a different configuration; changed: {changed}"
+                    )
+            state, meta = load_latest(self.run_dir)
+            metrics.truncate_after(state.round)
+            log.info("resuming %s from round %d", self.run_dir, state.round)
+            return state, float(meta.get("elapsed", 0.0))
+        if list_checkpoints(self.run_dir):
+            raise ConfigError(
+                f"{str(self.run_dir)!r} already holds a run and resume is off; choose another run-name"
+            )
+        metrics.truncate_after(0)
+        return self.fed.init_state(), 0.0
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every round; returns the summary written to ``summary.json``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        state, elapsed = self._start_state(metrics)
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
+        self.wait_for_nodes()
+        rounds = self.cfg.server.rounds
+        while state.round < rounds:
+            t0 = time.perf_counter()
+            state, record = self.run_round(state)
+            if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
+                record["global"] = evaluate_global(
+                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size
+                )
+            elapsed += time.perf_counter() - t0
+            record["elapsed"] = elapsed
+            metrics.append(record)
+            if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds:
+                save_checkpoint(
+                    self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints
+                )
+            log.info(
+                "round %d/%d: %d replies, dropped %s, %s",
+                state.round,
+                rounds,
+                record["replies"],
+                record["dropped"],
+                record.get("global", ""),
+            )
+        history = metrics.read()
+        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global")), {})
+        summary = {
+            "rounds_completed": state.round,
+            "engine": "flower",
+            "wall_seconds": elapsed,
+            "bytes_down_total": sum(h.get("bytes_down", 0) for h in history),
+            "bytes_up_total": sum(h.get("bytes_up", 0) for h in history),
+            "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
+            "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
+            "final_global": last_eval.get("global", {}),
+            "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
+            "seed": self.cfg.seed,
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+
+__all__ = ["Exchange", "FlowerServer", "GridLike", "Registry", "RoundFailed", "exchange", "stub_client"]

@@ -1,0 +1,87 @@
+"""Test doubles for the Flower tests: a fake clock and an in-process grid that drives the real ClientApp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Context, Error, Message, RecordDict
+
+SMALL = {
+    "seed": 0,
+    "data": {
+        "source": {"name": "mnist1d", "num_samples": 1200, "tasks": ["digit", "parity"]},
+        "num_clients": 3,
+        "partition": {"name": "iid"},
+        "task_assignment": {
+            "name": "explicit",
+            "clients": {0: ["digit", "parity"], 1: ["digit"], 2: ["parity"]},
+        },
+    },
+    "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [32]}},
+    "client": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}},
+    "server": {"rounds": 3},
+    "evaluation": {"every": 1, "personalized": False},
+    "output": {"plots": False},
+}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeGrid:
+    """A Grid whose nodes run the real ClientApp in process, each with its own Context.
+
+    ``behaviour[node]`` may be ``"raise"`` (its ClientApp raises in training: Flower sends an error reply),
+    ``"silent"`` (never answers a training message) or ``"offline"`` (the SuperLink no longer lists it).
+    """
+
+    app: Callable[[Message, Context], Message]
+    partitions: dict[int, int]  # node id -> partition id
+    behaviour: dict[int, str] = field(default_factory=dict)
+    contexts: dict[int, Context] = field(default_factory=dict)
+    replies: dict[str, Message] = field(default_factory=dict)
+    sent: list[Message] = field(default_factory=list)
+    counter: int = 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.partitions if self.behaviour.get(n) != "offline"]
+
+    def context(self, node: int) -> Context:
+        if node not in self.contexts:
+            cfg = {"partition-id": self.partitions[node], "num-partitions": len(self.partitions)}
+            self.contexts[node] = Context(
+                run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={}
+            )
+        return self.contexts[node]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for m in messages:
+            self.counter += 1
+            mid = f"m{self.counter}"
+            m.metadata.__dict__["_message_id"] = mid
+            self.sent.append(m)
+            ids.append(mid)
+            how = self.behaviour.get(m.metadata.dst_node_id)
+            if how == "offline" or (how == "silent" and m.metadata.message_type == "train"):
+                continue
+            if how == "raise" and m.metadata.message_type == "train":
+                self.replies[mid] = m.create_error_reply(
+                    Error(code=1, reason="ClientApp raised: injected failure")
+                )
+                continue
+            self.replies[mid] = self.app(m, self.context(m.metadata.dst_node_id))
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]

@@ -1,0 +1,16 @@
+"""Flower tests need the flower extra; messages built outside Flower's processes need a task identity."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("flwr", reason="needs the flower extra: pip install 'fedmtl[flower]'")
+
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Flower sets these in its own processes; tests that build messages need them too."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield

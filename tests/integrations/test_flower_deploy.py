@@ -1,0 +1,123 @@
+"""End to end on Flower's runtime: a real SuperLink and SuperNodes as processes on 127.0.0.1.
+
+Slow (about a minute each on 2 cores); select with ``-m flower`` or leave out with ``-m "not slow"``.
+Every process runs under a hard time limit and is killed at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from _flower_fakes import SMALL
+
+from fedmtl.experiment import Experiment
+from fedmtl.integrations.flower.launch import LocalFederation, copy_app
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+APP = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
+
+
+def _experiment(rounds: int) -> dict:
+    cfg = copy.deepcopy(SMALL)
+    cfg["server"]["rounds"] = rounds
+    cfg["data"]["source"]["num_samples"] = 2000
+    cfg["model"]["trunk"]["hidden"] = [64]
+    cfg["runtime"] = {"threads": 1}
+    return cfg
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(predicate, timeout: float, fed: LocalFederation, run_id: int, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
+
+
+def _assert_tls(fed: LocalFederation) -> None:
+    """The SuperLink's port speaks TLS with the generated certificate (and the nodes were not insecure)."""
+    assert fed.certs is not None
+    ctx = ssl.create_default_context(cafile=str(fed.certs.ca))
+    with socket.create_connection(("127.0.0.1", fed.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() is not None
+    assert "--insecure" not in fed.log("supernode-0")
+
+
+def test_tls_federation_of_three_supernodes_matches_the_simulation(tmp_path):
+    cfg = _experiment(rounds=3)
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=150) as fed:
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0},
+        )
+        _wait(lambda: (run_dir / "summary.json").exists(), 130, fed, run_id, "the run to finish")
+        _assert_tls(fed)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert summary["clients"] == {"0": ["digit", "parity"], "1": ["digit"], "2": ["parity"]}
+    cfg["output"] = {"dir": str(tmp_path / "sim"), "name": "sim", "plots": False}
+    sim = Experiment(cfg).run(progress=False).summary["final_global"]
+    for task in ("digit", "parity"):
+        assert summary["final_global"][task]["accuracy"] == pytest.approx(sim[task]["accuracy"], abs=0.02)
+    history = _read(run_dir / "metrics.jsonl")
+    assert all(h["replies"] == 3 and h["wire_bytes_up"] >= h["bytes_up"] > 0 for h in history)
+
+
+def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
+    cfg = _experiment(rounds=3)
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    metrics = run_dir / "metrics.jsonl"
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 2, "round-timeout": 40.0},
+        )
+        _wait(lambda: len(_read(metrics)) >= 1, 80, fed, run_id, "round 1")
+        fed.kill_node(2)  # round 2 has just been sent out: client 2 dies with its message in flight
+        killed_at = len(_read(metrics)) + 1
+        _wait(
+            lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish without node 2"
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    history = _read(metrics)
+    assert "2" in history[killed_at - 1]["dropped"]
+    assert history[killed_at - 1]["replies"] == 2
+    assert all(h["replies"] >= 2 for h in history)
+
+
+def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
+    cfg = _experiment(rounds=2)
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    settings = {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0}
+
+    def rounds_done() -> int:
+        path = run_dir / "summary.json"
+        return json.loads(path.read_text())["rounds_completed"] if path.exists() else 0
+
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
+        first = fed.submit(app, settings)
+        _wait(lambda: rounds_done() == 2, 80, fed, first, "the first run")
+        # a new ServerApp process (a restarted server) with a longer schedule picks up the checkpoint
+        second = fed.submit(app, {**settings, "overrides": "server.rounds=3"})
+        _wait(lambda: rounds_done() == 3, 60, fed, second, "the resumed run")
+        log = fed.run_log(second)
+    assert "resuming" in log and "from round 2" in log
+    assert [h["round"] for h in _read(run_dir / "metrics.jsonl")] == [1, 2, 3]

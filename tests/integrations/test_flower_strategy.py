@@ -1,0 +1,140 @@
+"""The server loop on an in-process grid that runs the real ClientApp: maths, failures, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from _flower_fakes import SMALL, FakeClock, FakeGrid
+
+from fedmtl.config import config_from_dict
+from fedmtl.experiment import Experiment
+from fedmtl.experiment.checkpoint import load_latest
+from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
+from fedmtl.integrations.flower.server_app import server_for
+
+pytestmark = pytest.mark.flower
+
+
+def _config(tmp_path, **server):
+    data = copy.deepcopy(SMALL)
+    data["server"].update(server)
+    data["output"]["dir"] = str(tmp_path)
+    return config_from_dict(data)
+
+
+def _flat(metrics):
+    return {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
+
+
+def _grid(behaviour=None):
+    return FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, dict(behaviour or {}))
+
+
+def _run(tmp_path, grid, name="flower", settings=None, **server):
+    clock = FakeClock()
+    settings = settings or FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
+    server_obj = server_for(
+        _config(tmp_path, **server), settings, grid, tmp_path / name, clock=clock, sleep=clock.sleep
+    )
+    return server_obj, server_obj.run(), clock
+
+
+@pytest.fixture(scope="module")
+def _cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("partition-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache(_cache_dir, monkeypatch):
+    """Nodes cache their partition; sharing the cache across tests saves rebuilding the data."""
+    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(_cache_dir))
+
+
+def test_deployment_loop_reproduces_the_simulation(tmp_path):
+    cfg = _config(tmp_path)
+    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(
+        progress=False
+    )
+    _, summary, _ = _run(tmp_path, _grid())
+    state, _ = load_latest(tmp_path / "flower")
+    assert state.round == 3
+    for name, value in sim.params.items():
+        torch.testing.assert_close(state.params[name], value, atol=1e-6, rtol=1e-5)
+    assert _flat(summary["final_global"]) == pytest.approx(_flat(sim.summary["final_global"]))
+    # each client got only the shared trunk and its own heads: per-group aggregation holds
+    assert summary["clients"] == {"0": ["digit", "parity"], "1": ["digit"], "2": ["parity"]}
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["bytes_up"] for h in history] == [h["bytes_up"] for h in sim.history]
+    assert all(h["wire_bytes_up"] > h["bytes_up"] for h in history)
+
+
+def test_client_state_lives_in_the_node_context(tmp_path):
+    grid = _grid()
+    _run(tmp_path, grid)
+    for ctx in grid.contexts.values():
+        assert "fedmtl.client-state" in ctx.state.array_records
+        assert "fedmtl.config" in ctx.state.config_records
+
+
+def test_a_client_that_raises_is_dropped_and_the_round_completes(tmp_path):
+    server, summary, _ = _run(
+        tmp_path, _grid({102: "raise"}), settings=FlowerSettings(min_nodes=3, min_replies=2)
+    )
+    assert summary["rounds_completed"] == 3
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["replies"] == 2 and "injected failure" in h["dropped"]["1"] for h in history)
+
+
+def test_a_silent_client_times_out_and_is_quarantined(tmp_path):
+    settings = FlowerSettings(
+        min_nodes=3, min_replies=2, round_timeout=10.0, quarantine_rounds=5, poll_interval=0.5
+    )
+    _, summary, clock = _run(tmp_path, _grid({103: "silent"}), settings=settings)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert "no reply within 10 s" in history[0]["dropped"]["2"]
+    assert [h["cohort_size"] for h in history] == [3, 2, 2]  # left out after timing out
+    assert clock.now == pytest.approx(10.0, abs=1.0)  # only the first round waited
+    assert summary["rounds_completed"] == 3
+
+
+def test_below_the_minimum_the_round_is_retried_then_the_run_stops_and_resumes(tmp_path):
+    grid = _grid()
+    settings = FlowerSettings(
+        min_nodes=3, min_replies=3, round_timeout=5.0, max_retries=1, quarantine_rounds=0
+    )
+    server = server_for(
+        _config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep
+    )
+    state = server.fed.init_state()
+    server.wait_for_nodes()
+    state, _ = server.run_round(state)  # round 1 with everyone
+    from fedmtl.experiment.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "flower", state, {})
+    (tmp_path / "flower" / "metrics.jsonl").write_text("")
+    grid.behaviour[103] = "silent"
+    with pytest.raises(RoundFailed, match="round 2 failed.*resume"):
+        server.run_round(state)
+    # leaving out the node that timed out would leave too few clients, so the retry asks all three again
+    assert sum(1 for m in grid.sent if m.metadata.group_id == "2") == 3 + 3
+    # the node comes back; a restarted server resumes from the round-1 checkpoint and finishes
+    grid.behaviour.clear()
+    _, summary, _ = _run(tmp_path, grid, settings=FlowerSettings(min_nodes=3))
+    assert summary["rounds_completed"] == 3
+    _, uninterrupted, _ = _run(tmp_path, _grid(), name="clean")
+    assert _flat(summary["final_global"]) == pytest.approx(_flat(uninterrupted["final_global"]))
+
+
+def test_an_offline_node_is_not_waited_for(tmp_path):
+    grid = _grid()
+    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=60.0)
+    server = server_for(
+        _config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep
+    )
+    server.wait_for_nodes()
+    grid.behaviour[101] = "offline"
+    state, record = server.run_round(server.fed.init_state())
+    assert record["cohort_size"] == 2 and record["replies"] == 2 and c.now < 1.0
