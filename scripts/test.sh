@@ -7,5 +7,7 @@ scripts/setup.sh "dev,flower,parquet,star,tensorboard"
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "note: could not install dataset-fashion-mnist; its test will be skipped"
 fi
+# Flower starts its helper processes (flower-superexec, flwr-clientapp) by name from PATH
+export PATH="$PWD/.venv/bin:$PATH"
 workers="${PYTEST_WORKERS:-2}"
 exec .venv/bin/python -m pytest -n "$workers" -p no:cacheprovider "$@"

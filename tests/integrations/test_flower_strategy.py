@@ -138,3 +138,24 @@ def test_an_offline_node_is_not_waited_for(tmp_path):
     grid.behaviour[101] = "offline"
     state, record = server.run_round(server.fed.init_state())
     assert record["cohort_size"] == 2 and record["replies"] == 2 and c.now < 1.0
+
+
+def test_deployment_refuses_what_it_cannot_carry():
+    import pytest
+
+    from fedmtl.config import config_from_dict
+    from fedmtl.data import build_federated_data
+    from fedmtl.fl.federation import Federation
+    from fedmtl.integrations.flower.strategy import check_deployable
+    from fedmtl.mtl import build_model
+
+    def fed_for(extra):
+        cfg = config_from_dict({"data": {"source": {"name": "digits"}, "num_clients": 4, "partition": {"name": "iid"}}, **extra})
+        data = build_federated_data(cfg.data, 0)
+        return Federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks))
+
+    check_deployable(fed_for({}))
+    with pytest.raises(ValueError, match="in-process simulation"):
+        check_deployable(fed_for({"privacy": {"secure_aggregation": {}}}))
+    with pytest.raises(ValueError, match="keeps server state"):
+        check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))

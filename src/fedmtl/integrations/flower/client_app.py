@@ -143,13 +143,12 @@ def make_client_app() -> ClientApp:
 
 
 def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-untyped-def]
-    from fedmtl.comm import build_link
+    from fedmtl.comm import build_links
 
     algorithm = build_algorithm(cfg.algorithm)
-    trainer = LocalTrainer(model, cfg.client, cfg.mtl)
-    return ClientNode(
-        model, trainer, algorithm, build_link(cfg.comm.downlink), build_link(cfg.comm.uplink), cfg.seed
-    )
+    trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
+    up, down = build_links(cfg.comm)
+    return ClientNode(model, trainer, algorithm, down, up, cfg.seed)
 
 
 __all__ = ["Partition", "build_node", "load_partition", "make_client_app", "partition_id"]

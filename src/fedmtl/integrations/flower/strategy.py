@@ -150,6 +150,26 @@ def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> Client
     return ClientData(cid, tasks, empty, empty)
 
 
+def check_deployable(fed: Federation) -> None:
+    """Refuse, with the reason, what the deployment does not carry yet instead of running it wrongly.
+
+    Secure aggregation is simulated in process (the server would see plain updates), and algorithms that
+    keep server state for their clients (SCAFFOLD, IFCA, FedEM, MOCHA) need a downlink for that state.
+    """
+    if fed.cfg.privacy.secure_aggregation is not None:
+        raise ValueError(
+            "privacy.secure_aggregation is an in-process simulation of the protocol; on Flower the server would "
+            "receive plain updates, so it is refused here. Use privacy.dp (server placement) or run it in simulation."
+        )
+    from fedmtl.fl.algorithm import FedAvg
+
+    if type(fed.algorithm).server_init is not FedAvg.server_init:
+        raise ValueError(
+            f"algorithm {fed.cfg.algorithm.name!r} keeps server state for its clients, which the Flower deployment "
+            "does not carry yet; use fedavg, fedprox, fedper, fedrep, ditto, apfl, pfedme or local"
+        )
+
+
 class FlowerServer:
     """Runs a fedmtl experiment's rounds over a Flower grid.
 
@@ -170,6 +190,7 @@ class FlowerServer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        check_deployable(fed)
         self.fed = fed
         self.cfg = fed.cfg
         self.settings = settings
@@ -338,7 +359,7 @@ class FlowerServer:
             for c, why in sorted(dropped.items()):
                 log.warning("round %d: client %d dropped: %s", r + 1, c, why)
             if len(updates) >= need:
-                new_state = self.fed.apply(state, updates, state.client_states)
+                new_state, privacy_info = self.fed.apply(state, updates, state.client_states)
                 record = {
                     "round": new_state.round,
                     "cohort_size": len(cohort),
@@ -354,6 +375,8 @@ class FlowerServer:
                     "round_seconds": time.perf_counter() - t0,
                     "engine": "flower",
                 }
+                if privacy_info:
+                    record["privacy"] = privacy_info
                 return new_state, record
             tried.append(
                 {
