@@ -42,3 +42,16 @@ def test_secure_aggregation_run_equals_plain_fedavg_closely(tiny_config):
     for name, value in plain.params.items():
         assert (value - secure.params[name]).abs().max() < 1e-3, name  # quantisation error only
     assert secure.history[0]["privacy"]["secagg_upload_bytes_per_client"] > 0
+
+
+def test_dp_sgd_clients_report_a_growing_epsilon(tiny_config):
+    cfg = {**tiny_config, "privacy": {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}}
+    res = fedmtl.Experiment(cfg).run(progress=False)
+    eps = [r["privacy"]["dp_sgd_max_client_epsilon"] for r in res.history]
+    assert all(e > 0 for e in eps) and eps[-1] >= eps[0]
+
+
+def test_dp_sgd_refuses_gradient_balancers(tiny_config):
+    cfg = {**tiny_config, "mtl": {"balancer": {"name": "pcgrad"}}, "privacy": {"dp_sgd": {"noise_multiplier": 1.0}}}
+    with pytest.raises(ValueError, match="needs per-task gradients"):
+        fedmtl.Experiment(cfg).run(progress=False)

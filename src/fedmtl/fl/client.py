@@ -87,6 +87,21 @@ def _add_grad(named: Mapping[str, torch.nn.Parameter], names: Sequence[str], ter
         p.grad = extra.clone() if p.grad is None else p.grad + extra
 
 
+def finish_local(
+    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, float], steps: int, state: TensorTree
+) -> LocalResult:
+    """The result of local training: trained values, mean losses, and the next state (with local parameters)."""
+    named = dict(model.named_parameters())
+    trained = {n: named[n].detach().clone() for n in names}
+    metrics = {f"loss/{t}": s / max(steps, 1) for t, s in loss_sums.items()}
+    metrics["steps"] = float(steps)
+    new_state = dict(state)
+    local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
+    if local:
+        new_state["local"] = local
+    return LocalResult(trained, metrics, new_state)
+
+
 class LocalTrainer:
     """Trains a model (one reused instance) on one client at a time."""
 
@@ -169,11 +184,4 @@ class LocalTrainer:
                 for t in tasks:
                     loss_sums[t] += float(losses[t].detach())
                 steps += 1
-        trained = {n: named[n].detach().clone() for n in names}
-        metrics = {f"loss/{t}": s / max(steps, 1) for t, s in loss_sums.items()}
-        metrics["steps"] = float(steps)
-        new_state: TensorTree = {"objective": ostate}  # type: ignore[dict-item]
-        local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
-        if local:
-            new_state["local"] = local  # type: ignore[assignment]
-        return LocalResult(trained, metrics, new_state)
+        return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]

@@ -42,8 +42,8 @@ def train_with_dp_sgd(
     cfg: DPSGDConfig,
 ) -> LocalResult:
     """DP-SGD local training; same inputs and outputs as :meth:`LocalTrainer.train`."""
-    from fedmtl.fl.client import LocalResult, held_parameter_names, load_parameters, make_optimizer
-    from fedmtl.mtl import LOCAL, build_objective
+    from fedmtl.fl.client import finish_local, held_parameter_names, load_parameters, make_optimizer
+    from fedmtl.mtl import build_objective
 
     model = trainer.model
     tasks = list(client.tasks)
@@ -91,11 +91,6 @@ def train_with_dp_sgd(
     finally:
         for p in named.values():
             p.requires_grad_(True)
-    trained = {n: named[n].detach().clone() for n in names}
-    metrics = {f"loss/{t}": s / max(steps, 1) for t, s in loss_sums.items()}
-    metrics.update(steps=float(steps), dp_sgd_epsilon=epsilon)
-    new_state: TensorTree = {"objective": ostate, "dp_sgd_history": _history_tree(history)}  # type: ignore[dict-item]
-    local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
-    if local:
-        new_state["local"] = local  # type: ignore[assignment]
-    return LocalResult(trained, metrics, new_state)
+    result = finish_local(model, names, loss_sums, steps, {"objective": ostate, "dp_sgd_history": _history_tree(history)})  # type: ignore[dict-item]
+    result.metrics["dp_sgd_epsilon"] = epsilon
+    return result
