@@ -7,12 +7,13 @@ store any of them with safetensors by flattening the keys to ``a/b/c``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
-TensorTree = dict[str, Union[Tensor, "TensorTree"]]
+#: a nested dict whose leaves are tensors (typed loosely: mypy's recursive unions make every access a cast)
+TensorTree = dict[str, Any]
 SEP = "/"
 
 

@@ -52,7 +52,7 @@ def digit_tasks(digits: np.ndarray, names: list[str]) -> tuple[dict[str, np.ndar
     ``mod3``: digit mod 3 (3 classes). Related but not identical, so sharing helps and conflicts are real.
     """
     d = digits.astype(np.int64)
-    table = {
+    table: dict[str, tuple[np.ndarray, Task]] = {
         "digit": (d, Task("digit", "multiclass", 10)),
         "parity": ((d % 2).astype(np.float32), Task("parity", "binary")),
         "large": ((d >= 5).astype(np.float32), Task("large", "binary")),

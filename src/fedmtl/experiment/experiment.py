@@ -174,6 +174,7 @@ class Experiment:
 
     def _record(self, fed: Federation, state: ServerState, report: RoundReport) -> dict[str, Any]:
         cfg = self.config
+        engine_name = fed.engine.name if fed.engine is not None else "none"
         record: dict[str, Any] = {
             "round": state.round,
             "cohort_size": len(report.cohort),
@@ -182,7 +183,7 @@ class Experiment:
             "bytes_up": report.bytes_up,
             "train_loss": report.train_loss,
             "round_seconds": report.seconds,
-            "engine": fed.engine.name,
+            "engine": engine_name,
         }
         if report.privacy:
             record["privacy"] = report.privacy
@@ -212,7 +213,7 @@ class Experiment:
         return " ".join(parts)
 
     def _summary(self, fed: Federation, state: ServerState, history: list[dict[str, Any]], engine: str, elapsed: float) -> dict[str, Any]:
-        last_eval = next((r for r in reversed(history) if r.get("global") is not None), {})
+        last_eval: dict[str, Any] = next((r for r in reversed(history) if r.get("global") is not None), {})
         privacy = next((r["privacy"] for r in reversed(history) if r.get("privacy")), None)
         return {
             "privacy": privacy,

@@ -24,7 +24,7 @@ def _fmt(v: Any) -> str:
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
+    rows: list[tuple[str, str]] = []
     for key in ("rounds_completed", "engine", "wall_seconds", "bytes_down_total", "bytes_up_total"):
         if key in summary:
             rows.append((key, _fmt(summary[key])))

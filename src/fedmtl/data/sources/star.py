@@ -28,7 +28,7 @@ def load_star(cfg: StarSource, seed: int) -> SourceData:
     numeric = frame[cols].select_dtypes("number")
     for c in numeric.columns:  # keep NaN in numeric columns so cleaning sees and counts them
         feats.loc[numeric[c].isna(), c] = np.nan
-    targets = {t: frame[t].to_numpy(dtype=np.float64).astype(np.float32) for t in cfg.tasks}
+    targets: dict[str, np.ndarray] = {t: frame[t].to_numpy(dtype=np.float64).astype(np.float32) for t in cfg.tasks}
     schools = frame["sch"].astype("category").cat.codes.to_numpy()
     return SourceData(
         x=feats.to_numpy(dtype=np.float32),
