@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import machine, markdown_table, merge, run, write_json
 
 CANONICAL = {

@@ -20,7 +20,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-
 from _common import machine, markdown_table, merge, run, write_json  # noqa: E402
 
 BASE = {

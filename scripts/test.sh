@@ -9,5 +9,7 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && comm
 fi
 # Flower starts its helper processes (flower-superexec, flwr-clientapp) by name from PATH
 export PATH="$PWD/.venv/bin:$PATH"
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy src/fedmtl
 workers="${PYTEST_WORKERS:-2}"
 exec .venv/bin/python -m pytest -n "$workers" -p no:cacheprovider "$@"
