@@ -11,7 +11,7 @@ from fedmtl.mtl import build_model
 
 BASE = [
     "data.source.name=mnist1d",
-    "data.source.num_samples=400",
+    "data.source.num_samples=300",
     "data.num_clients=8",
     "data.partition.name=quantity_skew",
     "data.partition.alpha=1.0",
