@@ -119,7 +119,7 @@ def _act_bwd(kind: str | None, grad: Tensor, pre: Tensor, post: Tensor) -> Tenso
     if kind is None:
         return grad
     if kind == "relu":
-        return grad.mul_(post > 0)
+        return torch.ops.aten.threshold_backward(grad, post, 0)
     if kind == "tanh":
         return grad.mul_(1 - post * post)
     cdf = 0.5 * (1 + torch.erf(pre * (1 / math.sqrt(2))))
@@ -387,6 +387,7 @@ def _train_chunk(
             weights[c, all_tasks.index(t)] = wt
 
     opt = _Optimiser(trainer.cfg.optimizer, params, C)
+    lr = float(trainer.cfg.optimizer.lr)
     clip = trainer.cfg.max_grad_norm
     loss_sums = torch.zeros(C, len(all_tasks), dtype=torch.float64)
     counts = mask.sum(2)  # [S, C]
@@ -438,26 +439,35 @@ def _train_chunk(
                     raise RuntimeError(f"balancer {type(obj.balancer).__name__} says requires='losses' but returned a shared direction")
                 w[c, cols] = bal.weights.to(w.dtype)
                 states[c]["balancer"] = bstate
-        # backward: heads (accumulating into dz), then trunk
+        # backward: heads (accumulating into dz), then trunk. Plain SGD without clipping updates each
+        # weight in place as soon as its input gradient is taken (W -= lr * g^T a, one baddbmm_): no
+        # gradient tensors, and padded rows/steps and other tasks' heads carry zero gradient.
+        fused = opt.plain and clip is None
         grads: dict[str, Tensor] = {}
+
+        def layer_backward(lay: Layer, g: Tensor, inp: Tensor, need_input_grad: bool) -> Tensor | None:
+            g_in = torch.bmm(g, params[lay.weight]) if need_input_grad else None
+            if fused:
+                params[lay.weight].baddbmm_(g.transpose(1, 2), inp, alpha=-lr)
+                if lay.bias:
+                    params[lay.bias].sub_(g.sum(1), alpha=lr)
+            else:
+                grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)
+                if lay.bias:
+                    grads[lay.bias] = g.sum(1)
+            return g_in
+
         dz = None
         for t in all_tasks:
             g = dlogits[t] * w[:, task_col[t]].view(-1, 1, 1)
             for lay, (inp, pre, post) in zip(reversed(spec.heads[t]), reversed(head_io[t])):
-                g = _act_bwd(lay.act, g, pre, post)
-                grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)
-                if lay.bias:
-                    grads[lay.bias] = g.sum(1)
-                g = torch.bmm(g, params[lay.weight])
+                g = layer_backward(lay, _act_bwd(lay.act, g, pre, post), inp, True)  # type: ignore[assignment]
             dz = g if dz is None else dz.add_(g)
         g = dz
         for i, (lay, (inp, pre, post)) in enumerate(zip(reversed(spec.trunk), reversed(trunk_io))):
-            g = _act_bwd(lay.act, g, pre, post)
-            grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)
-            if lay.bias:
-                grads[lay.bias] = g.sum(1)
-            if i < len(spec.trunk) - 1:
-                g = torch.bmm(g, params[lay.weight])
+            g = layer_backward(lay, _act_bwd(lay.act, g, pre, post), inp, i < len(spec.trunk) - 1)  # type: ignore[assignment]
+        if fused:
+            continue
         if clip is not None:
             sq = sum(gr.pow(2).flatten(1).sum(1) for gr in grads.values())
             coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
