@@ -22,6 +22,7 @@ class Workload:
 W1 = Workload("W1", num_clients=100, epochs=5, lr=0.3, rounds=20)
 W2 = Workload("W2", num_clients=1000, epochs=1, lr=0.05, rounds=2)
 W2_10K = Workload("W2-10k", num_clients=10_000, epochs=1, lr=0.05, rounds=2)
+SMOKE = Workload("smoke", num_clients=10, epochs=1, lr=0.05, rounds=2)
 
 
 def mnist1d(num_samples: int = 12_000, seed: int = 0) -> dict[str, np.ndarray]:

@@ -32,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _workload import W1, W2, W2_10K, Workload, init_params, iid_split, mnist1d  # noqa: E402
+from _workload import SMOKE, W1, W2, W2_10K, Workload, init_params, iid_split, mnist1d  # noqa: E402
 
-WORKLOADS = {w.name: w for w in (W1, W2, W2_10K)}
+WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
 SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "bare-pytorch", "flower"]
 
 
@@ -69,6 +69,7 @@ def run_worker(args: list[str], timeout: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.Popen([sys.executable, __file__, "--worker", *args, "--result", out], env=env, start_new_session=True)
     peak = 0
+    load_before = os.getloadavg()[0]
     done = threading.Event()
 
     def sample() -> None:
@@ -97,6 +98,7 @@ def run_worker(args: list[str], timeout: float) -> dict:
         res = {"error": f"worker failed (exit {proc.returncode})"}
     os.unlink(out)
     res["peak_rss_mb"] = round(peak / 2**20, 1)
+    res["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # machine load before/after (2 cores)
     return res
 
 

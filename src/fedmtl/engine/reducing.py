@@ -26,6 +26,11 @@ from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.seeding import generator
 from fedmtl.comm import PayloadError
 from fedmtl.fl.update import ClientUpdate
+from fedmtl.mtl import LOCAL
+
+
+def stacked_round(fed: object) -> int:
+    return int(getattr(fed, "_round", -1))
 
 log = logging.getLogger("fedmtl")
 
@@ -62,6 +67,7 @@ class ReducingFederation(Federation):
             return super().round(state)
         t0 = time.perf_counter()
         r = state.round
+        self._round = r
         cohort = self.cohort(r)
         rank, world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         mine = rank_slice(cohort, rank, world)
@@ -75,8 +81,10 @@ class ReducingFederation(Federation):
         counters = torch.zeros(2, dtype=torch.float64)  # bytes down, bytes up
         client_states: dict[int, object] = {}
         dropped: dict[int, str] = {}
-        for lo in range(0, len(mine), self.chunk_clients):
-            chunk = mine[lo : lo + self.chunk_clients]
+        fast = self._stacked_path()
+        step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
+        for lo in range(0, len(mine), step):
+            chunk = mine[lo : lo + step]
             starts, bytes_down = self.broadcast(state.params, chunk, r)
             counters[0] += bytes_down
             jobs = [
@@ -88,6 +96,10 @@ class ReducingFederation(Federation):
                 )
                 for cid, start in zip(chunk, starts)
             ]
+            stacked = self.engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None  # type: ignore[attr-defined]
+            if stacked is not None:
+                self._reduce_stacked(chunk, state.params, stacked, names_of, sums, wsum, tasks, loss_sum, loss_cnt, counters, client_states, dropped)
+                continue
             results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
             for cid, job, start, res in zip(chunk, jobs, starts, results):
                 update, cstate, nbytes, why = self._client_update(r, cid, job, start, res)
@@ -108,7 +120,7 @@ class ReducingFederation(Federation):
                     if f"loss/{t}" in update.metrics:
                         loss_sum[ti] += update.metrics[f"loss/{t}"]
                         loss_cnt[ti] += 1
-            del results, jobs, starts
+            del results, jobs, starts, stacked
         if self.distributed:
             flat = torch.cat([*sums.values(), wsum, loss_sum, loss_cnt, counters])
             on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
@@ -149,6 +161,85 @@ class ReducingFederation(Federation):
             seconds=time.perf_counter() - t0,
         )
         return ServerState(r + 1, params, opt_state, new_states), report
+
+    def _stacked_path(self) -> bool:
+        """Whether updates can be reduced straight from the engine's stacked parameters.
+
+        Needs an engine with ``run_stacked`` (the vectorised one) and identity links both ways (then a
+        client's start is the global model and the decoded update is exactly ``trained - global``), and
+        an algorithm that uploads every held, non-local parameter.
+        """
+        if not hasattr(self.engine, "run_stacked"):
+            return False
+        for link in (self.up, self.down):
+            codecs = getattr(link, "codecs", None)
+            if link.stateful or not codecs or any(getattr(c, "name", None) != "identity" for c in codecs):
+                return False
+        from fedmtl.fl.client import held_parameter_names
+
+        for client in {c.tasks: c for c in self.data.clients}.values():
+            held = [n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL]
+            if self.algorithm.uploaded_names(self.model, client) != held:
+                return False
+        return True
+
+    def _payload_bytes(self, tasks: tuple[str, ...], names: list[str]) -> int:
+        """Uplink bytes of a client with these tasks: identity payload sizes depend only on names and shapes."""
+        cache = self.__dict__.setdefault("_bytes_cache", {})
+        if tasks not in cache:
+            payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
+            cache[tasks] = len(payload)
+        return cache[tasks]  # type: ignore[no-any-return]
+
+    def _reduce_stacked(self, chunk, params, stacked, names_of, sums, wsum, tasks, loss_sum, loss_cnt, counters, client_states, dropped):  # type: ignore[no-untyped-def]
+        """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
+        C = len(chunk)
+        clients = [self.data.clients[cid] for cid in chunk]
+        col = {t: i for i, t in enumerate(stacked.tasks)}
+        groups = []
+        for gi, (g, ns) in enumerate(names_of.items()):
+            if not ns:
+                continue
+            if g.startswith("task:"):
+                t = g[5:]
+                if t not in col:
+                    continue
+                holds = (stacked.held[:, col[t]] > 0).to(torch.float32)
+                w = torch.tensor([float(c.train.y[t].shape[0]) if t in c.tasks else 0.0 for c in clients])
+            else:
+                holds = torch.ones(C)
+                w = torch.tensor([float(c.num_train) for c in clients])
+            groups.append((gi, g, ns, w * holds))
+        # sum_c w_c (p_c - g) = sum_c w_c p_c - (sum_c w_c) g: one matrix-vector product per tensor, no delta copies
+        ok = torch.ones(C)
+        for _attempt in range(2):
+            partial = {}
+            for gi, g, ns, wc in groups:
+                wk = wc * ok
+                parts = [wk @ stacked.params[n].reshape(C, -1) - float(wk.sum()) * params[n].reshape(-1) for n in ns]
+                partial[g] = (gi, torch.cat(parts), float(wk.sum()))
+            if all(bool(torch.isfinite(v[1]).all()) for v in partial.values()):
+                break
+            # a non-finite update: find its client(s) exactly, drop them as the decoder would, and redo the sums
+            for gi, g, ns, wc in groups:
+                for n in ns:
+                    bad = ~torch.isfinite(stacked.params[n].reshape(C, -1)).all(1) & (wc > 0)
+                    ok[bad] = 0.0
+        for g, (gi, total, wtot) in partial.items():
+            sums[g] += total.double()
+            wsum[gi] += wtot
+        for c, cid in enumerate(chunk):
+            client_states[cid] = stacked.states[c]
+            counters[1] += self._payload_bytes(clients[c].tasks, [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks])
+            if ok[c] == 0:
+                dropped[cid] = "payload carries NaN or Inf"
+                log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", stacked_round(self), cid)
+        finite = ok > 0
+        for ti, t in enumerate(tasks):
+            if t in col:
+                m = (stacked.held[:, col[t]] > 0) & finite
+                loss_sum[ti] += float(stacked.loss_mean[m, col[t]].sum())
+                loss_cnt[ti] += float(m.sum())
 
     def _client_update(self, r: int, cid: int, job: CohortJob, start, res):  # type: ignore[no-untyped-def]
         """Delta, uplink encode/decode and weights of one client, as :meth:`Federation.round` does them."""

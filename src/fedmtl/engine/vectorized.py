@@ -294,7 +294,8 @@ class VectorizedEngine:
         chunk = self.chunk_clients or self._auto_chunk(trainer.model, trainer.cfg)
         for lo in range(0, len(batched), chunk):
             idx = batched[lo : lo + chunk]
-            out = _train_chunk(spec, trainer, [jobs[i] for i in idx], objectives)
+            sub = [jobs[i] for i in idx]
+            out = _train_chunk(spec, trainer, sub, objectives).unstack(trainer.model, sub)
             for i, r in zip(idx, out):
                 results[i] = r
         self.last_run = {"vectorized": len(batched), "sequential": len(seq)}
@@ -302,6 +303,29 @@ class VectorizedEngine:
             self._announced = True
             log.info("engine: vectorized (%d clients batched in chunks of %d, %d on the sequential fallback)", len(batched), chunk, len(seq))
         return results  # type: ignore[return-value]
+
+    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | None:
+        """Train ``jobs`` as one chunk and return the stacked result, or ``None`` if any job needs the fallback.
+
+        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
+        """
+        if self.unsupported(algorithm, trainer) is not None:
+            return None
+        objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
+        for job in jobs:
+            tasks = tuple(job.client.tasks)
+            if tasks not in objectives:
+                objectives[tasks] = build_objective(trainer.mtl_cfg, tasks)
+            if self._objective_unsupported(objectives[tasks]) is not None or job.state.get("local"):
+                return None
+        if not self._announced:
+            self._announced = True
+            log.info("engine: vectorized (stacked chunks of %d clients)", len(jobs))
+        self.last_run = {"vectorized": len(jobs), "sequential": 0}
+        return _train_chunk(mlp_spec(trainer.model), trainer, jobs, objectives)
+
+    def chunk_size(self, trainer: LocalTrainer) -> int:
+        return self.chunk_clients or self._auto_chunk(trainer.model, trainer.cfg)
 
     def _auto_chunk(self, model: nn.Module, cfg: object) -> int:
         """Clients per chunk so that parameters, gradients, optimiser state and activations fit the budget."""
@@ -344,7 +368,7 @@ def _plans(trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> tuple[Tensor, Te
 
 def _train_chunk(
     spec: MLPSpec, trainer: LocalTrainer, jobs: Sequence[CohortJob], objectives: dict[tuple[str, ...], MultiTaskObjective]
-) -> list[LocalResult]:
+) -> StackedResult:
     model = trainer.model
     C = len(jobs)
     all_tasks = [t for t in model.task_names if any(t in j.client.tasks for j in jobs)]
@@ -365,7 +389,7 @@ def _train_chunk(
     named = dict(model.named_parameters())
     layers = list(spec.trunk) + [lay for t in all_tasks for lay in spec.heads[t]]
     names = [n for lay in layers for n in (lay.weight, lay.bias) if n is not None]
-    params = {n: torch.stack([j.start[n] if n in j.start else named[n].detach() for j in jobs]).contiguous() for n in names}
+    params = {n: _stack_start(jobs, n, named[n]) for n in names}
     head_of = {n: t for t in all_tasks for lay in spec.heads[t] for n in (lay.weight, lay.bias) if n is not None}
 
     # loss weights: constant [C, T] table, or a per-client balancer call each step
@@ -477,17 +501,48 @@ def _train_chunk(
             act = active * task_active[head_of[name]] if name in head_of else active
             opt.update(name, params[name], gr, act)
 
-    results = []
     steps = steps_per_client.tolist()
-    for c, job in enumerate(jobs):
-        tasks = list(job.client.tasks)
-        keep = held_parameter_names(model, tasks)
-        trained = {k: params[k][c].clone() for k in keep}
-        metrics = {f"loss/{t}": float(loss_sums[c, task_col[t]]) / max(steps[c], 1) for t in tasks}
-        metrics["steps"] = float(steps[c])
-        ostate: TensorTree = {"balancer": states[c]["balancer"], "step": torch.tensor(states[c]["step"] + steps[c])}
-        results.append(LocalResult(trained, metrics, {"objective": ostate}))
-    return results
+    loss_mean = loss_sums / torch.tensor([max(n, 1) for n in steps], dtype=torch.float64).unsqueeze(1)
+    new_states: list[TensorTree] = [
+        {"objective": {"balancer": st["balancer"], "step": torch.tensor(st["step"] + n)}} for st, n in zip(states, steps)  # type: ignore[dict-item]
+    ]
+    return StackedResult(params, all_tasks, held, loss_mean, steps, new_states)
+
+
+@dataclass
+class StackedResult:
+    """A chunk's results, still stacked: ``params[name][c]`` is client ``c``'s trained value.
+
+    Heads of tasks a client does not hold (``held[c, t] == 0``) hold placeholder values, never trained.
+    """
+
+    params: dict[str, Tensor]
+    tasks: list[str]
+    held: Tensor
+    loss_mean: Tensor
+    steps: list[int]
+    states: list[TensorTree]
+
+    def unstack(self, model: MultiTaskModel, jobs: Sequence[CohortJob]) -> list[LocalResult]:
+        """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""
+        col = {t: i for i, t in enumerate(self.tasks)}
+        out = []
+        for c, job in enumerate(jobs):
+            tasks = list(job.client.tasks)
+            trained = {k: self.params[k][c].clone() for k in held_parameter_names(model, tasks)}
+            metrics = {f"loss/{t}": float(self.loss_mean[c, col[t]]) for t in tasks}
+            metrics["steps"] = float(self.steps[c])
+            out.append(LocalResult(trained, metrics, self.states[c]))
+        return out
+
+
+def _stack_start(jobs: Sequence[CohortJob], name: str, default: Tensor) -> Tensor:
+    """``[C, ...]`` start values of one parameter; one broadcast copy when every client starts from the same tensor."""
+    vals = [j.start[name] if name in j.start else default.detach() for j in jobs]
+    first = vals[0]
+    if all(v is first for v in vals):
+        return first.unsqueeze(0).expand(len(vals), *first.shape).contiguous()
+    return torch.stack(vals)
 
 
 def _linear(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
