@@ -35,7 +35,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from _workload import SMOKE, W1, W2, W2_10K, Workload, init_params, iid_split, mnist1d  # noqa: E402
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
-SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "bare-pytorch", "flower"]
+# fedmtl-vectorized: vectorised engine + ReducingFederation (streamed, stacked reduction);
+# fedmtl-vectorized-plainround: vectorised engine under the plain Federation round (per-client encode/decode)
+SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "fedmtl-vectorized-plainround", "bare-pytorch", "flower"]
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -343,8 +345,8 @@ def worker_main(ns: argparse.Namespace) -> None:
         elif ns.worker == "flower":
             res = worker_flower(w, ns.data, ns.threads)
         else:
-            engine = ns.worker.split("-", 1)[1]
-            res = worker_fedmtl(w, data, ns.threads, engine, ns.streaming)
+            engine = ns.worker.split("-")[1]
+            res = worker_fedmtl(w, data, ns.threads, engine, ns.worker == "fedmtl-vectorized")
     Path(ns.result).write_text(json.dumps(res))
 
 
@@ -415,8 +417,6 @@ def main() -> None:
         rows = {}
         for s in systems:
             args = [s, "--workload", name, "--data", path, "--threads", str(ns.threads)]
-            if s == "fedmtl-vectorized" and w.num_clients > 1000:
-                args.append("--streaming")  # the plain round keeps every update in memory: O(cohort x params)
             print(f"[{name}] {s} ...", flush=True)
             rows[s] = run_worker(args, ns.timeout)
             print(f"    {rows[s]}", flush=True)

@@ -124,3 +124,22 @@ def test_build_engine_and_default_config() -> None:
     assert DefaultEngine is VectorizedCfg
     engine = build_engine(VectorizedCfg(chunk_clients=7))
     assert isinstance(engine, VectorizedEngine) and engine.chunk_clients == 7 and engine.name == "vectorized"
+
+
+def test_reducing_round_drops_non_finite_updates_like_the_plain_round() -> None:
+    from fedmtl.fl.federation import Federation
+
+    cfg, data = setup(["client.optimizer.lr=1e38", "client.epochs=3"])
+    plain, rp = run(cfg, data, SequentialEngine(), rounds=1, federation_cls=Federation)
+    red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
+    assert rp[0].dropped.keys() == rr[0].dropped.keys() and rp[0].dropped
+    assert max_diff(plain.params, red.params) < TOL
+
+
+def test_make_federation_picks_the_reducing_round() -> None:
+    from fedmtl.engine import make_federation
+    from fedmtl.mtl import build_model
+
+    cfg, data = setup(["engine.name=vectorized"])
+    fed = make_federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks))
+    assert isinstance(fed, ReducingFederation) and fed.engine.name == "vectorized" and not fed.distributed

@@ -22,4 +22,24 @@ def build_engine(cfg: object) -> Engine:
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
 
-__all__ = ["CohortJob", "Engine", "SequentialEngine", "VectorizedEngine", "build_engine"]
+
+def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
+    """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
+
+    * ``vectorized`` / ``sequential``: :class:`~fedmtl.engine.reducing.ReducingFederation` (the plain round's
+      steps, streamed in chunks; bounded memory; stacked reduction with the vectorised engine).
+    * ``distributed``: joins torchrun's process group and returns a ReducingFederation over this rank's
+      slice, with one all-reduce per round (all-gather for non-mean aggregators).
+    """
+    from fedmtl.config import engine as ecfg
+    from fedmtl.engine.reducing import ReducingFederation
+
+    if isinstance(cfg.engine, ecfg.DistributedEngine):
+        from fedmtl.engine.distributed import init_distributed
+
+        _, world = init_distributed(cfg.engine.backend)
+        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local), distributed=world > 1)
+    return ReducingFederation(cfg, data, model, build_engine(cfg.engine))
+
+
+__all__ = ["CohortJob", "Engine", "SequentialEngine", "VectorizedEngine", "build_engine", "make_federation"]
