@@ -443,7 +443,7 @@ def main() -> None:
         out["sweep"] = sweep
         Path(ns.out).write_text(json.dumps(out, indent=2))
         tables.append(_sweep_table(sweep))
-        _plot(sweep, ns.plot)
+        _plot(sweep, ns.plot, ns.threads)
     print("\n\n".join(tables))
 
 
@@ -457,7 +457,7 @@ def _sweep_table(sweep: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _plot(sweep: list[dict], path: str) -> None:
+def _plot(sweep: list[dict], path: str, threads: int = 2) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,7 +485,7 @@ def _plot(sweep: list[dict], path: str) -> None:
         y0 = ref[-1]["round_seconds"][-1] / ref[-1]["clients"]
         a1.plot(xs, y0 * xs, ":", color="grey", label="linear in clients")
     a1.legend(fontsize=8)
-    fig.suptitle("fedmtl: cost of one round vs clients per round (MNIST-1D MLP 40-256-256-10, 2 threads)")
+    fig.suptitle(f"fedmtl: cost of one round vs clients per round (MNIST-1D MLP 40-256-256-10, {threads} thread(s))")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
