@@ -47,7 +47,9 @@ def iid_split(n: int, num_clients: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(perm, num_clients)]
 
 
-def init_params(hidden: tuple[int, ...], in_dim: int = 40, out_dim: int = 10, seed: int = 0) -> list[torch.Tensor]:
+def init_params(
+    hidden: tuple[int, ...], in_dim: int = 40, out_dim: int = 10, seed: int = 0
+) -> list[torch.Tensor]:
     """The same starting MLP for every system: torch's default Linear init under ``seed``."""
     torch.manual_seed(seed)
     dims = [in_dim, *hidden, out_dim]

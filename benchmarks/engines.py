@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _workload import SMOKE, W1, W2, W2_10K, Workload, init_params, iid_split, mnist1d  # noqa: E402
+from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, mnist1d  # noqa: E402
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
 # fedmtl-vectorized: vectorised engine + ReducingFederation (streamed, stacked reduction);
@@ -69,7 +69,9 @@ def run_worker(args: list[str], timeout: float) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src"), "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", *args, "--result", out], env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--worker", *args, "--result", out], env=env, start_new_session=True
+    )
     peak = 0
     load_before = os.getloadavg()[0]
     done = threading.Event()
@@ -100,7 +102,10 @@ def run_worker(args: list[str], timeout: float) -> dict:
         res = {"error": f"worker failed (exit {proc.returncode})"}
     os.unlink(out)
     res["peak_rss_mb"] = round(peak / 2**20, 1)
-    res["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # machine load before/after (2 cores)
+    res["load_avg_1min"] = [
+        round(load_before, 2),
+        round(os.getloadavg()[0], 2),
+    ]  # machine load before/after (2 cores)
     return res
 
 
@@ -163,7 +168,9 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
     return {"seconds": seconds, "accuracy": _accuracy(glob, data["x_test"], data["y_test"])}
 
 
-def _fedmtl_setup(w: Workload, data: dict, engine: str, tasks: tuple[str, ...] = ("digit",), clients: int | None = None):
+def _fedmtl_setup(
+    w: Workload, data: dict, engine: str, tasks: tuple[str, ...] = ("digit",), clients: int | None = None
+):
     """fedmtl objects for a workload, from the shared arrays (same split and initial model as the others)."""
     import torch
 
@@ -175,15 +182,20 @@ def _fedmtl_setup(w: Workload, data: dict, engine: str, tasks: tuple[str, ...] =
     n_clients = clients or w.num_clients
     x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
     targets = {"digit": y, "parity": (y % 2).float()}
-    task_objs = tuple(Task("digit", "multiclass", 10) if t == "digit" else Task("parity", "binary") for t in tasks)
+    task_objs = tuple(
+        Task("digit", "multiclass", 10) if t == "digit" else Task("parity", "binary") for t in tasks
+    )
     parts = iid_split(len(x), w.num_clients)[:n_clients]
     empty = Split(torch.empty(0, x.shape[1]), {t: targets[t][:0] for t in tasks})
     clients_ = tuple(
-        ClientData(cid, tasks, Split(x[rows], {t: targets[t][rows] for t in tasks}), empty) for cid, rows in enumerate(map(torch.from_numpy, parts))
+        ClientData(cid, tasks, Split(x[rows], {t: targets[t][rows] for t in tasks}), empty)
+        for cid, rows in enumerate(map(torch.from_numpy, parts))
     )
     yt = torch.from_numpy(data["y_test"])
     holdout = Split(torch.from_numpy(data["x_test"]), {"digit": yt, "parity": (yt % 2).float()})
-    fed_data = FederatedData(task_objs, (x.shape[1],), clients_, Split(holdout.x, {t: holdout.y[t] for t in tasks}))
+    fed_data = FederatedData(
+        task_objs, (x.shape[1],), clients_, Split(holdout.x, {t: holdout.y[t] for t in tasks})
+    )
     cfg = load_config(
         None,
         [
@@ -206,7 +218,9 @@ def _fedmtl_setup(w: Workload, data: dict, engine: str, tasks: tuple[str, ...] =
 
 def _fedmtl_init(model, w: Workload) -> dict:
     """The shared initial MLP under fedmtl's parameter names (trunk layers, then the digit head)."""
-    names = [n for n, _ in model.named_parameters() if not n.startswith("heads.") or n.startswith("heads.digit.")]
+    names = [
+        n for n, _ in model.named_parameters() if not n.startswith("heads.") or n.startswith("heads.digit.")
+    ]
     init = dict(zip(names, init_params(w.hidden)))
     return {n: init.get(n, p.detach().clone()) for n, p in model.named_parameters()}
 
@@ -222,7 +236,9 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     cfg, fed_data, model = _fedmtl_setup(w, data, engine)
     t0 = time.perf_counter()
     eng = build_engine(cfg.engine)
-    fed = ReducingFederation(cfg, fed_data, model, eng) if streaming else Federation(cfg, fed_data, model, eng)
+    fed = (
+        ReducingFederation(cfg, fed_data, model, eng) if streaming else Federation(cfg, fed_data, model, eng)
+    )
     state = fed.init_state()
     state.params = _fedmtl_init(model, w)
     per_round = []
@@ -232,8 +248,16 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
         per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
     p = state.params
-    layers = [p[n] for n, _ in model.named_parameters() if not n.startswith("heads.") or n.startswith("heads.digit.")]
-    return {"seconds": seconds, "round_seconds": per_round, "accuracy": _accuracy(layers, data["x_test"], data["y_test"])}
+    layers = [
+        p[n]
+        for n, _ in model.named_parameters()
+        if not n.startswith("heads.") or n.startswith("heads.digit.")
+    ]
+    return {
+        "seconds": seconds,
+        "round_seconds": per_round,
+        "accuracy": _accuracy(layers, data["x_test"], data["y_test"]),
+    }
 
 
 def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
@@ -264,7 +288,11 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
             cache = _CACHE  # type: ignore[name-defined]
         except NameError:
             d = _load(data_path)
-            cache = _CACHE = (torch.from_numpy(d["x"]), torch.from_numpy(d["y"]), iid_split(len(d["x"]), w.num_clients))
+            cache = _CACHE = (
+                torch.from_numpy(d["x"]),
+                torch.from_numpy(d["y"]),
+                iid_split(len(d["x"]), w.num_clients),
+            )
         x, y, parts = cache
         pid = int(context.node_config["partition-id"])
         rows = torch.from_numpy(parts[pid])
@@ -285,7 +313,9 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(rows)})})
+        content = RecordDict(
+            {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(rows)})}
+        )
         return Message(content=content, reply_to=msg)
 
     server_app = ServerApp()
@@ -304,7 +334,10 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
         server_app=server_app,
         client_app=client_app,
         num_supernodes=w.num_clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": threads, "include_dashboard": False}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": threads, "include_dashboard": False},
+        },
     )
     seconds = time.perf_counter() - t0
     sd = torch.load(result_path)
@@ -313,7 +346,9 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
     return {"seconds": seconds, "accuracy": _accuracy(layers, data["x_test"], data["y_test"])}
 
 
-def worker_sweep(clients: int, data: dict, threads: int, engine: str, tasks: tuple[str, ...], rounds: int) -> dict:
+def worker_sweep(
+    clients: int, data: dict, threads: int, engine: str, tasks: tuple[str, ...], rounds: int
+) -> dict:
     """Seconds per round and accuracy of the streaming fedmtl round at ``clients`` clients per round."""
     import torch
 
@@ -353,26 +388,39 @@ def worker_main(ns: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------- driver
 def _ratio_table(name: str, rows: dict[str, dict]) -> str:
     systems = [s for s in rows if "seconds" in rows[s]]
-    head = "| system | train s | peak MiB (all procs) | accuracy | " + " | ".join(f"× vs {s}" for s in systems) + " |"
+    head = (
+        "| system | train s | peak MiB (all procs) | accuracy | "
+        + " | ".join(f"× vs {s}" for s in systems)
+        + " |"
+    )
     sep = "|" + "---|" * (4 + len(systems))
     lines = [f"**{name}**", "", head, sep]
     for s, r in rows.items():
         if "seconds" not in r:
-            lines.append(f"| {s} | {r.get('error', 'failed')} | {r.get('peak_rss_mb', '')} | | " + " | " * len(systems))
+            lines.append(
+                f"| {s} | {r.get('error', 'failed')} | {r.get('peak_rss_mb', '')} | | " + " | " * len(systems)
+            )
             continue
         ratios = " | ".join(f"{rows[o]['seconds'] / r['seconds']:.2f}" for o in systems)
-        lines.append(f"| {s} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {100 * r['accuracy']:.1f} % | {ratios} |")
+        lines.append(
+            f"| {s} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {100 * r['accuracy']:.1f} % | {ratios} |"
+        )
     accs = [r["accuracy"] for r in rows.values() if "accuracy" in r]
     if accs:
         spread = 100 * (max(accs) - min(accs))
         lines.append("")
-        lines.append(f"accuracy spread {spread:.2f} points: " + ("comparison valid (≤ 1 point)" if spread <= 1.0 else "COMPARISON VOID (> 1 point)"))
+        lines.append(
+            f"accuracy spread {spread:.2f} points: "
+            + ("comparison valid (≤ 1 point)" if spread <= 1.0 else "COMPARISON VOID (> 1 point)")
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="W1 with 4 rounds and W2 with 1,000 clients only; no sweep")
+    p.add_argument(
+        "--quick", action="store_true", help="W1 with 4 rounds and W2 with 1,000 clients only; no sweep"
+    )
     p.add_argument("--skip-flower", action="store_true")
     p.add_argument("--skip-sequential", action="store_true")
     p.add_argument("--skip-sweep", action="store_true")
@@ -399,7 +447,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fedmtl-bench-"))
     data_small = tmp / "mnist1d_12k.npz"
     np.savez(data_small, **mnist1d(12_000))
-    out: dict = {"machine": {"cores": os.cpu_count(), "threads": ns.threads, "note": "shared machine: other processes may have been running"}, "workloads": {}}
+    out: dict = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "threads": ns.threads,
+            "note": "shared machine: other processes may have been running",
+        },
+        "workloads": {},
+    }
     names = ["W1", "W2"] if ns.quick else ns.workloads.split(",")
     if ns.quick:
         WORKLOADS["W1"] = Workload("W1", num_clients=100, epochs=5, lr=0.3, rounds=4)
@@ -411,7 +466,12 @@ def main() -> None:
             data_big = tmp / "mnist1d_120k.npz"
             np.savez(data_big, **mnist1d(120_000))
         path = str(data_big if w.num_clients > 1000 else data_small)
-        systems = [s for s in SYSTEMS if not (ns.skip_flower and s == "flower") and not (ns.skip_sequential and s == "fedmtl-sequential")]
+        systems = [
+            s
+            for s in SYSTEMS
+            if not (ns.skip_flower and s == "flower")
+            and not (ns.skip_sequential and s == "fedmtl-sequential")
+        ]
         if w.num_clients > 1000:
             systems = ["fedmtl-vectorized"] + [s for s in systems if s in ("bare-pytorch",)]
         rows = {}
@@ -421,7 +481,11 @@ def main() -> None:
             rows[s] = run_worker(args, ns.timeout)
             print(f"    {rows[s]}", flush=True)
         out["workloads"][name] = {"workload": w.__dict__ | {"hidden": list(w.hidden)}, "results": rows}
-        tables.append(_ratio_table(f"{name}: {w.num_clients} clients, {w.epochs} epoch(s), lr {w.lr}, {w.rounds} rounds", rows))
+        tables.append(
+            _ratio_table(
+                f"{name}: {w.num_clients} clients, {w.epochs} epoch(s), lr {w.lr}, {w.rounds} rounds", rows
+            )
+        )
         Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
         Path(ns.out).write_text(json.dumps(out, indent=2))
 
@@ -436,7 +500,24 @@ def main() -> None:
                     if engine == "sequential" and n > 1000:
                         continue
                     print(f"[sweep] {engine} {tasks} {n} clients ...", flush=True)
-                    r = run_worker(["sweep", "--data", str(data_big), "--threads", str(ns.threads), "--clients", str(n), "--engine", engine, "--tasks", tasks, "--rounds", "2"], ns.timeout)
+                    r = run_worker(
+                        [
+                            "sweep",
+                            "--data",
+                            str(data_big),
+                            "--threads",
+                            str(ns.threads),
+                            "--clients",
+                            str(n),
+                            "--engine",
+                            engine,
+                            "--tasks",
+                            tasks,
+                            "--rounds",
+                            "2",
+                        ],
+                        ns.timeout,
+                    )
                     r.update({"clients": n, "engine": engine, "tasks": tasks})
                     print(f"    {r}", flush=True)
                     sweep.append(r)
@@ -448,8 +529,12 @@ def main() -> None:
 
 
 def _sweep_table(sweep: list[dict]) -> str:
-    lines = ["**Scale sweep** (1 local epoch, 9-10 samples per client, streaming round)", "",
-             "| engine | tasks | clients | s / round (1st, 2nd) | peak MiB |", "|---|---|---|---|---|"]
+    lines = [
+        "**Scale sweep** (1 local epoch, 9-10 samples per client, streaming round)",
+        "",
+        "| engine | tasks | clients | s / round (1st, 2nd) | peak MiB |",
+        "|---|---|---|---|---|",
+    ]
     for r in sweep:
         rs = r.get("round_seconds")
         cell = f"{rs[0]:.3f}, {rs[1]:.3f}" if rs else r.get("error", "failed")
@@ -466,7 +551,9 @@ def _plot(sweep: list[dict], path: str, threads: int = 2) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for engine in ("vectorized", "sequential"):
         for tasks, style in (("digit", "-o"), ("digit,parity", "--s")):
-            pts = [r for r in sweep if r["engine"] == engine and r["tasks"] == tasks and r.get("round_seconds")]
+            pts = [
+                r for r in sweep if r["engine"] == engine and r["tasks"] == tasks and r.get("round_seconds")
+            ]
             if not pts:
                 continue
             xs = [r["clients"] for r in pts]
@@ -474,18 +561,25 @@ def _plot(sweep: list[dict], path: str, threads: int = 2) -> None:
             a1.plot(xs, [r["round_seconds"][-1] for r in pts], style, label=label)
             a2.plot(xs, [r["peak_rss_mb"] for r in pts], style, label=label)
     xs = np.array([10, 10_000])
-    for ax, ylabel in ((a1, "seconds per round (2nd round)"), (a2, "peak resident memory, MiB (all processes)")):
+    for ax, ylabel in (
+        (a1, "seconds per round (2nd round)"),
+        (a2, "peak resident memory, MiB (all processes)"),
+    ):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("clients per round")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ref = [r for r in sweep if r["engine"] == "vectorized" and r["tasks"] == "digit" and r.get("round_seconds")]
+    ref = [
+        r for r in sweep if r["engine"] == "vectorized" and r["tasks"] == "digit" and r.get("round_seconds")
+    ]
     if ref:
         y0 = ref[-1]["round_seconds"][-1] / ref[-1]["clients"]
         a1.plot(xs, y0 * xs, ":", color="grey", label="linear in clients")
     a1.legend(fontsize=8)
-    fig.suptitle(f"fedmtl: cost of one round vs clients per round (MNIST-1D MLP 40-256-256-10, {threads} thread(s))")
+    fig.suptitle(
+        f"fedmtl: cost of one round vs clients per round (MNIST-1D MLP 40-256-256-10, {threads} thread(s))"
+    )
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

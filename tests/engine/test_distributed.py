@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import BASE, max_diff, run, setup
+
 from fedmtl.engine import SequentialEngine
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -26,15 +26,29 @@ def _free_port() -> int:
 
 def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "fedmtl.engine.distributed", "--rounds", str(ROUNDS), "--save", str(out), "--aggregate", aggregate,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "fedmtl.engine.distributed",
+        "--rounds",
+        str(ROUNDS),
+        "--save",
+        str(out),
+        "--aggregate",
+        aggregate,
     ]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     # a new session so that, on timeout or failure, the whole process group (torchrun and its ranks) is killed
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         log, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -50,9 +64,18 @@ def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "aggregate"),
     [
-        (["engine.name=distributed", "engine.local.name=vectorized", "data.task_assignment.name=random_subset",
-          "data.task_assignment.tasks_per_client=1"], "reduce"),
-        pytest.param(["engine.name=distributed", "engine.local.name=sequential"], "gather", marks=pytest.mark.slow),
+        (
+            [
+                "engine.name=distributed",
+                "engine.local.name=vectorized",
+                "data.task_assignment.name=random_subset",
+                "data.task_assignment.tasks_per_client=1",
+            ],
+            "reduce",
+        ),
+        pytest.param(
+            ["engine.name=distributed", "engine.local.name=sequential"], "gather", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_two_ranks_match_sequential(tmp_path: Path, extra: list[str], aggregate: str) -> None:
@@ -72,4 +95,3 @@ def test_rank_slices_cover_the_cohort_in_order() -> None:
         parts = [rank_slice(items, r, world) for r in range(world)]
         assert [x for p in parts for x in p] == items
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-

@@ -7,8 +7,8 @@ from functools import partial
 
 import pytest
 import torch
-
 from _helpers import max_diff, run, setup
+
 from fedmtl.config.engine import VectorizedEngine as VectorizedCfg
 from fedmtl.engine import SequentialEngine, VectorizedEngine, build_engine
 from fedmtl.engine.reducing import ReducingFederation
@@ -19,13 +19,20 @@ TOL = 1e-5
 CASES = {
     "single-task": ["data.source.tasks=[digit]"],
     "multi-task": [],
-    "task-heterogeneous": ["data.task_assignment.name=random_subset", "data.task_assignment.tasks_per_client=1",
-                           "data.source.tasks=[digit,parity,mod3]"],
+    "task-heterogeneous": [
+        "data.task_assignment.name=random_subset",
+        "data.task_assignment.tasks_per_client=1",
+        "data.source.tasks=[digit,parity,mod3]",
+    ],
     "momentum+wd": ["client.optimizer.momentum=0.9", "client.optimizer.weight_decay=0.01"],
     "adam": ["client.optimizer.name=adam", "client.optimizer.lr=0.01", "client.optimizer.weight_decay=0.001"],
     "clip": ["client.max_grad_norm=0.3"],
     "gelu+head-hidden": ["model.trunk.activation=gelu", "model.head_hidden=[8]"],
-    "tanh+static": ["model.trunk.activation=tanh", "mtl.balancer.name=static", "mtl.balancer.weights={digit: 0.3}"],
+    "tanh+static": [
+        "model.trunk.activation=tanh",
+        "mtl.balancer.name=static",
+        "mtl.balancer.weights={digit: 0.3}",
+    ],
     "batch>rows": ["client.batch_size=64", "client.epochs=1"],
 }
 
@@ -48,7 +55,12 @@ def test_matches_sequential(case: str) -> None:
 def test_chunks_and_streaming_round_match_sequential() -> None:
     cfg, data = setup(CASES["task-heterogeneous"])
     seq, _ = run(cfg, data, SequentialEngine())
-    vec, _ = run(cfg, data, VectorizedEngine(chunk_clients=2), federation_cls=partial(ReducingFederation, chunk_clients=3))
+    vec, _ = run(
+        cfg,
+        data,
+        VectorizedEngine(chunk_clients=2),
+        federation_cls=partial(ReducingFederation, chunk_clients=3),
+    )
     assert max_diff(seq.params, vec.params) < TOL
 
 
@@ -92,10 +104,16 @@ def test_stateful_random_loss_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
     vec, _ = run(cfg, data, VectorizedEngine())
     assert max_diff(seq.params, vec.params) < TOL
     for cid, st in seq.client_states.items():
-        assert torch.allclose(st["objective"]["balancer"]["ema"], vec.client_states[cid]["objective"]["balancer"]["ema"], atol=1e-5)
+        assert torch.allclose(
+            st["objective"]["balancer"]["ema"],
+            vec.client_states[cid]["objective"]["balancer"]["ema"],
+            atol=1e-5,
+        )
 
 
-def test_gradient_balancer_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_gradient_balancer_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     _patch_balancer(monkeypatch, _SharedDirection)
     cfg, data = setup()
     seq, _ = run(cfg, data, SequentialEngine(), rounds=2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -24,12 +24,13 @@ class VectorizedEngine(StrictModel):
 
     name: Literal["vectorized"] = "vectorized"
     chunk_clients: PositiveInt | None = Field(
-        default=None, description="Clients per batched computation (default: as many as memory_budget_mb allows)."
+        default=None,
+        description="Clients per batched computation (default: as many as memory_budget_mb allows).",
     )
     memory_budget_mb: PositiveInt = Field(default=512, description="Working memory of one chunk, in MiB.")
 
 
-LocalEngine = Annotated[Union[SequentialEngine, VectorizedEngine], Field(discriminator="name")]
+LocalEngine = Annotated[SequentialEngine | VectorizedEngine, Field(discriminator="name")]
 
 
 class DistributedEngine(StrictModel):
@@ -40,11 +41,15 @@ class DistributedEngine(StrictModel):
     """
 
     name: Literal["distributed"] = "distributed"
-    local: LocalEngine = Field(default_factory=VectorizedEngine, description="The engine each rank runs on its slice.")
-    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl with CUDA, gloo otherwise.")
+    local: LocalEngine = Field(
+        default_factory=VectorizedEngine, description="The engine each rank runs on its slice."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="auto: nccl with CUDA, gloo otherwise."
+    )
 
 
-Engine = Annotated[Union[VectorizedEngine, SequentialEngine, DistributedEngine], Field(discriminator="name")]
+Engine = Annotated[VectorizedEngine | SequentialEngine | DistributedEngine, Field(discriminator="name")]
 
 #: The engine an experiment uses when its config names none (the vectorised one, with automatic fallback).
 DefaultEngine = VectorizedEngine
@@ -53,4 +58,6 @@ DefaultEngine = VectorizedEngine
 class RuntimeConfig(StrictModel):
     """Process-level settings."""
 
-    threads: PositiveInt | None = Field(default=None, description="torch threads (default: torch's own choice).")
+    threads: PositiveInt | None = Field(
+        default=None, description="torch threads (default: torch's own choice)."
+    )

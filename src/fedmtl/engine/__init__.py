@@ -22,7 +22,6 @@ def build_engine(cfg: object) -> Engine:
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
 
-
 def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
     """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
 

@@ -62,7 +62,9 @@ class DistributedEngine:
         self.local = local
         self.backend = backend
 
-    def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
+    def run_cohort(
+        self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> list[LocalResult]:
         rank, world = init_distributed(self.backend)
         if world == 1:
             return self.local.run_cohort(algorithm, trainer, jobs)
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     engine_cfg = cfg.engine
     backend = getattr(engine_cfg, "backend", "auto")
     rank, world = init_distributed(backend)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s"
+    )
     local_cfg = getattr(engine_cfg, "local", engine_cfg)
     data = build_federated_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.tasks)
@@ -115,11 +119,21 @@ def main(argv: list[str] | None = None) -> None:
         fed: Federation = Federation(cfg, data, model, DistributedEngine(local_engine, backend))
     else:
         fed = ReducingFederation(cfg, data, model, local_engine, distributed=world > 1)
-    log.info("engine: distributed (%d ranks, backend %s, local engine %s)", world, dist.get_backend() if world > 1 else "-", local_cfg.name)
+    log.info(
+        "engine: distributed (%d ranks, backend %s, local engine %s)",
+        world,
+        dist.get_backend() if world > 1 else "-",
+        local_cfg.name,
+    )
     state = fed.init_state()
     for _ in range(args.rounds or cfg.server.rounds):
         state, rep = fed.round(state)
-        log.info("round %d: %.3fs, train loss %s", rep.round, rep.seconds, {k: round(v, 4) for k, v in rep.train_loss.items()})
+        log.info(
+            "round %d: %.3fs, train loss %s",
+            rep.round,
+            rep.seconds,
+            {k: round(v, 4) for k, v in rep.train_loss.items()},
+        )
     if rank == 0 and args.save:
         torch.save(state.params, args.save)
     if world > 1:

@@ -20,17 +20,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fedmtl.comm import PayloadError
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.seeding import generator
-from fedmtl.comm import PayloadError
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL
 
 
 def stacked_round(fed: object) -> int:
     return int(getattr(fed, "_round", -1))
+
 
 log = logging.getLogger("fedmtl")
 
@@ -52,7 +53,9 @@ class ReducingFederation(Federation):
             the same global model and the same client states.
     """
 
-    def __init__(self, cfg, data, model, engine: Engine, chunk_clients: int = 1024, distributed: bool = False):  # type: ignore[no-untyped-def]
+    def __init__(
+        self, cfg, data, model, engine: Engine, chunk_clients: int = 1024, distributed: bool = False
+    ):  # type: ignore[no-untyped-def]
         super().__init__(cfg, data, model, engine)
         self.chunk_clients = chunk_clients
         self.distributed = distributed and dist.is_available() and dist.is_initialized()
@@ -98,7 +101,20 @@ class ReducingFederation(Federation):
             ]
             stacked = self.engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None  # type: ignore[attr-defined]
             if stacked is not None:
-                self._reduce_stacked(chunk, state.params, stacked, names_of, sums, wsum, tasks, loss_sum, loss_cnt, counters, client_states, dropped)
+                self._reduce_stacked(
+                    chunk,
+                    state.params,
+                    stacked,
+                    names_of,
+                    sums,
+                    wsum,
+                    tasks,
+                    loss_sum,
+                    loss_cnt,
+                    counters,
+                    client_states,
+                    dropped,
+                )
                 continue
             results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
             for cid, job, start, res in zip(chunk, jobs, starts, results):
@@ -178,7 +194,9 @@ class ReducingFederation(Federation):
         from fedmtl.fl.client import held_parameter_names
 
         for client in {c.tasks: c for c in self.data.clients}.values():
-            held = [n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL]
+            held = [
+                n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL
+            ]
             if self.algorithm.uploaded_names(self.model, client) != held:
                 return False
         return True
@@ -191,7 +209,21 @@ class ReducingFederation(Federation):
             cache[tasks] = len(payload)
         return cache[tasks]  # type: ignore[no-any-return]
 
-    def _reduce_stacked(self, chunk, params, stacked, names_of, sums, wsum, tasks, loss_sum, loss_cnt, counters, client_states, dropped):  # type: ignore[no-untyped-def]
+    def _reduce_stacked(
+        self,
+        chunk,
+        params,
+        stacked,
+        names_of,
+        sums,
+        wsum,
+        tasks,
+        loss_sum,
+        loss_cnt,
+        counters,
+        client_states,
+        dropped,
+    ):  # type: ignore[no-untyped-def]
         """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
         C = len(chunk)
         clients = [self.data.clients[cid] for cid in chunk]
@@ -216,12 +248,15 @@ class ReducingFederation(Federation):
             partial = {}
             for gi, g, ns, wc in groups:
                 wk = wc * ok
-                parts = [wk @ stacked.params[n].reshape(C, -1) - float(wk.sum()) * params[n].reshape(-1) for n in ns]
+                parts = [
+                    wk @ stacked.params[n].reshape(C, -1) - float(wk.sum()) * params[n].reshape(-1)
+                    for n in ns
+                ]
                 partial[g] = (gi, torch.cat(parts), float(wk.sum()))
             if all(bool(torch.isfinite(v[1]).all()) for v in partial.values()):
                 break
             # a non-finite update: find its client(s) exactly, drop them as the decoder would, and redo the sums
-            for gi, g, ns, wc in groups:
+            for _gi, _g, ns, wc in groups:
                 for n in ns:
                     bad = ~torch.isfinite(stacked.params[n].reshape(C, -1)).all(1) & (wc > 0)
                     ok[bad] = 0.0
@@ -230,10 +265,17 @@ class ReducingFederation(Federation):
             wsum[gi] += wtot
         for c, cid in enumerate(chunk):
             client_states[cid] = stacked.states[c]
-            counters[1] += self._payload_bytes(clients[c].tasks, [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks])
+            counters[1] += self._payload_bytes(
+                clients[c].tasks,
+                [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks],
+            )
             if ok[c] == 0:
                 dropped[cid] = "payload carries NaN or Inf"
-                log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", stacked_round(self), cid)
+                log.warning(
+                    "round %d: dropped client %d's update: payload carries NaN or Inf",
+                    stacked_round(self),
+                    cid,
+                )
         finite = ok > 0
         for ti, t in enumerate(tasks):
             if t in col:
@@ -247,7 +289,9 @@ class ReducingFederation(Federation):
         names = self.algorithm.uploaded_names(self.model, client)
         delta = {n: res.params[n] - start[n] for n in names}
         cstate = dict(res.state)
-        payload, codec_state = self.up.encode(delta, cstate.get("codec", {}), generator(self.cfg.seed, "codec", r, cid))
+        payload, codec_state = self.up.encode(
+            delta, cstate.get("codec", {}), generator(self.cfg.seed, "codec", r, cid)
+        )
         if self.up.stateful:
             cstate["codec"] = codec_state
         try:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedmtl.fl.cohort import CohortJob
 from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.cohort import CohortJob
 
 
 class SequentialEngine:
     name = "sequential"
 
-    def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
+    def run_cohort(
+        self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> list[LocalResult]:
         return [algorithm.local_train(trainer, j.start, j.client, j.state, j.generator) for j in jobs]

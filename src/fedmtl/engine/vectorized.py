@@ -83,7 +83,9 @@ def _layers(seq: nn.Module, prefix: str) -> tuple[Layer, ...]:
                 raise _Unsupported(f"module {prefix}{mods[i + 1][0]} ({type(nxt).__name__})")
             act = _ACTS[type(nxt)]
             i += 1
-        out.append(Layer(f"{prefix}{name}.weight", f"{prefix}{name}.bias" if m.bias is not None else None, act))
+        out.append(
+            Layer(f"{prefix}{name}.weight", f"{prefix}{name}.bias" if m.bias is not None else None, act)
+        )
         i += 1
     return tuple(out)
 
@@ -127,7 +129,9 @@ def _act_bwd(kind: str | None, grad: Tensor, pre: Tensor, post: Tensor) -> Tenso
     return grad.mul_(cdf + pre * pdf)
 
 
-def _loss_and_grad(kind: str, logits: Tensor, y: Tensor, mask: Tensor, inv_n: Tensor) -> tuple[Tensor, Tensor]:
+def _loss_and_grad(
+    kind: str, logits: Tensor, y: Tensor, mask: Tensor, inv_n: Tensor
+) -> tuple[Tensor, Tensor]:
     """Per-client mean loss over real rows ``[C]`` and its gradient w.r.t. ``logits`` ``[C, B, K]``.
 
     ``mask [C, B]`` marks real rows, ``inv_n [C]`` is one over their count (0 where none).
@@ -223,7 +227,9 @@ class VectorizedEngine:
 
     name = "vectorized"
 
-    def __init__(self, chunk_clients: int | None = None, memory_budget_mb: int = 512, fallback: object | None = None):
+    def __init__(
+        self, chunk_clients: int | None = None, memory_budget_mb: int = 512, fallback: object | None = None
+    ):
         from fedmtl.engine.sequential import SequentialEngine
 
         self.chunk_clients = chunk_clients
@@ -263,10 +269,15 @@ class VectorizedEngine:
     def _warn(self, feature: str) -> None:
         if feature not in self._warned:
             self._warned.add(feature)
-            log.warning("vectorized engine: %s cannot be vectorised; those clients run on the sequential engine", feature)
+            log.warning(
+                "vectorized engine: %s cannot be vectorised; those clients run on the sequential engine",
+                feature,
+            )
 
     # -- the protocol -------------------------------------------------------------------------
-    def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
+    def run_cohort(
+        self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> list[LocalResult]:
         reason = self.unsupported(algorithm, trainer)
         if reason is not None:
             self._warn(reason)
@@ -301,10 +312,17 @@ class VectorizedEngine:
         self.last_run = {"vectorized": len(batched), "sequential": len(seq)}
         if not self._announced:
             self._announced = True
-            log.info("engine: vectorized (%d clients batched in chunks of %d, %d on the sequential fallback)", len(batched), chunk, len(seq))
+            log.info(
+                "engine: vectorized (%d clients batched in chunks of %d, %d on the sequential fallback)",
+                len(batched),
+                chunk,
+                len(seq),
+            )
         return results  # type: ignore[return-value]
 
-    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | None:
+    def run_stacked(
+        self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> StackedResult | None:
         """Train ``jobs`` as one chunk and return the stacked result, or ``None`` if any job needs the fallback.
 
         For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
@@ -338,7 +356,9 @@ class VectorizedEngine:
 
 
 # ------------------------------------------------------------------------------------ chunk trainer
-def _plans(trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> tuple[Tensor, Tensor, Tensor, list[list[int]]]:
+def _plans(
+    trainer: LocalTrainer, jobs: Sequence[CohortJob]
+) -> tuple[Tensor, Tensor, Tensor, list[list[int]]]:
     """Each client's batch plan as padded global row indices ``[S, C, B]``, a row mask, and epochs.
 
     Rows index the concatenation of the chunk's training sets plus one trailing zero row (padding).
@@ -367,7 +387,10 @@ def _plans(trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> tuple[Tensor, Te
 
 
 def _train_chunk(
-    spec: MLPSpec, trainer: LocalTrainer, jobs: Sequence[CohortJob], objectives: dict[tuple[str, ...], MultiTaskObjective]
+    spec: MLPSpec,
+    trainer: LocalTrainer,
+    jobs: Sequence[CohortJob],
+    objectives: dict[tuple[str, ...], MultiTaskObjective],
 ) -> StackedResult:
     model = trainer.model
     C = len(jobs)
@@ -378,11 +401,19 @@ def _train_chunk(
     S = index.shape[0]
 
     # data: concatenated rows (+ a zero row for padding), per task targets (zeros where a client lacks the task)
-    x_cat = torch.cat([j.client.train.x.reshape(len(j.client.train), -1) for j in jobs] + [torch.zeros(1, math.prod(jobs[0].client.train.x.shape[1:]))])
+    x_cat = torch.cat(
+        [j.client.train.x.reshape(len(j.client.train), -1) for j in jobs]
+        + [torch.zeros(1, math.prod(jobs[0].client.train.x.shape[1:]))]
+    )
     y_cat = {}
     for t in all_tasks:
         dt = model.tasks[t].target_dtype()
-        parts = [j.client.train.y[t].reshape(-1).to(dt) if t in j.client.tasks else torch.zeros(len(j.client.train), dtype=dt) for j in jobs]
+        parts = [
+            j.client.train.y[t].reshape(-1).to(dt)
+            if t in j.client.tasks
+            else torch.zeros(len(j.client.train), dtype=dt)
+            for j in jobs
+        ]
         y_cat[t] = torch.cat(parts + [torch.zeros(1, dtype=dt)])
 
     # stacked parameters (held heads from the client's start; others are placeholders, never updated)
@@ -390,7 +421,9 @@ def _train_chunk(
     layers = list(spec.trunk) + [lay for t in all_tasks for lay in spec.heads[t]]
     names = [n for lay in layers for n in (lay.weight, lay.bias) if n is not None]
     params = {n: _stack_start(jobs, n, named[n]) for n in names}
-    head_of = {n: t for t in all_tasks for lay in spec.heads[t] for n in (lay.weight, lay.bias) if n is not None}
+    head_of = {
+        n: t for t in all_tasks for lay in spec.heads[t] for n in (lay.weight, lay.bias) if n is not None
+    }
 
     # loss weights: constant [C, T] table, or a per-client balancer call each step
     states = []
@@ -456,11 +489,18 @@ def _train_chunk(
                 obj = objectives[tuple(jobs[c].client.tasks)]
                 cols = [task_col[t] for t in obj.tasks]
                 bal, bstate = obj.balancer(
-                    BalanceInput(losses=loss_mat[c, cols].detach().clone(), grads=None, step=states[c]["step"] + s, generator=jobs[c].generator),
+                    BalanceInput(
+                        losses=loss_mat[c, cols].detach().clone(),
+                        grads=None,
+                        step=states[c]["step"] + s,
+                        generator=jobs[c].generator,
+                    ),
                     states[c]["balancer"],
                 )
                 if bal.shared_direction is not None:
-                    raise RuntimeError(f"balancer {type(obj.balancer).__name__} says requires='losses' but returned a shared direction")
+                    raise RuntimeError(
+                        f"balancer {type(obj.balancer).__name__} says requires='losses' but returned a shared direction"
+                    )
                 w[c, cols] = bal.weights.to(w.dtype)
                 states[c]["balancer"] = bstate
         # backward: heads (accumulating into dz), then trunk. Plain SGD without clipping updates each
@@ -504,7 +544,8 @@ def _train_chunk(
     steps = steps_per_client.tolist()
     loss_mean = loss_sums / torch.tensor([max(n, 1) for n in steps], dtype=torch.float64).unsqueeze(1)
     new_states: list[TensorTree] = [
-        {"objective": {"balancer": st["balancer"], "step": torch.tensor(st["step"] + n)}} for st, n in zip(states, steps)  # type: ignore[dict-item]
+        {"objective": {"balancer": st["balancer"], "step": torch.tensor(st["step"] + n)}}
+        for st, n in zip(states, steps)  # type: ignore[dict-item]
     ]
     return StackedResult(params, all_tasks, held, loss_mean, steps, new_states)
 
