@@ -420,7 +420,11 @@ def _train_chunk(
     named = dict(model.named_parameters())
     layers = list(spec.trunk) + [lay for t in all_tasks for lay in spec.heads[t]]
     names = [n for lay in layers for n in (lay.weight, lay.bias) if n is not None]
-    params = {n: _stack_start(jobs, n, named[n]) for n in names}
+    # with the fused SGD step a shared start stays a broadcast view until its first update writes the
+    # per-client copy (one pass instead of copy + update); other optimisers update in place from the start
+    lazy = trainer.cfg.max_grad_norm is None and isinstance(trainer.cfg.optimizer, SGD)
+    lazy = lazy and trainer.cfg.optimizer.momentum == 0 and trainer.cfg.optimizer.weight_decay == 0
+    params = {n: _stack_start(jobs, n, named[n], lazy) for n in names}
     head_of = {
         n: t for t in all_tasks for lay in spec.heads[t] for n in (lay.weight, lay.bias) if n is not None
     }
@@ -512,9 +516,17 @@ def _train_chunk(
         def layer_backward(lay: Layer, g: Tensor, inp: Tensor, need_input_grad: bool) -> Tensor | None:
             g_in = torch.bmm(g, params[lay.weight]) if need_input_grad else None
             if fused:
-                params[lay.weight].baddbmm_(g.transpose(1, 2), inp, alpha=-lr)
+                wt = params[lay.weight]
+                if wt.is_contiguous():
+                    wt.baddbmm_(g.transpose(1, 2), inp, alpha=-lr)
+                else:  # still the broadcast start: write the per-client copy and the update in one pass
+                    params[lay.weight] = torch.baddbmm(wt, g.transpose(1, 2), inp, alpha=-lr)
                 if lay.bias:
-                    params[lay.bias].sub_(g.sum(1), alpha=lr)
+                    bt = params[lay.bias]
+                    if bt.is_contiguous():
+                        bt.sub_(g.sum(1), alpha=lr)
+                    else:
+                        params[lay.bias] = bt - lr * g.sum(1)
             else:
                 grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)
                 if lay.bias:
@@ -577,12 +589,13 @@ class StackedResult:
         return out
 
 
-def _stack_start(jobs: Sequence[CohortJob], name: str, default: Tensor) -> Tensor:
+def _stack_start(jobs: Sequence[CohortJob], name: str, default: Tensor, lazy: bool = False) -> Tensor:
     """``[C, ...]`` start values of one parameter; one broadcast copy when every client starts from the same tensor."""
     vals = [j.start[name] if name in j.start else default.detach() for j in jobs]
     first = vals[0]
     if all(v is first for v in vals):
-        return first.unsqueeze(0).expand(len(vals), *first.shape).contiguous()
+        view = first.unsqueeze(0).expand(len(vals), *first.shape)
+        return view if lazy and len(vals) > 1 else view.contiguous()
     return torch.stack(vals)
 
 
