@@ -3,7 +3,7 @@
 Run as a script (not a test)::
 
     python benchmarks/engines.py                 # W1, W2 (1,000 and 10,000 clients), scale sweep, plot
-    python benchmarks/engines.py --quick         # W1 with 4 rounds, W2 with 1,000 clients, no sweep
+    python benchmarks/engines.py --quick         # smoke run: W1 with 4 rounds (accuracies not yet comparable), W2 1,000, no sweep
     python benchmarks/engines.py --skip-flower   # without the (slow) Flower baseline
 
 Every system runs in its own subprocess on the same data (generated once, before any timing) from the
@@ -17,6 +17,7 @@ Writes ``benchmarks/results/engines.json`` and prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -374,7 +375,7 @@ def worker_main(ns: argparse.Namespace) -> None:
     if ns.worker == "sweep":
         res = worker_sweep(ns.clients, data, ns.threads, ns.engine, tuple(ns.tasks.split(",")), ns.rounds)
     else:
-        w = WORKLOADS[ns.workload]
+        w = dataclasses.replace(WORKLOADS[ns.workload], rounds=ns.rounds)
         if ns.worker == "bare-pytorch":
             res = worker_bare(w, data, ns.threads)
         elif ns.worker == "flower":
@@ -476,7 +477,17 @@ def main() -> None:
             systems = ["fedmtl-vectorized"] + [s for s in systems if s in ("bare-pytorch",)]
         rows = {}
         for s in systems:
-            args = [s, "--workload", name, "--data", path, "--threads", str(ns.threads)]
+            args = [
+                s,
+                "--workload",
+                name,
+                "--data",
+                path,
+                "--threads",
+                str(ns.threads),
+                "--rounds",
+                str(w.rounds),
+            ]
             print(f"[{name}] {s} ...", flush=True)
             rows[s] = run_worker(args, ns.timeout)
             print(f"    {rows[s]}", flush=True)
