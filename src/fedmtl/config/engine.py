@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -15,10 +15,49 @@ class SequentialEngine(StrictModel):
     name: Literal["sequential"] = "sequential"
 
 
-Engine = Annotated[Union[SequentialEngine], Field(discriminator="name")]
+class VectorizedEngine(StrictModel):
+    """The whole cohort's local training as one batched computation (chunks of clients).
+
+    Falls back to the sequential engine, with one warning naming the feature, for what it cannot batch
+    (gradient-balancing balancers, non-vectorizable algorithms, models other than MLP hard sharing).
+    """
+
+    name: Literal["vectorized"] = "vectorized"
+    chunk_clients: PositiveInt | None = Field(
+        default=None,
+        description="Clients per batched computation (default: as many as memory_budget_mb allows).",
+    )
+    memory_budget_mb: PositiveInt = Field(default=512, description="Working memory of one chunk, in MiB.")
+
+
+LocalEngine = Annotated[SequentialEngine | VectorizedEngine, Field(discriminator="name")]
+
+
+class DistributedEngine(StrictModel):
+    """torch.distributed: each rank (launched by ``torchrun``) trains a slice of the cohort with ``local``.
+
+    The round's aggregate is a collective reduction (all-reduce of weighted sums) when the aggregator is
+    the weighted mean, and an all-gather of the decoded updates otherwise.
+    """
+
+    name: Literal["distributed"] = "distributed"
+    local: LocalEngine = Field(
+        default_factory=VectorizedEngine, description="The engine each rank runs on its slice."
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="auto: nccl with CUDA, gloo otherwise."
+    )
+
+
+Engine = Annotated[VectorizedEngine | SequentialEngine | DistributedEngine, Field(discriminator="name")]
+
+#: The engine an experiment uses when its config names none (the vectorised one, with automatic fallback).
+DefaultEngine = VectorizedEngine
 
 
 class RuntimeConfig(StrictModel):
     """Process-level settings."""
 
-    threads: PositiveInt | None = Field(default=None, description="torch threads (default: torch's own choice).")
+    threads: PositiveInt | None = Field(
+        default=None, description="torch threads (default: torch's own choice)."
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedmtl.engine.base import CohortJob, Engine
 from fedmtl.engine.sequential import SequentialEngine
+from fedmtl.engine.vectorized import VectorizedEngine
 
 
 def build_engine(cfg: object) -> Engine:
@@ -12,7 +13,32 @@ def build_engine(cfg: object) -> Engine:
 
     if isinstance(cfg, ecfg.SequentialEngine):
         return SequentialEngine()
+    if isinstance(cfg, ecfg.VectorizedEngine):
+        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb)
+    if isinstance(cfg, ecfg.DistributedEngine):
+        from fedmtl.engine.distributed import DistributedEngine
+
+        return DistributedEngine(local=build_engine(cfg.local), backend=cfg.backend)
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
 
-__all__ = ["CohortJob", "Engine", "SequentialEngine", "build_engine"]
+def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
+    """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
+
+    * ``vectorized`` / ``sequential``: :class:`~fedmtl.engine.reducing.ReducingFederation` (the plain round's
+      steps, streamed in chunks; bounded memory; stacked reduction with the vectorised engine).
+    * ``distributed``: joins torchrun's process group and returns a ReducingFederation over this rank's
+      slice, with one all-reduce per round (all-gather for non-mean aggregators).
+    """
+    from fedmtl.config import engine as ecfg
+    from fedmtl.engine.reducing import ReducingFederation
+
+    if isinstance(cfg.engine, ecfg.DistributedEngine):
+        from fedmtl.engine.distributed import init_distributed
+
+        _, world = init_distributed(cfg.engine.backend)
+        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local), distributed=world > 1)
+    return ReducingFederation(cfg, data, model, build_engine(cfg.engine))
+
+
+__all__ = ["CohortJob", "Engine", "SequentialEngine", "VectorizedEngine", "build_engine", "make_federation"]

@@ -12,5 +12,7 @@ from fedmtl.fl.cohort import CohortJob
 class SequentialEngine:
     name = "sequential"
 
-    def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
+    def run_cohort(
+        self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> list[LocalResult]:
         return [algorithm.local_train(trainer, j.start, j.client, j.state, j.generator) for j in jobs]

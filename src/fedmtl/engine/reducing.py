@@ -1,0 +1,303 @@
+"""A round that reduces updates as they are produced: bounded memory, and the torch.distributed collective.
+
+:class:`fedmtl.fl.federation.Federation` keeps every client's result, payload and decoded update of a
+round in memory, then stacks them per group: O(cohort x parameters). When the aggregator is the
+weighted mean, the aggregate is ``sum_i w_i u_i / sum_i w_i`` per group, and both sums can be
+accumulated one chunk of clients at a time and, across ``torchrun`` ranks, added with one
+``all_reduce``. :class:`ReducingFederation` does exactly that, with the same steps in the same order
+per client (broadcast, train, encode, decode, weigh) as the base round. Other aggregators (which
+need every update at once) use the base round: locally as it is, across ranks by all-gathering the
+decoded updates (:mod:`fedmtl.engine.distributed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from fedmtl.comm import PayloadError
+from fedmtl.fl.aggregation import weighted_mean
+from fedmtl.fl.cohort import CohortJob, Engine
+from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.seeding import generator
+from fedmtl.fl.update import ClientUpdate
+from fedmtl.mtl import LOCAL
+
+
+def stacked_round(fed: object) -> int:
+    return int(getattr(fed, "_round", -1))
+
+
+log = logging.getLogger("fedmtl")
+
+
+def rank_slice(items: Sequence[int], rank: int, world: int) -> list[int]:
+    """A contiguous, near-equal share of ``items`` for ``rank`` (the first ranks take one more)."""
+    q, r = divmod(len(items), world)
+    lo = rank * q + min(rank, r)
+    return list(items[lo : lo + q + (1 if rank < r else 0)])
+
+
+class ReducingFederation(Federation):
+    """:class:`Federation` whose round streams the cohort in chunks and reduces updates on the fly.
+
+    Args:
+        chunk_clients: clients trained, encoded and reduced at a time (bounds the round's memory).
+        distributed: when True (and torch.distributed is initialised), this process trains only its
+            rank's slice of the cohort and the sums are all-reduced; every rank ends the round with
+            the same global model and the same client states.
+    """
+
+    def __init__(
+        self, cfg, data, model, engine: Engine, chunk_clients: int = 1024, distributed: bool = False
+    ):  # type: ignore[no-untyped-def]
+        super().__init__(cfg, data, model, engine)
+        self.chunk_clients = chunk_clients
+        self.distributed = distributed and dist.is_available() and dist.is_initialized()
+        self.reduces = self.aggregator is weighted_mean
+
+    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
+        if not self.reduces:
+            if self.distributed:
+                from fedmtl.engine.distributed import gathered_round
+
+                return gathered_round(self, state)
+            return super().round(state)
+        t0 = time.perf_counter()
+        r = state.round
+        self._round = r
+        cohort = self.cohort(r)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
+        mine = rank_slice(cohort, rank, world)
+        names_of = {g: list(ns) for g, ns in self.groups.items()}
+        sizes = {g: sum(self.shapes[n].numel() for n in ns) for g, ns in names_of.items()}
+        sums = {g: torch.zeros(sizes[g], dtype=torch.float64) for g in names_of}
+        wsum = torch.zeros(len(names_of), dtype=torch.float64)
+        tasks = [t.name for t in self.data.tasks]
+        loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
+        loss_cnt = torch.zeros(len(tasks), dtype=torch.float64)
+        counters = torch.zeros(2, dtype=torch.float64)  # bytes down, bytes up
+        client_states: dict[int, object] = {}
+        dropped: dict[int, str] = {}
+        fast = self._stacked_path()
+        step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
+        for lo in range(0, len(mine), step):
+            chunk = mine[lo : lo + step]
+            starts, bytes_down = self.broadcast(state.params, chunk, r)
+            counters[0] += bytes_down
+            jobs = [
+                CohortJob(
+                    start={**state.params, **start},
+                    client=self.data.clients[cid],
+                    state=state.client_states.get(cid, {}),
+                    generator=generator(self.cfg.seed, "client", r, cid),
+                )
+                for cid, start in zip(chunk, starts)
+            ]
+            stacked = self.engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None  # type: ignore[attr-defined]
+            if stacked is not None:
+                self._reduce_stacked(
+                    chunk,
+                    state.params,
+                    stacked,
+                    names_of,
+                    sums,
+                    wsum,
+                    tasks,
+                    loss_sum,
+                    loss_cnt,
+                    counters,
+                    client_states,
+                    dropped,
+                )
+                continue
+            results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
+            for cid, job, start, res in zip(chunk, jobs, starts, results):
+                update, cstate, nbytes, why = self._client_update(r, cid, job, start, res)
+                client_states[cid] = cstate
+                counters[1] += nbytes
+                if update is None:
+                    dropped[cid] = why
+                    continue
+                for gi, (g, ns) in enumerate(names_of.items()):
+                    present = [n in update.delta for n in ns]
+                    if any(present) and not all(present):
+                        raise ValueError(f"clients [{cid}] sent only part of parameter group {g!r}")
+                    w = update.weight_for(g)
+                    if all(present) and ns and w > 0:
+                        sums[g] += w * torch.cat([update.delta[n].reshape(-1) for n in ns]).double()
+                        wsum[gi] += w
+                for ti, t in enumerate(tasks):
+                    if f"loss/{t}" in update.metrics:
+                        loss_sum[ti] += update.metrics[f"loss/{t}"]
+                        loss_cnt[ti] += 1
+            del results, jobs, starts, stacked
+        if self.distributed:
+            flat = torch.cat([*sums.values(), wsum, loss_sum, loss_cnt, counters])
+            on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+            flat = flat.cuda() if on_gpu else flat
+            dist.all_reduce(flat)  # one collective: every rank gets the cohort's sums
+            flat = flat.cpu()
+            parts = flat.split([*sizes.values(), len(wsum), len(tasks), len(tasks), 2])
+            sums = dict(zip(names_of, parts[: len(sizes)]))
+            wsum, loss_sum, loss_cnt, counters = parts[len(sizes) :]
+            gathered: list[object] = [None] * world
+            dist.all_gather_object(gathered, (client_states, dropped))
+            client_states, dropped = {}, {}
+            for cs, dr in gathered:  # type: ignore[misc]
+                client_states.update(cs)
+                dropped.update(dr)
+        aggregate: dict[str, Tensor] = {}
+        for gi, (g, ns) in enumerate(names_of.items()):
+            if wsum[gi] <= 0:
+                continue
+            flat_g = (sums[g] / wsum[gi]).to(torch.float32)
+            offset = 0
+            for n in ns:
+                k = self.shapes[n].numel()
+                aggregate[n] = flat_g[offset : offset + k].view(self.shapes[n])
+                offset += k
+        params, opt_state = state.params, state.opt_state
+        if aggregate:
+            params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
+        new_states = dict(state.client_states)
+        new_states.update(client_states)  # type: ignore[arg-type]
+        report = RoundReport(
+            round=r,
+            cohort=cohort,
+            dropped=dropped,
+            bytes_down=int(counters[0]),
+            bytes_up=int(counters[1]),
+            train_loss={t: float(loss_sum[i] / loss_cnt[i]) for i, t in enumerate(tasks) if loss_cnt[i] > 0},
+            seconds=time.perf_counter() - t0,
+        )
+        return ServerState(r + 1, params, opt_state, new_states), report
+
+    def _stacked_path(self) -> bool:
+        """Whether updates can be reduced straight from the engine's stacked parameters.
+
+        Needs an engine with ``run_stacked`` (the vectorised one) and identity links both ways (then a
+        client's start is the global model and the decoded update is exactly ``trained - global``), and
+        an algorithm that uploads every held, non-local parameter.
+        """
+        if not hasattr(self.engine, "run_stacked"):
+            return False
+        for link in (self.up, self.down):
+            codecs = getattr(link, "codecs", None)
+            if link.stateful or not codecs or any(getattr(c, "name", None) != "identity" for c in codecs):
+                return False
+        from fedmtl.fl.client import held_parameter_names
+
+        for client in {c.tasks: c for c in self.data.clients}.values():
+            held = [
+                n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL
+            ]
+            if self.algorithm.uploaded_names(self.model, client) != held:
+                return False
+        return True
+
+    def _payload_bytes(self, tasks: tuple[str, ...], names: list[str]) -> int:
+        """Uplink bytes of a client with these tasks: identity payload sizes depend only on names and shapes."""
+        cache = self.__dict__.setdefault("_bytes_cache", {})
+        if tasks not in cache:
+            payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
+            cache[tasks] = len(payload)
+        return cache[tasks]  # type: ignore[no-any-return]
+
+    def _reduce_stacked(
+        self,
+        chunk,
+        params,
+        stacked,
+        names_of,
+        sums,
+        wsum,
+        tasks,
+        loss_sum,
+        loss_cnt,
+        counters,
+        client_states,
+        dropped,
+    ):  # type: ignore[no-untyped-def]
+        """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
+        C = len(chunk)
+        clients = [self.data.clients[cid] for cid in chunk]
+        col = {t: i for i, t in enumerate(stacked.tasks)}
+        groups = []
+        for gi, (g, ns) in enumerate(names_of.items()):
+            if not ns:
+                continue
+            if g.startswith("task:"):
+                t = g[5:]
+                if t not in col:
+                    continue
+                holds = (stacked.held[:, col[t]] > 0).to(torch.float32)
+                w = torch.tensor([float(c.train.y[t].shape[0]) if t in c.tasks else 0.0 for c in clients])
+            else:
+                holds = torch.ones(C)
+                w = torch.tensor([float(c.num_train) for c in clients])
+            groups.append((gi, g, ns, w * holds))
+        # sum_c w_c (p_c - g) = sum_c w_c p_c - (sum_c w_c) g: one matrix-vector product per tensor, no delta copies
+        ok = torch.ones(C)
+        for _attempt in range(2):
+            partial = {}
+            for gi, g, ns, wc in groups:
+                wk = wc * ok
+                parts = [
+                    wk @ stacked.params[n].reshape(C, -1) - float(wk.sum()) * params[n].reshape(-1)
+                    for n in ns
+                ]
+                partial[g] = (gi, torch.cat(parts), float(wk.sum()))
+            if all(bool(torch.isfinite(v[1]).all()) for v in partial.values()):
+                break
+            # a non-finite update: find its client(s) exactly, drop them as the decoder would, and redo the sums
+            for _gi, _g, ns, wc in groups:
+                for n in ns:
+                    bad = ~torch.isfinite(stacked.params[n].reshape(C, -1)).all(1) & (wc > 0)
+                    ok[bad] = 0.0
+        for g, (gi, total, wtot) in partial.items():
+            sums[g] += total.double()
+            wsum[gi] += wtot
+        for c, cid in enumerate(chunk):
+            client_states[cid] = stacked.states[c]
+            counters[1] += self._payload_bytes(
+                clients[c].tasks,
+                [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks],
+            )
+            if ok[c] == 0:
+                dropped[cid] = "payload carries NaN or Inf"
+                log.warning(
+                    "round %d: dropped client %d's update: payload carries NaN or Inf",
+                    stacked_round(self),
+                    cid,
+                )
+        finite = ok > 0
+        for ti, t in enumerate(tasks):
+            if t in col:
+                m = (stacked.held[:, col[t]] > 0) & finite
+                loss_sum[ti] += float(stacked.loss_mean[m, col[t]].sum())
+                loss_cnt[ti] += float(m.sum())
+
+    def _client_update(self, r: int, cid: int, job: CohortJob, start, res):  # type: ignore[no-untyped-def]
+        """Delta, uplink encode/decode and weights of one client, as :meth:`Federation.round` does them."""
+        client = job.client
+        names = self.algorithm.uploaded_names(self.model, client)
+        delta = {n: res.params[n] - start[n] for n in names}
+        cstate = dict(res.state)
+        payload, codec_state = self.up.encode(
+            delta, cstate.get("codec", {}), generator(self.cfg.seed, "codec", r, cid)
+        )
+        if self.up.stateful:
+            cstate["codec"] = codec_state
+        try:
+            received = self.up.decode(payload, expected={n: self.shapes[n] for n in names})
+        except PayloadError as exc:
+            log.warning("round %d: dropped client %d's update: %s", r, cid, exc)
+            return None, cstate, len(payload), str(exc)
+        task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
+        return ClientUpdate(cid, received, client.num_train, task_rows, res.metrics), cstate, len(payload), ""

@@ -1,0 +1,163 @@
+"""The vectorised engine reproduces the sequential engine's global model (same seed, same batches)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import pytest
+import torch
+from _helpers import max_diff, run, setup
+
+from fedmtl.config.engine import VectorizedEngine as VectorizedCfg
+from fedmtl.engine import SequentialEngine, VectorizedEngine, build_engine
+from fedmtl.engine.reducing import ReducingFederation
+from fedmtl.mtl import Balance, MultiTaskObjective
+
+TOL = 1e-5
+
+CASES = {
+    "single-task": ["data.source.tasks=[digit]"],
+    "multi-task": [],
+    "task-heterogeneous": [
+        "data.task_assignment.name=random_subset",
+        "data.task_assignment.tasks_per_client=1",
+        "data.source.tasks=[digit,parity,mod3]",
+    ],
+    "momentum+wd": ["client.optimizer.momentum=0.9", "client.optimizer.weight_decay=0.01"],
+    "adam": ["client.optimizer.name=adam", "client.optimizer.lr=0.01", "client.optimizer.weight_decay=0.001"],
+    "clip": ["client.max_grad_norm=0.3"],
+    "gelu+head-hidden": ["model.trunk.activation=gelu", "model.head_hidden=[8]"],
+    "tanh+static": [
+        "model.trunk.activation=tanh",
+        "mtl.balancer.name=static",
+        "mtl.balancer.weights={digit: 0.3}",
+    ],
+    "batch>rows": ["client.batch_size=64", "client.epochs=1"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_sequential(case: str) -> None:
+    cfg, data = setup(CASES[case])
+    sizes = {len(c.train) for c in data.clients}
+    assert len(sizes) > 1, "clients should have unequal sizes (padded steps and partial batches)"
+    seq, rs = run(cfg, data, SequentialEngine())
+    vec, rv = run(cfg, data, VectorizedEngine())
+    assert max_diff(seq.params, vec.params) < TOL
+    for a, b in zip(rs, rv):
+        assert a.train_loss.keys() == b.train_loss.keys()
+        assert all(abs(a.train_loss[t] - b.train_loss[t]) < 1e-4 for t in a.train_loss)
+    for cid, st in seq.client_states.items():
+        assert int(st["objective"]["step"]) == int(vec.client_states[cid]["objective"]["step"])
+
+
+def test_chunks_and_streaming_round_match_sequential() -> None:
+    cfg, data = setup(CASES["task-heterogeneous"])
+    seq, _ = run(cfg, data, SequentialEngine())
+    vec, _ = run(
+        cfg,
+        data,
+        VectorizedEngine(chunk_clients=2),
+        federation_cls=partial(ReducingFederation, chunk_clients=3),
+    )
+    assert max_diff(seq.params, vec.params) < TOL
+
+
+class _RandomWeights:
+    """A stateful, random loss weighting (RLW-like, with an EMA in its state): exercises the per-client path."""
+
+    requires = "losses"
+
+    def init(self, num_tasks: int):
+        return {"ema": torch.zeros(num_tasks)}
+
+    def __call__(self, inp, state):
+        w = torch.softmax(torch.randn(inp.losses.shape, generator=inp.generator), 0) * len(inp.losses)
+        return Balance(weights=w), {"ema": 0.9 * state["ema"] + 0.1 * inp.losses}
+
+
+class _SharedDirection:
+    """A gradient-balancing balancer (mean of per-task shared gradients): cannot be vectorised."""
+
+    requires = "shared_grads"
+
+    def init(self, num_tasks: int):
+        return {}
+
+    def __call__(self, inp, state):
+        return Balance(weights=torch.ones_like(inp.losses), shared_direction=inp.grads.mean(0)), state
+
+
+def _patch_balancer(monkeypatch: pytest.MonkeyPatch, balancer_cls: type) -> None:
+    def build(cfg, tasks):  # noqa: ANN001, ANN202
+        return MultiTaskObjective(balancer_cls(), tasks)
+
+    monkeypatch.setattr("fedmtl.fl.client.build_objective", build)
+    monkeypatch.setattr("fedmtl.engine.vectorized.build_objective", build)
+
+
+def test_stateful_random_loss_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
+    _patch_balancer(monkeypatch, _RandomWeights)
+    cfg, data = setup(CASES["task-heterogeneous"])
+    seq, _ = run(cfg, data, SequentialEngine())
+    vec, _ = run(cfg, data, VectorizedEngine())
+    assert max_diff(seq.params, vec.params) < TOL
+    for cid, st in seq.client_states.items():
+        assert torch.allclose(
+            st["objective"]["balancer"]["ema"],
+            vec.client_states[cid]["objective"]["balancer"]["ema"],
+            atol=1e-5,
+        )
+
+
+def test_gradient_balancer_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _patch_balancer(monkeypatch, _SharedDirection)
+    cfg, data = setup()
+    seq, _ = run(cfg, data, SequentialEngine(), rounds=2)
+    engine = VectorizedEngine()
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        vec, _ = run(cfg, data, engine, rounds=2)
+    warnings = [r for r in caplog.records if "cannot be vectorised" in r.getMessage()]
+    assert len(warnings) == 1 and "_SharedDirection" in warnings[0].getMessage()
+    assert engine.last_run == {"vectorized": 0, "sequential": cfg.server.clients_per_round}
+    assert max_diff(seq.params, vec.params) == 0.0
+
+
+def test_unsupported_model_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    cfg, data = setup(["model.trunk.name=cnn1d", "model.trunk.channels=[4]", "model.trunk.hidden=8"])
+    engine = VectorizedEngine()
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        vec, _ = run(cfg, data, engine, rounds=2)
+    seq, _ = run(cfg, data, SequentialEngine(), rounds=2)
+    assert sum("CNN1DTrunk" in r.getMessage() for r in caplog.records) == 1
+    assert max_diff(seq.params, vec.params) == 0.0
+
+
+def test_build_engine_and_default_config() -> None:
+    from fedmtl.config.engine import DefaultEngine
+
+    assert DefaultEngine is VectorizedCfg
+    engine = build_engine(VectorizedCfg(chunk_clients=7))
+    assert isinstance(engine, VectorizedEngine) and engine.chunk_clients == 7 and engine.name == "vectorized"
+
+
+def test_reducing_round_drops_non_finite_updates_like_the_plain_round() -> None:
+    from fedmtl.fl.federation import Federation
+
+    cfg, data = setup(["client.optimizer.lr=1e38", "client.epochs=3"])
+    plain, rp = run(cfg, data, SequentialEngine(), rounds=1, federation_cls=Federation)
+    red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
+    assert rp[0].dropped.keys() == rr[0].dropped.keys() and rp[0].dropped
+    assert max_diff(plain.params, red.params) < TOL
+
+
+def test_make_federation_picks_the_reducing_round() -> None:
+    from fedmtl.engine import make_federation
+    from fedmtl.mtl import build_model
+
+    cfg, data = setup(["engine.name=vectorized"])
+    fed = make_federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks))
+    assert isinstance(fed, ReducingFederation) and fed.engine.name == "vectorized" and not fed.distributed
