@@ -8,7 +8,7 @@ from fedmtl.config.algorithm import Algorithm, FedAvgAlgorithm
 from fedmtl.config.base import StrictModel
 from fedmtl.config.comm import CommConfig
 from fedmtl.config.data import ArraysSource, DataConfig, TableSource
-from fedmtl.config.engine import Engine, RuntimeConfig, SequentialEngine
+from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
@@ -45,7 +45,7 @@ class ExperimentConfig(StrictModel):
     algorithm: Algorithm = Field(default_factory=FedAvgAlgorithm)
     comm: CommConfig = Field(default_factory=CommConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    engine: Engine = Field(default_factory=SequentialEngine)
+    engine: Engine = Field(default_factory=DefaultEngine)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

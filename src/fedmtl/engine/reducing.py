@@ -20,12 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fedmtl.comm import PayloadError
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.seeding import generator
-from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL
 
 
@@ -61,8 +59,25 @@ class ReducingFederation(Federation):
         self.distributed = distributed and dist.is_available() and dist.is_initialized()
         self.reduces = self.aggregator is weighted_mean
 
+    def streams(self) -> bool:
+        """Whether this round may stream and reduce: a weighted mean with nothing that needs every update.
+
+        Privacy (DP clipping, secure aggregation, DP-SGD's per-client epsilon), simulated attackers and algorithms with a server step
+        (SCAFFOLD, IFCA, FedEM, MOCHA) need the full round; they take :meth:`Federation.round`.
+        """
+        from fedmtl.fl.algorithm import FedAvg
+
+        return (
+            self.reduces
+            and self.privacy is None
+            and self.trainer.dp_sgd is None
+            and not self.byzantine
+            and type(self.algorithm).server_init is FedAvg.server_init
+            and type(self.algorithm).server_update is FedAvg.server_update
+        )
+
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
-        if not self.reduces:
+        if not self.streams():
             if self.distributed:
                 from fedmtl.engine.distributed import gathered_round
 
@@ -88,8 +103,9 @@ class ReducingFederation(Federation):
         step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
-            starts, bytes_down = self.broadcast(state.params, chunk, r)
-            counters[0] += bytes_down
+            plan = self.plan(state, chunk)
+            starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in chunk]
+            counters[0] += plan.bytes_down
             jobs = [
                 CohortJob(
                     start={**state.params, **start},
@@ -117,13 +133,15 @@ class ReducingFederation(Federation):
                 )
                 continue
             results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
+            replies = []
             for cid, job, start, res in zip(chunk, jobs, starts, results):
-                update, cstate, nbytes, why = self._client_update(r, cid, job, start, res)
-                client_states[cid] = cstate
-                counters[1] += nbytes
-                if update is None:
-                    dropped[cid] = why
-                    continue
+                reply, client_states[cid] = self.node.upload(start, res, job.client, r)
+                counters[1] += len(reply.payload)
+                replies.append(reply)
+            updates, bad = self.collect(replies)
+            dropped.update(bad)
+            for update in updates:
+                cid = update.client_id
                 for gi, (g, ns) in enumerate(names_of.items()):
                     present = [n in update.delta for n in ns]
                     if any(present) and not all(present):
@@ -136,7 +154,7 @@ class ReducingFederation(Federation):
                     if f"loss/{t}" in update.metrics:
                         loss_sum[ti] += update.metrics[f"loss/{t}"]
                         loss_cnt[ti] += 1
-            del results, jobs, starts, stacked
+            del results, jobs, starts, stacked, replies, updates
         if self.distributed:
             flat = torch.cat([*sums.values(), wsum, loss_sum, loss_cnt, counters])
             on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
@@ -282,22 +300,3 @@ class ReducingFederation(Federation):
                 m = (stacked.held[:, col[t]] > 0) & finite
                 loss_sum[ti] += float(stacked.loss_mean[m, col[t]].sum())
                 loss_cnt[ti] += float(m.sum())
-
-    def _client_update(self, r: int, cid: int, job: CohortJob, start, res):  # type: ignore[no-untyped-def]
-        """Delta, uplink encode/decode and weights of one client, as :meth:`Federation.round` does them."""
-        client = job.client
-        names = self.algorithm.uploaded_names(self.model, client)
-        delta = {n: res.params[n] - start[n] for n in names}
-        cstate = dict(res.state)
-        payload, codec_state = self.up.encode(
-            delta, cstate.get("codec", {}), generator(self.cfg.seed, "codec", r, cid)
-        )
-        if self.up.stateful:
-            cstate["codec"] = codec_state
-        try:
-            received = self.up.decode(payload, expected={n: self.shapes[n] for n in names})
-        except PayloadError as exc:
-            log.warning("round %d: dropped client %d's update: %s", r, cid, exc)
-            return None, cstate, len(payload), str(exc)
-        task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
-        return ClientUpdate(cid, received, client.num_train, task_rows, res.metrics), cstate, len(payload), ""

@@ -244,6 +244,8 @@ class VectorizedEngine:
         """Why this cohort cannot be batched (the feature's name), or ``None`` when it can."""
         if not getattr(algorithm, "vectorizable", False):
             return f"algorithm {getattr(algorithm, 'name', type(algorithm).__name__)!r} is not vectorizable"
+        if getattr(trainer, "dp_sgd", None) is not None:
+            return "sample-level DP-SGD (privacy.dp_sgd)"
         scheme = getattr(trainer.mtl_cfg.scheme, "name", "?")
         if scheme != "weighted_sum":
             return f"joint-optimisation scheme {scheme!r}"
@@ -515,7 +517,7 @@ def _train_chunk(
 
         def layer_backward(lay: Layer, g: Tensor, inp: Tensor, need_input_grad: bool) -> Tensor | None:
             g_in = torch.bmm(g, params[lay.weight]) if need_input_grad else None
-            if fused:
+            if fused:  # noqa: B023 - called within the iteration that defines it
                 wt = params[lay.weight]
                 if wt.is_contiguous():
                     wt.baddbmm_(g.transpose(1, 2), inp, alpha=-lr)
@@ -528,9 +530,9 @@ def _train_chunk(
                     else:
                         params[lay.bias] = bt - lr * g.sum(1)
             else:
-                grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)
+                grads[lay.weight] = torch.bmm(g.transpose(1, 2), inp)  # noqa: B023
                 if lay.bias:
-                    grads[lay.bias] = g.sum(1)
+                    grads[lay.bias] = g.sum(1)  # noqa: B023
             return g_in
 
         dz = None

@@ -20,7 +20,7 @@ import yaml
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
-from fedmtl.engine import build_engine
+from fedmtl.engine import make_federation
 from fedmtl.experiment.checkpoint import CheckpointError, load_latest, save_checkpoint
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
@@ -114,8 +114,10 @@ class Experiment:
         run_dir = self._run_dir(resume)
         data = self.data
         model = build_model(cfg.model, data.input_shape, data.tasks)
-        engine = build_engine(cfg.engine)
-        fed = Federation(cfg, data, model, engine)
+        fed = make_federation(cfg, data, model)
+        engine = fed.engine
+        # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
+        writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         metrics = MetricsLog(run_dir / "metrics.jsonl")
         if resume is not None and (run_dir / "checkpoints").exists():
             state, meta = load_latest(run_dir)
@@ -130,7 +132,7 @@ class Experiment:
         log.info("engine: %s; %d clients, cohort %d, %d rounds", engine.name, data.num_clients, fed.cohort_size, cfg.server.rounds)
 
         bar = None
-        if progress:
+        if progress and writes:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.server.rounds, initial=min(state.round, cfg.server.rounds), desc="rounds", unit="round", dynamic_ncols=True)
@@ -147,8 +149,10 @@ class Experiment:
                 record = self._record(fed, state, report)
                 elapsed += time.perf_counter() - t0
                 record["elapsed"] = elapsed
-                metrics.append(record)
-                if state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds or not fed.can_run_round(state):
+                if writes:
+                    metrics.append(record)
+                due = state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds
+                if writes and (due or not fed.can_run_round(state)):
                     save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
                 if bar is not None:
                     if record.get("global") is not None:
@@ -163,6 +167,8 @@ class Experiment:
                 bar.close()
         history = metrics.read()
         summary = self._summary(fed, state, history, engine.name, elapsed)
+        if not writes:
+            return Results(run_dir, summary, history, state.params)
         if stopped:
             summary["stopped_early"] = stopped
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -185,6 +191,9 @@ class Experiment:
             "round_seconds": report.seconds,
             "engine": engine_name,
         }
+        last_run = getattr(fed.engine, "last_run", None)
+        if last_run:
+            record["engine_clients"] = dict(last_run)
         if report.privacy:
             record["privacy"] = report.privacy
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
