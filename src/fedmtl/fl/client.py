@@ -88,12 +88,12 @@ def _add_grad(named: Mapping[str, torch.nn.Parameter], names: Sequence[str], ter
 
 
 def finish_local(
-    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, float], steps: int, state: TensorTree
+    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, Tensor | float], steps: int, state: TensorTree
 ) -> LocalResult:
     """The result of local training: trained values, mean losses, and the next state (with local parameters)."""
     named = dict(model.named_parameters())
     trained = {n: named[n].detach().clone() for n in names}
-    metrics = {f"loss/{t}": s / max(steps, 1) for t, s in loss_sums.items()}
+    metrics = {f"loss/{t}": float(s) / max(steps, 1) for t, s in loss_sums.items()}
     metrics["steps"] = float(steps)
     new_state = dict(state)
     local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
@@ -156,7 +156,7 @@ class LocalTrainer:
         opt = make_optimizer(self.cfg.optimizer, params)
         objective = build_objective(self.mtl_cfg, tasks)
         ostate = state.get("objective") or objective.init()
-        loss_sums = dict.fromkeys(tasks, 0.0)
+        loss_sums: dict[str, Tensor | float] = dict.fromkeys(tasks, 0.0)
         steps = 0
         model.train()
         x_all, y_all = client.train.x, client.train.y
@@ -168,7 +168,7 @@ class LocalTrainer:
                 preds = model(x_all[idx], tasks)
                 losses = {t: model.tasks[t].loss(preds[t], y_all[t][idx]) for t in tasks}
                 opt.zero_grad(set_to_none=True)
-                ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch)  # type: ignore[arg-type]
+                ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch, want_log=False)
                 if prox is not None and not prox.implicit:
                     _add_grad(named, pulled, lambda n: prox.weight_of(n) * (named[n].detach() - prox.center[n]))
                 if self.cfg.max_grad_norm is not None:
@@ -182,6 +182,6 @@ class LocalTrainer:
                             shrink = self.cfg.optimizer.lr * prox.weight_of(n)
                             named[n].add_(prox.center[n], alpha=shrink).div_(1.0 + shrink)
                 for t in tasks:
-                    loss_sums[t] += float(losses[t].detach())
+                    loss_sums[t] += losses[t].detach()  # a tensor sum: no device sync per step
                 steps += 1
         return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]

@@ -125,6 +125,19 @@ class MultiTaskObjective:
         self.grad_source: GradSource = source
         self.jacobian_mode: JacobianMode = jacobian_mode
         self._layout: tuple[tuple[int, ...], list[bool]] | None = None
+        self._fixed = self._fixed_weights()
+
+    def _fixed_weights(self) -> list[float] | None:
+        """The task weights when they never change (equal or static weights, weighted-sum scheme), else None."""
+        from fedmtl.mtl.balancers.weighting import EqualWeighting, StaticWeighting
+
+        if not isinstance(self.scheme, WeightedSum):
+            return None
+        if isinstance(self.balancer, EqualWeighting):
+            return [1.0] * len(self.tasks)
+        if isinstance(self.balancer, StaticWeighting):
+            return [float(w) for w in self.balancer.weights]
+        return None
 
     def _shared_mask(self, model: MultiTaskModel, params: list[torch.nn.Parameter]) -> list[bool]:
         """Which of ``params`` are shared; cached per parameter list (a model's groups do not change)."""
@@ -148,6 +161,7 @@ class MultiTaskObjective:
         state: TensorTree,
         generator: torch.Generator | None = None,
         epoch: int = 0,
+        want_log: bool = True,
     ) -> tuple[TensorTree, dict[str, float]]:
         """Accumulate this step's gradients into ``.grad`` and return the next state and a log.
 
@@ -157,10 +171,19 @@ class MultiTaskObjective:
             state: the objective's state (balancer and scheme states, step counter).
             generator: randomness for stochastic balancers.
             epoch: the local epoch (per-epoch alternation, DWA).
+            want_log: False skips the per-step log (each entry is a device sync); with fixed weights
+                the step is then one plain ``backward()`` of the weighted sum, the hot path of FedAvg.
         """
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise KeyError(f"objective expects losses for {missing}; got {sorted(losses)}")
+        if not want_log and self._fixed is not None:
+            total = sum(w * losses[t] for w, t in zip(self._fixed, self.tasks))
+            penalty = model.penalty()
+            if penalty is not None:
+                total = total + penalty
+            total.backward()  # type: ignore[union-attr]
+            return {**state, "step": state["step"] + 1}, {}
         loss_vec = torch.stack([losses[t] for t in self.tasks])
         step = int(state["step"])  # type: ignore[arg-type]
         log: dict[str, float] = {f"loss/{t}": float(loss_vec[i].detach()) for i, t in enumerate(self.tasks)}
