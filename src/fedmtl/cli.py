@@ -37,6 +37,10 @@ def _demo_config_path() -> Path:
 
 
 def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return  # under torchrun, rank 0 speaks for the run
     table = Table(title=f"fedmtl · {results.run_dir}")
     table.add_column("what")
     table.add_column("value", justify="right")

@@ -115,7 +115,6 @@ class Experiment:
         data = self.data
         model = build_model(cfg.model, data.input_shape, data.tasks)
         fed = make_federation(cfg, data, model)
-        engine = fed.engine
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -129,7 +128,7 @@ class Experiment:
             metrics.truncate_after(0)
             elapsed = 0.0
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        log.info("engine: %s; %d clients, cohort %d, %d rounds", engine.name, data.num_clients, fed.cohort_size, cfg.server.rounds)
+        log.info("engine: %s; %d clients, cohort %d, %d rounds", engine_label(fed), data.num_clients, fed.cohort_size, cfg.server.rounds)
 
         bar = None
         if progress and writes:
@@ -166,7 +165,7 @@ class Experiment:
             if bar is not None:
                 bar.close()
         history = metrics.read()
-        summary = self._summary(fed, state, history, engine.name, elapsed)
+        summary = self._summary(fed, state, history, engine_label(fed), elapsed)
         if not writes:
             return Results(run_dir, summary, history, state.params)
         if stopped:
@@ -180,7 +179,7 @@ class Experiment:
 
     def _record(self, fed: Federation, state: ServerState, report: RoundReport) -> dict[str, Any]:
         cfg = self.config
-        engine_name = fed.engine.name if fed.engine is not None else "none"
+        engine_name = engine_label(fed)
         record: dict[str, Any] = {
             "round": state.round,
             "cohort_size": len(report.cohort),
@@ -236,6 +235,14 @@ class Experiment:
             "data": fed.data.summary(),
             "seed": self.config.seed,
         }
+
+
+def engine_label(fed: Federation) -> str:
+    """The engine's name, with the torchrun world size when ranks share the cohort."""
+    name = fed.engine.name if fed.engine is not None else "none"
+    if getattr(fed, "distributed", False):
+        return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
+    return name
 
 
 def render_report(run_dir: str | Path) -> Path:
