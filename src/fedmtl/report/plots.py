@@ -49,17 +49,18 @@ def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
         return None
     xs = [r["round"] for r in records]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label in (("bytes_down", "downlink"), ("bytes_up", "uplink")):
+    for key, label, style in (("bytes_down", "downlink", "-"), ("bytes_up", "uplink", "--")):
         ys = [r.get(key, 0) / 1e6 for r in records]
-        a1.plot(xs, ys, marker="o", ms=3, label=label)
+        a1.plot(xs, ys, linestyle=style, marker="o", ms=3, label=label)
         total, cum = 0.0, []
         for y in ys:
             total += y
             cum.append(total)
-        a2.plot(xs, cum, label=label)
+        a2.plot(xs, cum, linestyle=style, label=label)
     a1.set_title("MB per round")
     a2.set_title("MB cumulative")
     for a in (a1, a2):
+        a.set_ylim(0, a.get_ylim()[1] * 1.15)  # from zero: a flat line near its mean is not a trend
         a.set_xlabel("round")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
