@@ -26,7 +26,7 @@ from fedmtl.atomic import atomic_write
 from fedmtl.config import ExperimentConfig, config_from_dict
 from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import build_algorithm
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, build_algorithm
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
@@ -129,6 +129,9 @@ def make_client_app() -> ClientApp:
             if msgs.STATE in context.state.array_records
             else {}
         )
+        server_state = msgs.read_server_state(message.content)
+        if server_state:  # as Federation.client_view: the algorithm's server state for this round
+            state = {**state, SERVER_KEY: server_state}
         received = node.receive(payload, part.client)
         start = {
             **initial_parameters(model, cfg.seed),
@@ -136,8 +139,10 @@ def make_client_app() -> ClientApp:
         }  # as the simulation: global values for what is not sent
         result = node.train(start, part.client, state, round_index)
         reply, new_state = node.upload(start, result, part.client, round_index)
-        context.state[msgs.STATE] = msgs.tree_to_record(new_state)
-        return Message(msgs.reply_content(reply), reply_to=message)
+        outbox = new_state.get(OUTBOX_KEY)
+        kept = {k: v for k, v in new_state.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
+        context.state[msgs.STATE] = msgs.tree_to_record(kept)
+        return Message(msgs.reply_content(reply, outbox), reply_to=message)
 
     return app
 

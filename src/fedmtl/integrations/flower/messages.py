@@ -22,6 +22,9 @@ META = "fedmtl.meta"
 METRICS = "fedmtl.metrics"
 CONFIG = "fedmtl.config"
 STATE = "fedmtl.client-state"
+SERVER_STATE = "fedmtl.server-state"  # the algorithm's server state for the client (SCAFFOLD's c, IFCA's clusters)
+OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step (SCAFFOLD's delta c)
+EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
 
 
 class MessageFormatError(ValueError):
@@ -51,11 +54,17 @@ def tree_from_record(record: ArrayRecord) -> TensorTree:
     return unflatten({k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()})
 
 
-def train_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
-    """What the server sends a client for one round."""
-    return RecordDict(
+def train_content(
+    payload: bytes, round_index: int, client_id: int, server_state: Mapping[str, object] | None = None
+) -> RecordDict:
+    """What the server sends a client for one round; ``server_state`` (when not empty) is the algorithm's
+    server state for that client, carried as a second ArrayRecord in float32/int as stored (not through the codecs)."""
+    content = RecordDict(
         {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
     )
+    if server_state:
+        content[SERVER_STATE] = tree_to_record(server_state)
+    return content
 
 
 def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
@@ -65,8 +74,28 @@ def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
     return payload_from_record(content.array_records[PAYLOAD]), int(meta["round"]), int(meta["client-id"])  # type: ignore[arg-type]
 
 
-def reply_content(reply: ClientReply) -> RecordDict:
-    """A client's reply: its encoded update, the weights the server aggregates with, its metrics."""
+def read_server_state(content: RecordDict) -> TensorTree:
+    """The algorithm's server state a train message carries ({} when it carries none)."""
+    record = content.array_records.get(SERVER_STATE)
+    return tree_from_record(record) if record is not None else {}
+
+
+def read_outbox(content: RecordDict) -> TensorTree | None:
+    """A reply's extra uploads for the algorithm's server step (None when it carries none)."""
+    record = content.array_records.get(OUTBOX)
+    return tree_from_record(record) if record is not None else None
+
+
+def tree_bytes(tree: Mapping[str, object] | None) -> int:
+    """Bytes of a tensor tree's values (what a state/outbox record carries, without framing)."""
+    if not tree:
+        return 0
+    return sum(t.numel() * t.element_size() for t in flatten(tree).values())
+
+
+def reply_content(reply: ClientReply, outbox: Mapping[str, object] | None = None) -> RecordDict:
+    """A client's reply: its encoded update, the weights the server aggregates with, its metrics, and
+    (for algorithms with a server step that needs them) its extra uploads as a second ArrayRecord."""
     meta = ConfigRecord(
         {
             "client-id": reply.client_id,
@@ -74,13 +103,16 @@ def reply_content(reply: ClientReply) -> RecordDict:
             "task-samples": json.dumps(reply.task_samples),
         }
     )
-    return RecordDict(
+    content = RecordDict(
         {
             PAYLOAD: payload_record(reply.payload),
             META: meta,
             METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()}),
         }
     )
+    if outbox is not None:
+        content[OUTBOX] = tree_to_record(outbox)
+    return content
 
 
 def read_reply_content(content: RecordDict) -> ClientReply:
