@@ -217,3 +217,37 @@ def test_deployment_refuses_what_it_cannot_carry():
         check_deployable(fed_for({"privacy": {"secure_aggregation": {}}}))
     # algorithms with server state are carried now (the train message holds the state, the reply the outbox)
     check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "fedper"}, {"name": "scaffold"}], ids=["fedper", "scaffold"])
+def test_personalised_evaluation_on_the_nodes_matches_the_simulation(tmp_path, algorithm):
+    cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0, evaluation={"personalized": True})
+    sim = _simulate(cfg)
+    grid = _grid()
+    _, summary, _ = _run(tmp_path, grid, cfg=cfg)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert [m.metadata.message_type for m in grid.sent].count("evaluate") == 3 * 3  # every node, every round
+    for h, s in zip(history, sim.history, strict=True):
+        assert set(h["personalized"]) == set(s["personalized"])
+        assert h["personalized"]["per_task"] == pytest.approx(s["personalized"]["per_task"], abs=1e-6)
+        for key in ("mean", "worst10"):
+            assert h["personalized"][key] == pytest.approx(s["personalized"][key], abs=1e-6)
+        assert h["personalized_evaluation"]["missing"] == {}
+        assert h["personalized_evaluation"]["wire_bytes_up"] > 0
+    final, sim_final = summary["final_personalized"], sim.summary["final_personalized"]
+    assert final["mean"] == pytest.approx(sim_final["mean"], abs=1e-6)
+    assert final["per_task"] == pytest.approx(sim_final["per_task"], abs=1e-6)
+    assert json.loads((tmp_path / "flower" / "clients.json").read_text())[0]["client"] == 0
+
+
+def test_a_node_that_fails_evaluation_is_left_out_of_the_personalised_block(tmp_path):
+    cfg = _config(tmp_path, evaluation={"personalized": True})
+    grid = _grid({103: "raise"})
+    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=30.0)
+    _, summary, _ = _run(tmp_path, grid, cfg=cfg, settings=settings)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    for h in history:
+        assert "injected failure" in h["personalized_evaluation"]["missing"]["2"]
+        assert set(h["personalized"]["per_task"]) == {"digit", "parity"}  # client 0 still reports parity
+    rows = json.loads((tmp_path / "flower" / "clients.json").read_text())
+    assert [r["client"] for r in rows] == [0, 1]

@@ -96,7 +96,7 @@ def _cache_dir(context: Context) -> str | None:
 
 
 def make_client_app() -> ClientApp:
-    """The fedmtl ClientApp (handles ``query`` = registration and ``train``)."""
+    """The fedmtl ClientApp (handles ``query`` = registration, ``train`` and ``evaluate`` = personalised evaluation)."""
     app = ClientApp()
 
     @app.query()
@@ -143,6 +143,34 @@ def make_client_app() -> ClientApp:
         kept = {k: v for k, v in new_state.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
         context.state[msgs.STATE] = msgs.tree_to_record(kept)
         return Message(msgs.reply_content(reply, outbox), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
+        from fedmtl.experiment.evaluation import personal_metric_sums
+
+        cfg = _config(context)
+        if cfg.runtime.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.runtime.threads)
+        payload, _, client_id = msgs.read_train_content(message.content)
+        pid = partition_id(context, cfg)
+        if client_id != pid:
+            raise ValueError(f"message for client {client_id} reached the node of client {pid}")
+        part = load_partition(cfg, pid, _cache_dir(context))
+        model = build_model(cfg.model, part.input_shape, part.tasks)
+        node = build_node(cfg, model)
+        state = (
+            msgs.tree_from_record(context.state.array_records[msgs.STATE])
+            if msgs.STATE in context.state.array_records
+            else {}
+        )
+        params = {**initial_parameters(model, cfg.seed), **node.receive(payload, part.client)}
+        sums = personal_metric_sums(
+            model, node.algorithm, params, part.client, state, cfg.evaluation.batch_size
+        )
+        return Message(msgs.evaluate_reply(pid, sums), reply_to=message)
 
     return app
 

@@ -129,6 +129,29 @@ def read_reply_content(content: RecordDict) -> ClientReply:
     )
 
 
+def evaluate_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
+    """The personalised-evaluation request: the global parameters the client holds, as a train message carries them."""
+    return train_content(payload, round_index, client_id)
+
+
+def evaluate_reply(client_id: int, sums: Mapping[str, Mapping[str, float]]) -> RecordDict:
+    """A node's personalised-evaluation answer: additive metric sums per task (``task/statistic`` keys)."""
+    flat = {f"{t}/{k}": float(v) for t, stats in sums.items() for k, v in stats.items()}
+    return RecordDict({META: ConfigRecord({"client-id": client_id}), EVAL: MetricRecord(flat)})
+
+
+def read_evaluate_reply(content: RecordDict) -> tuple[int, dict[str, dict[str, float]]]:
+    if META not in content.config_records or EVAL not in content.metric_records:
+        raise MessageFormatError("evaluation reply lacks its meta or metric-sums record")
+    sums: dict[str, dict[str, float]] = {}
+    for key, value in content.metric_records[EVAL].items():
+        task, sep, stat = key.rpartition("/")
+        if not sep:
+            raise MessageFormatError(f"metric-sums key {key!r} is not 'task/statistic'")
+        sums.setdefault(task, {})[stat] = float(value)  # type: ignore[arg-type]
+    return int(content.config_records[META]["client-id"]), sums  # type: ignore[arg-type]
+
+
 def register_content(experiment_json: str) -> RecordDict:
     """The registration query: the resolved experiment config every node builds its side from."""
     return RecordDict({CONFIG: ConfigRecord({"experiment": experiment_json})})
@@ -160,6 +183,12 @@ def wire_bytes(message: Message) -> int:
 
 __all__ = [
     "MessageFormatError",
+    "evaluate_content",
+    "evaluate_reply",
+    "read_evaluate_reply",
+    "read_outbox",
+    "read_server_state",
+    "tree_bytes",
     "payload_from_record",
     "payload_record",
     "read_registration",

@@ -31,7 +31,7 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.experiment.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from fedmtl.experiment.evaluation import evaluate_global
+from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
@@ -411,6 +411,51 @@ class FlowerServer:
             f"fix the nodes and submit the run again to resume."
         )
 
+    # -- personalised evaluation --------------------------------------------------------------
+    def evaluate_personalized(self, state: ServerState) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        """Ask every online client to evaluate its personalised model on its test split; aggregate their sums.
+
+        Returns the ``personalized`` block (as the simulation's), the per-client rows and what happened
+        (clients that did not answer, wire bytes). A client that fails is left out of the block, not fatal.
+        """
+        online = self._online()
+        clients = sorted(online)
+        plan = self.fed.plan(state, clients)
+        contents = {online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c) for c in clients}
+        ex = exchange(
+            self.grid,
+            contents,
+            MessageType.EVALUATE,
+            f"evaluate-{state.round}",
+            self.settings.round_timeout,
+            self.settings.poll_interval,
+            self.clock,
+            self.sleep,
+        )
+        missing: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
+        missing.update({self.registry.client_of[n]: "no answer" for n in ex.timed_out})
+        sums: dict[int, dict[str, dict[str, float]]] = {}
+        for n, m in ex.replies.items():
+            cid = self.registry.client_of[n]
+            try:
+                got, client_sums = msgs.read_evaluate_reply(m.content)
+            except (msgs.MessageFormatError, KeyError, ValueError) as exc:
+                missing[cid] = f"bad reply: {exc}"
+                continue
+            if got != cid or set(client_sums) - set(self.registry.tasks.get(cid, ())):
+                missing[cid] = f"reply for client {got} with tasks {sorted(client_sums)}"
+                continue
+            sums[cid] = client_sums
+        for c, why in sorted(missing.items()):
+            log.warning("personalised evaluation after round %d: client %d left out: %s", state.round, c, why)
+        summary, rows = summarize_personalized(self.fed.model, sums)
+        info = {
+            "missing": {str(c): why for c, why in sorted(missing.items())},
+            "wire_bytes_down": ex.wire_down,
+            "wire_bytes_up": ex.wire_up,
+        }
+        return summary, rows, info
+
     # -- the run ------------------------------------------------------------------------------
     def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
         saved = self.run_dir / "config.yaml"
@@ -442,6 +487,7 @@ class FlowerServer:
         atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
         self.wait_for_nodes()
         rounds = self.cfg.server.rounds
+        final_clients: list[dict[str, Any]] = []
         while state.round < rounds:
             t0 = time.perf_counter()
             state, record = self.run_round(state)
@@ -449,6 +495,11 @@ class FlowerServer:
                 record["global"] = evaluate_global(
                     self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size
                 )
+                if self.cfg.evaluation.personalized:
+                    record["personalized"], rows, info = self.evaluate_personalized(state)
+                    record["personalized_evaluation"] = info
+                    if state.round == rounds:
+                        final_clients = rows
             elapsed += time.perf_counter() - t0
             record["elapsed"] = elapsed
             metrics.append(record)
@@ -475,10 +526,13 @@ class FlowerServer:
             "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
             "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
             "final_global": last_eval.get("global", {}),
+            "final_personalized": last_eval.get("personalized", {}),
             "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
             "seed": self.cfg.seed,
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if final_clients:  # as the simulation: the last round's per-client personalised scores
+            atomic_write_text(self.run_dir / "clients.json", json.dumps(final_clients, indent=1))
         return summary
 
 
