@@ -22,7 +22,9 @@ META = "fedmtl.meta"
 METRICS = "fedmtl.metrics"
 CONFIG = "fedmtl.config"
 STATE = "fedmtl.client-state"
-SERVER_STATE = "fedmtl.server-state"  # the algorithm's server state for the client (SCAFFOLD's c, IFCA's clusters)
+SERVER_STATE = (
+    "fedmtl.server-state"  # the algorithm's server state for the client (SCAFFOLD's c, IFCA's clusters)
+)
 OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step (SCAFFOLD's delta c)
 EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
 

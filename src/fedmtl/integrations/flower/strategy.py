@@ -412,7 +412,9 @@ class FlowerServer:
         )
 
     # -- personalised evaluation --------------------------------------------------------------
-    def evaluate_personalized(self, state: ServerState) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    def evaluate_personalized(
+        self, state: ServerState
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
         """Ask every online client to evaluate its personalised model on its test split; aggregate their sums.
 
         Returns the ``personalized`` block (as the simulation's), the per-client rows and what happened
