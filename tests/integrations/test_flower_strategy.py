@@ -85,8 +85,8 @@ def _simulate(cfg):
 
 @pytest.mark.parametrize(
     "algorithm",
-    [{"name": "scaffold"}, {"name": "ifca", "clusters": 2}],
-    ids=["scaffold", "ifca"],
+    [{"name": "scaffold"}, {"name": "ifca", "clusters": 2}, {"name": "fedem", "components": 2}, {"name": "mocha"}],
+    ids=["scaffold", "ifca", "fedem", "mocha"],
 )
 def test_algorithms_with_server_state_reproduce_the_simulation(tmp_path, algorithm):
     cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0)  # SCAFFOLD needs plain SGD
