@@ -219,7 +219,11 @@ def test_deployment_refuses_what_it_cannot_carry():
     check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))
 
 
-@pytest.mark.parametrize("algorithm", [{"name": "fedper"}, {"name": "scaffold"}], ids=["fedper", "scaffold"])
+@pytest.mark.parametrize(
+    "algorithm",
+    [{"name": "fedper"}, {"name": "scaffold"}, {"name": "fedem", "components": 2}],
+    ids=["fedper", "scaffold", "fedem"],  # fedem: a mixture of models, evaluated on the node too
+)
 def test_personalised_evaluation_on_the_nodes_matches_the_simulation(tmp_path, algorithm):
     cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0, evaluation={"personalized": True})
     sim = _simulate(cfg)
