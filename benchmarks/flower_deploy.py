@@ -158,7 +158,9 @@ def main() -> None:
     if args.append and args.out.exists():
         previous = json.loads(args.out.read_text())
         result["rows"] = previous.get("rows", []) + rows
-        result["machine_per_run"] = previous.get("machine_per_run", [previous.get("machine")]) + [result["machine"]]
+        result["machine_per_run"] = previous.get("machine_per_run", [previous.get("machine")]) + [
+            result["machine"]
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     md = table(result["rows"])

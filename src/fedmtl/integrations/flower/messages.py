@@ -138,8 +138,8 @@ def evaluate_content(payload: bytes, round_index: int, client_id: int) -> Record
 
 def evaluate_reply(client_id: int, sums: Mapping[str, Mapping[str, float]]) -> RecordDict:
     """A node's personalised-evaluation answer: additive metric sums per task (``task/statistic`` keys)."""
-    flat = {f"{t}/{k}": float(v) for t, stats in sums.items() for k, v in stats.items()}
-    return RecordDict({META: ConfigRecord({"client-id": client_id}), EVAL: MetricRecord(flat)})
+    flat = MetricRecord({f"{t}/{k}": float(v) for t, stats in sums.items() for k, v in stats.items()})
+    return RecordDict({META: ConfigRecord({"client-id": client_id}), EVAL: flat})
 
 
 def read_evaluate_reply(content: RecordDict) -> tuple[int, dict[str, dict[str, float]]]:
