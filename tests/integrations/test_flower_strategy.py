@@ -255,3 +255,16 @@ def test_a_node_that_fails_evaluation_is_left_out_of_the_personalised_block(tmp_
         assert set(h["personalized"]["per_task"]) == {"digit", "parity"}  # client 0 still reports parity
     rows = json.loads((tmp_path / "flower" / "clients.json").read_text())
     assert [r["client"] for r in rows] == [0, 1]
+
+
+def test_an_offline_node_is_named_missing_in_the_personalised_evaluation(tmp_path):
+    grid = _grid()
+    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=60.0)
+    cfg = _config(tmp_path, evaluation={"personalized": True})
+    server = server_for(cfg, settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
+    server.wait_for_nodes()
+    state, _ = server.run_round(server.fed.init_state())
+    grid.behaviour[102] = "offline"
+    summary, rows, info = server.evaluate_personalized(state)
+    assert info["missing"] == {"1": "node offline"}
+    assert [r["client"] for r in rows] == [0, 2] and summary["per_task"]

@@ -436,6 +436,7 @@ class FlowerServer:
         )
         missing: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
         missing.update({self.registry.client_of[n]: "no answer" for n in ex.timed_out})
+        missing.update({c: "node offline" for c in range(self._num_clients) if c not in online})
         sums: dict[int, dict[str, dict[str, float]]] = {}
         for n, m in ex.replies.items():
             cid = self.registry.client_of[n]
