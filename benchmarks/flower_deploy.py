@@ -13,7 +13,7 @@ submits the fedmtl app with ``flwr run`` and reads the run's metrics.jsonl:
 Usage::
 
     python benchmarks/flower_deploy.py                         # 3 and 10 SuperNodes, fp32
-    python benchmarks/flower_deploy.py --nodes 3 --codec "[{name: topk, ratio: 0.01}, {name: int8}]"
+    python benchmarks/flower_deploy.py --nodes 3 --codec "[{name: topk, fraction: 0.01}, {name: int8}, {name: zstd}]" --append
 
 ``--codec`` is a YAML list used for ``comm.uplink`` (the codec chain); codecs must exist in the
 installed fedmtl.
@@ -126,6 +126,7 @@ def main() -> None:
         "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
     )
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     ap.add_argument("--timeout", type=float, default=400.0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
     args = ap.parse_args()
@@ -154,9 +155,15 @@ def main() -> None:
         "subprocess isolation (a fresh Python process per message)",
         "rows": rows,
     }
+    if args.append and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        result["rows"] = previous.get("rows", []) + rows
+        result["machine_per_run"] = previous.get("machine_per_run", [previous.get("machine")]) + [
+            result["machine"]
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    md = table(rows)
+    md = table(result["rows"])
     args.out.with_suffix(".md").write_text(md)
     print(md)
 

@@ -41,7 +41,7 @@ class FakeClock:
 class FakeGrid:
     """A Grid whose nodes run the real ClientApp in process, each with its own Context.
 
-    ``behaviour[node]`` may be ``"raise"`` (its ClientApp raises in training: Flower sends an error reply),
+    ``behaviour[node]`` may be ``"raise"`` (its ClientApp raises in training or evaluation: Flower sends an error reply),
     ``"silent"`` (never answers a training message) or ``"offline"`` (the SuperLink no longer lists it).
     """
 
@@ -75,7 +75,7 @@ class FakeGrid:
             how = self.behaviour.get(m.metadata.dst_node_id)
             if how == "offline" or (how == "silent" and m.metadata.message_type == "train"):
                 continue
-            if how == "raise" and m.metadata.message_type == "train":
+            if how == "raise" and m.metadata.message_type in ("train", "evaluate"):
                 self.replies[mid] = m.create_error_reply(
                     Error(code=1, reason="ClientApp raised: injected failure")
                 )

@@ -69,3 +69,29 @@ def test_settings_from_run_config():
     assert FlowerSettings(min_replies=1, min_fraction=0.5).required_replies(5) == 3
     with pytest.raises(ValueError, match="known keys"):
         FlowerSettings.from_run_config({"min-replys": 2})
+
+
+def test_server_state_and_outbox_travel_as_extra_array_records():
+    server = {"c": {"trunk.w": torch.randn(3, 2), "heads.digit.b": torch.zeros(4)}, "round": torch.tensor(2)}
+    content = msgs.train_content(b"abc", 1, 2, server)
+    assert msgs.read_train_content(content) == (b"abc", 1, 2)
+    got = msgs.read_server_state(content)
+    torch.testing.assert_close(got, server)
+    assert msgs.read_server_state(msgs.train_content(b"abc", 1, 2)) == {}  # FedAvg: no record at all
+    assert msgs.SERVER_STATE not in msgs.train_content(b"abc", 1, 2, {}).array_records
+    assert msgs.tree_bytes(server) == (6 + 4) * 4 + 8
+
+    reply = ClientReply(2, b"xy", 5, {"digit": 5})
+    outbox = {"delta_c": {"trunk.w": torch.ones(3, 2)}}
+    content = msgs.reply_content(reply, outbox)
+    assert msgs.read_reply_content(content) == reply
+    torch.testing.assert_close(msgs.read_outbox(content), outbox)
+    assert msgs.read_outbox(msgs.reply_content(reply)) is None
+
+
+def test_evaluation_reply_carries_metric_sums_per_task():
+    sums = {"digit": {"n": 10.0, "loss": 4.5, "correct": 7.0}, "parity": {"n": 10.0, "loss": 2.0, "correct": 9.0}}
+    cid, got = msgs.read_evaluate_reply(msgs.evaluate_reply(3, sums))
+    assert cid == 3 and got == sums
+    with pytest.raises(msgs.MessageFormatError, match="metric-sums"):
+        msgs.read_evaluate_reply(RecordDict({}))

@@ -18,9 +18,15 @@ from fedmtl.integrations.flower.server_app import server_for
 pytestmark = pytest.mark.flower
 
 
-def _config(tmp_path, **server):
+def _config(tmp_path, algorithm=None, evaluation=None, momentum=None, **server):
     data = copy.deepcopy(SMALL)
+    if momentum is not None:
+        data["client"]["optimizer"]["momentum"] = momentum
     data["server"].update(server)
+    if algorithm is not None:
+        data["algorithm"] = algorithm
+    if evaluation is not None:
+        data["evaluation"].update(evaluation)
     data["output"]["dir"] = str(tmp_path)
     return config_from_dict(data)
 
@@ -33,11 +39,11 @@ def _grid(behaviour=None):
     return FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, dict(behaviour or {}))
 
 
-def _run(tmp_path, grid, name="flower", settings=None, **server):
+def _run(tmp_path, grid, name="flower", settings=None, cfg=None, **server):
     clock = FakeClock()
     settings = settings or FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
     server_obj = server_for(
-        _config(tmp_path, **server), settings, grid, tmp_path / name, clock=clock, sleep=clock.sleep
+        cfg or _config(tmp_path, **server), settings, grid, tmp_path / name, clock=clock, sleep=clock.sleep
     )
     return server_obj, server_obj.run(), clock
 
@@ -69,6 +75,58 @@ def test_deployment_loop_reproduces_the_simulation(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     assert [h["bytes_up"] for h in history] == [h["bytes_up"] for h in sim.history]
     assert all(h["wire_bytes_up"] > h["bytes_up"] for h in history)
+
+
+def _simulate(cfg):
+    return Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(
+        progress=False
+    )
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [{"name": "scaffold"}, {"name": "ifca", "clusters": 2}, {"name": "fedem", "components": 2}, {"name": "mocha"}],
+    ids=["scaffold", "ifca", "fedem", "mocha"],
+)
+def test_algorithms_with_server_state_reproduce_the_simulation(tmp_path, algorithm):
+    cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0)  # SCAFFOLD needs plain SGD
+    sim = _simulate(cfg)
+    grid = _grid()
+    _, summary, _ = _run(tmp_path, grid, cfg=cfg)
+    state, _ = load_latest(tmp_path / "flower")
+    assert state.round == 3
+    for name, value in sim.params.items():
+        torch.testing.assert_close(state.params[name], value, atol=1e-6, rtol=1e-5)
+    assert state.algorithm_state  # the server state moved on
+    sim_state, _ = load_latest(sim.run_dir)
+    torch.testing.assert_close(
+        _flat_tree(state.algorithm_state),
+        _flat_tree(sim_state.algorithm_state),
+        atol=1e-6,
+        rtol=1e-5,
+    )
+    assert _flat(summary["final_global"]) == pytest.approx(_flat(sim.summary["final_global"]))
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    # the server state travels in each train message and is counted (it is outside the codecs)
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert all("fedmtl.server-state" in m.content.array_records for m in train)
+    for h, s in zip(history, sim.history, strict=True):
+        assert h["algorithm_bytes_down"] > 0
+        assert h["bytes_down"] == s["bytes_down"] + h["algorithm_bytes_down"]
+        assert h["bytes_up"] == s["bytes_up"] + h["algorithm_bytes_up"]
+        assert h["wire_bytes_down"] > h["bytes_down"]
+    # what a node keeps in its Context has neither the server's state nor the outbox
+    for ctx in grid.contexts.values():
+        keys = ctx.state.array_records["fedmtl.client-state"].keys()
+        assert not any(k.startswith(("server/", "outbox/")) for k in keys)
+    if algorithm["name"] == "scaffold":
+        assert all(h["algorithm_bytes_up"] > 0 for h in history)  # each client's delta c
+
+
+def _flat_tree(tree):
+    from fedmtl.tree import flatten
+
+    return flatten(tree)
 
 
 def test_client_state_lives_in_the_node_context(tmp_path):
@@ -157,5 +215,56 @@ def test_deployment_refuses_what_it_cannot_carry():
     check_deployable(fed_for({}))
     with pytest.raises(ValueError, match="in-process simulation"):
         check_deployable(fed_for({"privacy": {"secure_aggregation": {}}}))
-    with pytest.raises(ValueError, match="keeps server state"):
-        check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))
+    # algorithms with server state are carried now (the train message holds the state, the reply the outbox)
+    check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [{"name": "fedper"}, {"name": "scaffold"}, {"name": "fedem", "components": 2}],
+    ids=["fedper", "scaffold", "fedem"],  # fedem: a mixture of models, evaluated on the node too
+)
+def test_personalised_evaluation_on_the_nodes_matches_the_simulation(tmp_path, algorithm):
+    cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0, evaluation={"personalized": True})
+    sim = _simulate(cfg)
+    grid = _grid()
+    _, summary, _ = _run(tmp_path, grid, cfg=cfg)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert [m.metadata.message_type for m in grid.sent].count("evaluate") == 3 * 3  # every node, every round
+    for h, s in zip(history, sim.history, strict=True):
+        assert set(h["personalized"]) == set(s["personalized"])
+        assert h["personalized"]["per_task"] == pytest.approx(s["personalized"]["per_task"], abs=1e-6)
+        for key in ("mean", "worst10"):
+            assert h["personalized"][key] == pytest.approx(s["personalized"][key], abs=1e-6)
+        assert h["personalized_evaluation"]["missing"] == {}
+        assert h["personalized_evaluation"]["wire_bytes_up"] > 0
+    final, sim_final = summary["final_personalized"], sim.summary["final_personalized"]
+    assert final["mean"] == pytest.approx(sim_final["mean"], abs=1e-6)
+    assert final["per_task"] == pytest.approx(sim_final["per_task"], abs=1e-6)
+    assert json.loads((tmp_path / "flower" / "clients.json").read_text())[0]["client"] == 0
+
+
+def test_a_node_that_fails_evaluation_is_left_out_of_the_personalised_block(tmp_path):
+    cfg = _config(tmp_path, evaluation={"personalized": True})
+    grid = _grid({103: "raise"})
+    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=30.0)
+    _, summary, _ = _run(tmp_path, grid, cfg=cfg, settings=settings)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    for h in history:
+        assert "injected failure" in h["personalized_evaluation"]["missing"]["2"]
+        assert set(h["personalized"]["per_task"]) == {"digit", "parity"}  # client 0 still reports parity
+    rows = json.loads((tmp_path / "flower" / "clients.json").read_text())
+    assert [r["client"] for r in rows] == [0, 1]
+
+
+def test_an_offline_node_is_named_missing_in_the_personalised_evaluation(tmp_path):
+    grid = _grid()
+    settings = FlowerSettings(min_nodes=3, min_replies=2, round_timeout=60.0)
+    cfg = _config(tmp_path, evaluation={"personalized": True})
+    server = server_for(cfg, settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
+    server.wait_for_nodes()
+    state, _ = server.run_round(server.fed.init_state())
+    grid.behaviour[102] = "offline"
+    summary, rows, info = server.evaluate_personalized(state)
+    assert info["missing"] == {"1": "node offline"}
+    assert [r["client"] for r in rows] == [0, 2] and summary["per_task"]

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedmtl.data.dataset import FederatedData, Split
+from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm, Mixture
 from fedmtl.fl.client import load_parameters
-from fedmtl.fl.evaluation import evaluate, summarize_clients
+from fedmtl.fl.evaluation import evaluate, metric_sums, summarize_clients
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tasks import add_sums
 from fedmtl.tree import TensorTree
@@ -22,6 +22,50 @@ def evaluate_global(model: MultiTaskModel, params: Mapping[str, Tensor], data: F
     if len(data.holdout) == 0:
         return {}
     return evaluate(model, params, data.holdout, data.task_names, batch_size)
+
+
+def personal_metric_sums(
+    model: MultiTaskModel,
+    algorithm: Algorithm,
+    params: Mapping[str, Tensor],
+    client: ClientData,
+    state: TensorTree,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """Additive metric sums (:meth:`Task.metric_sums`) of a client's personalised model on its test split, per task.
+
+    What a deployed node computes and sends (sums, so the server finalises exactly what the simulation does).
+    """
+    if len(client.test) == 0:
+        return {}
+    mixture = algorithm.personal_mixture(model, params, client, state)
+    if mixture is None:
+        load_parameters(model, algorithm.personal_params(model, params, client, state))
+        return metric_sums(model, client.test, client.tasks, batch_size)
+    return mixture_sums(model, mixture, client.test, client.tasks, batch_size)
+
+
+def summarize_personalized(
+    model: MultiTaskModel, sums: Mapping[int, Mapping[str, Mapping[str, float]]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``personalized`` block (mean, worst 10 %, per-task means) and per-client rows from each client's sums.
+
+    A client's score is the mean over its tasks of the primary metric (accuracy, or R^2).
+    """
+    rows: list[dict[str, Any]] = []
+    for cid in sorted(sums):
+        metrics = {t: model.tasks[t].finalize(dict(s)) for t, s in sums[cid].items() if s.get("n", 0) > 0}
+        if not metrics:
+            continue
+        primary = {t: m[model.tasks[t].primary_metric] for t, m in metrics.items()}
+        rows.append({"client": cid, "score": sum(primary.values()) / len(primary), "tasks": primary})
+    summary: dict[str, Any] = summarize_clients(rows)
+    per_task: dict[str, list[float]] = {}
+    for row in rows:
+        for t, v in row["tasks"].items():
+            per_task.setdefault(t, []).append(v)
+    summary["per_task"] = {t: sum(v) / len(v) for t, v in per_task.items()}
+    return summary, rows
 
 
 def evaluate_personalized(
@@ -37,32 +81,24 @@ def evaluate_personalized(
     A client's score is the mean over its tasks of the primary metric (accuracy, or R^2).
     Returns the summary (mean, worst 10 %, per-task means) and the per-client rows.
     """
-    rows: list[dict[str, Any]] = []
-    for client in data.clients:
-        if len(client.test) == 0:
-            continue
-        cstate = client_states.get(client.client_id, {})
-        mixture = algorithm.personal_mixture(model, params, client, cstate)
-        if mixture is None:
-            metrics = evaluate(model, algorithm.personal_params(model, params, client, cstate), client.test, client.tasks, batch_size)
-        else:
-            metrics = evaluate_mixture(model, mixture, client.test, client.tasks, batch_size)
-        if not metrics:
-            continue
-        primary = {t: m[model.tasks[t].primary_metric] for t, m in metrics.items()}
-        rows.append({"client": client.client_id, "score": sum(primary.values()) / len(primary), "tasks": primary})
-    summary: dict[str, Any] = summarize_clients(rows)
-    per_task: dict[str, list[float]] = {}
-    for row in rows:
-        for t, v in row["tasks"].items():
-            per_task.setdefault(t, []).append(v)
-    summary["per_task"] = {t: sum(v) / len(v) for t, v in per_task.items()}
-    return summary, rows
+    sums = {
+        client.client_id: personal_metric_sums(
+            model, algorithm, params, client, client_states.get(client.client_id, {}), batch_size
+        )
+        for client in data.clients
+    }
+    return summarize_personalized(model, sums)
+
+
+def evaluate_mixture(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
+    """Metrics of a mixture of models (FedEM): class probabilities (or regression values) averaged by weight."""
+    sums = mixture_sums(model, mixture, split, tasks, batch_size)
+    return {t: model.tasks[t].finalize(s) for t, s in sums.items() if s.get("n", 0) > 0}
 
 
 @torch.no_grad()
-def evaluate_mixture(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
-    """Metrics of a mixture of models (FedEM): class probabilities (or regression values) averaged by weight."""
+def mixture_sums(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
+    """Additive metric sums of a mixture of models (FedEM) per task."""
     model.eval()
     sums: dict[str, dict[str, float]] = {t: {} for t in tasks}
     for start in range(0, len(split), batch_size):
@@ -82,4 +118,4 @@ def evaluate_mixture(model: MultiTaskModel, mixture: Mixture, split: Split, task
             elif kind == "binary":
                 p = p.clamp(1e-7, 1 - 1e-7).logit()
             sums[t] = add_sums(sums[t], model.tasks[t].metric_sums(p, split.y[t][start : start + batch_size]))
-    return {t: model.tasks[t].finalize(s) for t, s in sums.items() if s.get("n", 0) > 0}
+    return sums

@@ -13,7 +13,9 @@ How server state reaches the client and extra uploads reach the server (simulati
 - a client may return extra uploads under :data:`OUTBOX_KEY` in its state; the round removes them
   from the persisted client state and hands them to :meth:`Algorithm.server_update`.
 
-Neither channel goes through the codecs, so neither is counted in ``bytes_down`` / ``bytes_up``.
+Neither channel goes through the codecs, so the simulation counts neither in ``bytes_down`` /
+``bytes_up``. On Flower both cross the network as extra ArrayRecords (``fedmtl.server-state`` in the
+train message, ``fedmtl.outbox`` in the reply) and the deployment counts them (``algorithm_bytes_*``).
 """
 
 from __future__ import annotations

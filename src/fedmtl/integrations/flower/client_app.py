@@ -26,7 +26,7 @@ from fedmtl.atomic import atomic_write
 from fedmtl.config import ExperimentConfig, config_from_dict
 from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import build_algorithm
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, build_algorithm
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
@@ -96,7 +96,7 @@ def _cache_dir(context: Context) -> str | None:
 
 
 def make_client_app() -> ClientApp:
-    """The fedmtl ClientApp (handles ``query`` = registration and ``train``)."""
+    """The fedmtl ClientApp (handles ``query`` = registration, ``train`` and ``evaluate`` = personalised evaluation)."""
     app = ClientApp()
 
     @app.query()
@@ -129,6 +129,9 @@ def make_client_app() -> ClientApp:
             if msgs.STATE in context.state.array_records
             else {}
         )
+        server_state = msgs.read_server_state(message.content)
+        if server_state:  # as Federation.client_view: the algorithm's server state for this round
+            state = {**state, SERVER_KEY: server_state}
         received = node.receive(payload, part.client)
         start = {
             **initial_parameters(model, cfg.seed),
@@ -136,8 +139,38 @@ def make_client_app() -> ClientApp:
         }  # as the simulation: global values for what is not sent
         result = node.train(start, part.client, state, round_index)
         reply, new_state = node.upload(start, result, part.client, round_index)
-        context.state[msgs.STATE] = msgs.tree_to_record(new_state)
-        return Message(msgs.reply_content(reply), reply_to=message)
+        outbox = new_state.get(OUTBOX_KEY)
+        kept = {k: v for k, v in new_state.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
+        context.state[msgs.STATE] = msgs.tree_to_record(kept)
+        return Message(msgs.reply_content(reply, outbox), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
+        from fedmtl.experiment.evaluation import personal_metric_sums
+
+        cfg = _config(context)
+        if cfg.runtime.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.runtime.threads)
+        payload, _, client_id = msgs.read_train_content(message.content)
+        pid = partition_id(context, cfg)
+        if client_id != pid:
+            raise ValueError(f"message for client {client_id} reached the node of client {pid}")
+        part = load_partition(cfg, pid, _cache_dir(context))
+        model = build_model(cfg.model, part.input_shape, part.tasks)
+        node = build_node(cfg, model)
+        state = (
+            msgs.tree_from_record(context.state.array_records[msgs.STATE])
+            if msgs.STATE in context.state.array_records
+            else {}
+        )
+        params = {**initial_parameters(model, cfg.seed), **node.receive(payload, part.client)}
+        sums = personal_metric_sums(
+            model, node.algorithm, params, part.client, state, cfg.evaluation.batch_size
+        )
+        return Message(msgs.evaluate_reply(pid, sums), reply_to=message)
 
     return app
 

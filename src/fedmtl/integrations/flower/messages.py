@@ -22,6 +22,11 @@ META = "fedmtl.meta"
 METRICS = "fedmtl.metrics"
 CONFIG = "fedmtl.config"
 STATE = "fedmtl.client-state"
+SERVER_STATE = (
+    "fedmtl.server-state"  # the algorithm's server state for the client (SCAFFOLD's c, IFCA's clusters)
+)
+OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step (SCAFFOLD's delta c)
+EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
 
 
 class MessageFormatError(ValueError):
@@ -51,11 +56,17 @@ def tree_from_record(record: ArrayRecord) -> TensorTree:
     return unflatten({k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()})
 
 
-def train_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
-    """What the server sends a client for one round."""
-    return RecordDict(
+def train_content(
+    payload: bytes, round_index: int, client_id: int, server_state: Mapping[str, object] | None = None
+) -> RecordDict:
+    """What the server sends a client for one round; ``server_state`` (when not empty) is the algorithm's
+    server state for that client, carried as a second ArrayRecord in float32/int as stored (not through the codecs)."""
+    content = RecordDict(
         {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
     )
+    if server_state:
+        content[SERVER_STATE] = tree_to_record(server_state)
+    return content
 
 
 def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
@@ -65,8 +76,28 @@ def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
     return payload_from_record(content.array_records[PAYLOAD]), int(meta["round"]), int(meta["client-id"])  # type: ignore[arg-type]
 
 
-def reply_content(reply: ClientReply) -> RecordDict:
-    """A client's reply: its encoded update, the weights the server aggregates with, its metrics."""
+def read_server_state(content: RecordDict) -> TensorTree:
+    """The algorithm's server state a train message carries ({} when it carries none)."""
+    record = content.array_records.get(SERVER_STATE)
+    return tree_from_record(record) if record is not None else {}
+
+
+def read_outbox(content: RecordDict) -> TensorTree | None:
+    """A reply's extra uploads for the algorithm's server step (None when it carries none)."""
+    record = content.array_records.get(OUTBOX)
+    return tree_from_record(record) if record is not None else None
+
+
+def tree_bytes(tree: Mapping[str, object] | None) -> int:
+    """Bytes of a tensor tree's values (what a state/outbox record carries, without framing)."""
+    if not tree:
+        return 0
+    return sum(t.numel() * t.element_size() for t in flatten(tree).values())
+
+
+def reply_content(reply: ClientReply, outbox: Mapping[str, object] | None = None) -> RecordDict:
+    """A client's reply: its encoded update, the weights the server aggregates with, its metrics, and
+    (for algorithms with a server step that needs them) its extra uploads as a second ArrayRecord."""
     meta = ConfigRecord(
         {
             "client-id": reply.client_id,
@@ -74,13 +105,16 @@ def reply_content(reply: ClientReply) -> RecordDict:
             "task-samples": json.dumps(reply.task_samples),
         }
     )
-    return RecordDict(
+    content = RecordDict(
         {
             PAYLOAD: payload_record(reply.payload),
             META: meta,
             METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()}),
         }
     )
+    if outbox is not None:
+        content[OUTBOX] = tree_to_record(outbox)
+    return content
 
 
 def read_reply_content(content: RecordDict) -> ClientReply:
@@ -95,6 +129,29 @@ def read_reply_content(content: RecordDict) -> ClientReply:
         task_samples={k: int(v) for k, v in json.loads(str(meta["task-samples"])).items()},
         metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
     )
+
+
+def evaluate_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
+    """The personalised-evaluation request: the global parameters the client holds, as a train message carries them."""
+    return train_content(payload, round_index, client_id)
+
+
+def evaluate_reply(client_id: int, sums: Mapping[str, Mapping[str, float]]) -> RecordDict:
+    """A node's personalised-evaluation answer: additive metric sums per task (``task/statistic`` keys)."""
+    flat = MetricRecord({f"{t}/{k}": float(v) for t, stats in sums.items() for k, v in stats.items()})
+    return RecordDict({META: ConfigRecord({"client-id": client_id}), EVAL: flat})
+
+
+def read_evaluate_reply(content: RecordDict) -> tuple[int, dict[str, dict[str, float]]]:
+    if META not in content.config_records or EVAL not in content.metric_records:
+        raise MessageFormatError("evaluation reply lacks its meta or metric-sums record")
+    sums: dict[str, dict[str, float]] = {}
+    for key, value in content.metric_records[EVAL].items():
+        task, sep, stat = key.rpartition("/")
+        if not sep:
+            raise MessageFormatError(f"metric-sums key {key!r} is not 'task/statistic'")
+        sums.setdefault(task, {})[stat] = float(value)  # type: ignore[arg-type]
+    return int(content.config_records[META]["client-id"]), sums  # type: ignore[arg-type]
 
 
 def register_content(experiment_json: str) -> RecordDict:
@@ -128,6 +185,12 @@ def wire_bytes(message: Message) -> int:
 
 __all__ = [
     "MessageFormatError",
+    "evaluate_content",
+    "evaluate_reply",
+    "read_evaluate_reply",
+    "read_outbox",
+    "read_server_state",
+    "tree_bytes",
     "payload_from_record",
     "payload_record",
     "read_registration",

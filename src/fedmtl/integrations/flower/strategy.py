@@ -31,7 +31,7 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.experiment.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from fedmtl.experiment.evaluation import evaluate_global
+from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
@@ -151,22 +151,16 @@ def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> Client
 
 
 def check_deployable(fed: Federation) -> None:
-    """Refuse, with the reason, what the deployment does not carry yet instead of running it wrongly.
+    """Refuse, with the reason, what the deployment does not carry instead of running it wrongly.
 
-    Secure aggregation is simulated in process (the server would see plain updates), and algorithms that
-    keep server state for their clients (SCAFFOLD, IFCA, FedEM, MOCHA) need a downlink for that state.
+    Secure aggregation is simulated in process (the server would see plain updates). Algorithms that keep
+    server state for their clients (SCAFFOLD, IFCA, FedEM, MOCHA) are carried: the train message holds that
+    state and the reply the client's extra uploads (see :func:`messages.train_content`).
     """
     if fed.cfg.privacy.secure_aggregation is not None:
         raise ValueError(
             "privacy.secure_aggregation is an in-process simulation of the protocol; on Flower the server would "
             "receive plain updates, so it is refused here. Use privacy.dp (server placement) or run it in simulation."
-        )
-    from fedmtl.fl.algorithm import FedAvg
-
-    if type(fed.algorithm).server_init is not FedAvg.server_init:
-        raise ValueError(
-            f"algorithm {fed.cfg.algorithm.name!r} keeps server state for its clients, which the Flower deployment "
-            "does not carry yet; use fedavg, fedprox, fedper, fedrep, ditto, apfl, pfedme or local"
         )
 
 
@@ -267,6 +261,9 @@ class FlowerServer:
             for c in range(self._num_clients)
         )
         self.fed.data = replace(self._template, clients=clients)
+        # how many clients upload each parameter (SCAFFOLD's control-variate step divides by it) follows
+        # the task sets the nodes reported
+        self.fed.population = self.fed._population()
 
     def wait_for_nodes(self) -> None:
         deadline = self.clock() + self.settings.wait_for_nodes
@@ -328,7 +325,9 @@ class FlowerServer:
                 continue
             plan = self.fed.plan(state, cohort)
             online = self._online()
-            contents = {online[c]: msgs.train_content(plan.payloads[c], r, c) for c in cohort}
+            # the algorithm's server state for each client (Federation.client_view's SERVER_KEY entry)
+            server_state = state.algorithm_state or None
+            contents = {online[c]: msgs.train_content(plan.payloads[c], r, c, server_state) for c in cohort}
             ex = exchange(
                 self.grid,
                 contents,
@@ -344,9 +343,11 @@ class FlowerServer:
                 dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
                 self.registry.quarantine[n] = r + 1 + self.settings.quarantine_rounds
             replies: list[ClientReply] = []
+            outboxes: dict[int, Any] = {}
             for n, m in ex.replies.items():
                 try:
                     reply = msgs.read_reply_content(m.content)
+                    outbox = msgs.read_outbox(m.content)
                 except (msgs.MessageFormatError, KeyError, ValueError) as exc:
                     dropped[self.registry.client_of[n]] = f"bad reply: {exc}"
                     continue
@@ -354,12 +355,18 @@ class FlowerServer:
                     dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
                     continue
                 replies.append(reply)
+                if outbox is not None:
+                    outboxes[reply.client_id] = outbox
             updates, bad = self.fed.collect(replies)
             dropped.update(bad)
             for c, why in sorted(dropped.items()):
                 log.warning("round %d: client %d dropped: %s", r + 1, c, why)
             if len(updates) >= need:
-                new_state, privacy_info = self.fed.apply(state, updates, state.client_states)
+                state_down = msgs.tree_bytes(server_state) * len(cohort)
+                state_up = sum(msgs.tree_bytes(o) for o in outboxes.values())  # every reply's, as bytes_up
+                kept = {u.client_id for u in updates}
+                outboxes = {c: o for c, o in outboxes.items() if c in kept}
+                new_state, privacy_info = self.fed.apply(state, updates, state.client_states, outboxes)
                 record = {
                     "round": new_state.round,
                     "cohort_size": len(cohort),
@@ -367,14 +374,18 @@ class FlowerServer:
                     "dropped": {str(k): v for k, v in dropped.items()},
                     "attempts": attempt + 1,
                     "failed_attempts": tried,
-                    "bytes_down": plan.bytes_down,
-                    "bytes_up": sum(len(x.payload) for x in replies),
+                    "bytes_down": plan.bytes_down + state_down,
+                    "bytes_up": sum(len(x.payload) for x in replies) + state_up,
                     "wire_bytes_down": ex.wire_down,
                     "wire_bytes_up": ex.wire_up,
                     "train_loss": mean_train_loss(replies),
                     "round_seconds": time.perf_counter() - t0,
                     "engine": "flower",
                 }
+                if server_state is not None or outboxes:
+                    # included in bytes_down / bytes_up: the algorithm's state and uploads outside the codecs
+                    record["algorithm_bytes_down"] = state_down
+                    record["algorithm_bytes_up"] = state_up
                 if privacy_info:
                     record["privacy"] = privacy_info
                 return new_state, record
@@ -399,6 +410,54 @@ class FlowerServer:
             f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
             f"fix the nodes and submit the run again to resume."
         )
+
+    # -- personalised evaluation --------------------------------------------------------------
+    def evaluate_personalized(
+        self, state: ServerState
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        """Ask every online client to evaluate its personalised model on its test split; aggregate their sums.
+
+        Returns the ``personalized`` block (as the simulation's), the per-client rows and what happened
+        (clients that did not answer, wire bytes). A client that fails is left out of the block, not fatal.
+        """
+        online = self._online()
+        clients = sorted(online)
+        plan = self.fed.plan(state, clients)
+        contents = {online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c) for c in clients}
+        ex = exchange(
+            self.grid,
+            contents,
+            MessageType.EVALUATE,
+            f"evaluate-{state.round}",
+            self.settings.round_timeout,
+            self.settings.poll_interval,
+            self.clock,
+            self.sleep,
+        )
+        missing: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
+        missing.update({self.registry.client_of[n]: "no answer" for n in ex.timed_out})
+        missing.update({c: "node offline" for c in range(self._num_clients) if c not in online})
+        sums: dict[int, dict[str, dict[str, float]]] = {}
+        for n, m in ex.replies.items():
+            cid = self.registry.client_of[n]
+            try:
+                got, client_sums = msgs.read_evaluate_reply(m.content)
+            except (msgs.MessageFormatError, KeyError, ValueError) as exc:
+                missing[cid] = f"bad reply: {exc}"
+                continue
+            if got != cid or set(client_sums) - set(self.registry.tasks.get(cid, ())):
+                missing[cid] = f"reply for client {got} with tasks {sorted(client_sums)}"
+                continue
+            sums[cid] = client_sums
+        for c, why in sorted(missing.items()):
+            log.warning("personalised evaluation after round %d: client %d left out: %s", state.round, c, why)
+        summary, rows = summarize_personalized(self.fed.model, sums)
+        info = {
+            "missing": {str(c): why for c, why in sorted(missing.items())},
+            "wire_bytes_down": ex.wire_down,
+            "wire_bytes_up": ex.wire_up,
+        }
+        return summary, rows, info
 
     # -- the run ------------------------------------------------------------------------------
     def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
@@ -431,6 +490,7 @@ class FlowerServer:
         atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
         self.wait_for_nodes()
         rounds = self.cfg.server.rounds
+        final_clients: list[dict[str, Any]] = []
         while state.round < rounds:
             t0 = time.perf_counter()
             state, record = self.run_round(state)
@@ -438,6 +498,11 @@ class FlowerServer:
                 record["global"] = evaluate_global(
                     self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size
                 )
+                if self.cfg.evaluation.personalized:
+                    record["personalized"], rows, info = self.evaluate_personalized(state)
+                    record["personalized_evaluation"] = info
+                    if state.round == rounds:
+                        final_clients = rows
             elapsed += time.perf_counter() - t0
             record["elapsed"] = elapsed
             metrics.append(record)
@@ -464,10 +529,13 @@ class FlowerServer:
             "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
             "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
             "final_global": last_eval.get("global", {}),
+            "final_personalized": last_eval.get("personalized", {}),
             "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
             "seed": self.cfg.seed,
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if final_clients:  # as the simulation: the last round's per-client personalised scores
+            atomic_write_text(self.run_dir / "clients.json", json.dumps(final_clients, indent=1))
         return summary
 
 
