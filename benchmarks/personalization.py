@@ -45,9 +45,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedper": {"name": "fedper"},
     "fedrep": {"name": "fedrep", "head_epochs": 3},
     "ditto": {"name": "ditto", "lam": 0.1},
-    "apfl": {"name": "apfl", "alpha": 0.5, "alpha_lr": 0.01},
-    "pfedme": {"name": "pfedme", "lam": 15.0, "inner_steps": 3, "personal_lr": 0.05},
-    "fedem": {"name": "fedem", "components": 3},
+    "apfl": {"name": "apfl", "alpha": 0.75, "alpha_lr": 0.01},
+    "pfedme": {"name": "pfedme", "lam": 5.0, "inner_steps": 3, "personal_lr": 0.05},
+    "fedem": {"name": "fedem", "components": 2},
     "ifca": {"name": "ifca", "clusters": 3},
     "mocha": {"name": "mocha", "lam": 0.01, "eps": 0.1},
 }
