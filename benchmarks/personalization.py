@@ -83,9 +83,15 @@ def run_method(partition: str, method: str) -> dict[str, Any]:
         "median": pers["median"],
         "per_task": pers["per_task"],
         "global": {t: m["accuracy"] for t, m in glob.items()},
-        "scores": [row["score"] for row in res.history[-1].get("clients", [])],
+        "scores": client_scores(res.run_dir),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def client_scores(run_dir: Path) -> list[float]:
+    """Each client's final personalised score, from the run's clients.json."""
+    path = Path(run_dir) / "clients.json"
+    return [row["score"] for row in json.loads(path.read_text())] if path.exists() else []
 
 
 def run_centralised(partition: str) -> dict[str, Any]:
