@@ -116,3 +116,28 @@ def test_client_without_state_is_evaluated_with_initial_statistics() -> None:
     for n, b in default_buffers(fed.model).items():
         assert torch.equal(dict(fed.model.named_buffers())[n], b)
     assert any(not torch.equal(seen[n], b) for n, b in default_buffers(fed.model).items())
+
+
+@pytest.mark.parametrize("name", ["fedbn", "local"])
+def test_batch_norm_runs_end_to_end_with_checkpoints(name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedmtl.experiment.checkpoint import read_checkpoint, save_checkpoint
+    from fedmtl.experiment.evaluation import evaluate_global
+    from fedmtl.fl.client import mean_buffers
+
+    fed = federation(config({"name": name}, model=BN_MODEL))
+    state = fed.init_state()
+    for _ in range(2):
+        state, report = fed.round(state)
+        assert not report.dropped
+    path = save_checkpoint(tmp_path, state, {})
+    back, _ = read_checkpoint(path)
+    for cid, cs in state.client_states.items():
+        for n, b in cs["buffers"].items():
+            assert torch.equal(back.client_states[cid]["buffers"][n], b)
+    assert fed.round(back)[0].round == 3
+    # the global model is scored with the mean of the clients' statistics
+    bn = mean_buffers(fed.model, list(state.client_states.values()))
+    own = torch.stack([cs["buffers"]["trunk.net.1.running_mean"] for cs in state.client_states.values()])
+    assert torch.allclose(bn["trunk.net.1.running_mean"], own.mean(0))
+    if len(fed.data.holdout):
+        assert evaluate_global(fed.model, state.params, fed.data, 256, bn)
