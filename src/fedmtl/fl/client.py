@@ -240,4 +240,4 @@ class LocalTrainer:
                 for t in tasks:
                     loss_sums[t] += losses[t].detach()  # a tensor sum: no device sync per step
                 steps += 1
-        return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]  # type: ignore[dict-item]
+        return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]
