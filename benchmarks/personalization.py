@@ -8,7 +8,7 @@ over each client's tasks), and the global model's held-out accuracy.
 Centralised: one client holding the pooled training rows of all 50 clients with every task's label,
 trained for 12 epochs (the data passes the federated runs make), scored on the same per-client test splits.
 
-Run: ``PYTHONPATH=src python benchmarks/personalization.py`` (writes benchmarks/results/personalization.json
+Run: ``PYTHONPATH=src python benchmarks/personalization.py [--methods apfl,pfedme] [--partitions shards2]`` (writes benchmarks/results/personalization.json
 and docs/personalization.png).
 """
 
@@ -45,9 +45,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedper": {"name": "fedper"},
     "fedrep": {"name": "fedrep", "head_epochs": 3},
     "ditto": {"name": "ditto", "lam": 0.1},
-    "apfl": {"name": "apfl", "alpha": 0.5, "alpha_lr": 0.01},
-    "pfedme": {"name": "pfedme", "lam": 15.0, "inner_steps": 3, "personal_lr": 0.05},
-    "fedem": {"name": "fedem", "components": 3},
+    "apfl": {"name": "apfl", "alpha": 0.75, "alpha_lr": 0.01},
+    "pfedme": {"name": "pfedme", "lam": 5.0, "inner_steps": 3, "personal_lr": 0.05},
+    "fedem": {"name": "fedem", "components": 2},
     "ifca": {"name": "ifca", "clusters": 3},
     "mocha": {"name": "mocha", "lam": 0.01, "eps": 0.1},
 }
@@ -83,9 +83,15 @@ def run_method(partition: str, method: str) -> dict[str, Any]:
         "median": pers["median"],
         "per_task": pers["per_task"],
         "global": {t: m["accuracy"] for t, m in glob.items()},
-        "scores": [row["score"] for row in res.history[-1].get("clients", [])],
+        "scores": client_scores(res.run_dir),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def client_scores(run_dir: Path) -> list[float]:
+    """Each client's final personalised score, from the run's clients.json."""
+    path = Path(run_dir) / "clients.json"
+    return [row["score"] for row in json.loads(path.read_text())] if path.exists() else []
 
 
 def run_centralised(partition: str) -> dict[str, Any]:
@@ -176,15 +182,29 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if argv == ["--table"]:  # print the table and redraw the plot from the saved results
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("methods", nargs="*", help="methods to (re-)run; the others keep their saved results")
+    ap.add_argument("--methods", dest="methods_flag", default="", help="comma-separated, same as the positional list")
+    ap.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated subset of " + ", ".join(PARTITIONS))
+    ap.add_argument("--table", action="store_true", help="print the table and redraw the plot from the saved results")
+    args = ap.parse_args(argv)
+    if args.table:
         saved = json.loads(OUT_JSON.read_text())["results"]
         print(table(saved))
         plot(saved)
         return
-    methods = argv or ["central", *METHODS]
-    results: dict[str, dict[str, dict[str, Any]]] = json.loads(OUT_JSON.read_text())["results"] if OUT_JSON.exists() and argv else {}
+    chosen = [*args.methods, *[m for m in args.methods_flag.split(",") if m]]
+    unknown = [m for m in chosen if m != "central" and m not in METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from central, {', '.join(METHODS)}")
+    methods = chosen or ["central", *METHODS]
+    parts = [p for p in args.partitions.split(",") if p]
+    # a partial run updates the saved results in place
+    results: dict[str, dict[str, dict[str, Any]]] = json.loads(OUT_JSON.read_text())["results"] if OUT_JSON.exists() and chosen else {}
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    for part in PARTITIONS:
+    for part in parts:
         for m in methods:
             r = run_centralised(part) if m == "central" else run_method(part, m)
             results.setdefault(part, {})[m] = r

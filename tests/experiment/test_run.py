@@ -89,3 +89,15 @@ def test_task_heterogeneous_clients_keep_unheld_heads(tiny_config):
     heads_b = [n for n in init if n.startswith("heads.parity")]
     assert heads_b and all(torch.equal(init[n], res.params[n]) for n in heads_b)
     assert not torch.equal(init["heads.digit.0.weight"], res.params["heads.digit.0.weight"])
+
+
+def test_fedbn_with_a_batch_norm_trunk_runs_and_resumes(tiny_config, tmp_path):
+    """The experiment path: default engine (falls back from vectorised), evaluation with per-client statistics, resume."""
+    cfg = {**tiny_config, "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [64], "norm": "batch"}}, "algorithm": {"name": "fedbn"}}
+    full = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "bn-full"}}).run(progress=False)
+    assert full.summary["final_personalized"]["mean"] > 0.2
+    assert full.summary["final_global"]["digit"]["accuracy"] >= 0
+    part = {**cfg, "server": {**cfg["server"], "rounds": 2}, "output": {**cfg["output"], "name": "bn-part"}}
+    first = fedmtl.Experiment(part).run(progress=False)
+    resumed = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "bn-part"}}).run(resume=first.run_dir, progress=False)
+    assert resumed.summary["final_personalized"]["mean"] == pytest.approx(full.summary["final_personalized"]["mean"])

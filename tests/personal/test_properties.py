@@ -161,3 +161,54 @@ def test_mocha_server_step_updates_w_and_omega() -> None:
     # the next round pulls every holder's head by lam * tr(W Omega^-1 W^T)
     state, _ = fed.round(state)
     assert Mocha(0.1, 0.1).name == "mocha"
+
+
+def test_apfl_alpha_moves_towards_the_model_that_fits_the_client() -> None:
+    """Gradient descent on alpha: with a well-fitted local model v and an untrained global w, alpha grows."""
+    fed = federation(config({"name": "apfl", "alpha": 0.5, "alpha_lr": 0.5}))
+    client, start = fed.data.clients[4], fed.init_state().params
+    fitted = fed.trainer.train(start, client, {}, torch.Generator().manual_seed(0), epochs=20).params
+    state = {"apfl_v": fitted, "apfl_alpha": torch.tensor(0.5)}
+    res = fed.algorithm.local_train(fed.trainer, start, client, state, torch.Generator().manual_seed(1))
+    assert 0.5 < float(res.state["apfl_alpha"]) <= 1.0
+    # the personal model is alpha v + (1 - alpha) w with the current global w
+    a = res.state["apfl_alpha"]
+    personal = fed.algorithm.personal_params(fed.model, start, client, res.state)
+    n = "trunk.net.0.weight"
+    assert torch.allclose(personal[n], a * res.state["apfl_v"][n] + (1 - a) * start[n])
+    # alpha_lr = 0 keeps alpha where it was
+    fixed = federation(config({"name": "apfl", "alpha": 0.75, "alpha_lr": 0.0}))
+    res = fixed.algorithm.local_train(fixed.trainer, start, client, {}, torch.Generator().manual_seed(1))
+    assert float(res.state["apfl_alpha"]) == 0.75
+
+
+def test_pfedme_personal_model_is_pinned_to_w_by_a_large_lambda() -> None:
+    """theta minimises f + lam/2 ||theta - w||^2: within ~|grad f| / lam of w (steps lr * lam = personal_lr * lam = 0.5)."""
+    cfg = config({"name": "pfedme", "lam": 100.0, "inner_steps": 5, "personal_lr": 0.005})
+    cfg["client"]["optimizer"]["lr"] = 0.005
+    fed = federation(cfg)
+    client, start = fed.data.clients[4], fed.init_state().params
+    res = fed.algorithm.local_train(fed.trainer, start, client, {}, torch.Generator().manual_seed(0))
+    gaps = [float((theta - res.params[n]).abs().max()) for n, theta in res.state["personal"].items()]
+    assert max(gaps) < 0.02
+    moved = max(float((res.params[n] - start[n]).abs().max()) for n in res.params)
+    assert moved > 2 * max(gaps)  # w itself trained: the bound is not just "nothing moved"
+
+
+def test_fedem_responsibilities_and_the_evaluated_mixture_are_the_clients() -> None:
+    from fedmtl.fl.personalization.fedem import e_step
+
+    losses = torch.tensor([[0.1, 5.0, 0.2], [3.0, 0.1, 4.0]])
+    q, pi = e_step(losses, torch.tensor([0.5, 0.5]))
+    assert torch.allclose(q.sum(0), torch.ones(3)) and torch.allclose(pi.sum(), torch.tensor(1.0))
+    assert q[0, 0] > 0.9 and q[1, 1] > 0.9 and torch.allclose(pi, q.mean(1))
+    fed = federation(config({"name": "fedem", "components": 2}))
+    state = fed.init_state()
+    state, _ = fed.round(state)
+    for cid in (0, 4):
+        cs = state.client_states[cid]
+        mixture = fed.algorithm.personal_mixture(fed.model, state.params, fed.data.clients[cid], cs)
+        assert [w for w, _ in mixture] == [float(p) for p in cs["fedem_pi"]]
+        for k, (_, params) in enumerate(mixture):
+            for n, v in cs["fedem_components"][str(k)].items():
+                assert torch.equal(params[n], v)

@@ -71,7 +71,7 @@ class APFLAlgorithm(StrictModel):
     """APFL (Deng et al., 2020): personal model ``alpha * v + (1 - alpha) * w`` with ``alpha`` learned."""
 
     name: Literal["apfl"] = "apfl"
-    alpha: float = Field(default=0.5, ge=0, le=1, description="Initial mixing weight of the local model.")
+    alpha: float = Field(default=0.75, ge=0, le=1, description="Initial mixing weight of the local model (0.75: lean on the local model under strong label skew).")
     alpha_lr: float = Field(default=0.01, ge=0, description="Step size of alpha (0 keeps it fixed).")
 
 

@@ -33,6 +33,10 @@ class OutputConfig(StrictModel):
     plots: bool = True
 
 
+#: the algorithms that accept a BatchNorm trunk (the running statistics are per-client state)
+BATCH_NORM_ALGORITHMS = ("fedbn", "local")
+
+
 class ExperimentConfig(StrictModel):
     """A federated multi-task experiment. Every default lives here or in the section models."""
 
@@ -58,4 +62,19 @@ class ExperimentConfig(StrictModel):
                 f"server.clients_per_round={n} exceeds data.num_clients={self.data.num_clients}; "
                 f"allowed: 1..{self.data.num_clients}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_norm_needs_fedbn(self) -> ExperimentConfig:
+        trunk = getattr(self.model, "trunk", None)
+        if getattr(trunk, "norm", "none") != "batch":
+            return self
+        if self.algorithm.name not in BATCH_NORM_ALGORITHMS:
+            raise ValueError(
+                f"model.trunk.norm='batch' needs algorithm.name 'fedbn' (or 'local'), got {self.algorithm.name!r}: "
+                "BatchNorm running statistics stay on each client and are never aggregated, which only FedBN "
+                "(Li et al. 2021) and local-only training are defined for"
+            )
+        if self.privacy.dp_sgd is not None:
+            raise ValueError("model.trunk.norm='batch' cannot be combined with privacy.dp_sgd (per-sample gradients need no BatchNorm)")
         return self

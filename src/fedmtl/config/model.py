@@ -18,6 +18,11 @@ class MLPTrunk(StrictModel):
     hidden: list[PositiveInt] = Field(default=[128, 128], min_length=1)
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    norm: Literal["none", "batch"] = Field(
+        default="none",
+        description="'batch' puts a BatchNorm1d after each hidden Linear (before the activation). Its running "
+        "statistics are client state: only the fedbn and local algorithms accept it.",
+    )
 
 
 class CNN1DTrunk(StrictModel):

@@ -10,17 +10,24 @@ from torch import Tensor
 
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm, Mixture
-from fedmtl.fl.client import load_parameters
+from fedmtl.fl.client import client_buffers, default_buffers, load_buffers, load_parameters
 from fedmtl.fl.evaluation import evaluate, metric_sums, summarize_clients
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tasks import add_sums
 from fedmtl.tree import TensorTree
 
 
-def evaluate_global(model: MultiTaskModel, params: Mapping[str, Tensor], data: FederatedData, batch_size: int) -> dict[str, dict[str, float]]:
-    """Per-task metrics of the global model on the server's held-out split (empty if there is none)."""
+def evaluate_global(
+    model: MultiTaskModel, params: Mapping[str, Tensor], data: FederatedData, batch_size: int, buffers: Mapping[str, Tensor] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per-task metrics of the global model on the server's held-out split (empty if there is none).
+
+    ``buffers``: the BatchNorm running statistics to use (the experiment passes the mean of the clients'
+    own, :func:`~fedmtl.fl.client.mean_buffers`); by default the initial ones.
+    """
     if len(data.holdout) == 0:
         return {}
+    load_buffers(model, dict(buffers) if buffers is not None else default_buffers(model))
     return evaluate(model, params, data.holdout, data.task_names, batch_size)
 
 
@@ -38,6 +45,7 @@ def personal_metric_sums(
     """
     if len(client.test) == 0:
         return {}
+    load_buffers(model, client_buffers(model, state))  # its own BatchNorm statistics (FedBN), else the initial ones
     mixture = algorithm.personal_mixture(model, params, client, state)
     if mixture is None:
         load_parameters(model, algorithm.personal_params(model, params, client, state))

@@ -23,6 +23,7 @@ from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
 from fedmtl.experiment.checkpoint import CheckpointError, load_latest, save_checkpoint
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
+from fedmtl.fl.client import mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.mtl import build_model
 from fedmtl.report import MetricsLog, draw_all, write_report
@@ -197,7 +198,8 @@ class Experiment:
             record["privacy"] = report.privacy
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
         if due:
-            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size)
+            bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
+            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size, bn)
             if cfg.evaluation.personalized:
                 summary, rows = evaluate_personalized(
                     fed.model, fed.algorithm, state.params, fed.data, state.client_states, cfg.evaluation.batch_size

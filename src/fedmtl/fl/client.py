@@ -74,6 +74,53 @@ def load_parameters(model: MultiTaskModel, values: Mapping[str, Tensor]) -> None
             params[name].copy_(v)
 
 
+def norm_buffer_names(model: torch.nn.Module) -> list[str]:
+    """The running statistics of the model's BatchNorm layers (``running_mean``, ``running_var``, ``num_batches_tracked``).
+
+    They are client state, never federated: each client trains and evaluates with its own (FedBN).
+    """
+    out = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            out += [f"{prefix}.{n}" if prefix else n for n, b in module.named_buffers(recurse=False) if b is not None]
+    return out
+
+
+def default_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Freshly initialised running statistics (mean 0, variance 1, no batches seen): a client's before it trains."""
+    out: dict[str, Tensor] = {}
+    buffers = dict(model.named_buffers())
+    for n in norm_buffer_names(model):
+        b = buffers[n]
+        out[n] = torch.ones_like(b) if n.endswith("running_var") else torch.zeros_like(b)
+    return out
+
+
+def client_buffers(model: torch.nn.Module, state: Mapping[str, object]) -> dict[str, Tensor]:
+    """The running statistics a client uses: its own (``state["buffers"]``), else the initial ones."""
+    return {**default_buffers(model), **state.get("buffers", {})}  # type: ignore[dict-item]
+
+
+def load_buffers(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
+    """Copy values into the model's buffers in place."""
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, v in values.items():
+            buffers[name].copy_(v)
+
+
+def mean_buffers(model: torch.nn.Module, states: Sequence[Mapping[str, object]]) -> dict[str, Tensor]:
+    """The mean of the clients' running statistics (``num_batches_tracked`` summed); the initial ones if none has any."""
+    own = [s["buffers"] for s in states if s.get("buffers")]
+    out = default_buffers(model)
+    if not own:
+        return out
+    for n in out:
+        stacked = torch.stack([b[n] for b in own])  # type: ignore[index]
+        out[n] = stacked.sum(0) if n.endswith("num_batches_tracked") else stacked.float().mean(0).to(out[n].dtype)
+    return out
+
+
 def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if isinstance(cfg, SGD):
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -99,6 +146,10 @@ def finish_local(
     local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
     if local:
         new_state["local"] = local
+    bn = norm_buffer_names(model)
+    if bn:  # the client's own running statistics (FedBN): persisted, never uploaded
+        buffers = dict(model.named_buffers())
+        new_state["buffers"] = {n: buffers[n].detach().clone() for n in bn}
     return LocalResult(trained, metrics, new_state)
 
 
@@ -150,6 +201,9 @@ class LocalTrainer:
         local_saved = state.get("local", {})
         if local_saved:
             load_parameters(model, local_saved)  # type: ignore[arg-type]
+        has_bn = bool(norm_buffer_names(model))
+        if has_bn:  # the one model instance serves every client: never train on another client's statistics
+            load_buffers(model, client_buffers(model, state))
         named = dict(model.named_parameters())
         stepped = names if trainable is None else [n for n in names if n in set(trainable)]
         params = [named[n] for n in stepped]
@@ -165,6 +219,8 @@ class LocalTrainer:
         offset = [n for n in stepped if grad_offset is not None and n in grad_offset]
         for epoch, batches in enumerate(plan):
             for idx in batches:
+                if has_bn and len(idx) < 2:
+                    continue  # BatchNorm cannot normalise a single row in training mode
                 preds = model(x_all[idx], tasks)
                 losses = {t: model.tasks[t].loss(preds[t], y_all[t][idx]) for t in tasks}
                 opt.zero_grad(set_to_none=True)

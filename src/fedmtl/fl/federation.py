@@ -118,9 +118,15 @@ class Federation:
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
-        self.groups = {g: names for g, names in model.param_groups().items() if g != LOCAL}
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
         self.population = self._population()
+        # a group some of whose parameters no client uploads (FedBN's norm layers in the shared trunk) is
+        # aggregated over the uploaded ones; groups nobody uploads at all stay whole (and are never aggregated)
+        self.groups = {
+            g: ([n for n in names if n in self.population] if any(n in self.population for n in names) else names)
+            for g, names in model.param_groups().items()
+            if g != LOCAL
+        }
         self.cohort_size = cohort_size(data.num_clients, cfg.server.clients_per_round, cfg.server.fraction)
         self.byzantine = malicious_clients(range(data.num_clients), cfg.server.byzantine, cfg.seed)
         self.privacy: PrivacyStep | None = None

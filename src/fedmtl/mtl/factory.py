@@ -22,7 +22,7 @@ from fedmtl.tasks import Task
 def build_trunk(cfg: model_cfg.Trunk, input_shape: Sequence[int]) -> tuple[nn.Module, int]:
     """A trunk module and the width of the representation it produces."""
     if isinstance(cfg, model_cfg.MLPTrunk):
-        t: nn.Module = MLPTrunk(input_shape, cfg.hidden, cfg.activation, cfg.dropout)
+        t: nn.Module = MLPTrunk(input_shape, cfg.hidden, cfg.activation, cfg.dropout, cfg.norm)
     elif isinstance(cfg, model_cfg.CNN1DTrunk):
         t = CNN1DTrunk(input_shape, cfg.channels, cfg.kernel_size, cfg.hidden)
     elif isinstance(cfg, model_cfg.CNN2DTrunk):

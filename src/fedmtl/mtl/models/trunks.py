@@ -11,14 +11,24 @@ from torch import Tensor, nn
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activation: str = "relu", dropout: float = 0.0) -> nn.Sequential:
-    """Linear-activation stack; ``out_dim`` adds a final linear layer with no activation."""
+def mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activation: str = "relu", dropout: float = 0.0, norm: str = "none"
+) -> nn.Sequential:
+    """Linear-activation stack; ``out_dim`` adds a final linear layer with no activation.
+
+    ``norm="batch"`` puts a ``BatchNorm1d`` between each hidden Linear and its activation.
+    """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation {activation!r} not in {sorted(_ACTIVATIONS)}")
+    if norm not in ("none", "batch"):
+        raise ValueError(f"norm {norm!r} not in ['batch', 'none']")
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), _ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(d, h))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(_ACTIVATIONS[activation]())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = h
@@ -30,9 +40,11 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activati
 class MLPTrunk(nn.Module):
     """Flatten the input and apply an MLP."""
 
-    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0):
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], activation: str = "relu", dropout: float = 0.0, norm: str = "none"
+    ):
         super().__init__()
-        self.net = mlp(math.prod(input_shape), hidden, activation=activation, dropout=dropout)
+        self.net = mlp(math.prod(input_shape), hidden, activation=activation, dropout=dropout, norm=norm)
         self.out_dim = hidden[-1]
 
     def forward(self, x: Tensor) -> Tensor:
