@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -71,7 +72,7 @@ def average_members(
     return {n: (v + agg[n] if n in agg else v) for n, v in model_params.items()}
 
 
-class KeepPrivate(FedAvg):
+class KeepPrivate(FedAvg, abc.ABC):
     """Base of methods that keep some parameters on the client (FedPer, FedRep, FedBN).
 
     The private parameters are never uploaded; each client keeps its own copy in ``state["personal"]``
@@ -80,8 +81,9 @@ class KeepPrivate(FedAvg):
 
     vectorizable = False
 
-    def private(self, model: MultiTaskModel, name: str) -> bool:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def private(self, model: MultiTaskModel, name: str) -> bool:
+        """Whether parameter ``name`` stays on the client."""
 
     def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]:
         return [n for n in super().uploaded_names(model, client) if not self.private(model, n)]

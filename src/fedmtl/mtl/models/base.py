@@ -7,6 +7,7 @@ client in the cohort, ``"task:<name>"`` parameters only over the clients that ho
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ def task_group(task: str) -> str:
     return f"task:{task}"
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(nn.Module, abc.ABC):
     """Base class: subclasses implement :meth:`forward` and :meth:`group_of`."""
 
     def __init__(self, tasks: Sequence[Task]):
@@ -35,12 +36,13 @@ class MultiTaskModel(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
-    def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Predictions for ``tasks`` (default: all), ``{task: prediction}``."""
 
-    def group_of(self, param_name: str) -> str:  # pragma: no cover
+    @abc.abstractmethod
+    def group_of(self, param_name: str) -> str:
         """The group of a parameter, by its name in ``named_parameters()``."""
-        raise NotImplementedError
 
     def penalty(self) -> Tensor | None:
         """A regulariser the objective adds to the loss (soft sharing, MTRL, distillation); ``None`` if none.
