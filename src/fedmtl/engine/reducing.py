@@ -135,7 +135,7 @@ class ReducingFederation(Federation):
             results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
             replies = []
             for cid, job, start, res in zip(chunk, jobs, starts, results):
-                reply, client_states[cid] = self.node.upload(start, res, job.client, r)
+                reply, client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
                 counters[1] += len(reply.payload)
                 replies.append(reply)
             updates, bad = self.collect(replies)

@@ -265,7 +265,7 @@ class Federation:
             if cid in self.byzantine:
                 gen = generator(self.cfg.seed, "byzantine", r, cid)
                 tamper = lambda delta, g=gen: attack(delta, self.cfg.server.byzantine, g)  # noqa: E731
-            reply, cstate = self.node.upload(start, res, job.client, r, tamper)
+            reply, cstate = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
             if OUTBOX_KEY in cstate:
                 outboxes[cid] = cstate[OUTBOX_KEY]
             client_states[cid] = {k: v for k, v in cstate.items() if k not in (OUTBOX_KEY, SERVER_KEY)}

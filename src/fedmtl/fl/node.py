@@ -61,16 +61,19 @@ class ClientNode:
         client: ClientData,
         round_index: int,
         tamper: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+        prior: TensorTree | None = None,
     ) -> tuple[ClientReply, TensorTree]:
         """Encode ``local - start`` for the shared parameters; returns the reply and the client's next state.
 
+        ``prior`` is the client's state at the start of the round: what local training does not return
+        (the uplink codec's error-feedback residual above all) carries over from it.
         ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
         """
         names = self.algorithm.uploaded_names(self.model, client)
         delta = {n: result.params[n] - start[n] for n in names}
         if tamper is not None:
             delta = tamper(delta)
-        state = dict(result.state)
+        state = {**(prior or {}), **result.state}
         gen = generator(self.seed, "codec", round_index, client.client_id)
         payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
         if self.up.stateful:
@@ -82,7 +85,7 @@ class ClientNode:
         """The whole client round from received bytes: what a deployed client executes."""
         start = self.receive(payload, client)
         result = self.train(start, client, state, round_index)
-        return self.upload(start, result, client, round_index)
+        return self.upload(start, result, client, round_index, prior=state)
 
 
 __all__ = ["ClientNode", "ClientReply", "torch"]

@@ -138,7 +138,7 @@ def make_client_app() -> ClientApp:
             **received,
         }  # as the simulation: global values for what is not sent
         result = node.train(start, part.client, state, round_index)
-        reply, new_state = node.upload(start, result, part.client, round_index)
+        reply, new_state = node.upload(start, result, part.client, round_index, prior=state)
         outbox = new_state.get(OUTBOX_KEY)
         kept = {k: v for k, v in new_state.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
         context.state[msgs.STATE] = msgs.tree_to_record(kept)
