@@ -112,23 +112,7 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        cfg = _config(context)
-        if cfg.runtime.threads is not None:
-            import torch
-
-            torch.set_num_threads(cfg.runtime.threads)
-        payload, round_index, client_id = msgs.read_train_content(message.content)
-        pid = partition_id(context, cfg)
-        if client_id != pid:
-            raise ValueError(f"message for client {client_id} reached the node of client {pid}")
-        part = load_partition(cfg, pid, _cache_dir(context))
-        model = build_model(cfg.model, part.input_shape, part.tasks)
-        node = build_node(cfg, model)
-        state = (
-            msgs.tree_from_record(context.state.array_records[msgs.STATE])
-            if msgs.STATE in context.state.array_records
-            else {}
-        )
+        cfg, pid, part, model, node, state, payload, round_index = _node_for(message, context)
         server_state = msgs.read_server_state(message.content)
         if server_state:  # as Federation.client_view: the algorithm's server state for this round
             state = {**state, SERVER_KEY: server_state}
@@ -149,23 +133,7 @@ def make_client_app() -> ClientApp:
         """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
         from fedmtl.experiment.evaluation import personal_metric_sums
 
-        cfg = _config(context)
-        if cfg.runtime.threads is not None:
-            import torch
-
-            torch.set_num_threads(cfg.runtime.threads)
-        payload, _, client_id = msgs.read_train_content(message.content)
-        pid = partition_id(context, cfg)
-        if client_id != pid:
-            raise ValueError(f"message for client {client_id} reached the node of client {pid}")
-        part = load_partition(cfg, pid, _cache_dir(context))
-        model = build_model(cfg.model, part.input_shape, part.tasks)
-        node = build_node(cfg, model)
-        state = (
-            msgs.tree_from_record(context.state.array_records[msgs.STATE])
-            if msgs.STATE in context.state.array_records
-            else {}
-        )
+        cfg, pid, part, model, node, state, payload, _ = _node_for(message, context)
         params = {**initial_parameters(model, cfg.seed), **node.receive(payload, part.client)}
         sums = personal_metric_sums(
             model, node.algorithm, params, part.client, state, cfg.evaluation.batch_size
@@ -173,6 +141,32 @@ def make_client_app() -> ClientApp:
         return Message(msgs.evaluate_reply(pid, sums), reply_to=message)
 
     return app
+
+
+def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-def]
+    """What a train or evaluate message needs on this node: config, partition, model, client node, stored
+    state, and the message's payload and round.
+
+    The message must be addressed to this node's partition; one for another client is an error.
+    """
+    cfg = _config(context)
+    if cfg.runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.runtime.threads)
+    payload, round_index, client_id = msgs.read_train_content(message.content)
+    pid = partition_id(context, cfg)
+    if client_id != pid:
+        raise ValueError(f"message for client {client_id} reached the node of client {pid}")
+    part = load_partition(cfg, pid, _cache_dir(context))
+    model = build_model(cfg.model, part.input_shape, part.tasks)
+    node = build_node(cfg, model)
+    state = (
+        msgs.tree_from_record(context.state.array_records[msgs.STATE])
+        if msgs.STATE in context.state.array_records
+        else {}
+    )
+    return cfg, pid, part, model, node, state, payload, round_index
 
 
 def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-untyped-def]
