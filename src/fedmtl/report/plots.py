@@ -12,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write and close a figure (closing frees it: runs draw many)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _rounds(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get(key)]
 
@@ -37,10 +45,7 @@ def plot_task_metrics(records: Sequence[dict[str, Any]], path: Path) -> Path | N
     ax.set_title("Per-task performance")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -64,10 +69,7 @@ def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
         a.set_xlabel("round")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -87,10 +89,7 @@ def plot_loss(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_client_histogram(scores: Sequence[float], path: Path, title: str = "Personalised score per client") -> Path | None:
@@ -104,10 +103,7 @@ def plot_client_histogram(scores: Sequence[float], path: Path, title: str = "Per
     ax.set_ylabel("clients")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def draw_all(records: Sequence[dict[str, Any]], client_scores: Sequence[float], folder: Path) -> list[Path]:
