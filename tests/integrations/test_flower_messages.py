@@ -71,22 +71,20 @@ def test_settings_from_run_config():
         FlowerSettings.from_run_config({"min-replys": 2})
 
 
-def test_server_state_and_outbox_travel_as_extra_array_records():
-    server = {"c": {"trunk.w": torch.randn(3, 2), "heads.digit.b": torch.zeros(4)}, "round": torch.tensor(2)}
-    content = msgs.train_content(b"abc", 1, 2, server)
+def test_server_state_and_outbox_travel_as_extra_byte_records():
+    content = msgs.train_content(b"abc", 1, 2, b"state-bytes")
     assert msgs.read_train_content(content) == (b"abc", 1, 2)
-    got = msgs.read_server_state(content)
-    torch.testing.assert_close(got, server)
-    assert msgs.read_server_state(msgs.train_content(b"abc", 1, 2)) == {}  # FedAvg: no record at all
-    assert msgs.SERVER_STATE not in msgs.train_content(b"abc", 1, 2, {}).array_records
-    assert msgs.tree_bytes(server) == (6 + 4) * 4 + 8
+    assert msgs.read_server_state(content) == b"state-bytes"
+    assert msgs.read_server_state(msgs.train_content(b"abc", 1, 2)) == b""  # FedAvg: no record at all
+    assert msgs.SERVER_STATE not in msgs.train_content(b"abc", 1, 2, b"").array_records
 
-    reply = ClientReply(2, b"xy", 5, {"digit": 5})
-    outbox = {"delta_c": {"trunk.w": torch.ones(3, 2)}}
-    content = msgs.reply_content(reply, outbox)
+    reply = ClientReply(2, b"xy", 5, {"digit": 5}, outbox=b"outbox-bytes")
+    content = msgs.reply_content(reply)
+    assert msgs.OUTBOX in content.array_records
     assert msgs.read_reply_content(content) == reply
-    torch.testing.assert_close(msgs.read_outbox(content), outbox)
-    assert msgs.read_outbox(msgs.reply_content(reply)) is None
+    plain = ClientReply(2, b"xy", 5, {"digit": 5})
+    assert msgs.OUTBOX not in msgs.reply_content(plain).array_records
+    assert msgs.read_reply_content(msgs.reply_content(plain)).outbox == b""
 
 
 def test_evaluation_reply_carries_metric_sums_per_task():

@@ -109,7 +109,8 @@ def test_fedper_never_sends_heads() -> None:
     assert all(torch.equal(nxt.params[n], state.params[n]) for n in heads)
 
 
-def test_ifca_separates_two_clusters() -> None:
+def _two_cluster_ifca(personal_model: str = "trained"):  # type: ignore[no-untyped-def]
+    """Eight clients, two opposite labellings of the same inputs; IFCA with two clusters, five rounds."""
     rng = np.random.default_rng(0)
     n_per, clients = 80, 8
     x = rng.normal(size=(n_per * clients, 4)).astype(np.float32)
@@ -118,7 +119,7 @@ def test_ifca_separates_two_clusters() -> None:
     y = ((x[:, 0] > 0) ^ flip).astype(int)
     src = from_arrays(x, {"a": y}, {"a": "binary"}, client_ids=cid)
     cfg = config(
-        {"name": "ifca", "clusters": 2},
+        {"name": "ifca", "clusters": 2, "personal_model": personal_model},
         data={
             "num_clients": clients,
             "source": {"name": "table", "path": "in-memory", "client_column": "cid", "tasks": [{"name": "a", "kind": "binary"}]},
@@ -131,10 +132,32 @@ def test_ifca_separates_two_clusters() -> None:
     state = fed.init_state()
     for _ in range(5):
         state, _ = fed.round(state)
+    return fed, state
+
+
+def test_ifca_separates_two_clusters() -> None:
+    fed, state = _two_cluster_ifca()
     chosen = {c.client_id: int(state.client_states[c.client_id]["cluster"]) for c in fed.data.clients}
     even = {chosen[c] for c in chosen if c % 2 == 0}
     odd = {chosen[c] for c in chosen if c % 2 == 1}
     assert len(even) == 1 and len(odd) == 1 and even != odd, chosen
+
+
+def test_ifca_re_picks_the_current_cluster_model_at_evaluation() -> None:
+    fed, state = _two_cluster_ifca("cluster")
+    views = fed.server_views(state, range(fed.data.num_clients))
+    chosen = {int(state.client_states[c]["cluster"]) for c in (0, 2)}
+    assert len(chosen) == 1  # the even clients' cluster
+    (even,) = chosen
+    clusters = state.algorithm_state["clusters"]
+    for cid in (0, 1):
+        client = fed.data.clients[cid]
+        personal = fed.algorithm.personal_params(fed.model, state.params, client, fed.client_view(state, cid, views[cid]))
+        j = even if cid % 2 == 0 else 1 - even
+        for name, value in clusters[str(j)].items():  # the cluster model now, not the client's older trained copy
+            torch.testing.assert_close(personal[name], value)
+        trained = fed.algorithm.personal_params(fed.model, state.params, client, state.client_states[cid])
+        assert trained.keys() == personal.keys()  # without the server's view: the model from its last round
 
 
 def test_mocha_omega_matches_the_closed_form() -> None:

@@ -80,7 +80,7 @@ class Link:
         """Compress and frame ``tensors``.
 
         Args:
-            tensors: name -> tensor (any shape; floating tensors go through the chain, others are sent raw).
+            tensors: name -> tensor (any shape; non-empty floating tensors go through the chain, others are sent raw).
             state: the sender's codec state from its previous call (``{}`` at first); not mutated.
             generator: the only source of randomness for stochastic codecs (required by qsgd and randk).
 
@@ -93,7 +93,7 @@ class Link:
         for i, (name, t) in enumerate(tensors.items()):
             t = t.detach().cpu()
             meta.append([name, list(t.shape), str(t.dtype)])
-            if not t.is_floating_point():
+            if not t.is_floating_point() or t.numel() == 0:  # integers, flags and empty tensors go raw
                 parts[f"{i}.raw"] = t.contiguous()
                 continue
             x = t.float().reshape(-1)
@@ -162,10 +162,10 @@ class Link:
         for i, (name, shape, dtype) in enumerate(meta):
             mine = by_tensor.get(str(i), {})
             try:
-                if dtype in _OTHERS:
+                if dtype in _OTHERS or math.prod(shape) == 0:
                     if (
                         set(mine) != {"raw"}
-                        or mine["raw"].dtype != _OTHERS[dtype]
+                        or mine["raw"].dtype != (_OTHERS | _FLOATS)[dtype]
                         or list(mine["raw"].shape) != shape
                     ):
                         raise PayloadError(f"raw {dtype} part missing or malformed")

@@ -89,6 +89,13 @@ class IFCAAlgorithm(StrictModel):
 
     name: Literal["ifca"] = "ifca"
     clusters: PositiveInt = Field(default=2, le=64)
+    personal_model: Literal["trained", "cluster"] = Field(
+        default="trained",
+        description=(
+            "A client's model at evaluation: 'trained' = the cluster model it trained in its last round; "
+            "'cluster' = the current cluster model with the lowest loss on its training data (the paper's inference rule)."
+        ),
+    )
 
 
 class FedEMAlgorithm(StrictModel):

@@ -194,6 +194,10 @@ class Experiment:
         last_run = getattr(fed.engine, "last_run", None)
         if last_run:
             record["engine_clients"] = dict(last_run)
+        if report.algorithm_bytes_down or report.algorithm_bytes_up:
+            # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
+            record["algorithm_bytes_down"] = report.algorithm_bytes_down
+            record["algorithm_bytes_up"] = report.algorithm_bytes_up
         if report.privacy:
             record["privacy"] = report.privacy
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
@@ -201,8 +205,11 @@ class Experiment:
             bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
             record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size, bn)
             if cfg.evaluation.personalized:
+                # each client's own state plus the server state it would receive now (IFCA re-picks its cluster)
+                views = fed.server_views(state, range(fed.data.num_clients))
+                client_states = {c: fed.client_view(state, c, views.get(c)) for c in range(fed.data.num_clients)}
                 summary, rows = evaluate_personalized(
-                    fed.model, fed.algorithm, state.params, fed.data, state.client_states, cfg.evaluation.batch_size
+                    fed.model, fed.algorithm, state.params, fed.data, client_states, cfg.evaluation.batch_size
                 )
                 record["personalized"] = summary
                 if state.round == cfg.server.rounds:

@@ -6,16 +6,17 @@ Personalisation methods change exactly these three answers. Methods that also ke
 state (SCAFFOLD's control variate, IFCA's cluster models, FedEM's components, MOCHA's Omega) add
 the optional server hooks :meth:`Algorithm.server_init` and :meth:`Algorithm.server_update`.
 
-How server state reaches the client and extra uploads reach the server (simulation):
+How server state reaches the client and extra uploads reach the server:
 
-- during a round, a client's state holds the server's algorithm state under :data:`SERVER_KEY`
-  (it must not return it);
-- a client may return extra uploads under :data:`OUTBOX_KEY` in its state; the round removes them
-  from the persisted client state and hands them to :meth:`Algorithm.server_update`.
+- during a round (and at personalised evaluation), a client's state holds its decoded view of the
+  server's algorithm state under :data:`SERVER_KEY` (it must not return it);
+- a client may return extra uploads under :data:`OUTBOX_KEY` in its state, a tree whose leaves are
+  named after model parameters; the client node encodes them into the reply, the server decodes and
+  checks them and hands them to :meth:`Algorithm.server_update` (``ServerContext.outboxes``).
 
-Neither channel goes through the codecs, so the simulation counts neither in ``bytes_down`` /
-``bytes_up``. On Flower both cross the network as extra ArrayRecords (``fedmtl.server-state`` in the
-train message, ``fedmtl.outbox`` in the reply) and the deployment counts them (``algorithm_bytes_*``).
+Both channels go through the same codec chains as the model (:mod:`fedmtl.fl.algorithm_channel`) and
+are counted in ``bytes_down`` / ``bytes_up`` (broken out as ``algorithm_bytes_*``), in simulation and
+on Flower alike.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def _registry() -> dict[type, Callable[[object], Algorithm]]:
         acfg.DittoAlgorithm: lambda c: p.Ditto(c.lam, c.personal_epochs),  # type: ignore[attr-defined]
         acfg.APFLAlgorithm: lambda c: p.APFL(c.alpha, c.alpha_lr),  # type: ignore[attr-defined]
         acfg.PFedMeAlgorithm: lambda c: p.PFedMe(c.lam, c.inner_steps, c.personal_lr),  # type: ignore[attr-defined]
-        acfg.IFCAAlgorithm: lambda c: p.IFCA(c.clusters),  # type: ignore[attr-defined]
+        acfg.IFCAAlgorithm: lambda c: p.IFCA(c.clusters, c.personal_model),  # type: ignore[attr-defined]
         acfg.FedEMAlgorithm: lambda c: p.FedEM(c.components),  # type: ignore[attr-defined]
         acfg.MochaAlgorithm: lambda c: p.Mocha(c.lam, c.eps),  # type: ignore[attr-defined]
     }

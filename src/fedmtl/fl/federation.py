@@ -21,9 +21,10 @@ from fedmtl.comm import PayloadError, build_links
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm, ServerContext, build_algorithm
+from fedmtl.fl.algorithm import SERVER_KEY, Algorithm, ServerContext, build_algorithm
+from fedmtl.fl.algorithm_channel import decode_outbox, encode_tree, state_view
 from fedmtl.fl.byzantine import attack, malicious_clients
-from fedmtl.fl.client import LocalTrainer
+from fedmtl.fl.client import LocalTrainer, held_parameter_names
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply
 from fedmtl.fl.privacy_step import PrivacyStep
@@ -53,15 +54,24 @@ class ServerState:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """The server's broadcast for one round: the cohort and the bytes each client receives."""
+    """The server's broadcast for one round: the cohort and the bytes each client receives.
+
+    ``payloads`` carry the model; ``state_payloads`` the algorithm's server state (SCAFFOLD's ``c``,
+    IFCA's clusters, ...), encoded by the same downlink chain, for the algorithms that have one.
+    """
 
     round: int
     cohort: list[int]
     payloads: dict[int, bytes]
+    state_payloads: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def algorithm_bytes_down(self) -> int:
+        return sum(len(p) for p in self.state_payloads.values())
 
     @property
     def bytes_down(self) -> int:
-        return sum(len(p) for p in self.payloads.values())
+        return sum(len(p) for p in self.payloads.values()) + self.algorithm_bytes_down
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class RoundReport:
     train_loss: dict[str, float]
     seconds: float
     privacy: dict[str, object] = field(default_factory=dict)
+    #: the part of ``bytes_down`` / ``bytes_up`` that carried the algorithm's state and outboxes
+    algorithm_bytes_down: int = 0
+    algorithm_bytes_up: int = 0
 
 
 def initial_parameters(model: MultiTaskModel, seed: int) -> dict[str, Tensor]:
@@ -167,23 +180,47 @@ class Federation:
         return sample_cohort(self.data.num_clients, self.cohort_size, generator(self.cfg.seed, "cohort", round_index))
 
     def plan(self, state: ServerState, cohort: Sequence[int] | None = None) -> RoundPlan:
-        """Sample the cohort and encode what each client needs (shared + its heads).
+        """Sample the cohort and encode what each client needs (shared + its heads, and its view of the
+        algorithm's server state when there is one).
 
         Clients with the same task set receive identical bytes, so each distinct payload is encoded once.
         """
         r = state.round
         chosen = list(cohort) if cohort is not None else self.cohort(r)
-        cache: dict[tuple[str, ...], bytes] = {}
-        payloads = {}
+        cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
+        payloads, state_payloads = {}, {}
         for cid in chosen:
             client = self.data.clients[cid]
             if client.tasks not in cache:
                 names = self.algorithm.uploaded_names(self.model, client)
-                cache[client.tasks], _ = self.down.encode(
-                    {n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r)
-                )
-            payloads[cid] = cache[client.tasks]
-        return RoundPlan(r, chosen, payloads)
+                model_bytes, _ = self.down.encode({n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r))
+                cache[client.tasks] = (model_bytes, self._state_payload(state, client.tasks))
+            payloads[cid], state_bytes = cache[client.tasks]
+            if state_bytes:
+                state_payloads[cid] = state_bytes
+        return RoundPlan(r, chosen, payloads, state_payloads)
+
+    def _state_payload(self, state: ServerState, tasks: tuple[str, ...]) -> bytes:
+        """The algorithm's server state as a client with ``tasks`` receives it (``b""`` when there is none)."""
+        if not state.algorithm_state:
+            return b""
+        view = state_view(state.algorithm_state, state.params, set(held_parameter_names(self.model, tasks)))
+        payload, _ = encode_tree(self.down, view, {}, generator(self.cfg.seed, "down-state", state.round))
+        return payload
+
+    def server_views(self, state: ServerState, clients: Sequence[int]) -> dict[int, TensorTree]:
+        """What each of ``clients`` decodes from its view of the algorithm's server state this round
+        (after the downlink codecs), for evaluating personalised models between rounds; ``{}`` without one."""
+        if not state.algorithm_state:
+            return {}
+        views: dict[tuple[str, ...], TensorTree] = {}
+        out = {}
+        for cid in clients:
+            tasks = self.data.clients[cid].tasks
+            if tasks not in views:
+                views[tasks] = self.node.receive_state(self._state_payload(state, tasks))
+            out[cid] = views[tasks]
+        return out
 
     def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
         """Decode and validate each reply; a bad payload drops that client (with its reason), never the round."""
@@ -195,11 +232,12 @@ class Federation:
                 received = self.up.decode(reply.payload, expected={n: self.shapes[n] for n in names})
                 if set(received) != set(names):
                     raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
+                outbox = decode_outbox(self.up, reply.outbox, self.shapes)
             except PayloadError as exc:
                 dropped[reply.client_id] = str(exc)
                 log.debug("dropped client %d's update: %s", reply.client_id, exc)
                 continue
-            updates.append(ClientUpdate(reply.client_id, received, reply.num_samples, reply.task_samples, reply.metrics))
+            updates.append(ClientUpdate(reply.client_id, received, reply.num_samples, reply.task_samples, reply.metrics, outbox))
         if dropped:
             first = next(iter(dropped.items()))
             hint = " (local training diverged? lower client.optimizer.lr)" if "NaN" in first[1] else ""
@@ -211,10 +249,9 @@ class Federation:
         state: ServerState,
         updates: Sequence[ClientUpdate],
         client_states: Mapping[int, TensorTree],
-        outboxes: Mapping[int, TensorTree] | None = None,
     ) -> tuple[ServerState, dict[str, object]]:
         """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
-        algorithm's server step.
+        algorithm's server step (which sees the updates' outboxes).
 
         Returns the next state and what the privacy layer reports about the round (epsilon, costs).
         """
@@ -229,14 +266,16 @@ class Federation:
             else:
                 aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-            ctx = ServerContext(state.params, params, algorithm_state, updates, dict(outboxes or {}), self.groups, self.population)
+            outboxes = {u.client_id: u.outbox for u in updates if u.outbox}
+            ctx = ServerContext(state.params, params, algorithm_state, updates, outboxes, self.groups, self.population)
             params, algorithm_state = self.algorithm.server_update(ctx)
         return ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, privacy_state), info
 
-    def client_view(self, state: ServerState, cid: int) -> TensorTree:
-        """A client's state for this round: its own, plus the algorithm's server state when there is one."""
+    @staticmethod
+    def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
+        """A client's state for this round: its own, plus its decoded view of the algorithm's server state."""
         own = state.client_states.get(cid, {})
-        return {**own, SERVER_KEY: state.algorithm_state} if state.algorithm_state else own
+        return {**own, SERVER_KEY: server} if server else own
 
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
@@ -247,40 +286,42 @@ class Federation:
         r = state.round
         plan = self.plan(state)
         starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in plan.cohort]
+        decoded: dict[bytes, TensorTree] = {}  # clients with equal task sets receive equal bytes: decode once
+        for payload in plan.state_payloads.values():
+            if payload not in decoded:
+                decoded[payload] = self.node.receive_state(payload)
         jobs = [
             CohortJob(
                 start={**state.params, **start},
                 client=self.data.clients[cid],
-                state=self.client_view(state, cid),
+                state=self.client_view(state, cid, decoded.get(plan.state_payloads.get(cid, b""))),
                 generator=generator(self.cfg.seed, "client", r, cid),
             )
             for cid, start in zip(plan.cohort, starts)
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         client_states = dict(state.client_states)
-        replies, outboxes = [], {}
+        replies = []
         for job, start, res in zip(jobs, starts, results):
             cid = job.client.client_id
             tamper = None
             if cid in self.byzantine:
                 gen = generator(self.cfg.seed, "byzantine", r, cid)
                 tamper = lambda delta, g=gen: attack(delta, self.cfg.server.byzantine, g)  # noqa: E731
-            reply, cstate = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
-            if OUTBOX_KEY in cstate:
-                outboxes[cid] = cstate[OUTBOX_KEY]
-            client_states[cid] = {k: v for k, v in cstate.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
+            reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
             replies.append(reply)
         updates, dropped = self.collect(replies)
-        kept = {u.client_id for u in updates}
-        new_state, privacy_info = self.apply(state, updates, client_states, {c: o for c, o in outboxes.items() if c in kept})
+        new_state, privacy_info = self.apply(state, updates, client_states)
         report = RoundReport(
             round=r,
             cohort=plan.cohort,
             dropped=dropped,
             bytes_down=plan.bytes_down,
-            bytes_up=sum(len(x.payload) for x in replies),
+            bytes_up=sum(len(x.payload) + len(x.outbox) for x in replies),
             train_loss=mean_train_loss(replies),
             seconds=time.perf_counter() - t0,
             privacy={**privacy_info, **max_client_epsilon(replies)},
+            algorithm_bytes_down=plan.algorithm_bytes_down,
+            algorithm_bytes_up=sum(len(x.outbox) for x in replies),
         )
         return new_state, report

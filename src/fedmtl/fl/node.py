@@ -1,8 +1,9 @@
 """A client node: what one client does with the bytes it receives, in simulation and in deployment.
 
-Decode the broadcast, train on its own data and tasks, compute ``local - received`` for the
-parameters it shares, encode that with its uplink codec state. The simulation's round loop and
-the Flower ClientApp both call :meth:`ClientNode.upload`, so the two cannot drift apart.
+Decode the broadcast (and the algorithm's server state, when there is one), train on its own data
+and tasks, compute ``local - received`` for the parameters it shares, encode that (and the algorithm's
+outbox) with its uplink codec state. The simulation's round loop and the Flower ClientApp both call
+:meth:`ClientNode.upload`, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ from torch import Tensor
 
 from fedmtl.comm import Link
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import Algorithm
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm
+from fedmtl.fl.algorithm_channel import decode_state, encode_tree
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.seeding import generator
 from fedmtl.mtl import MultiTaskModel
-from fedmtl.tree import TensorTree
+from fedmtl.tree import TensorTree, flatten
 
 
 @dataclass(frozen=True)
 class ClientReply:
-    """What a client sends back: the encoded update and the weights the server aggregates with."""
+    """What a client sends back: the encoded update, the weights the server aggregates with, and the
+    encoded outbox of algorithms with a server step that needs one (``b""`` otherwise)."""
 
     client_id: int
     payload: bytes
     num_samples: int
     task_samples: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
+    outbox: bytes = b""
 
 
 class ClientNode:
@@ -50,6 +54,10 @@ class ClientNode:
         shapes = dict((n, p.shape) for n, p in self.model.named_parameters())
         return self.down.decode(payload, expected={n: shapes[n] for n in names})
 
+    def receive_state(self, payload: bytes) -> TensorTree:
+        """Decode this client's view of the algorithm's server state (``{}`` for an empty payload)."""
+        return decode_state(self.down, payload)
+
     def train(self, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, round_index: int) -> LocalResult:
         gen = generator(self.seed, "client", round_index, client.client_id)
         return self.algorithm.local_train(self.trainer, start, client, state, gen)
@@ -63,28 +71,40 @@ class ClientNode:
         tamper: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
         prior: TensorTree | None = None,
     ) -> tuple[ClientReply, TensorTree]:
-        """Encode ``local - start`` for the shared parameters; returns the reply and the client's next state.
+        """Encode ``local - start`` for the shared parameters, and the algorithm's outbox if training returned
+        one; returns the reply and the client's next state (without the server's view or the outbox).
 
         ``prior`` is the client's state at the start of the round: what local training does not return
-        (the uplink codec's error-feedback residual above all) carries over from it.
+        (the uplink codec's error-feedback residuals above all) carries over from it.
         ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
         """
         names = self.algorithm.uploaded_names(self.model, client)
         delta = {n: result.params[n] - start[n] for n in names}
         if tamper is not None:
             delta = tamper(delta)
-        state = {**(prior or {}), **result.state}
+        state = {k: v for k, v in {**(prior or {}), **result.state}.items() if k not in (SERVER_KEY, OUTBOX_KEY)}
         gen = generator(self.seed, "codec", round_index, client.client_id)
         payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
         if self.up.stateful:
             state["codec"] = codec_state
+        outbox_bytes = b""
+        outbox = flatten(result.state.get(OUTBOX_KEY, {}))  # type: ignore[arg-type]
+        if outbox:
+            gen = generator(self.seed, "codec-outbox", round_index, client.client_id)
+            outbox_bytes, outbox_codec = encode_tree(self.up, outbox, state.get("codec_outbox", {}), gen)  # type: ignore[arg-type]
+            if self.up.stateful:
+                state["codec_outbox"] = outbox_codec
         task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
-        return ClientReply(client.client_id, payload, client.num_train, task_rows, dict(result.metrics)), state
+        reply = ClientReply(client.client_id, payload, client.num_train, task_rows, dict(result.metrics), outbox_bytes)
+        return reply, state
 
-    def run(self, payload: bytes, client: ClientData, state: TensorTree, round_index: int) -> tuple[ClientReply, TensorTree]:
+    def run(
+        self, payload: bytes, client: ClientData, state: TensorTree, round_index: int, state_payload: bytes = b""
+    ) -> tuple[ClientReply, TensorTree]:
         """The whole client round from received bytes: what a deployed client executes."""
         start = self.receive(payload, client)
-        result = self.train(start, client, state, round_index)
+        server = self.receive_state(state_payload)
+        result = self.train(start, client, {**state, SERVER_KEY: server} if server else state, round_index)
         return self.upload(start, result, client, round_index, prior=state)
 
 

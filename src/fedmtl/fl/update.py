@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from fedmtl.tree import TensorTree
+
 
 @dataclass(frozen=True)
 class ClientUpdate:
@@ -18,6 +20,7 @@ class ClientUpdate:
         num_samples: training rows; the weight of the shared trunk in FedAvg.
         task_samples: labelled training rows per task; the weight of that task's head.
         metrics: training statistics (mean loss per task, steps).
+        outbox: the algorithm's extra uploads (SCAFFOLD's ``delta_c``, FedEM's components), decoded; ``{}`` for most.
     """
 
     client_id: int
@@ -25,6 +28,7 @@ class ClientUpdate:
     num_samples: int
     task_samples: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
+    outbox: TensorTree = field(default_factory=dict)
 
     def weight_for(self, group: str) -> float:
         """Aggregation weight of this update for a parameter group."""

@@ -38,7 +38,7 @@ class FedEM(FedAvg):
     SGD on each component with per-sample losses weighted by the responsibilities.
 
     The personal model is the mixture ``sum_k pi_k p_k(y | x)`` of the client's last trained components.
-    Components 1..K-1 travel outside the codecs (not counted in bytes). Equal task weights.
+    Components 1..K-1 travel through the codecs both ways (counted in ``bytes_down`` / ``bytes_up``). Equal task weights.
 
     Args:
         components: number of components K (>= 2).

@@ -24,20 +24,25 @@ class IFCA(FedAvg):
     one and reports its choice (``metrics["cluster"]``); each cluster model moves to the mean of its
     members' models, per parameter group. The global model is the usual average of all clients.
 
-    Clients download all ``k`` models (not counted in ``bytes_down``). The personal model is the one
-    the client ended its last round with.
+    Clients download all ``k`` models (through the downlink codecs, counted in ``bytes_down``).
 
     Args:
         clusters: number of cluster models ``k``.
+        personal_model: the client's model at evaluation. ``"trained"``: the one it ended its last round
+            with (its cluster's model after its own local training, possibly several rounds old);
+            ``"cluster"``: re-pick now, the current cluster model with the lowest loss on its training
+            data (Ghosh et al.'s inference rule; needs the server state the client would receive).
     """
 
     name = "ifca"
     vectorizable = False
 
-    def __init__(self, clusters: int):
+    def __init__(self, clusters: int, personal_model: str = "trained"):
         if clusters < 1:
             raise ValueError(f"IFCA needs clusters >= 1, got {clusters}")
-        self.clusters = clusters
+        if personal_model not in ("trained", "cluster"):
+            raise ValueError(f"IFCA personal_model must be 'trained' or 'cluster', got {personal_model!r}")
+        self.clusters, self.personal_model = clusters, personal_model
 
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
         models = {str(j): (dict(params) if j == 0 else shuffled(params, generator)) for j in range(self.clusters)}
@@ -73,4 +78,9 @@ class IFCA(FedAvg):
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]
+        base = super().personal_params(model, global_params, client, state)
+        clusters = state.get(SERVER_KEY, {}).get("clusters")  # type: ignore[union-attr]
+        if self.personal_model == "cluster" and clusters:
+            j = self.choose(model, clusters, client)
+            return {**base, **{n: clusters[str(j)][n] for n in held_parameter_names(model, client.tasks)}}
+        return {**base, **state.get("personal", {})}  # type: ignore[dict-item]

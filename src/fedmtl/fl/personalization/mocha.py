@@ -55,7 +55,7 @@ class Mocha(FedAvg):
     (:func:`omega_update`). A client trains its heads on its loss plus ``lam * tr(W Omega^-1 W^T)``
     with the other clients' rows fixed: a proximal pull of weight ``2 lam a`` towards ``-b / a``
     (:func:`coupling`). Heads are uploaded as usual (their deltas give the server ``w_t``); ``W`` and
-    ``Omega`` are broadcast outside the codecs. A client's personal model is the global trunk with its
+    ``Omega`` are broadcast through the downlink codecs (counted in ``bytes_down``). A client's personal model is the global trunk with its
     own heads.
 
     Args:

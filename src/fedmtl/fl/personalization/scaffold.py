@@ -34,7 +34,7 @@ class Scaffold(FedAvg):
     The server moves ``c`` by ``(1/N) sum_i (c_i+ - c_i)`` over the cohort, per parameter with ``N`` the
     number of clients holding it (every client for the trunk, a task's holders for its head); the global
     model takes the usual aggregated step (global step size = ``server.optimizer.lr``). Each client's
-    ``c_i+ - c_i`` travels in its outbox (not counted in ``bytes_up``).
+    ``c_i+ - c_i`` travels in its outbox, encoded by the uplink chain (counted in ``bytes_up``).
     """
 
     name = "scaffold"

@@ -26,13 +26,14 @@ from fedmtl.atomic import atomic_write
 from fedmtl.config import ExperimentConfig, config_from_dict
 from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, build_algorithm
+from fedmtl.fl.algorithm import SERVER_KEY, build_algorithm
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.mtl import build_model
 from fedmtl.tasks import Task
+from fedmtl.tree import TensorTree
 
 log = logging.getLogger("fedmtl")
 
@@ -113,20 +114,15 @@ def make_client_app() -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         cfg, pid, part, model, node, state, payload, round_index = _node_for(message, context)
-        server_state = msgs.read_server_state(message.content)
-        if server_state:  # as Federation.client_view: the algorithm's server state for this round
-            state = {**state, SERVER_KEY: server_state}
         received = node.receive(payload, part.client)
         start = {
             **initial_parameters(model, cfg.seed),
             **received,
         }  # as the simulation: global values for what is not sent
-        result = node.train(start, part.client, state, round_index)
+        result = node.train(start, part.client, _with_server_view(node, state, message), round_index)
         reply, new_state = node.upload(start, result, part.client, round_index, prior=state)
-        outbox = new_state.get(OUTBOX_KEY)
-        kept = {k: v for k, v in new_state.items() if k not in (OUTBOX_KEY, SERVER_KEY)}
-        context.state[msgs.STATE] = msgs.tree_to_record(kept)
-        return Message(msgs.reply_content(reply, outbox), reply_to=message)
+        context.state[msgs.STATE] = msgs.tree_to_record(new_state)
+        return Message(msgs.reply_content(reply), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
@@ -136,11 +132,17 @@ def make_client_app() -> ClientApp:
         cfg, pid, part, model, node, state, payload, _ = _node_for(message, context)
         params = {**initial_parameters(model, cfg.seed), **node.receive(payload, part.client)}
         sums = personal_metric_sums(
-            model, node.algorithm, params, part.client, state, cfg.evaluation.batch_size
+            model, node.algorithm, params, part.client, _with_server_view(node, state, message), cfg.evaluation.batch_size
         )
         return Message(msgs.evaluate_reply(pid, sums), reply_to=message)
 
     return app
+
+
+def _with_server_view(node: ClientNode, state: TensorTree, message: Message) -> TensorTree:
+    """As Federation.client_view: the node's state plus its decoded view of the algorithm's server state."""
+    server = node.receive_state(msgs.read_server_state(message.content))
+    return {**state, SERVER_KEY: server} if server else state
 
 
 def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-def]

@@ -2,7 +2,8 @@
 
 The update a client sends and the broadcast it receives cross the network as fedmtl's own encoded
 bytes (the codec chain's output), carried as one ``uint8`` array in an ``ArrayRecord``: Flower moves
-exactly the bytes fedmtl's byte accounting counts, so compression shrinks what crosses the wire.
+exactly the bytes fedmtl's byte accounting counts, so compression shrinks what crosses the wire. The
+algorithm's server state and a client's outbox travel the same way, each in its own record.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ META = "fedmtl.meta"
 METRICS = "fedmtl.metrics"
 CONFIG = "fedmtl.config"
 STATE = "fedmtl.client-state"
-SERVER_STATE = (
-    "fedmtl.server-state"  # the algorithm's server state for the client (SCAFFOLD's c, IFCA's clusters)
-)
-OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step (SCAFFOLD's delta c)
+SERVER_STATE = "fedmtl.server-state"  # the client's view of the algorithm's server state, encoded (SCAFFOLD's c)
+OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step, encoded (SCAFFOLD's delta c)
 EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
 
 
@@ -56,16 +55,14 @@ def tree_from_record(record: ArrayRecord) -> TensorTree:
     return unflatten({k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()})
 
 
-def train_content(
-    payload: bytes, round_index: int, client_id: int, server_state: Mapping[str, object] | None = None
-) -> RecordDict:
-    """What the server sends a client for one round; ``server_state`` (when not empty) is the algorithm's
-    server state for that client, carried as a second ArrayRecord in float32/int as stored (not through the codecs)."""
+def train_content(payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"") -> RecordDict:
+    """What the server sends a client for one round; ``state_payload`` (when not empty) is the client's view
+    of the algorithm's server state, encoded by the downlink chain (:attr:`RoundPlan.state_payloads`)."""
     content = RecordDict(
         {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
     )
-    if server_state:
-        content[SERVER_STATE] = tree_to_record(server_state)
+    if state_payload:
+        content[SERVER_STATE] = payload_record(state_payload)
     return content
 
 
@@ -76,28 +73,15 @@ def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
     return payload_from_record(content.array_records[PAYLOAD]), int(meta["round"]), int(meta["client-id"])  # type: ignore[arg-type]
 
 
-def read_server_state(content: RecordDict) -> TensorTree:
-    """The algorithm's server state a train message carries ({} when it carries none)."""
+def read_server_state(content: RecordDict) -> bytes:
+    """The encoded algorithm server state a train message carries (``b""`` when it carries none)."""
     record = content.array_records.get(SERVER_STATE)
-    return tree_from_record(record) if record is not None else {}
+    return payload_from_record(record) if record is not None else b""
 
 
-def read_outbox(content: RecordDict) -> TensorTree | None:
-    """A reply's extra uploads for the algorithm's server step (None when it carries none)."""
-    record = content.array_records.get(OUTBOX)
-    return tree_from_record(record) if record is not None else None
-
-
-def tree_bytes(tree: Mapping[str, object] | None) -> int:
-    """Bytes of a tensor tree's values (what a state/outbox record carries, without framing)."""
-    if not tree:
-        return 0
-    return sum(t.numel() * t.element_size() for t in flatten(tree).values())
-
-
-def reply_content(reply: ClientReply, outbox: Mapping[str, object] | None = None) -> RecordDict:
+def reply_content(reply: ClientReply) -> RecordDict:
     """A client's reply: its encoded update, the weights the server aggregates with, its metrics, and
-    (for algorithms with a server step that needs them) its extra uploads as a second ArrayRecord."""
+    (for algorithms with a server step that needs them) its encoded outbox in a second record."""
     meta = ConfigRecord(
         {
             "client-id": reply.client_id,
@@ -112,8 +96,8 @@ def reply_content(reply: ClientReply, outbox: Mapping[str, object] | None = None
             METRICS: MetricRecord({k: float(v) for k, v in reply.metrics.items()}),
         }
     )
-    if outbox is not None:
-        content[OUTBOX] = tree_to_record(outbox)
+    if reply.outbox:
+        content[OUTBOX] = payload_record(reply.outbox)
     return content
 
 
@@ -128,12 +112,14 @@ def read_reply_content(content: RecordDict) -> ClientReply:
         num_samples=int(meta["num-samples"]),  # type: ignore[arg-type]
         task_samples={k: int(v) for k, v in json.loads(str(meta["task-samples"])).items()},
         metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
+        outbox=payload_from_record(content.array_records[OUTBOX]) if OUTBOX in content.array_records else b"",
     )
 
 
-def evaluate_content(payload: bytes, round_index: int, client_id: int) -> RecordDict:
-    """The personalised-evaluation request: the global parameters the client holds, as a train message carries them."""
-    return train_content(payload, round_index, client_id)
+def evaluate_content(payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"") -> RecordDict:
+    """The personalised-evaluation request: the global parameters (and the algorithm's server state) the client
+    holds, as a train message carries them."""
+    return train_content(payload, round_index, client_id, state_payload)
 
 
 def evaluate_reply(client_id: int, sums: Mapping[str, Mapping[str, float]]) -> RecordDict:
@@ -188,9 +174,7 @@ __all__ = [
     "evaluate_content",
     "evaluate_reply",
     "read_evaluate_reply",
-    "read_outbox",
     "read_server_state",
-    "tree_bytes",
     "payload_from_record",
     "payload_record",
     "read_registration",

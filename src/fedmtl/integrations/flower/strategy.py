@@ -325,9 +325,9 @@ class FlowerServer:
                 continue
             plan = self.fed.plan(state, cohort)
             online = self._online()
-            # the algorithm's server state for each client (Federation.client_view's SERVER_KEY entry)
-            server_state = state.algorithm_state or None
-            contents = {online[c]: msgs.train_content(plan.payloads[c], r, c, server_state) for c in cohort}
+            contents = {
+                online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
+            }
             ex = exchange(
                 self.grid,
                 contents,
@@ -343,11 +343,9 @@ class FlowerServer:
                 dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
                 self.registry.quarantine[n] = r + 1 + self.settings.quarantine_rounds
             replies: list[ClientReply] = []
-            outboxes: dict[int, Any] = {}
             for n, m in ex.replies.items():
                 try:
                     reply = msgs.read_reply_content(m.content)
-                    outbox = msgs.read_outbox(m.content)
                 except (msgs.MessageFormatError, KeyError, ValueError) as exc:
                     dropped[self.registry.client_of[n]] = f"bad reply: {exc}"
                     continue
@@ -355,18 +353,13 @@ class FlowerServer:
                     dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
                     continue
                 replies.append(reply)
-                if outbox is not None:
-                    outboxes[reply.client_id] = outbox
             updates, bad = self.fed.collect(replies)
             dropped.update(bad)
             for c, why in sorted(dropped.items()):
                 log.warning("round %d: client %d dropped: %s", r + 1, c, why)
             if len(updates) >= need:
-                state_down = msgs.tree_bytes(server_state) * len(cohort)
-                state_up = sum(msgs.tree_bytes(o) for o in outboxes.values())  # every reply's, as bytes_up
-                kept = {u.client_id for u in updates}
-                outboxes = {c: o for c, o in outboxes.items() if c in kept}
-                new_state, privacy_info = self.fed.apply(state, updates, state.client_states, outboxes)
+                state_up = sum(len(x.outbox) for x in replies)
+                new_state, privacy_info = self.fed.apply(state, updates, state.client_states)
                 record = {
                     "round": new_state.round,
                     "cohort_size": len(cohort),
@@ -374,7 +367,7 @@ class FlowerServer:
                     "dropped": {str(k): v for k, v in dropped.items()},
                     "attempts": attempt + 1,
                     "failed_attempts": tried,
-                    "bytes_down": plan.bytes_down + state_down,
+                    "bytes_down": plan.bytes_down,
                     "bytes_up": sum(len(x.payload) for x in replies) + state_up,
                     "wire_bytes_down": ex.wire_down,
                     "wire_bytes_up": ex.wire_up,
@@ -382,9 +375,9 @@ class FlowerServer:
                     "round_seconds": time.perf_counter() - t0,
                     "engine": "flower",
                 }
-                if server_state is not None or outboxes:
-                    # included in bytes_down / bytes_up: the algorithm's state and uploads outside the codecs
-                    record["algorithm_bytes_down"] = state_down
+                if plan.state_payloads or state_up:
+                    # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
+                    record["algorithm_bytes_down"] = plan.algorithm_bytes_down
                     record["algorithm_bytes_up"] = state_up
                 if privacy_info:
                     record["privacy"] = privacy_info
@@ -423,7 +416,10 @@ class FlowerServer:
         online = self._online()
         clients = sorted(online)
         plan = self.fed.plan(state, clients)
-        contents = {online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c) for c in clients}
+        contents = {
+            online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c, plan.state_payloads.get(c, b""))
+            for c in clients
+        }
         ex = exchange(
             self.grid,
             contents,

@@ -1,0 +1,60 @@
+"""The algorithm's own channel: its server state down to each client and each client's outbox up, as
+payloads encoded by the same codec chains as the model.
+
+SCAFFOLD's control variates double the traffic of a round, IFCA sends ``k`` models down and FedEM
+``K - 1`` components both ways. Left outside the codecs they would be neither compressed nor counted;
+here they are tensor trees flattened to ``a/b/name`` and framed, compressed and checked by the link
+like any update, and their bytes are part of ``bytes_down`` / ``bytes_up``.
+
+A client receives only the parts of the server state it can use: leaves named after a model parameter
+it does not hold (another task's head in IFCA's clusters, say) are left out of its view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fedmtl.comm import Link, PayloadError
+from fedmtl.tree import SEP, TensorTree, flatten, unflatten
+
+
+def leaf_name(path: str) -> str:
+    """The last component of a flattened path: ``clusters/0/trunk.0.weight`` -> ``trunk.0.weight``."""
+    return path.rsplit(SEP, 1)[-1]
+
+
+def state_view(state: TensorTree, params: Mapping[str, Tensor], held: set[str]) -> dict[str, Tensor]:
+    """The flattened server state a client with parameters ``held`` needs: every leaf except those named
+    after a model parameter (``params``) that the client does not hold."""
+    return {p: t for p, t in flatten(state).items() if leaf_name(p) not in params or leaf_name(p) in held}
+
+
+def encode_tree(link: Link, tree: Mapping[str, Tensor], codec_state: TensorTree | None, generator: torch.Generator) -> tuple[bytes, TensorTree]:
+    """A flattened tree as a payload (``b""`` for an empty tree) and the sender's next codec state."""
+    if not tree:
+        return b"", dict(codec_state or {})
+    return link.encode(tree, codec_state or {}, generator)
+
+
+def decode_state(link: Link, payload: bytes) -> TensorTree:
+    """A client's view of the server state from its payload (``{}`` for ``b""``); raises PayloadError."""
+    return unflatten(link.decode(payload)) if payload else {}
+
+
+def decode_outbox(link: Link, payload: bytes, shapes: Mapping[str, torch.Size]) -> TensorTree:
+    """A client's outbox from its payload, checked: every leaf must be named after a model parameter
+    (``shapes``: name -> shape) and have that parameter's shape. Raises PayloadError naming the first
+    leaf that does not."""
+    if not payload:
+        return {}
+    flat = link.decode(payload)
+    for path, t in flat.items():
+        name = leaf_name(path)
+        if name not in shapes:
+            raise PayloadError(f"outbox entry {path!r} is not named after a model parameter")
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise PayloadError(f"outbox entry {path!r} has shape {list(t.shape)}, parameter {name!r} has {list(shapes[name])}")
+    return unflatten(flat)
