@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.linalg
 import torch
 
@@ -235,3 +236,52 @@ def test_fedem_responsibilities_and_the_evaluated_mixture_are_the_clients() -> N
         for k, (_, params) in enumerate(mixture):
             for n, v in cs["fedem_components"][str(k)].items():
                 assert torch.equal(params[n], v)
+
+
+def _loss_sum(fed, params, client, weights):  # type: ignore[no-untyped-def]
+    """sum_t weights[t] * mean loss_t of ``params`` on the client's whole training split (by hand)."""
+    from torch.func import functional_call
+
+    preds = functional_call(fed.model, params, (client.train.x, list(client.tasks)))
+    return sum(weights[t] * fed.model.tasks[t].loss(preds[t], client.train.y[t]) for t in client.tasks)
+
+
+def test_methods_with_their_own_loops_use_the_configured_balancer() -> None:
+    """pFedMe, one minibatch, one inner step: theta = w - plr g, w' = w - lr lam (w - theta) with g the
+    gradient of the *balanced* loss (static weights a: 1, b: 3), not of the plain sum."""
+    weights = {"a": 1.0, "b": 3.0}
+    cfg = config(
+        {"name": "pfedme", "lam": 2.0, "inner_steps": 1, "personal_lr": 0.05},
+        mtl={"balancer": {"name": "static", "weights": weights}},
+        client={"epochs": 1, "batch_size": 10_000, "optimizer": {"name": "sgd", "lr": 0.1}},
+    )
+    fed = federation(cfg)
+    client, start = fed.data.clients[4], fed.init_state().params
+    assert client.tasks == ("a", "b")
+    res = fed.algorithm.local_train(fed.trainer, start, client, {}, torch.Generator().manual_seed(0))
+    names = list(res.params)
+    leaves = {n: start[n].detach().clone().requires_grad_() for n in names}
+    grads = dict(zip(names, torch.autograd.grad(_loss_sum(fed, {**start, **leaves}, client, weights), list(leaves.values()))))
+    for n in names:
+        theta = start[n] - 0.05 * grads[n]
+        torch.testing.assert_close(res.state["personal"][n], theta, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(res.params[n], start[n] - 0.1 * 2.0 * (start[n] - theta), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [{"name": "apfl", "alpha": 0.5}, {"name": "pfedme", "lam": 5.0, "inner_steps": 2}, {"name": "fedem", "components": 2}],
+    ids=lambda a: a["name"],
+)
+def test_gradient_balancers_drive_the_methods_with_their_own_loops(algorithm) -> None:  # type: ignore[no-untyped-def]
+    plain = federation(config(algorithm))
+    balanced = federation(config(algorithm, mtl={"balancer": {"name": "pcgrad"}}))
+    client = plain.data.clients[4]
+    outs = []
+    for fed in (plain, balanced):
+        state = {"server": fed.algorithm.server_init(fed.init_state().params, 6, torch.Generator().manual_seed(0))} if algorithm["name"] == "fedem" else {}
+        res = fed.algorithm.local_train(fed.trainer, fed.init_state().params, client, state, torch.Generator().manual_seed(0))
+        assert all(torch.isfinite(v).all() for v in res.params.values())
+        assert "objective" in res.state or "fedem_objective" in res.state  # the balancer's state persists
+        outs.append(res.params)
+    assert any(not torch.allclose(outs[0][n], outs[1][n]) for n in outs[0])  # PCGrad changed the steps

@@ -243,7 +243,7 @@ class VectorizedEngine:
     def unsupported(self, algorithm: Algorithm, trainer: LocalTrainer) -> str | None:
         """Why this cohort cannot be batched (the feature's name), or ``None`` when it can."""
         if not getattr(algorithm, "vectorizable", False):
-            return f"algorithm {getattr(algorithm, 'name', type(algorithm).__name__)!r} is not vectorizable"
+            return f"algorithm {getattr(algorithm, 'name', type(algorithm).__name__)!r} (its own local training loop)"
         if getattr(trainer, "dp_sgd", None) is not None:
             return "sample-level DP-SGD (privacy.dp_sgd)"
         scheme = getattr(trainer.mtl_cfg.scheme, "name", "?")

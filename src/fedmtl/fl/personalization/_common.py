@@ -12,9 +12,9 @@ from torch.func import functional_call
 from fedmtl.data.dataset import ClientData, Split
 from fedmtl.fl.aggregation import aggregate_by_group
 from fedmtl.fl.algorithm import FedAvg, without_server
-from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.client import LocalResult, LocalTrainer, load_parameters
 from fedmtl.fl.update import ClientUpdate
-from fedmtl.mtl import LOCAL, MultiTaskModel
+from fedmtl.mtl import LOCAL, MultiTaskModel, build_objective
 from fedmtl.tree import TensorTree
 
 
@@ -29,11 +29,51 @@ def drop(state: TensorTree, *keys: str) -> TensorTree:
     return {k: v for k, v in without_server(state).items() if k not in keys}
 
 
+class LocalObjective:
+    """The client's configured multi-task objective (``mtl.scheme`` and ``mtl.balancer``) for methods that
+    keep several parameter sets of their own (APFL's ``w`` and ``v``, pFedMe's ``theta``, FedEM's components).
+
+    :meth:`grads` loads a parameter set into the shared model instance, takes one minibatch's per-task
+    losses (optionally per-sample weighted: FedEM's responsibilities) and lets the objective balance them
+    exactly as :class:`~fedmtl.fl.client.LocalTrainer` does, so any balancer (gradient balancers included)
+    and any scheme works. Each parameter set keeps its own objective state across rounds (``state[key]``).
+    """
+
+    def __init__(self, trainer: LocalTrainer, client: ClientData, state: TensorTree, key: str):
+        self.model = trainer.model
+        self.tasks = list(client.tasks)
+        self.split = client.train
+        self.key = key
+        self.objective = build_objective(trainer.mtl_cfg, self.tasks)
+        self.state: TensorTree = state.get(key) or self.objective.init()
+
+    def grads(
+        self, params: Mapping[str, Tensor], idx: Tensor, generator: torch.Generator, epoch: int = 0, weights: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Gradients of the balanced objective at ``params`` on minibatch ``idx``, and the plain sum of task losses."""
+        model = self.model
+        load_parameters(model, params)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        preds = model(self.split.x[idx], self.tasks)
+        losses = {}
+        for t in self.tasks:
+            per_row = model.tasks[t].loss(preds[t], self.split.y[t][idx], reduction="none").reshape(-1)
+            losses[t] = (per_row * weights).mean() if weights is not None else per_row.mean()
+        self.state, _ = self.objective.backward(model, losses, self.state, generator=generator, epoch=epoch, want_log=False)
+        named = dict(model.named_parameters())
+        out = {}
+        for n, v in params.items():
+            g = named[n].grad
+            out[n] = g.detach().clone() if g is not None else torch.zeros_like(v)
+        return out, torch.stack([v.detach() for v in losses.values()]).sum()
+
+
 def client_loss(model: MultiTaskModel, params: Mapping[str, Tensor], split: Split, tasks: Sequence[str], idx: Tensor | None = None, per_sample: bool = False) -> Tensor:
     """Sum over ``tasks`` of the task losses of ``params`` (a functional call, the model is not touched).
 
-    Equal task weights: the methods with their own training loop (APFL, pFedMe, FedEM, IFCA's choice)
-    do not apply the ``mtl`` balancer.
+    Unweighted on purpose: it scores models (IFCA's choice of cluster, FedEM's E-step likelihoods), it
+    does not train them; training goes through :class:`LocalObjective`.
     """
     x = split.x if idx is None else split.x[idx]
     preds = functional_call(model, dict(params), (x, list(tasks)))

@@ -14,7 +14,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
-from fedmtl.fl.personalization._common import client_loss, is_local
+from fedmtl.fl.personalization._common import LocalObjective, is_local
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree
 
@@ -24,7 +24,9 @@ class APFL(FedAvg):
     ``v <- v - lr grad_v f(vbar)`` and ``alpha <- alpha - alpha_lr grad_alpha f(vbar)`` (clipped to [0, 1]).
 
     ``w`` is uploaded as in FedAvg; ``v`` and ``alpha`` stay on the client. The personal model is
-    ``alpha v + (1 - alpha) w`` with the current global ``w``. Plain SGD at ``client.optimizer.lr``, equal task weights.
+    ``alpha v + (1 - alpha) w`` with the current global ``w``. Plain SGD at ``client.optimizer.lr``; ``f`` is
+    the client's configured multi-task objective (``mtl``), balanced separately for ``w`` and for ``vbar``,
+    and the gradients of ``v`` and ``alpha`` follow from ``grad f(vbar)`` by the chain rule.
 
     Args:
         alpha: initial mixing weight.
@@ -51,29 +53,27 @@ class APFL(FedAvg):
         saved = state.get("apfl_v", {})
         v = {n: saved.get(n, w[n]).detach().clone() for n in names}  # type: ignore[union-attr]
         alpha = state["apfl_alpha"].clone() if "apfl_alpha" in state else torch.tensor(self.alpha)  # type: ignore[union-attr]
-        lr, tasks = cfg.optimizer.lr, list(client.tasks)
-        total, steps = 0.0, 0
-        for batches in batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator):
+        lr = cfg.optimizer.lr
+        obj_w = LocalObjective(trainer, client, state, "objective")
+        obj_mixed = LocalObjective(trainer, client, state, "apfl_objective")
+        total, steps = torch.zeros(()), 0
+        for epoch, batches in enumerate(batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)):
             for idx in batches:
-                wr = {n: t.requires_grad_() for n, t in w.items()}
-                loss_w = client_loss(model, wr, client.train, tasks, idx)
-                gw = torch.autograd.grad(loss_w, list(wr.values()))
-                vr = {n: t.requires_grad_() for n, t in v.items()}
-                ar = alpha.requires_grad_()
-                mixed = {n: ar * vr[n] + (1 - ar) * w[n].detach() for n in names}
-                gv = torch.autograd.grad(client_loss(model, mixed, client.train, tasks, idx), [*vr.values(), ar])
-                with torch.no_grad():
-                    w = {n: w[n].detach() - lr * g for n, g in zip(names, gw, strict=True)}
-                    v = {n: v[n].detach() - lr * g for n, g in zip(names, gv[:-1], strict=True)}
-                    alpha = (alpha.detach() - self.alpha_lr * gv[-1]).clamp(0.0, 1.0)
-                total += float(loss_w.detach())
+                gw, loss_w = obj_w.grads(w, idx, generator, epoch)
+                mixed = {n: alpha * v[n] + (1 - alpha) * w[n] for n in names}
+                gbar, _ = obj_mixed.grads(mixed, idx, generator, epoch)
+                # vbar = alpha v + (1 - alpha) w: d/dv = alpha gbar, d/dalpha = <gbar, v - w>
+                g_alpha = sum((gbar[n] * (v[n] - w[n])).sum() for n in names)
+                v = {n: v[n] - lr * alpha * gbar[n] for n in names}
+                w = {n: w[n] - lr * gw[n] for n in names}
+                alpha = (alpha - self.alpha_lr * g_alpha).clamp(0.0, 1.0)
+                total += loss_w
                 steps += 1
-        w = {n: t.detach() for n, t in w.items()}
-        new_state: TensorTree = {"apfl_v": v, "apfl_alpha": alpha.detach()}
+        new_state: TensorTree = {"apfl_v": v, "apfl_alpha": alpha, "objective": obj_w.state, "apfl_objective": obj_mixed.state}
         local = {n: t for n, t in w.items() if is_local(model, n)}
         if local:
             new_state["local"] = local  # type: ignore[assignment]
-        return LocalResult(w, {"loss/apfl": total / max(steps, 1), "steps": float(steps)}, new_state)
+        return LocalResult(w, {"loss/apfl": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree

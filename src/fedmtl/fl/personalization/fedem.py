@@ -15,7 +15,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ServerContext
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
-from fedmtl.fl.personalization._common import average_members, client_loss, shuffled
+from fedmtl.fl.personalization._common import LocalObjective, average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree
 
@@ -35,10 +35,12 @@ class FedEM(FedAvg):
     """K components: component 0 is the global model (aggregated as usual), components 1..K-1 live in
     the server state and are averaged among the cohort. Per round a client runs the E-step on its
     training data (responsibilities, its weights ``pi``), then the M-step: ``client.epochs`` epochs of
-    SGD on each component with per-sample losses weighted by the responsibilities.
+    SGD on each component with per-sample losses weighted by the responsibilities, balanced across
+    the client's tasks by its configured multi-task objective (``mtl``; one objective state per component).
+    The E-step's likelihoods are the plain sums of the task losses.
 
     The personal model is the mixture ``sum_k pi_k p_k(y | x)`` of the client's last trained components.
-    Components 1..K-1 travel through the codecs both ways (counted in ``bytes_down`` / ``bytes_up``). Equal task weights.
+    Components 1..K-1 travel through the codecs both ways (counted in ``bytes_down`` / ``bytes_up``).
 
     Args:
         components: number of components K (>= 2).
@@ -69,23 +71,23 @@ class FedEM(FedAvg):
         q, pi = e_step(losses, pi)  # type: ignore[arg-type]
         lr = cfg.optimizer.lr
         plan = batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)
-        total, steps = 0.0, 0
+        saved = state.get("fedem_objective", {})
+        objectives = [LocalObjective(trainer, client, saved, str(k)) for k in range(self.k)]  # type: ignore[arg-type]
+        total, steps = torch.zeros(()), 0
         for k in range(self.k):
-            for batches in plan:
+            for epoch, batches in enumerate(plan):
                 for idx in batches:
-                    cr = {n: t.detach().requires_grad_() for n, t in comps[k].items()}
-                    loss = (q[k, idx] * client_loss(model, cr, client.train, tasks, idx, per_sample=True)).mean()
-                    grads = torch.autograd.grad(loss, list(cr.values()))
-                    comps[k] = {n: comps[k][n] - lr * g for n, g in zip(names, grads, strict=True)}
-                    total += float(loss.detach())
+                    grads, loss = objectives[k].grads(comps[k], idx, generator, epoch, weights=q[k, idx])
+                    comps[k] = {n: comps[k][n] - lr * grads[n] for n in names}
+                    total += loss
                     steps += 1
-        comps = [{n: t.detach() for n, t in c.items()} for c in comps]
         new_state: TensorTree = {
             "fedem_pi": pi,
+            "fedem_objective": {str(k): o.state for k, o in enumerate(objectives)},
             "fedem_components": {str(k): c for k, c in enumerate(comps)},  # type: ignore[dict-item]
             OUTBOX_KEY: {"components": {str(k): comps[k] for k in range(1, self.k)}},  # type: ignore[dict-item]
         }
-        return LocalResult(comps[0], {"loss/fedem": total / max(steps, 1), "steps": float(steps)}, new_state)
+        return LocalResult(comps[0], {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         comps = ctx.state["components"]

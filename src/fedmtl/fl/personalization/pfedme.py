@@ -14,7 +14,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
-from fedmtl.fl.personalization._common import client_loss
+from fedmtl.fl.personalization._common import LocalObjective
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree
 
@@ -23,7 +23,8 @@ class PFedMe(FedAvg):
     """Per minibatch: ``inner_steps`` gradient steps on ``theta`` for ``f(theta) + lam/2 ||theta - w||^2``,
     then ``w <- w - lr * lam * (w - theta)``. ``w`` is uploaded; ``theta`` is the personal model.
 
-    The server's ``beta`` of the paper is ``server.optimizer.lr``. Equal task weights.
+    The server's ``beta`` of the paper is ``server.optimizer.lr``. ``f`` is the client's configured
+    multi-task objective (``mtl``: any scheme and balancer).
 
     Args:
         lam: regularisation strength of the Moreau envelope.
@@ -46,19 +47,19 @@ class PFedMe(FedAvg):
         names = held_parameter_names(model, client.tasks)
         w = {n: start[n].detach().clone() for n in names}
         theta = {n: t.clone() for n, t in w.items()}
-        lr, tasks = cfg.optimizer.lr, list(client.tasks)
-        total, steps = 0.0, 0
-        for batches in batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator):
+        objective = LocalObjective(trainer, client, state, "objective")
+        lr = cfg.optimizer.lr
+        total, steps = torch.zeros(()), 0
+        for epoch, batches in enumerate(batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)):
             for idx in batches:
                 for _ in range(self.inner_steps):
-                    tr = {n: t.detach().requires_grad_() for n, t in theta.items()}
-                    loss = client_loss(model, tr, client.train, tasks, idx)
-                    grads = torch.autograd.grad(loss, list(tr.values()))
-                    theta = {n: theta[n] - self.personal_lr * (g + self.lam * (theta[n] - w[n])) for n, g in zip(names, grads, strict=True)}
+                    grads, loss = objective.grads(theta, idx, generator, epoch)
+                    theta = {n: theta[n] - self.personal_lr * (grads[n] + self.lam * (theta[n] - w[n])) for n in names}
                 w = {n: w[n] - lr * self.lam * (w[n] - theta[n]) for n in names}
-                total += float(loss.detach())
+                total += loss
                 steps += 1
-        return LocalResult(w, {"loss/pfedme": total / max(steps, 1), "steps": float(steps)}, {"personal": theta})
+        metrics = {"loss/pfedme": float(total) / max(steps, 1), "steps": float(steps)}
+        return LocalResult(w, metrics, {"personal": theta, "objective": objective.state})
 
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
