@@ -212,7 +212,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]]) -> None:
         ax = axes[1, col]
         ax.boxplot([agg[n]["scores"] for n in names], whis=(5, 95), showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(x + 1, names, rotation=45, ha="right")
-        ax.set_title(f"each client's personalised accuracy, {part} (all seeds pooled; whiskers 5-95 %)")
+        ax.set_title(f"each client's accuracy, {part} (seeds pooled; whiskers 5-95 %)")
     fig.tight_layout()
     OUT_PNG.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT_PNG, dpi=100)
