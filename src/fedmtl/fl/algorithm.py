@@ -129,6 +129,11 @@ class FedAvg:
         return dict(ctx.after), ctx.state
 
 
+def with_server(state: TensorTree, server: TensorTree | None) -> TensorTree:
+    """A client's state with its decoded view of the algorithm's server state under :data:`SERVER_KEY` (unchanged without one)."""
+    return {**state, SERVER_KEY: server} if server else state
+
+
 def without_server(state: TensorTree) -> TensorTree:
     """The client's own state, without the server broadcast the round adds to it."""
     return {k: v for k, v in state.items() if k != SERVER_KEY}

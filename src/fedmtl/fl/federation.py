@@ -21,7 +21,7 @@ from fedmtl.comm import PayloadError, build_links
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
-from fedmtl.fl.algorithm import SERVER_KEY, Algorithm, ServerContext, build_algorithm
+from fedmtl.fl.algorithm import Algorithm, ServerContext, build_algorithm, with_server
 from fedmtl.fl.algorithm_channel import decode_outbox, encode_tree, state_view
 from fedmtl.fl.byzantine import attack, malicious_clients
 from fedmtl.fl.client import LocalTrainer, held_parameter_names
@@ -275,7 +275,7 @@ class Federation:
     def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
         """A client's state for this round: its own, plus its decoded view of the algorithm's server state."""
         own = state.client_states.get(cid, {})
-        return {**own, SERVER_KEY: server} if server else own
+        return with_server(own, server)
 
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:

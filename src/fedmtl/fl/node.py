@@ -16,7 +16,7 @@ from torch import Tensor
 
 from fedmtl.comm import Link
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm, with_server
 from fedmtl.fl.algorithm_channel import decode_state, encode_tree
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.seeding import generator
@@ -104,7 +104,7 @@ class ClientNode:
         """The whole client round from received bytes: what a deployed client executes."""
         start = self.receive(payload, client)
         server = self.receive_state(state_payload)
-        result = self.train(start, client, {**state, SERVER_KEY: server} if server else state, round_index)
+        result = self.train(start, client, with_server(state, server), round_index)
         return self.upload(start, result, client, round_index, prior=state)
 
 

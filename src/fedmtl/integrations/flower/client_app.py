@@ -26,7 +26,7 @@ from fedmtl.atomic import atomic_write
 from fedmtl.config import ExperimentConfig, config_from_dict
 from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import SERVER_KEY, build_algorithm
+from fedmtl.fl.algorithm import build_algorithm, with_server
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
@@ -141,8 +141,7 @@ def make_client_app() -> ClientApp:
 
 def _with_server_view(node: ClientNode, state: TensorTree, message: Message) -> TensorTree:
     """As Federation.client_view: the node's state plus its decoded view of the algorithm's server state."""
-    server = node.receive_state(msgs.read_server_state(message.content))
-    return {**state, SERVER_KEY: server} if server else state
+    return with_server(state, node.receive_state(msgs.read_server_state(message.content)))
 
 
 def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-def]
