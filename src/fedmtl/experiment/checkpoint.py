@@ -16,6 +16,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from fedmtl.atomic import atomic_write
 from fedmtl.fl.federation import ServerState
@@ -45,7 +46,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
         "privacy": state.privacy_state,
         "algorithm": state.algorithm_state,
     }
-    flat = {k: v.contiguous() for k, v in flatten(tree).items()}
+    flat = unshared(flatten(tree))
     metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
     path = folder / f"round-{state.round:06d}.safetensors"
     atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
@@ -53,6 +54,22 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
     for old in existing[:-keep]:
         old.unlink()
     return path
+
+
+def unshared(flat: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``flat`` with every tensor contiguous and no two sharing memory: safetensors refuses aliased
+    tensors, and an algorithm's state may legitimately hold the same tensor under two names (or views
+    of one buffer); those are copied, the rest written as they are."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in flat.items():
+        tensor = value.contiguous()
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        if ptr and ptr in seen:
+            tensor = tensor.clone()
+        seen.add(ptr)
+        out[key] = tensor
+    return out
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
