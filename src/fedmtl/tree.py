@@ -51,3 +51,19 @@ def unflatten(flat: Mapping[str, Tensor]) -> TensorTree:
 def clone(tree: Mapping[str, object]) -> TensorTree:
     """A deep copy with detached, cloned tensors."""
     return unflatten({k: v.detach().clone() for k, v in flatten(tree).items()})
+
+
+def unshared(flat: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``flat`` with every tensor contiguous and no two sharing memory, as safetensors needs (checkpoints,
+    wire payloads). It refuses aliased tensors, yet a state may legitimately hold one tensor under two
+    names, or views of one buffer; those are copied, the rest passed through as they are."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in flat.items():
+        tensor = value.contiguous()
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+        if ptr and ptr in seen:
+            tensor = tensor.clone()
+        seen.add(ptr)
+        out[key] = tensor
+    return out

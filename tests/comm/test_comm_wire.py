@@ -266,3 +266,14 @@ def test_forged_well_framed_payloads_only_ever_raise_payload_error(parts, entrie
     except PayloadError:
         return
     assert set(out) <= set(SHAPES)
+
+
+def test_aliased_and_viewed_tensors_serialise():
+    """safetensors refuses tensors that share memory; a payload may hold one tensor twice or views of one buffer."""
+    from fedmtl.comm.wire import bytes_to_tensors, tensors_to_bytes
+
+    buffer = torch.arange(6.0)
+    same = torch.ones(3)
+    back = bytes_to_tensors(tensors_to_bytes({"a": same, "b": same, "lo": buffer[:3], "hi": buffer[3:]}))
+    assert torch.equal(back["a"], same) and torch.equal(back["b"], same)
+    assert torch.equal(back["lo"], torch.tensor([0.0, 1.0, 2.0])) and torch.equal(back["hi"], torch.tensor([3.0, 4.0, 5.0]))

@@ -28,6 +28,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from fedmtl.tree import unshared
+
 MAGIC = b"FMTL"
 WIRE_VERSION = 1
 _FRAME = struct.Struct("<4sBBHQQI")
@@ -40,10 +42,8 @@ class PayloadError(ValueError):
 
 
 def tensors_to_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialise named tensors (made contiguous, moved to CPU) as a bare safetensors archive."""
-    return st_save(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {})
-    )
+    """Serialise named tensors (moved to CPU, made contiguous, aliases copied) as a bare safetensors archive."""
+    return st_save(unshared({k: v.detach().cpu() for k, v in tensors.items()}), metadata=dict(metadata or {}))
 
 
 def bytes_to_tensors(data: bytes) -> dict[str, Tensor]:

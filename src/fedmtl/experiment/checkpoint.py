@@ -16,11 +16,10 @@ from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
 
 from fedmtl.atomic import atomic_write
 from fedmtl.fl.federation import ServerState
-from fedmtl.tree import flatten, unflatten
+from fedmtl.tree import flatten, unflatten, unshared
 
 log = logging.getLogger("fedmtl")
 PATTERN = re.compile(r"^round-(\d{6})\.safetensors$")
@@ -54,22 +53,6 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
     for old in existing[:-keep]:
         old.unlink()
     return path
-
-
-def unshared(flat: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``flat`` with every tensor contiguous and no two sharing memory: safetensors refuses aliased
-    tensors, and an algorithm's state may legitimately hold the same tensor under two names (or views
-    of one buffer); those are copied, the rest written as they are."""
-    seen: set[int] = set()
-    out = {}
-    for key, value in flat.items():
-        tensor = value.contiguous()
-        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else 0
-        if ptr and ptr in seen:
-            tensor = tensor.clone()
-        seen.add(ptr)
-        out[key] = tensor
-    return out
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
