@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -24,12 +25,8 @@ from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.seeding import generator
+from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL
-
-
-def stacked_round(fed: object) -> int:
-    return int(getattr(fed, "_round", -1))
-
 
 log = logging.getLogger("fedmtl")
 
@@ -39,6 +36,82 @@ def rank_slice(items: Sequence[int], rank: int, world: int) -> list[int]:
     q, r = divmod(len(items), world)
     lo = rank * q + min(rank, r)
     return list(items[lo : lo + q + (1 if rank < r else 0)])
+
+
+@dataclass
+class RoundSums:
+    """What a streamed round accumulates, client by client: per group ``sum_i w_i u_i`` and ``sum_i w_i``,
+    per task the training-loss sum and count, the bytes down and up, and each client's new state.
+
+    The tensors are float64 so that chunk order and rank count do not change the sums; :meth:`all_reduce`
+    adds them across ``torchrun`` ranks in one collective.
+    """
+
+    names_of: dict[str, list[str]]
+    sizes: dict[str, int]
+    tasks: list[str]
+    sums: dict[str, Tensor] = field(init=False)
+    weights: Tensor = field(init=False)
+    loss_sum: Tensor = field(init=False)
+    loss_count: Tensor = field(init=False)
+    bytes: Tensor = field(init=False)  # [down, up]
+    client_states: dict[int, object] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sums = {g: torch.zeros(self.sizes[g], dtype=torch.float64) for g in self.names_of}
+        self.weights = torch.zeros(len(self.names_of), dtype=torch.float64)
+        self.loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self.loss_count = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self.bytes = torch.zeros(2, dtype=torch.float64)
+
+    def add_update(self, update: ClientUpdate) -> None:
+        """One decoded update: its weighted delta per group it carries, and its training losses."""
+        for gi, (g, ns) in enumerate(self.names_of.items()):
+            present = [n in update.delta for n in ns]
+            if any(present) and not all(present):
+                raise ValueError(f"clients [{update.client_id}] sent only part of parameter group {g!r}")
+            w = update.weight_for(g)
+            if all(present) and ns and w > 0:
+                self.sums[g] += w * torch.cat([update.delta[n].reshape(-1) for n in ns]).double()
+                self.weights[gi] += w
+        for ti, t in enumerate(self.tasks):
+            if f"loss/{t}" in update.metrics:
+                self.loss_sum[ti] += update.metrics[f"loss/{t}"]
+                self.loss_count[ti] += 1
+
+    def all_reduce(self, world: int) -> None:
+        """Add every rank's sums (one collective) and gather every rank's client states and drops."""
+        flat = torch.cat([*self.sums.values(), self.weights, self.loss_sum, self.loss_count, self.bytes])
+        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        flat = flat.cuda() if on_gpu else flat
+        dist.all_reduce(flat)  # every rank gets the cohort's sums
+        parts = flat.cpu().split([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
+        self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
+        self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
+        gathered: list[object] = [None] * world
+        dist.all_gather_object(gathered, (self.client_states, self.dropped))
+        self.client_states, self.dropped = {}, {}
+        for cs, dr in gathered:  # type: ignore[misc]
+            self.client_states.update(cs)
+            self.dropped.update(dr)
+
+    def aggregate(self, shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
+        """The weighted mean delta of every parameter of every group somebody sent."""
+        out: dict[str, Tensor] = {}
+        for gi, (g, ns) in enumerate(self.names_of.items()):
+            if self.weights[gi] <= 0:
+                continue
+            flat_g = (self.sums[g] / self.weights[gi]).to(torch.float32)
+            offset = 0
+            for n in ns:
+                k = shapes[n].numel()
+                out[n] = flat_g[offset : offset + k].view(shapes[n])
+                offset += k
+        return out
+
+    def train_loss(self) -> dict[str, float]:
+        return {t: float(self.loss_sum[i] / self.loss_count[i]) for i, t in enumerate(self.tasks) if self.loss_count[i] > 0}
 
 
 class ReducingFederation(Federation):
@@ -85,27 +158,19 @@ class ReducingFederation(Federation):
             return super().round(state)
         t0 = time.perf_counter()
         r = state.round
-        self._round = r
         cohort = self.cohort(r)
         rank, world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         mine = rank_slice(cohort, rank, world)
         names_of = {g: list(ns) for g, ns in self.groups.items()}
         sizes = {g: sum(self.shapes[n].numel() for n in ns) for g, ns in names_of.items()}
-        sums = {g: torch.zeros(sizes[g], dtype=torch.float64) for g in names_of}
-        wsum = torch.zeros(len(names_of), dtype=torch.float64)
-        tasks = [t.name for t in self.data.tasks]
-        loss_sum = torch.zeros(len(tasks), dtype=torch.float64)
-        loss_cnt = torch.zeros(len(tasks), dtype=torch.float64)
-        counters = torch.zeros(2, dtype=torch.float64)  # bytes down, bytes up
-        client_states: dict[int, object] = {}
-        dropped: dict[int, str] = {}
+        acc = RoundSums(names_of, sizes, [t.name for t in self.data.tasks])
         fast = self._stacked_path()
         step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
             plan = self.plan(state, chunk)
             starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in chunk]
-            counters[0] += plan.bytes_down
+            acc.bytes[0] += plan.bytes_down
             jobs = [
                 CohortJob(
                     start={**state.params, **start},
@@ -117,81 +182,34 @@ class ReducingFederation(Federation):
             ]
             stacked = self.engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None  # type: ignore[attr-defined]
             if stacked is not None:
-                self._reduce_stacked(
-                    chunk,
-                    state.params,
-                    stacked,
-                    names_of,
-                    sums,
-                    wsum,
-                    tasks,
-                    loss_sum,
-                    loss_cnt,
-                    counters,
-                    client_states,
-                    dropped,
-                )
+                self._reduce_stacked(chunk, state.params, stacked, acc, r)
                 continue
             results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
             replies = []
             for cid, job, start, res in zip(chunk, jobs, starts, results):
-                reply, client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
-                counters[1] += len(reply.payload)
+                reply, acc.client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
+                acc.bytes[1] += len(reply.payload)
                 replies.append(reply)
             updates, bad = self.collect(replies)
-            dropped.update(bad)
+            acc.dropped.update(bad)
             for update in updates:
-                cid = update.client_id
-                for gi, (g, ns) in enumerate(names_of.items()):
-                    present = [n in update.delta for n in ns]
-                    if any(present) and not all(present):
-                        raise ValueError(f"clients [{cid}] sent only part of parameter group {g!r}")
-                    w = update.weight_for(g)
-                    if all(present) and ns and w > 0:
-                        sums[g] += w * torch.cat([update.delta[n].reshape(-1) for n in ns]).double()
-                        wsum[gi] += w
-                for ti, t in enumerate(tasks):
-                    if f"loss/{t}" in update.metrics:
-                        loss_sum[ti] += update.metrics[f"loss/{t}"]
-                        loss_cnt[ti] += 1
+                acc.add_update(update)
             del results, jobs, starts, stacked, replies, updates
         if self.distributed:
-            flat = torch.cat([*sums.values(), wsum, loss_sum, loss_cnt, counters])
-            on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-            flat = flat.cuda() if on_gpu else flat
-            dist.all_reduce(flat)  # one collective: every rank gets the cohort's sums
-            flat = flat.cpu()
-            parts = flat.split([*sizes.values(), len(wsum), len(tasks), len(tasks), 2])
-            sums = dict(zip(names_of, parts[: len(sizes)]))
-            wsum, loss_sum, loss_cnt, counters = parts[len(sizes) :]
-            gathered: list[object] = [None] * world
-            dist.all_gather_object(gathered, (client_states, dropped))
-            client_states, dropped = {}, {}
-            for cs, dr in gathered:  # type: ignore[misc]
-                client_states.update(cs)
-                dropped.update(dr)
-        aggregate: dict[str, Tensor] = {}
-        for gi, (g, ns) in enumerate(names_of.items()):
-            if wsum[gi] <= 0:
-                continue
-            flat_g = (sums[g] / wsum[gi]).to(torch.float32)
-            offset = 0
-            for n in ns:
-                k = self.shapes[n].numel()
-                aggregate[n] = flat_g[offset : offset + k].view(self.shapes[n])
-                offset += k
+            acc.all_reduce(world)
+        aggregate = acc.aggregate(self.shapes)
         params, opt_state = state.params, state.opt_state
         if aggregate:
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
         new_states = dict(state.client_states)
-        new_states.update(client_states)  # type: ignore[arg-type]
+        new_states.update(acc.client_states)  # type: ignore[arg-type]
         report = RoundReport(
             round=r,
             cohort=cohort,
-            dropped=dropped,
-            bytes_down=int(counters[0]),
-            bytes_up=int(counters[1]),
-            train_loss={t: float(loss_sum[i] / loss_cnt[i]) for i, t in enumerate(tasks) if loss_cnt[i] > 0},
+            dropped=acc.dropped,
+            bytes_down=int(acc.bytes[0]),
+            bytes_up=int(acc.bytes[1]),
+            train_loss=acc.train_loss(),
             seconds=time.perf_counter() - t0,
         )
         return ServerState(r + 1, params, opt_state, new_states), report
@@ -227,22 +245,9 @@ class ReducingFederation(Federation):
             cache[tasks] = len(payload)
         return cache[tasks]  # type: ignore[no-any-return]
 
-    def _reduce_stacked(
-        self,
-        chunk,
-        params,
-        stacked,
-        names_of,
-        sums,
-        wsum,
-        tasks,
-        loss_sum,
-        loss_cnt,
-        counters,
-        client_states,
-        dropped,
-    ):  # type: ignore[no-untyped-def]
+    def _reduce_stacked(self, chunk, params, stacked, acc: RoundSums, r: int) -> None:  # type: ignore[no-untyped-def]
         """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
+        names_of = acc.names_of
         C = len(chunk)
         clients = [self.data.clients[cid] for cid in chunk]
         col = {t: i for i, t in enumerate(stacked.tasks)}
@@ -279,24 +284,20 @@ class ReducingFederation(Federation):
                     bad = ~torch.isfinite(stacked.params[n].reshape(C, -1)).all(1) & (wc > 0)
                     ok[bad] = 0.0
         for g, (gi, total, wtot) in partial.items():
-            sums[g] += total.double()
-            wsum[gi] += wtot
+            acc.sums[g] += total.double()
+            acc.weights[gi] += wtot
         for c, cid in enumerate(chunk):
-            client_states[cid] = stacked.states[c]
-            counters[1] += self._payload_bytes(
+            acc.client_states[cid] = stacked.states[c]
+            acc.bytes[1] += self._payload_bytes(
                 clients[c].tasks,
                 [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks],
             )
             if ok[c] == 0:
-                dropped[cid] = "payload carries NaN or Inf"
-                log.warning(
-                    "round %d: dropped client %d's update: payload carries NaN or Inf",
-                    stacked_round(self),
-                    cid,
-                )
+                acc.dropped[cid] = "payload carries NaN or Inf"
+                log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", r, cid)
         finite = ok > 0
-        for ti, t in enumerate(tasks):
+        for ti, t in enumerate(acc.tasks):
             if t in col:
                 m = (stacked.held[:, col[t]] > 0) & finite
-                loss_sum[ti] += float(stacked.loss_mean[m, col[t]].sum())
-                loss_cnt[ti] += float(m.sum())
+                acc.loss_sum[ti] += float(stacked.loss_mean[m, col[t]].sum())
+                acc.loss_count[ti] += float(m.sum())
