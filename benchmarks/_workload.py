@@ -47,11 +47,20 @@ def iid_split(n: int, num_clients: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(perm, num_clients)]
 
 
+def mlp(hidden: tuple[int, ...], in_dim: int = 40, out_dim: int = 10) -> torch.nn.Sequential:
+    """The hand-written baselines' model: Linear layers with ReLU between them (weight, bias per layer)."""
+    dims = [in_dim, *hidden, out_dim]
+    mods: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        mods.append(torch.nn.Linear(a, b))
+        if i < len(dims) - 2:
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*mods)
+
+
 def init_params(
     hidden: tuple[int, ...], in_dim: int = 40, out_dim: int = 10, seed: int = 0
 ) -> list[torch.Tensor]:
     """The same starting MLP for every system: torch's default Linear init under ``seed``."""
     torch.manual_seed(seed)
-    dims = [in_dim, *hidden, out_dim]
-    layers = [torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
-    return [t.detach().clone() for lay in layers for t in (lay.weight, lay.bias)]
+    return [t.detach().clone() for t in mlp(hidden, in_dim, out_dim).parameters()]

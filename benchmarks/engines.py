@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, mnist1d  # noqa: E402
+from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, mlp, mnist1d  # noqa: E402
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
 # fedmtl-vectorized: vectorised engine + ReducingFederation (streamed, stacked reduction);
@@ -131,19 +131,12 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
     """FedAvg written plainly: one model, a fresh SGD per client, the weighted mean of client models."""
     import torch
     import torch.nn.functional as F
-    from torch import nn
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
     parts = [torch.from_numpy(p) for p in iid_split(len(x), w.num_clients)]
-    dims = [x.shape[1], *w.hidden, 10]
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        mods.append(nn.Linear(a, b))
-        if i < len(dims) - 2:
-            mods.append(nn.ReLU())
-    model = nn.Sequential(*mods)
+    model = mlp(w.hidden, x.shape[1])
     glob = init_params(w.hidden)
     total = len(x)
     for r in range(w.rounds):
@@ -281,7 +274,6 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
     def train(msg: Message, context: Context) -> Message:
         import torch
         import torch.nn.functional as F
-        from torch import nn
 
         torch.set_num_threads(1)
         global _CACHE
@@ -297,13 +289,7 @@ def worker_flower(w: Workload, data_path: str, threads: int) -> dict:
         x, y, parts = cache
         pid = int(context.node_config["partition-id"])
         rows = torch.from_numpy(parts[pid])
-        dims = [x.shape[1], *w.hidden, 10]
-        mods: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            mods.append(nn.Linear(a, b))
-            if i < len(dims) - 2:
-                mods.append(nn.ReLU())
-        model = nn.Sequential(*mods)
+        model = mlp(w.hidden, x.shape[1])
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         opt = torch.optim.SGD(model.parameters(), lr=w.lr)
         xc, yc = x[rows], y[rows]
