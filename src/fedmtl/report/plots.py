@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,7 @@ def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     for key, label, style in (("bytes_down", "downlink", "-"), ("bytes_up", "uplink", "--")):
         ys = [r.get(key, 0) / 1e6 for r in records]
         a1.plot(xs, ys, linestyle=style, marker="o", ms=3, label=label)
-        total, cum = 0.0, []
-        for y in ys:
-            total += y
-            cum.append(total)
-        a2.plot(xs, cum, linestyle=style, label=label)
+        a2.plot(xs, list(accumulate(ys)), linestyle=style, label=label)
     a1.set_title("MB per round")
     a2.set_title("MB cumulative")
     for a in (a1, a2):
