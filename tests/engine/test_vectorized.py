@@ -34,6 +34,8 @@ CASES = {
         "mtl.balancer.weights={digit: 0.3}",
     ],
     "batch>rows": ["client.batch_size=64", "client.epochs=1"],
+    # a loss-based balancer that needs each step's local epoch (DWA closes an epoch when it changes)
+    "dwa": ["mtl.balancer.name=dwa", "client.epochs=3"],
 }
 
 

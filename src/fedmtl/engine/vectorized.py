@@ -40,7 +40,6 @@ from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.cohort import CohortJob
 from fedmtl.mtl import BalanceInput, HardSharingModel, MultiTaskModel, build_objective
-from fedmtl.mtl.balancers.weighting import EqualWeighting, StaticWeighting
 from fedmtl.mtl.models.trunks import MLPTrunk
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.tree import TensorTree
@@ -399,7 +398,7 @@ def _train_chunk(
     all_tasks = [t for t in model.task_names if any(t in j.client.tasks for j in jobs)]
     held = torch.tensor([[float(t in j.client.tasks) for t in all_tasks] for j in jobs])  # [C, T]
     kinds = {t: model.tasks[t].kind for t in all_tasks}
-    index, mask, steps_per_client, _ = _plans(trainer, jobs)
+    index, mask, steps_per_client, step_epochs = _plans(trainer, jobs)
     S = index.shape[0]
 
     # data: concatenated rows (+ a zero row for padding), per task targets (zeros where a client lacks the task)
@@ -439,14 +438,10 @@ def _train_chunk(
         obj = objectives[tuple(j.client.tasks)]
         ostate = j.state.get("objective") or obj.init()
         states.append({"balancer": ostate["balancer"], "step": int(ostate["step"])})  # type: ignore[call-overload, index]
-        if isinstance(obj.balancer, EqualWeighting):
-            w = [1.0] * len(obj.tasks)
-        elif isinstance(obj.balancer, StaticWeighting):
-            w = obj.balancer.weights.tolist()
-        else:
+        if obj.fixed_weights is None:  # a loss-based balancer (the scheme is a weighted sum: see unsupported())
             dynamic.append(c)
             continue
-        for t, wt in zip(obj.tasks, w):
+        for t, wt in zip(obj.tasks, obj.fixed_weights):
             weights[c, all_tasks.index(t)] = wt
 
     opt = _Optimiser(trainer.cfg.optimizer, params, C)
@@ -500,6 +495,7 @@ def _train_chunk(
                         grads=None,
                         step=states[c]["step"] + s,
                         generator=jobs[c].generator,
+                        epoch=step_epochs[c][s],
                     ),
                     states[c]["balancer"],
                 )

@@ -125,7 +125,8 @@ class MultiTaskObjective:
         self.grad_source: GradSource = source
         self.jacobian_mode: JacobianMode = jacobian_mode
         self._layout: tuple[tuple[int, ...], list[bool]] | None = None
-        self._fixed = self._fixed_weights()
+        #: the task weights when they never change (equal or static weights, weighted-sum scheme), else None
+        self.fixed_weights = self._fixed_weights()
 
     def _fixed_weights(self) -> list[float] | None:
         """The task weights when they never change (equal or static weights, weighted-sum scheme), else None."""
@@ -177,8 +178,8 @@ class MultiTaskObjective:
         missing = [t for t in self.tasks if t not in losses]
         if missing:
             raise KeyError(f"objective expects losses for {missing}; got {sorted(losses)}")
-        if not want_log and self._fixed is not None:
-            total = sum(w * losses[t] for w, t in zip(self._fixed, self.tasks))
+        if not want_log and self.fixed_weights is not None:
+            total = sum(w * losses[t] for w, t in zip(self.fixed_weights, self.tasks))
             penalty = model.penalty()
             if penalty is not None:
                 total = total + penalty
