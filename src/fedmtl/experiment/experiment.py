@@ -140,8 +140,8 @@ class Experiment:
         stopped = ""
         try:
             while state.round < cfg.server.rounds:
-                if not fed.can_run_round(state):
-                    stopped = f"privacy budget: another round would exceed target epsilon {cfg.privacy.dp.target_epsilon}"  # type: ignore[union-attr]
+                stopped = fed.stop_reason(state)
+                if stopped:
                     log.warning("stopping after round %d: %s", state.round, stopped)
                     break
                 t0 = time.perf_counter()

@@ -176,6 +176,12 @@ class Federation:
         """False when the privacy budget (a target epsilon) forbids another round."""
         return self.privacy is None or self.privacy.can_run_round(state.privacy_state)
 
+    def stop_reason(self, state: ServerState) -> str:
+        """Why no further round may run ("" when one may): the simulation and the Flower server both stop on it."""
+        if self.can_run_round(state):
+            return ""
+        return f"privacy budget: another round would exceed target epsilon {self.cfg.privacy.dp.target_epsilon}"  # type: ignore[union-attr]
+
     def cohort(self, round_index: int) -> list[int]:
         return sample_cohort(self.data.num_clients, self.cohort_size, generator(self.cfg.seed, "cohort", round_index))
 

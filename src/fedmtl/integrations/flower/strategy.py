@@ -32,7 +32,7 @@ from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.experiment.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
-from fedmtl.fl.federation import Federation, ServerState, mean_train_loss
+from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
@@ -285,12 +285,15 @@ class FlowerServer:
         return {c: n for n, c in self.registry.client_of.items() if n in online}
 
     # -- one round ----------------------------------------------------------------------------
-    def choose_cohort(self, round_index: int, attempt: int) -> list[int]:
+    def choose_cohort(self, round_index: int, attempt: int, online: Mapping[int, int]) -> list[int]:
         """The simulation's cohort when every client is there; otherwise a sample of those available.
+
+        Args:
+            online: client id -> node id of the clients online now (:meth:`_online`); the round sends to
+                these nodes, so the cohort is drawn from the same snapshot.
 
         Nodes in quarantine (they timed out recently) are left out unless that leaves too few clients.
         """
-        online = self._online()
         healthy = sorted(c for c, n in online.items() if self.registry.quarantine.get(n, 0) <= round_index)
         if attempt == 0 and len(healthy) == self._num_clients:
             return self.fed.cohort(round_index)
@@ -308,7 +311,8 @@ class FlowerServer:
         tried: list[dict[str, Any]] = []
         for attempt in range(self.settings.max_retries + 1):
             self.register()  # pick up nodes that (re)connected
-            cohort = self.choose_cohort(r, attempt)
+            online = self._online()
+            cohort = self.choose_cohort(r, attempt, online)
             need = self.settings.required_replies(len(cohort))
             if len(cohort) < need or not cohort:
                 tried.append(
@@ -324,7 +328,6 @@ class FlowerServer:
                 self.sleep(min(self.settings.round_timeout, 5.0))
                 continue
             plan = self.fed.plan(state, cohort)
-            online = self._online()
             contents = {
                 online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
             }
@@ -379,8 +382,9 @@ class FlowerServer:
                     # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
                     record["algorithm_bytes_down"] = plan.algorithm_bytes_down
                     record["algorithm_bytes_up"] = state_up
-                if privacy_info:
-                    record["privacy"] = privacy_info
+                privacy = {**privacy_info, **max_client_epsilon(replies)}
+                if privacy:
+                    record["privacy"] = privacy
                 return new_state, record
             tried.append(
                 {
@@ -487,7 +491,12 @@ class FlowerServer:
         self.wait_for_nodes()
         rounds = self.cfg.server.rounds
         final_clients: list[dict[str, Any]] = []
+        stopped = ""
         while state.round < rounds:
+            stopped = self.fed.stop_reason(state)
+            if stopped:
+                log.warning("stopping after round %d: %s", state.round, stopped)
+                break
             t0 = time.perf_counter()
             state, record = self.run_round(state)
             if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
@@ -502,7 +511,7 @@ class FlowerServer:
             elapsed += time.perf_counter() - t0
             record["elapsed"] = elapsed
             metrics.append(record)
-            if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds:
+            if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds or not self.fed.can_run_round(state):
                 save_checkpoint(
                     self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints
                 )
@@ -529,6 +538,8 @@ class FlowerServer:
             "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
             "seed": self.cfg.seed,
         }
+        if stopped:
+            summary["stopped_early"] = stopped
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if final_clients:  # as the simulation: the last round's per-client personalised scores
             atomic_write_text(self.run_dir / "clients.json", json.dumps(final_clients, indent=1))
