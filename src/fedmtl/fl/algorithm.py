@@ -110,9 +110,9 @@ class FedAvg:
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> dict[str, Tensor]:
-        out = dict(global_params)
-        out.update(state.get("local", {}))  # type: ignore[arg-type]
-        return out
+        """The global model with the client's own parameters over it: its ``local`` ones, then the
+        ``personal`` copies a method keeps (FedPer's heads, Ditto's v_k, pFedMe's theta, ...)."""
+        return {**global_params, **state.get("local", {}), **state.get("personal", {})}  # type: ignore[dict-item]
 
     def personal_mixture(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree

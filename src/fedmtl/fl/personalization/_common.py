@@ -128,9 +128,6 @@ class KeepPrivate(FedAvg, abc.ABC):
     def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]:
         return [n for n in super().uploaded_names(model, client) if not self.private(model, n)]
 
-    def start_from(self, start: Mapping[str, Tensor], state: TensorTree) -> dict[str, Tensor]:
-        return {**start, **state.get("personal", {})}  # type: ignore[dict-item]
-
     def keep(self, model: MultiTaskModel, result: LocalResult) -> LocalResult:
         personal = {n: v for n, v in result.params.items() if self.private(model, n)}
         return LocalResult(result.params, result.metrics, {**result.state, "personal": personal})
@@ -138,13 +135,13 @@ class KeepPrivate(FedAvg, abc.ABC):
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
-        res = trainer.train(self.start_from(start, state), client, drop(state, "personal"), generator)
+        res = trainer.train(start_from(start, state), client, drop(state, "personal"), generator)
         return self.keep(trainer.model, res)
 
-    def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
-    ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]
+
+def start_from(start: Mapping[str, Tensor], state: TensorTree) -> dict[str, Tensor]:
+    """Where a client's local training begins: the broadcast model with its own ``personal`` copies over it."""
+    return {**start, **state.get("personal", {})}  # type: ignore[dict-item]
 
 
 def is_local(model: MultiTaskModel, name: str) -> bool:

@@ -13,8 +13,7 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
-from fedmtl.fl.personalization._common import drop, fork
-from fedmtl.mtl import MultiTaskModel
+from fedmtl.fl.personalization._common import drop, fork, start_from
 from fedmtl.tree import TensorTree
 
 
@@ -44,13 +43,8 @@ class Ditto(FedAvg):
         glob = trainer.train(start, client, drop(state, "personal", "personal_objective"), generator)
         names = self.uploaded_names(trainer.model, client)
         pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}  # type: ignore[misc]
-        begin = {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+        begin = start_from(start, state)
         prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
         pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
         personal = {n: pers.params[n] for n in names}
         return LocalResult(glob.params, glob.metrics, {**glob.state, "personal": personal, "personal_objective": pers.state["objective"]})
-
-    def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
-    ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.personalization._common import drop, fork
+from fedmtl.fl.personalization._common import drop, fork, start_from
 from fedmtl.fl.personalization.fedper import FedPer
 from fedmtl.tree import TensorTree
 
@@ -38,7 +38,7 @@ class FedRep(FedPer):
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
         model = trainer.model
-        begin = self.start_from(start, state)
+        begin = start_from(start, state)
         heads = [n for n in begin if self.private(model, n)]
         head = trainer.train(begin, client, drop(state, "personal"), generator, trainable=heads, epochs=self.head_epochs)
         body_names = self.uploaded_names(model, client)

@@ -83,4 +83,4 @@ class IFCA(FedAvg):
         if self.personal_model == "cluster" and clusters:
             j = self.choose(model, clusters, client)
             return {**base, **{n: clusters[str(j)][n] for n in held_parameter_names(model, client.tasks)}}
-        return {**base, **state.get("personal", {})}  # type: ignore[dict-item]
+        return base

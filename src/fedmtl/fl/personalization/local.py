@@ -10,8 +10,7 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.personalization._common import drop
-from fedmtl.mtl import MultiTaskModel
+from fedmtl.fl.personalization._common import drop, start_from
 from fedmtl.tree import TensorTree
 
 
@@ -29,12 +28,7 @@ class LocalOnly(FedAvg):
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
-        begin = {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+        begin = start_from(start, state)
         res = trainer.train(begin, client, drop(state, "personal"), generator)
         reported = {**res.params, **{n: start[n] for n in self.uploaded_names(trainer.model, client)}}
         return LocalResult(reported, res.metrics, {**res.state, "personal": res.params})
-
-    def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
-    ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -15,8 +15,7 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
-from fedmtl.fl.personalization._common import drop
-from fedmtl.mtl import MultiTaskModel
+from fedmtl.fl.personalization._common import drop, start_from
 from fedmtl.tree import TensorTree
 
 
@@ -79,7 +78,7 @@ class Mocha(FedAvg):
     ) -> LocalResult:
         model = trainer.model
         names = self.uploaded_names(model, client)
-        begin = {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+        begin = start_from(start, state)
         tasks_state = state.get(SERVER_KEY, {}).get("tasks", {})  # type: ignore[union-attr]
         center: dict[str, Tensor] = {}
         weight: dict[str, float] = {}
@@ -125,8 +124,3 @@ class Mocha(FedAvg):
             omega[known[:, None], known[None, :]] = omega_update(w[known], self.eps)
             tasks[task] = {"W": w, "seen": seen, "omega": omega}
         return dict(ctx.after), {"clients": ctx.state["clients"], "tasks": tasks}
-
-    def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
-    ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]

@@ -15,7 +15,6 @@ from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective
-from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree
 
 
@@ -60,8 +59,3 @@ class PFedMe(FedAvg):
                 steps += 1
         metrics = {"loss/pfedme": float(total) / max(steps, 1), "steps": float(steps)}
         return LocalResult(w, metrics, {"personal": theta, "objective": objective.state})
-
-    def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
-    ) -> dict[str, Tensor]:
-        return {**super().personal_params(model, global_params, client, state), **state.get("personal", {})}  # type: ignore[dict-item]
