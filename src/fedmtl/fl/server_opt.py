@@ -64,7 +64,7 @@ def trace(decay: float, nesterov: bool = False) -> Transform:
     def update(u: Updates, state: TensorTree, params: Params) -> tuple[Updates, TensorTree]:
         m = dict(cast(dict[str, Tensor], state["m"]))
         for k, v in u.items():
-            m[k] = decay * m.get(k, torch.zeros_like(v)) + v
+            m[k] = decay * (m[k] if k in m else torch.zeros_like(v)) + v
         out = {k: (v + decay * m[k] if nesterov else m[k]) for k, v in u.items()}
         return out, {"m": cast(TensorTree, m)}
 
@@ -126,8 +126,9 @@ def scale_by_adaptive(
         v = dict(cast(dict[str, Tensor], state["v"]))
         out = {}
         for k, g in u.items():
-            m[k] = b1 * m.get(k, torch.zeros_like(g)) + (1 - b1) * g
-            v[k] = rule(v.get(k, torch.full_like(g, v0)), g * g, b2)
+            # (the defaults are built only when missing: ``dict.get`` would allocate them every round)
+            m[k] = b1 * (m[k] if k in m else torch.zeros_like(g)) + (1 - b1) * g
+            v[k] = rule(v[k] if k in v else torch.full_like(g, v0), g * g, b2)
             out[k] = m[k] / (v[k].clamp(min=0).sqrt() + tau)
         return out, {"m": cast(TensorTree, m), "v": cast(TensorTree, v)}
 

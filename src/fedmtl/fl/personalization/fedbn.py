@@ -32,6 +32,11 @@ class FedBN(KeepPrivate):
     """
 
     name = "fedbn"
+    #: the model the norm-parameter names were last collected from, and those names: ``private`` is asked
+    #: for every parameter several times per client and round, and walking the modules each time is slow
+    _seen: tuple[MultiTaskModel, set[str]] | None = None
 
     def private(self, model: MultiTaskModel, name: str) -> bool:
-        return name in norm_parameter_names(model)
+        if self._seen is None or self._seen[0] is not model:
+            self._seen = (model, norm_parameter_names(model))
+        return name in self._seen[1]
