@@ -153,9 +153,10 @@ class Link:
             check_shapes({name: torch.Size(shape) for name, shape, _ in meta}, expected, values=False)
         allowed = set(self.quantiser.part_names) | set(getattr(self.sparsifier, "part_names", ()))
         by_tensor: dict[str, dict[str, Tensor]] = {}
+        indices = {str(i) for i in range(len(meta))}
         for key, value in parts.items():
             index, dot, part = key.partition(".")
-            if not dot or index not in {str(i) for i in range(len(meta))}:
+            if not dot or index not in indices:
                 raise PayloadError(f"payload part {key[:40]!r} belongs to no declared tensor")
             by_tensor.setdefault(index, {})[part] = value
         out: dict[str, Tensor] = {}

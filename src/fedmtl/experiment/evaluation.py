@@ -98,12 +98,6 @@ def evaluate_personalized(
     return summarize_personalized(model, sums)
 
 
-def evaluate_mixture(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
-    """Metrics of a mixture of models (FedEM): class probabilities (or regression values) averaged by weight."""
-    sums = mixture_sums(model, mixture, split, tasks, batch_size)
-    return {t: model.tasks[t].finalize(s) for t, s in sums.items() if s.get("n", 0) > 0}
-
-
 @torch.no_grad()
 def mixture_sums(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
     """Additive metric sums of a mixture of models (FedEM) per task."""

@@ -69,12 +69,6 @@ def _jacobian(loss_vec: Tensor, inputs: Sequence[Tensor], mode: JacobianMode, re
     return out
 
 
-def per_task_shared_grads(losses: Sequence[Tensor], shared: Sequence[torch.nn.Parameter]) -> Tensor:
-    """Gradients of each task loss w.r.t. the shared parameters, flattened: ``[T, P]`` (vectorised)."""
-    jac = jacobian(torch.stack(list(losses)), shared, retain_graph=True)
-    return torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
-
-
 def _accumulate(params: Sequence[torch.nn.Parameter], grads: Sequence[Tensor | None]) -> None:
     for p, g in zip(params, grads):
         if g is None:

@@ -28,8 +28,6 @@ CODECS: dict[str, Callable[[Any], object]] = {
     "lz4": lambda c: LZ4(),
 }
 
-BYTE_CODECS_BY_ID: dict[int, str] = {1: "zstd", 2: "lz4"}
-
 __all__ = [
     "CODECS",
     "LZ4",

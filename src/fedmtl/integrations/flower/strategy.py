@@ -78,9 +78,6 @@ class Registry:
     tasks: dict[int, tuple[str, ...]] = field(default_factory=dict)  # client id -> tasks
     quarantine: dict[int, int] = field(default_factory=dict)  # node id -> first round it may rejoin
 
-    def node_of(self, client_id: int) -> int:
-        return next(n for n, c in self.client_of.items() if c == client_id)
-
 
 def exchange(
     grid: GridLike,

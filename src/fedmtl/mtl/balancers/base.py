@@ -118,6 +118,3 @@ def gramian(grads: Tensor) -> Tensor:
     g = grads.double()
     return g @ g.T
 
-
-def ones_like_losses(losses: Tensor) -> Tensor:
-    return torch.ones_like(losses)

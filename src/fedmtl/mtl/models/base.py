@@ -8,7 +8,7 @@ client in the cohort, ``"task:<name>"`` parameters only over the clients that ho
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -89,7 +89,3 @@ def check_tasks(model: MultiTaskModel, tasks: Sequence[str] | None) -> list[str]
         raise KeyError(f"unknown task(s) {unknown}; the model has {model.task_names}")
     return list(tasks)
 
-
-def groups_by_param(model: MultiTaskModel) -> Mapping[str, str]:
-    """Parameter name -> group name."""
-    return {n: model.group_of(n) for n, _ in model.named_parameters()}

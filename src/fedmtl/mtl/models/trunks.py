@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -64,7 +63,6 @@ class CNN1DTrunk(nn.Module):
             c = ch
             length = max(length // 2, 1)
         self.conv = nn.Sequential(*layers)
-        self.in_ch = in_ch
         self.fc = nn.Sequential(nn.Linear(c * length, hidden), nn.ReLU())
         self.out_dim = hidden
 
@@ -105,4 +103,4 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["CNN1DTrunk", "CNN2DTrunk", "MLPTrunk", "count_parameters", "mlp", "torch"]
+__all__ = ["CNN1DTrunk", "CNN2DTrunk", "MLPTrunk", "count_parameters", "mlp"]
