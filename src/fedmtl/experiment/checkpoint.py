@@ -14,10 +14,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedmtl.atomic import atomic_write
+from fedmtl.config import ConfigError, ExperimentConfig, dump_config
 from fedmtl.fl.federation import ServerState
 from fedmtl.tree import flatten, unflatten, unshared
 
@@ -28,6 +30,32 @@ FORMAT_VERSION = "1"
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not belong to this run."""
+
+
+#: what may differ between a run's saved config.yaml and the config that resumes it (and everything below)
+RESUMABLE_CHANGES = ("evaluation", "output", "server.rounds")
+
+
+def config_changes(before: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [k for key in sorted(set(before) | set(now)) for k in config_changes(before.get(key), now.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if before != now else []
+
+
+def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to resume ``run_dir`` with a config that differs from its ``config.yaml`` beyond
+    :data:`RESUMABLE_CHANGES` (the simulation and the Flower server both resume through this)."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)))
+    changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a different configuration; changed: {changed}. "
+            f"Only {list(RESUMABLE_CHANGES)} may change on resume."
+        )
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

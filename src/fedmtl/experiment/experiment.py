@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
-from fedmtl.experiment.checkpoint import CheckpointError, load_latest, save_checkpoint
+from fedmtl.experiment.checkpoint import CheckpointError, check_resumable, load_latest, save_checkpoint
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.fl.client import mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
@@ -51,18 +50,6 @@ def _as_config(config: ExperimentConfig | dict[str, Any] | str | Path | None) ->
     return load_config(config)
 
 
-RESUMABLE_CHANGES = {"server.rounds", "output", "evaluation"}
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [prefix.rstrip(".")] if a != b else []
-
-
 class Experiment:
     """A federated multi-task experiment.
 
@@ -88,16 +75,7 @@ class Experiment:
             run_dir = Path(resume)
             if not run_dir.is_dir():
                 raise CheckpointError(f"cannot resume: {str(run_dir)!r} is not a run folder")
-            saved = run_dir / "config.yaml"
-            if saved.exists():
-                before = yaml.safe_load(saved.read_text())
-                now = self.config.model_dump(mode="json")
-                changed = [k for k in _diff(before, now) if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
-                if changed:
-                    raise ConfigError(
-                        f"cannot resume {str(run_dir)!r} with a different configuration; changed: {changed}. "
-                        f"Only {sorted(RESUMABLE_CHANGES)} may change on resume."
-                    )
+            check_resumable(run_dir, self.config)
             return run_dir
         out = self.config.output
         name = out.name or datetime.now().strftime("%Y%m%d-%H%M%S")

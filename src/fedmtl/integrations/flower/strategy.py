@@ -30,7 +30,7 @@ from flwr.app import Message, MessageType, RecordDict
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.experiment.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from fedmtl.experiment.checkpoint import check_resumable, list_checkpoints, load_latest, save_checkpoint
 from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
@@ -41,7 +41,6 @@ from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.report import MetricsLog
 
 log = logging.getLogger("fedmtl")
-RESUMABLE = ("server.rounds", "output", "evaluation")
 REGISTER_BACKOFF = 10.0
 
 
@@ -130,15 +129,6 @@ def exchange(
                     del node_of[mid]
         sleep(poll)
     return Exchange(replies, failed, sorted(node_of.values()), wire_down, wire_up)
-
-
-def _changed(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            k for key in sorted(set(a) | set(b)) for k in _changed(a.get(key), b.get(key), f"{prefix}{key}.")
-        ]
-    return [prefix.rstrip(".")] if a != b else []
 
 
 def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> ClientData:
@@ -458,15 +448,8 @@ class FlowerServer:
 
     # -- the run ------------------------------------------------------------------------------
     def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
-        saved = self.run_dir / "config.yaml"
         if self.settings.resume and list_checkpoints(self.run_dir):
-            if saved.exists():
-                changed = _changed(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(self.cfg)))
-                changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE)]
-                if changed:
-                    raise ConfigError(
-                        f"cannot resume {str(self.run_dir)!r} with a different configuration; changed: {changed}"
-                    )
+            check_resumable(self.run_dir, self.cfg)
             state, meta = load_latest(self.run_dir)
             metrics.truncate_after(state.round)
             log.info("resuming %s from round %d", self.run_dir, state.round)
