@@ -99,10 +99,21 @@ class ClientNode:
         return reply, state
 
     def run(
-        self, payload: bytes, client: ClientData, state: TensorTree, round_index: int, state_payload: bytes = b""
+        self,
+        payload: bytes,
+        client: ClientData,
+        state: TensorTree,
+        round_index: int,
+        state_payload: bytes = b"",
+        base: Mapping[str, Tensor] | None = None,
     ) -> tuple[ClientReply, TensorTree]:
-        """The whole client round from received bytes: what a deployed client executes."""
-        start = self.receive(payload, client)
+        """The whole client round from received bytes: what a deployed client (the Flower ClientApp) executes.
+
+        Args:
+            base: values of the parameters the broadcast does not carry (other tasks' heads): the model
+                needs them to run; a deployed node uses the initial parameters, as the simulation does.
+        """
+        start = {**(base or {}), **self.receive(payload, client)}
         server = self.receive_state(state_payload)
         result = self.train(start, client, with_server(state, server), round_index)
         return self.upload(start, result, client, round_index, prior=state)

@@ -114,13 +114,8 @@ def make_client_app() -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         cfg, pid, part, model, node, state, payload, round_index = _node_for(message, context)
-        received = node.receive(payload, part.client)
-        start = {
-            **initial_parameters(model, cfg.seed),
-            **received,
-        }  # as the simulation: global values for what is not sent
-        result = node.train(start, part.client, _with_server_view(node, state, message), round_index)
-        reply, new_state = node.upload(start, result, part.client, round_index, prior=state)
+        server_state = msgs.read_server_state(message.content)
+        reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=initial_parameters(model, cfg.seed))
         context.state[msgs.STATE] = msgs.tree_to_record(new_state)
         return Message(msgs.reply_content(reply), reply_to=message)
 
