@@ -24,7 +24,12 @@ def task_group(task: str) -> str:
 
 
 class MultiTaskModel(nn.Module, abc.ABC):
-    """Base class: subclasses implement :meth:`forward` and :meth:`group_of`."""
+    """Base class: subclasses implement :meth:`forward`, and name their per-task modules in
+    :attr:`task_modules` (or override :meth:`group_of` when the layout is not ``<module>.<task>.…``)."""
+
+    #: top-level modules that hold one submodule per task (``heads.<task>.…``): their parameters belong
+    #: to that task's group, every other parameter is shared
+    task_modules: tuple[str, ...] = ()
 
     def __init__(self, tasks: Sequence[Task]):
         super().__init__()
@@ -40,9 +45,12 @@ class MultiTaskModel(nn.Module, abc.ABC):
     def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Predictions for ``tasks`` (default: all), ``{task: prediction}``."""
 
-    @abc.abstractmethod
     def group_of(self, param_name: str) -> str:
         """The group of a parameter, by its name in ``named_parameters()``."""
+        module, _, rest = param_name.partition(".")
+        if module in self.task_modules:
+            return task_group(rest.split(".")[0])
+        return SHARED
 
     def penalty(self) -> Tensor | None:
         """A regulariser the objective adds to the loss (soft sharing, MTRL, distillation); ``None`` if none.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.tasks import Task
 
 
@@ -19,6 +19,8 @@ class CrossStitchModel(MultiTaskModel):
     spread evenly. Columns are task-specific; the cross-stitch units are shared. Every column is
     computed even for a subset of tasks (they are mixed), but only the requested heads run.
     """
+
+    task_modules = ("columns", "heads")
 
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], tasks: Sequence[Task], self_weight: float = 0.9):
         super().__init__(tasks)
@@ -44,7 +46,3 @@ class CrossStitchModel(MultiTaskModel):
             h = torch.einsum("ts,snd->tnd", alpha, h)
         return {t: self.heads[t](h[order.index(t)]) for t in names}
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("columns.", "heads.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED

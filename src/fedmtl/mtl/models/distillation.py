@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.mtl.models.trunks import mlp
 from fedmtl.tasks import Task
 
@@ -36,6 +36,8 @@ def divergence(task: Task, target: Tensor, pred: Tensor, temperature: float) -> 
 
 class DistillationModel(MultiTaskModel):
     """Per-task students regularised towards (and distilled into) a shared multi-task teacher."""
+
+    task_modules = ("students", "student_heads")
 
     def __init__(self, make_trunk: Callable[[], tuple[nn.Module, int]], tasks: Sequence[Task], strength: float = 0.5, temperature: float = 2.0):
         super().__init__(tasks)
@@ -79,7 +81,3 @@ class DistillationModel(MultiTaskModel):
             total = total + divergence(task, teach.detach(), stud, self.temperature) + divergence(task, stud.detach(), teach, self.temperature)
         return self.strength * total
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("students.", "student_heads.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.mtl.models.trunks import mlp
 from fedmtl.tasks import Task
 
@@ -51,6 +51,8 @@ class DSelectKGate(nn.Module):
 class DSelectKModel(MultiTaskModel):
     """MMoE with DSelect-k gates: each task picks (softly, converging to) ``k`` of the shared experts."""
 
+    task_modules = ("gates", "towers")
+
     def __init__(self, input_shape: Sequence[int], tasks: Sequence[Task], num_experts: int = 4, k: int = 2, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (), gamma: float = 1.0):
         super().__init__(tasks)
         if not 1 <= k <= num_experts:
@@ -66,7 +68,3 @@ class DSelectKModel(MultiTaskModel):
         outs = torch.stack([e(x) for e in self.experts])
         return {t: self.towers[t](torch.einsum("ne,end->nd", self.gates[t](x), outs)) for t in names}
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("gates.", "towers.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED

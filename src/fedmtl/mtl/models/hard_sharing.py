@@ -10,13 +10,15 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.mtl.models.trunks import mlp
 from fedmtl.tasks import Task
 
 
 class HardSharingModel(MultiTaskModel):
     """``trunk`` -> representation -> ``heads[task]`` -> prediction."""
+
+    task_modules = ("heads",)
 
     def __init__(self, trunk: nn.Module, trunk_dim: int, tasks: Sequence[Task], head_hidden: Sequence[int] = ()):
         super().__init__(tasks)
@@ -41,7 +43,3 @@ class HardSharingModel(MultiTaskModel):
     def task_representations(self) -> dict[str, Tensor] | None:
         return self._task_reps
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith("heads."):
-            return task_group(param_name.split(".")[1])
-        return SHARED

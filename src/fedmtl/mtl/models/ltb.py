@@ -16,12 +16,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.tasks import Task
 
 
 class LTBModel(MultiTaskModel):
     """Tree-structured MLP with learned branching."""
+
+    task_modules = ("last", "last_logits", "heads")
 
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], branches: Sequence[int], tasks: Sequence[Task], temperature: float = 1.0):
         super().__init__(tasks)
@@ -62,7 +64,3 @@ class LTBModel(MultiTaskModel):
             out[t] = path[::-1]
         return out
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("last.", "last_logits.", "heads.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED

@@ -32,6 +32,8 @@ def _mix(gate: nn.Module, x: Tensor, outs: Tensor) -> Tensor:
 class MMoEModel(MultiTaskModel):
     """Shared experts; each task mixes them with its own softmax gate and feeds its tower."""
 
+    task_modules = ("gates", "towers")
+
     def __init__(self, input_shape: Sequence[int], tasks: Sequence[Task], num_experts: int = 4, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = ()):
         super().__init__(tasks)
         if num_experts < 1:
@@ -47,10 +49,6 @@ class MMoEModel(MultiTaskModel):
         outs = torch.stack([e(x) for e in self.experts])
         return {t: self.towers[t](_mix(self.gates[t], x, outs)) for t in names}
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("gates.", "towers.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED
 
 
 class _ExtractionLayer(nn.Module):

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.tasks import Task
 
 
 class MTANModel(MultiTaskModel):
     """Shared MLP backbone with per-task attention masks at every layer."""
+
+    task_modules = ("attention", "heads")
 
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], tasks: Sequence[Task]):
         super().__init__(tasks)
@@ -44,7 +46,3 @@ class MTANModel(MultiTaskModel):
             out[t] = self.heads[t](a)
         return out
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("attention.", "heads.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
+from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
 from fedmtl.tasks import Task
 
 
@@ -27,6 +27,8 @@ def closed_form_omega(w: Tensor, eps: float = 1e-8) -> Tensor:
 
 class MTRLModel(MultiTaskModel):
     """Shared trunk, task adapters coupled through a learned task covariance ``Omega``."""
+
+    task_modules = ("adapters", "heads")
 
     def __init__(self, trunk: nn.Module, trunk_dim: int, tasks: Sequence[Task], adapter_dim: int = 32, strength: float = 1e-3, eps: float = 1e-4):
         super().__init__(tasks)
@@ -62,7 +64,3 @@ class MTRLModel(MultiTaskModel):
         w = self.task_matrix()
         return self.strength * torch.trace(w @ inv @ w.T)
 
-    def group_of(self, param_name: str) -> str:
-        if param_name.startswith(("adapters.", "heads.")):
-            return task_group(param_name.split(".")[1])
-        return SHARED
