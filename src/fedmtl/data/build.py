@@ -116,8 +116,9 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
             raise DataError(f"client {cid} has no usable training rows after cleaning ({counts}); check the data or the partition")
         raw_clients.append((cid, tasks, cleaned, counts))
 
-    fed_x = sum((Moments.of(c[2]["train"][0], per_feature) for c in raw_clients[1:]), Moments.of(raw_clients[0][2]["train"][0], per_feature))
-    x_stats = fed_x.mean_std() if pre.normalize != "none" else None
+    # each client's feature moments, computed once: summed for federated statistics, alone for per-client ones
+    moments = [Moments.of(c[2]["train"][0], per_feature) for c in raw_clients] if pre.normalize != "none" else []
+    x_stats = sum(moments[1:], moments[0]).mean_std() if moments else None
     y_stats = {}
     for t in src.tasks:
         if t.kind == "regression" and pre.normalize != "none":
@@ -132,10 +133,8 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
         return x, y
 
     clients = []
-    for cid, tasks, cleaned, counts in raw_clients:
-        stats = x_stats
-        if pre.normalize == "client":
-            stats = Moments.of(cleaned["train"][0], per_feature).mean_std()
+    for i, (cid, tasks, cleaned, counts) in enumerate(raw_clients):
+        stats = moments[i].mean_std() if pre.normalize == "client" else x_stats
         tr = finish(*cleaned["train"], stats)
         te = finish(*cleaned["test"], stats)
         clients.append(ClientData(cid, tuple(t.name for t in tasks), _to_split(*tr, tasks), _to_split(*te, tasks), counts))
