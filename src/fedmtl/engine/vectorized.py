@@ -284,26 +284,16 @@ class VectorizedEngine:
             self._warn(reason)
             self.last_run = {"vectorized": 0, "sequential": len(jobs)}
             return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined]
-        objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
-        batched, seq = [], []
-        for i, job in enumerate(jobs):
-            tasks = tuple(job.client.tasks)
-            if tasks not in objectives:
-                objectives[tasks] = build_objective(trainer.mtl_cfg, tasks)
-            why = self._objective_unsupported(objectives[tasks])
-            if why is None and job.state.get("local"):
-                why = "client-local parameters"
-            if why is None:
-                batched.append(i)
-            else:
-                self._warn(why)
-                seq.append(i)
+        objectives, batched, fallback = self._sort_jobs(trainer, jobs)
+        for _, why in fallback:
+            self._warn(why)
+        seq = [i for i, _ in fallback]
         results: list[LocalResult | None] = [None] * len(jobs)
         if seq:
             for i, r in zip(seq, self.fallback.run_cohort(algorithm, trainer, [jobs[i] for i in seq])):  # type: ignore[attr-defined]
                 results[i] = r
         spec = mlp_spec(trainer.model)
-        chunk = self.chunk_clients or self._auto_chunk(trainer.model, trainer.cfg)
+        chunk = self.chunk_size(trainer)
         for lo in range(0, len(batched), chunk):
             idx = batched[lo : lo + chunk]
             sub = [jobs[i] for i in idx]
@@ -330,18 +320,34 @@ class VectorizedEngine:
         """
         if self.unsupported(algorithm, trainer) is not None:
             return None
-        objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
-        for job in jobs:
-            tasks = tuple(job.client.tasks)
-            if tasks not in objectives:
-                objectives[tasks] = build_objective(trainer.mtl_cfg, tasks)
-            if self._objective_unsupported(objectives[tasks]) is not None or job.state.get("local"):
-                return None
+        objectives, _, fallback = self._sort_jobs(trainer, jobs)
+        if fallback:
+            return None
         if not self._announced:
             self._announced = True
             log.info("engine: vectorized (stacked chunks of %d clients)", len(jobs))
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         return _train_chunk(mlp_spec(trainer.model), trainer, jobs, objectives)
+
+    def _sort_jobs(
+        self, trainer: LocalTrainer, jobs: Sequence[CohortJob]
+    ) -> tuple[dict[tuple[str, ...], MultiTaskObjective], list[int], list[tuple[int, str]]]:
+        """Each task set's objective; the jobs that can be batched; the others, each with the reason."""
+        objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
+        batched: list[int] = []
+        fallback: list[tuple[int, str]] = []
+        for i, job in enumerate(jobs):
+            tasks = tuple(job.client.tasks)
+            if tasks not in objectives:
+                objectives[tasks] = build_objective(trainer.mtl_cfg, tasks)
+            why = self._objective_unsupported(objectives[tasks])
+            if why is None and job.state.get("local"):
+                why = "client-local parameters"
+            if why is None:
+                batched.append(i)
+            else:
+                fallback.append((i, why))
+        return objectives, batched, fallback
 
     def chunk_size(self, trainer: LocalTrainer) -> int:
         return self.chunk_clients or self._auto_chunk(trainer.model, trainer.cfg)
