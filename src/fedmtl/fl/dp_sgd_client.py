@@ -23,14 +23,10 @@ if TYPE_CHECKING:
     from fedmtl.fl.client import LocalResult, LocalTrainer
 
 
-def _history_tree(acc: PrivacyAccountant) -> Tensor:
-    return torch.tensor(acc.history, dtype=torch.float64).reshape(-1, 3)
-
-
 def _history(tree: object, mechanism: str) -> PrivacyAccountant | None:
     if not isinstance(tree, Tensor) or tree.numel() == 0:
         return None
-    return PrivacyAccountant(mechanism, tuple((float(s), float(q), int(n)) for s, q, n in tree.tolist()))  # type: ignore[arg-type]
+    return PrivacyAccountant.from_history_tensor(mechanism, tree)  # type: ignore[arg-type]
 
 
 def train_with_dp_sgd(
@@ -91,6 +87,6 @@ def train_with_dp_sgd(
     finally:
         for p in named.values():
             p.requires_grad_(True)
-    result = finish_local(model, names, loss_sums, steps, {"objective": ostate, "dp_sgd_history": _history_tree(history)})  # type: ignore[dict-item]
+    result = finish_local(model, names, loss_sums, steps, {"objective": ostate, "dp_sgd_history": history.history_tensor()})  # type: ignore[dict-item]
     result.metrics["dp_sgd_epsilon"] = epsilon
     return result

@@ -74,13 +74,12 @@ class PrivacyStep:
 
     @staticmethod
     def _encode(state: DPFedAvgState) -> TensorTree:
-        history = torch.tensor(state.accountant.history, dtype=torch.float64).reshape(-1, 3)
+        history = state.accountant.history_tensor()
         return {"clip_norm": torch.tensor(state.clip_norm, dtype=torch.float64), "rounds": torch.tensor(state.rounds), "history": history}
 
     def _decode(self, tree: TensorTree) -> DPFedAvgState:
         assert self.dp is not None
         if not tree:
             return self.dp.init()
-        history = tuple((float(s), float(q), int(n)) for s, q, n in tree["history"].tolist())  # type: ignore[union-attr]
-        accountant = PrivacyAccountant(self.dp.accountant, history)  # type: ignore[arg-type]
+        accountant = PrivacyAccountant.from_history_tensor(self.dp.accountant, tree["history"])  # type: ignore[arg-type]
         return DPFedAvgState(float(tree["clip_norm"]), accountant, int(tree["rounds"]))  # type: ignore[arg-type]

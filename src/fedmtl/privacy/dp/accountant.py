@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -31,6 +32,15 @@ class PrivacyAccountant:
     def __post_init__(self) -> None:
         if self.mechanism not in ("rdp", "prv"):
             raise ValueError(f"accountant must be 'rdp' or 'prv', got {self.mechanism!r}")
+
+    def history_tensor(self) -> torch.Tensor:
+        """``history`` as a ``[k, 3]`` float64 tensor: how checkpoints and client states keep it."""
+        return torch.tensor(self.history, dtype=torch.float64).reshape(-1, 3)
+
+    @classmethod
+    def from_history_tensor(cls, mechanism: Mechanism, history: torch.Tensor) -> PrivacyAccountant:
+        """The accountant whose :meth:`history_tensor` is ``history``."""
+        return cls(mechanism, tuple((float(s), float(q), int(n)) for s, q, n in history.tolist()))
 
     @property
     def steps(self) -> int:
