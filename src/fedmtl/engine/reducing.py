@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fedmtl.data.dataset import ClientData
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
@@ -131,6 +132,8 @@ class ReducingFederation(Federation):
         self.chunk_clients = chunk_clients
         self.distributed = distributed and dist.is_available() and dist.is_initialized()
         self.reduces = self.aggregator is weighted_mean
+        self._fast: bool | None = None  # _stacked_path(), decided on the first round (its inputs never change)
+        self._bytes_cache: dict[tuple[str, ...], int] = {}
 
     def streams(self) -> bool:
         """Whether this round may stream and reduce: a weighted mean with nothing that needs every update.
@@ -164,7 +167,9 @@ class ReducingFederation(Federation):
         names_of = {g: list(ns) for g, ns in self.groups.items()}
         sizes = {g: sum(self.shapes[n].numel() for n in ns) for g, ns in names_of.items()}
         acc = RoundSums(names_of, sizes, [t.name for t in self.data.tasks])
-        fast = self._stacked_path()
+        if self._fast is None:
+            self._fast = self._stacked_path()
+        fast = self._fast
         step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
@@ -237,13 +242,14 @@ class ReducingFederation(Federation):
                 return False
         return True
 
-    def _payload_bytes(self, tasks: tuple[str, ...], names: list[str]) -> int:
-        """Uplink bytes of a client with these tasks: identity payload sizes depend only on names and shapes."""
-        cache = self.__dict__.setdefault("_bytes_cache", {})
-        if tasks not in cache:
+    def _payload_bytes(self, client: ClientData) -> int:
+        """Uplink bytes of this client's update: identity payload sizes depend only on names and shapes,
+        so they are encoded once per task set."""
+        if client.tasks not in self._bytes_cache:
+            names = self.algorithm.uploaded_names(self.model, client)
             payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
-            cache[tasks] = len(payload)
-        return cache[tasks]  # type: ignore[no-any-return]
+            self._bytes_cache[client.tasks] = len(payload)
+        return self._bytes_cache[client.tasks]
 
     def _reduce_stacked(self, chunk, params, stacked, acc: RoundSums, r: int) -> None:  # type: ignore[no-untyped-def]
         """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
@@ -288,10 +294,7 @@ class ReducingFederation(Federation):
             acc.weights[gi] += wtot
         for c, cid in enumerate(chunk):
             acc.client_states[cid] = stacked.states[c]
-            acc.bytes[1] += self._payload_bytes(
-                clients[c].tasks,
-                [n for g, ns in names_of.items() for n in ns if g == "shared" or g[5:] in clients[c].tasks],
-            )
+            acc.bytes[1] += self._payload_bytes(clients[c])
             if ok[c] == 0:
                 acc.dropped[cid] = "payload carries NaN or Inf"
                 log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", r, cid)
