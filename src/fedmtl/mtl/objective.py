@@ -235,11 +235,7 @@ class MultiTaskObjective:
         grads = torch.cat(shared, dim=1) if shared else loss_vec.new_zeros(len(self.tasks), 0)
         balance, new = call(grads)
         w = balance.weights.to(grads)
-        if balance.shared_direction is not None:
-            shared_flat = balance.shared_direction.to(grads)
-        else:
-            sw = balance.shared_weights.to(grads) if balance.shared_weights is not None else w
-            shared_flat = sw @ grads
+        shared_flat = balance.shared_gradient(grads)
         shared_params = [p for p, s in zip(params, is_shared) if s]
         out: dict[int, Tensor | None] = dict(zip(map(id, shared_params), _split(shared_flat, shared_params)))
         for p, j, r, s in zip(params, jac, raw, is_shared):
@@ -263,10 +259,7 @@ class MultiTaskObjective:
             gz = jacobian(loss_vec, [z], self.jacobian_mode, retain_graph=True)[0].reshape(len(self.tasks), -1)
         balance, new = call(gz)
         w = balance.weights.to(loss_vec)
-        if balance.shared_direction is not None:
-            dz = balance.shared_direction.to(gz)
-        else:
-            dz = (balance.shared_weights.to(gz) if balance.shared_weights is not None else w) @ gz
+        dz = balance.shared_gradient(gz)
         # one backward pass of  sum_t w_t L_t + <z, dz - sum_t w_t dL_t/dz>  (the bracket detached):
         # heads get sum_t w_t grad L_t, and everything behind z gets J_z^T dz.
         surrogate = (w * loss_vec).sum() + (z * (dz - w.to(gz) @ gz).view_as(z).detach()).sum()

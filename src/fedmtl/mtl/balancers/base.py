@@ -61,6 +61,13 @@ class Balance:
     shared_direction: Tensor | None = None
     shared_weights: Tensor | None = None
 
+    def shared_gradient(self, grads: Tensor) -> Tensor:
+        """The shared coordinates' gradient from the per-task ``grads`` ``[T, P]``: the direction when
+        given, else ``sum_t s_t grads_t`` with the shared weights (or, without them, the loss weights)."""
+        if self.shared_direction is not None:
+            return self.shared_direction.to(grads)
+        return (self.shared_weights if self.shared_weights is not None else self.weights).to(grads) @ grads
+
 
 class Balancer(Protocol):
     """Loss weighting or gradient balancing."""
