@@ -10,6 +10,7 @@ the ClientApp's ``Context.state``, so it survives between rounds on that node.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
+from torch import Tensor
 
 from fedmtl.atomic import atomic_write
 from fedmtl.config import ExperimentConfig, config_from_dict
@@ -31,7 +33,7 @@ from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
-from fedmtl.mtl import build_model
+from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -113,9 +115,9 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        cfg, pid, part, model, node, state, payload, round_index = _node_for(message, context)
+        cfg, pid, part, model, node, init, state, payload, round_index = _node_for(message, context)
         server_state = msgs.read_server_state(message.content)
-        reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=initial_parameters(model, cfg.seed))
+        reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=init)
         context.state[msgs.STATE] = msgs.tree_to_record(new_state)
         return Message(msgs.reply_content(reply), reply_to=message)
 
@@ -124,8 +126,8 @@ def make_client_app() -> ClientApp:
         """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
         from fedmtl.experiment.evaluation import personal_metric_sums
 
-        cfg, pid, part, model, node, state, payload, _ = _node_for(message, context)
-        params = {**initial_parameters(model, cfg.seed), **node.receive(payload, part.client)}
+        cfg, pid, part, model, node, init, state, payload, _ = _node_for(message, context)
+        params = {**init, **node.receive(payload, part.client)}
         sums = personal_metric_sums(
             model, node.algorithm, params, part.client, _with_server_view(node, state, message), cfg.evaluation.batch_size
         )
@@ -139,9 +141,22 @@ def _with_server_view(node: ClientNode, state: TensorTree, message: Message) -> 
     return with_server(state, node.receive_state(msgs.read_server_state(message.content)))
 
 
+@functools.lru_cache(maxsize=1)
+def _built(
+    experiment: str, pid: int, cache_dir: str | None
+) -> tuple[Partition, MultiTaskModel, ClientNode, dict[str, Tensor]]:
+    """This node's partition, model, client node and initial parameters, built on its first message and
+    reused by the later ones (all deterministic in the config; the client's state lives in the Context)."""
+    cfg = config_from_dict(json.loads(experiment))
+    part = load_partition(cfg, pid, cache_dir)
+    model = build_model(cfg.model, part.input_shape, part.tasks)
+    return part, model, build_node(cfg, model), initial_parameters(model, cfg.seed)
+
+
 def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-def]
-    """What a train or evaluate message needs on this node: config, partition, model, client node, stored
-    state, and the message's payload and round.
+    """What a train or evaluate message needs on this node: config, partition, model, client node, the
+    initial parameters (the values of what a broadcast does not carry), stored state, and the message's
+    payload and round.
 
     The message must be addressed to this node's partition; one for another client is an error.
     """
@@ -154,15 +169,14 @@ def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-de
     pid = partition_id(context, cfg)
     if client_id != pid:
         raise ValueError(f"message for client {client_id} reached the node of client {pid}")
-    part = load_partition(cfg, pid, _cache_dir(context))
-    model = build_model(cfg.model, part.input_shape, part.tasks)
-    node = build_node(cfg, model)
+    experiment = str(context.state.config_records[msgs.CONFIG]["experiment"])
+    part, model, node, init = _built(experiment, pid, _cache_dir(context))
     state = (
         msgs.tree_from_record(context.state.array_records[msgs.STATE])
         if msgs.STATE in context.state.array_records
         else {}
     )
-    return cfg, pid, part, model, node, state, payload, round_index
+    return cfg, pid, part, model, node, init, state, payload, round_index
 
 
 def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-untyped-def]
