@@ -174,7 +174,7 @@ class ReducingFederation(Federation):
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
             plan = self.plan(state, chunk)
-            starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in chunk]
+            starts = self.receive_all(plan, chunk)
             acc.bytes[0] += plan.bytes_down
             jobs = [
                 CohortJob(

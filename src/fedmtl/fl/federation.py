@@ -283,6 +283,18 @@ class Federation:
         own = state.client_states.get(cid, {})
         return with_server(own, server)
 
+    def receive_all(self, plan: RoundPlan, cids: Sequence[int]) -> list[dict[str, Tensor]]:
+        """Each client's decoded broadcast. Clients with the same task set receive the same bytes, so each
+        distinct payload is decoded (and checked) once; clients share the decoded tensors, read-only."""
+        decoded: dict[bytes, dict[str, Tensor]] = {}
+        out = []
+        for cid in cids:
+            payload = plan.payloads[cid]
+            if payload not in decoded:
+                decoded[payload] = self.node.receive(payload, self.data.clients[cid])
+            out.append(decoded[payload])
+        return out
+
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
         """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
@@ -291,7 +303,7 @@ class Federation:
         t0 = time.perf_counter()
         r = state.round
         plan = self.plan(state)
-        starts = [self.node.receive(plan.payloads[cid], self.data.clients[cid]) for cid in plan.cohort]
+        starts = self.receive_all(plan, plan.cohort)
         decoded: dict[bytes, TensorTree] = {}  # clients with equal task sets receive equal bytes: decode once
         for payload in plan.state_payloads.values():
             if payload not in decoded:
