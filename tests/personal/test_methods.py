@@ -26,11 +26,12 @@ ALGORITHMS = [
     {"name": "pfedme", "lam": 5.0, "inner_steps": 2},
     {"name": "ifca", "clusters": 2},
     {"name": "fedem", "components": 2},
+    {"name": "fedem", "components": 2, "gate": False},
     {"name": "mocha", "lam": 0.1},
 ]
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a["name"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a["name"] + ("-paper" if a.get("gate") is False else ""))
 def test_round_trip_and_personal_models(algorithm, tmp_path) -> None:  # type: ignore[no-untyped-def]
     fed = federation(config(algorithm))
     assert fed.algorithm.name == algorithm["name"]

@@ -219,25 +219,6 @@ def test_pfedme_personal_model_is_pinned_to_w_by_a_large_lambda() -> None:
     assert moved > 2 * max(gaps)  # w itself trained: the bound is not just "nothing moved"
 
 
-def test_fedem_responsibilities_and_the_evaluated_mixture_are_the_clients() -> None:
-    from fedmtl.fl.personalization.fedem import e_step
-
-    losses = torch.tensor([[0.1, 5.0, 0.2], [3.0, 0.1, 4.0]])
-    q, pi = e_step(losses, torch.tensor([0.5, 0.5]))
-    assert torch.allclose(q.sum(0), torch.ones(3)) and torch.allclose(pi.sum(), torch.tensor(1.0))
-    assert q[0, 0] > 0.9 and q[1, 1] > 0.9 and torch.allclose(pi, q.mean(1))
-    fed = federation(config({"name": "fedem", "components": 2}))
-    state = fed.init_state()
-    state, _ = fed.round(state)
-    for cid in (0, 4):
-        cs = state.client_states[cid]
-        mixture = fed.algorithm.personal_mixture(fed.model, state.params, fed.data.clients[cid], cs)
-        assert [w for w, _ in mixture] == [float(p) for p in cs["fedem_pi"]]
-        for k, (_, params) in enumerate(mixture):
-            for n, v in cs["fedem_components"][str(k)].items():
-                assert torch.equal(params[n], v)
-
-
 def _loss_sum(fed, params, client, weights):  # type: ignore[no-untyped-def]
     """sum_t weights[t] * mean loss_t of ``params`` on the client's whole training split (by hand)."""
     from torch.func import functional_call

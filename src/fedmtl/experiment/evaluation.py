@@ -100,18 +100,21 @@ def evaluate_personalized(
 
 @torch.no_grad()
 def mixture_sums(model: MultiTaskModel, mixture: Mixture, split: Split, tasks: tuple[str, ...] | list[str], batch_size: int) -> dict[str, dict[str, float]]:
-    """Additive metric sums of a mixture of models (FedEM) per task."""
+    """Additive metric sums of a mixture of models (FedEM) per task: each input's predictions are
+    mixed with that input's weights."""
     model.eval()
     sums: dict[str, dict[str, float]] = {t: {} for t in tasks}
     for start in range(0, len(split), batch_size):
         x = split.x[start : start + batch_size]
+        weights = mixture.weights(x)  # [n, K]
         mixed: dict[str, Tensor] = {}
-        for weight, params in mixture:
+        for k, params in enumerate(mixture.components):
             load_parameters(model, params)
             for t, pred in model(x, list(tasks)).items():
                 kind = model.tasks[t].kind
                 p = pred.softmax(-1) if kind == "multiclass" else pred.sigmoid() if kind == "binary" else pred
-                mixed[t] = mixed.get(t, 0) + weight * p  # type: ignore[operator]
+                w = weights[:, k].reshape(-1, *([1] * (p.dim() - 1)))
+                mixed[t] = mixed.get(t, 0) + w * p  # type: ignore[operator]
         for t in tasks:
             kind = model.tasks[t].kind
             p = mixed[t]

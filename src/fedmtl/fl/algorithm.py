@@ -11,8 +11,9 @@ How server state reaches the client and extra uploads reach the server:
 - during a round (and at personalised evaluation), a client's state holds its decoded view of the
   server's algorithm state under :data:`SERVER_KEY` (it must not return it);
 - a client may return extra uploads under :data:`OUTBOX_KEY` in its state, a tree whose leaves are
-  named after model parameters; the client node encodes them into the reply, the server decodes and
-  checks them and hands them to :meth:`Algorithm.server_update` (``ServerContext.outboxes``).
+  named after model parameters or after one of the algorithm's own tensors (:meth:`Algorithm.outbox_shapes`:
+  FedEM's gate); the client node encodes them into the reply, the server decodes and checks them
+  (name and shape) and hands them to :meth:`Algorithm.server_update` (``ServerContext.outboxes``).
 
 Both channels go through the same codec chains as the model (:mod:`fedmtl.fl.algorithm_channel`) and
 are counted in ``bytes_down`` / ``bytes_up`` (broken out as ``algorithm_bytes_*``), in simulation and
@@ -32,6 +33,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel
+from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
 SERVER_KEY = "server"
@@ -61,7 +63,19 @@ class ServerContext:
     population: Mapping[str, int] = field(default_factory=dict)
 
 
-Mixture = list[tuple[float, dict[str, Tensor]]]
+@dataclass(frozen=True)
+class Mixture:
+    """A personalised predictor that mixes the predictions of several parameter sets (FedEM):
+    ``p(y | x) = sum_k w_k(x) p_k(y | x)``.
+
+    Attributes:
+        components: the K parameter sets, each a full set of the model's parameters.
+        weights: inputs ``x`` (``[n, ...]``) -> their mixture weights ``[n, K]``, each row summing to 1;
+            the same row for every input in FedEM as published, input-dependent with its gate.
+    """
+
+    components: list[dict[str, Tensor]]
+    weights: Callable[[Tensor], Tensor]
 
 
 class Algorithm(Protocol):
@@ -84,6 +98,8 @@ class Algorithm(Protocol):
     def personal_mixture(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> Mixture | None: ...
+
+    def outbox_shapes(self) -> dict[str, torch.Size]: ...
 
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree: ...
 
@@ -120,6 +136,11 @@ class FedAvg:
         """A mixture of models whose predictions are averaged (FedEM); None: use :meth:`personal_params`."""
         return None
 
+    def outbox_shapes(self) -> dict[str, torch.Size]:
+        """Name -> shape of the outbox leaves that are not model parameters (FedEM's gate, its mixture
+        weights), so that the server can check them like the rest of an upload (none for FedAvg)."""
+        return {}
+
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
         """The algorithm's initial server state (none for FedAvg)."""
         return {}
@@ -139,30 +160,38 @@ def without_server(state: TensorTree) -> TensorTree:
     return {k: v for k, v in state.items() if k != SERVER_KEY}
 
 
-def _registry() -> dict[type, Callable[[object], Algorithm]]:
+#: builds a model of the experiment's architecture (its config and input shape) for other tasks: FedEM's gate
+ModelBuilder = Callable[[Sequence[Task]], MultiTaskModel]
+
+
+def _registry() -> dict[type, Callable[[object, ModelBuilder | None], Algorithm]]:
     from fedmtl.config import algorithm as acfg
     from fedmtl.fl import personalization as p
 
     return {
-        acfg.FedAvgAlgorithm: lambda c: FedAvg(),
-        acfg.FedProxAlgorithm: lambda c: p.FedProx(c.mu),  # type: ignore[attr-defined]
-        acfg.ScaffoldAlgorithm: lambda c: p.Scaffold(),
-        acfg.LocalOnlyAlgorithm: lambda c: p.LocalOnly(),
-        acfg.FedPerAlgorithm: lambda c: p.FedPer(),
-        acfg.FedRepAlgorithm: lambda c: p.FedRep(c.head_epochs),  # type: ignore[attr-defined]
-        acfg.FedBNAlgorithm: lambda c: p.FedBN(),
-        acfg.DittoAlgorithm: lambda c: p.Ditto(c.lam, c.personal_epochs),  # type: ignore[attr-defined]
-        acfg.APFLAlgorithm: lambda c: p.APFL(c.alpha, c.alpha_lr),  # type: ignore[attr-defined]
-        acfg.PFedMeAlgorithm: lambda c: p.PFedMe(c.lam, c.inner_steps, c.personal_lr),  # type: ignore[attr-defined]
-        acfg.IFCAAlgorithm: lambda c: p.IFCA(c.clusters, c.personal_model),  # type: ignore[attr-defined]
-        acfg.FedEMAlgorithm: lambda c: p.FedEM(c.components),  # type: ignore[attr-defined]
-        acfg.MochaAlgorithm: lambda c: p.Mocha(c.lam, c.eps),  # type: ignore[attr-defined]
+        acfg.FedAvgAlgorithm: lambda c, m: FedAvg(),
+        acfg.FedProxAlgorithm: lambda c, m: p.FedProx(c.mu),  # type: ignore[attr-defined]
+        acfg.ScaffoldAlgorithm: lambda c, m: p.Scaffold(),
+        acfg.LocalOnlyAlgorithm: lambda c, m: p.LocalOnly(),
+        acfg.FedPerAlgorithm: lambda c, m: p.FedPer(),
+        acfg.FedRepAlgorithm: lambda c, m: p.FedRep(c.head_epochs),  # type: ignore[attr-defined]
+        acfg.FedBNAlgorithm: lambda c, m: p.FedBN(),
+        acfg.DittoAlgorithm: lambda c, m: p.Ditto(c.lam, c.personal_epochs),  # type: ignore[attr-defined]
+        acfg.APFLAlgorithm: lambda c, m: p.APFL(c.alpha, c.alpha_lr),  # type: ignore[attr-defined]
+        acfg.PFedMeAlgorithm: lambda c, m: p.PFedMe(c.lam, c.inner_steps, c.personal_lr),  # type: ignore[attr-defined]
+        acfg.IFCAAlgorithm: lambda c, m: p.IFCA(c.clusters, c.personal_model),  # type: ignore[attr-defined]
+        acfg.FedEMAlgorithm: lambda c, m: p.FedEM(c.components, p.fedem.build_gate(m, c.components) if c.gate else None),  # type: ignore[attr-defined]
+        acfg.MochaAlgorithm: lambda c, m: p.Mocha(c.lam, c.eps),  # type: ignore[attr-defined]
     }
 
 
-def build_algorithm(cfg: object) -> Algorithm:
-    """The algorithm an ``algorithm`` config describes."""
+def build_algorithm(cfg: object, make_model: ModelBuilder | None = None) -> Algorithm:
+    """The algorithm an ``algorithm`` config describes.
+
+    ``make_model`` builds models of the experiment's architecture; only methods that train a network
+    of their own next to the model need it (FedEM's gate), and they say so when it is missing.
+    """
     factory = _registry().get(type(cfg))
     if factory is None:
         raise TypeError(f"unknown algorithm config {cfg!r}")  # pragma: no cover
-    return factory(cfg)
+    return factory(cfg, make_model)

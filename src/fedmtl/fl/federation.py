@@ -9,6 +9,7 @@ dropped clients), not their maths.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,7 @@ from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
 from fedmtl.fl.update import ClientUpdate
-from fedmtl.mtl import LOCAL, MultiTaskModel
+from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
 from fedmtl.tree import TensorTree
 
 log = logging.getLogger("fedmtl")
@@ -125,13 +126,15 @@ class Federation:
         self.data = data
         self.model = model
         self.engine = engine
-        self.algorithm: Algorithm = build_algorithm(cfg.algorithm)
+        self.algorithm: Algorithm = build_algorithm(cfg.algorithm, functools.partial(build_model, cfg.model, data.input_shape))
         self.trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
         self.up, self.down = build_links(cfg.comm)
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        #: what a client's outbox may hold: model parameters and the algorithm's own tensors (FedEM's gate)
+        self.outbox_shapes = {**self.shapes, **self.algorithm.outbox_shapes()}
         self.population = self._population()
         # a group some of whose parameters no client uploads (FedBN's norm layers in the shared trunk) is
         # aggregated over the uploaded ones; groups nobody uploads at all stay whole (and are never aggregated)
@@ -238,7 +241,7 @@ class Federation:
                 received = self.up.decode(reply.payload, expected={n: self.shapes[n] for n in names})
                 if set(received) != set(names):
                     raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
-                outbox = decode_outbox(self.up, reply.outbox, self.shapes)
+                outbox = decode_outbox(self.up, reply.outbox, self.outbox_shapes)
             except PayloadError as exc:
                 dropped[reply.client_id] = str(exc)
                 log.debug("dropped client %d's update: %s", reply.client_id, exc)

@@ -1,7 +1,30 @@
-"""FedEM: each client's data distribution a mixture of K shared component models, fitted by federated EM.
+"""FedEM: each client's data distribution a mixture of K shared component distributions, fitted by federated EM.
 
 Marfoq, Neglia, Bellet, Kameni, Vidal. "Federated Multi-Task Learning under a Mixture of
 Distributions", NeurIPS 2021, Algorithm 1.
+
+The model: client t draws each example from component m with probability ``pi_tm``; component m has
+a joint distribution ``p_m(x, y) = p_m(x) p_m(y | x)`` shared by every client. The paper adds its
+Assumption 2, ``p_m(x) = p(x)`` for every m (the components differ only in how they label inputs),
+and the client's predictor becomes ``sum_m pi_tm p_m(y | x)``, with weights that ignore x.
+
+Label skew breaks Assumption 2, since a client's classes shape its inputs. EM then lets the
+components split the labels: on the two-digit shards of ``benchmarks/personalization.py`` the two
+components took the odd and the even digits. A client holding one digit of each ends with
+``pi = (0.5, 0.5)`` and two components each fitted to one of its digits, and their x-blind average
+is near chance.
+
+The gate (``gate=True``, the default) drops Assumption 2 and keeps the model. Bayes' rule gives the
+same model's exact predictor, ``p_t(y | x) = sum_m w_tm(x) p_m(y | x)`` with
+``w_tm(x) ∝ pi_tm p_m(x)``, and the density ratio ``p_m(x) / p(x)`` is what a classifier of the
+component given the input learns on the pooled data: ``r(m | x) = rho_m p_m(x) / p(x)``, ``rho``
+the pooled component weights. So ``w_tm(x) ∝ pi_tm r(m | x) / rho_m`` (density-ratio estimation by
+probabilistic classification). The gate ``r`` is a network of the experiment's architecture with one
+K-class output; each client fits it in its M-step to the E-step's responsibilities (soft targets)
+and the server averages it like a component; ``rho`` is the sample-weighted mean of the cohort's
+``pi`` (K numbers per client, a sum under secure aggregation). The E-step uses the same ratio,
+``q_tm(i) ∝ pi_tm r(m | x_i) / rho_m p_m(y_i | x_i)``. A gate that ignores x (``r = rho``) gives back
+the paper's algorithm exactly.
 """
 
 from __future__ import annotations
@@ -10,25 +33,55 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ServerContext
+from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ModelBuilder, ServerContext
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective, average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
+#: the gate's one output: which component an input came from
+GATE_TASK = "component"
+#: the gate's parameter names in states and outboxes (kept apart from the model's own names)
+GATE_PREFIX = "fedem_gate."
+#: a client's mixture weights in its outbox (the server's estimate of the pooled weights ``rho``)
+PI_NAME = "fedem_pi"
 
-def e_step(losses: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
-    """Responsibilities ``q[k, i] ∝ pi_k exp(-loss_k(i))`` and the new mixture weights ``pi = mean_i q``.
+
+def e_step(losses: Tensor, pi: Tensor, log_ratio: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Responsibilities ``q[k, i] ∝ pi_k (p_k(x_i) / p(x_i)) exp(-loss_k(i))`` and the new mixture weights ``pi = mean_i q``.
 
     Args:
-        losses: ``[K, n]`` per-sample losses (negative log-likelihoods) of each component.
+        losses: ``[K, n]`` per-sample losses (negative log-likelihoods of y given x) of each component.
         pi: ``[K]`` current mixture weights.
+        log_ratio: ``[K, n]`` ``log p_k(x_i) / p(x_i)``, up to a constant per sample (the gate's);
+            ``None``: Assumption 2, every component has the same input distribution.
     """
-    q = torch.softmax(pi.clamp_min(1e-12).log()[:, None] - losses, dim=0)
+    logits = pi.clamp_min(1e-12).log()[:, None] - losses
+    if log_ratio is not None:
+        logits = logits + log_ratio
+    q = torch.softmax(logits, dim=0)
     return q, q.mean(dim=1)
+
+
+def build_gate(make_model: ModelBuilder | None, components: int) -> MultiTaskModel:
+    """The gate network: the experiment's architecture with one K-class output.
+
+    Built under a fixed seed, so every process holds the same module; its trained values travel in the
+    algorithm's state, and :meth:`FedEM.server_init` draws the initial ones from the run's generator.
+    """
+    if make_model is None:
+        raise ValueError(
+            "FedEM's gate is a network of the experiment's architecture: build the algorithm with "
+            "build_algorithm(cfg, make_model), or set algorithm.gate = false for the paper's x-independent mixture"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return make_model([Task(GATE_TASK, "multiclass", components)])
 
 
 class FedEM(FedAvg):
@@ -39,23 +92,64 @@ class FedEM(FedAvg):
     the client's tasks by its configured multi-task objective (``mtl``; one objective state per component).
     The E-step's likelihoods are the plain sums of the task losses.
 
-    The personal model is the mixture ``sum_k pi_k p_k(y | x)`` of the client's last trained components.
-    Components 1..K-1 travel through the codecs both ways (counted in ``bytes_down`` / ``bytes_up``).
+    With a gate (see the module docstring) the E-step also weighs each input by the gate's density
+    ratio, the M-step also fits the gate to the responsibilities with the same epochs, batches and
+    learning rate, and the mixture weights depend on the input.
+
+    The personal model is the mixture of the client's last trained components (and gate).
+    Components 1..K-1 and the gate travel through the codecs both ways (counted in ``bytes_down`` /
+    ``bytes_up``).
 
     Args:
         components: number of components K (>= 2).
+        gate: the gate network (:func:`build_gate`); ``None``: Marfoq et al.'s x-independent mixture.
     """
 
     name = "fedem"
     vectorizable = False
 
-    def __init__(self, components: int):
+    def __init__(self, components: int, gate: MultiTaskModel | None = None):
         if components < 2:
             raise ValueError(f"FedEM needs components >= 2, got {components}")
         self.k = components
+        self.gate = gate
+        if gate is not None:
+            gate.eval()  # no dropout, norm layers at their initial statistics: the gate is a pure function of its parameters
 
+    # -- the gate -------------------------------------------------------------------------------
+    def gate_log_probs(self, gate: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """``[n, K]`` log r(m | x) of the gate with parameters ``gate`` (prefixed names)."""
+        assert self.gate is not None
+        params = {n[len(GATE_PREFIX) :]: v for n, v in gate.items()}
+        return functional_call(self.gate, params, (x, [GATE_TASK]))[GATE_TASK].log_softmax(-1)
+
+    def log_ratio(self, gate: Mapping[str, Tensor], rho: Tensor, x: Tensor) -> Tensor:
+        """``[K, n]`` ``log p_m(x) / p(x) = log r(m | x) - log rho_m``."""
+        return (self.gate_log_probs(gate, x) - _weights(rho).log()).T
+
+    def fit_gate(self, gate: Mapping[str, Tensor], x: Tensor, q: Tensor, plan: list[list[Tensor]], lr: float) -> dict[str, Tensor]:
+        """The gate after SGD on the cross-entropy to the responsibilities ``q`` (``[K, n]``) over ``plan``'s batches."""
+        params = {n: v.detach() for n, v in gate.items()}
+        for batches in plan:
+            for idx in batches:
+                leaves = {n: v.requires_grad_() for n, v in params.items()}
+                loss = -(q[:, idx].T * self.gate_log_probs(leaves, x[idx])).sum(-1).mean()
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+                params = {n: (v - lr * g).detach() for (n, v), g in zip(leaves.items(), grads)}
+        return params
+
+    def outbox_shapes(self) -> dict[str, torch.Size]:
+        if self.gate is None:
+            return {}
+        return {**{GATE_PREFIX + n: p.shape for n, p in self.gate.named_parameters()}, PI_NAME: torch.Size([self.k])}
+
+    # -- the rounds -----------------------------------------------------------------------------
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
-        return {"components": {str(k): shuffled(params, generator) for k in range(1, self.k)}}  # type: ignore[dict-item]
+        state: TensorTree = {"components": {str(k): shuffled(params, generator) for k in range(1, self.k)}}  # type: ignore[dict-item]
+        if self.gate is not None:
+            start = shuffled({GATE_PREFIX + n: p.detach() for n, p in self.gate.named_parameters()}, generator)
+            state.update({"gate": start, "rho": torch.full((self.k,), 1.0 / self.k)})  # type: ignore[dict-item]
+        return state
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
@@ -63,12 +157,17 @@ class FedEM(FedAvg):
         model, cfg = trainer.model, trainer.cfg
         names = held_parameter_names(model, client.tasks)
         tasks = list(client.tasks)
-        served = state[SERVER_KEY]["components"]  # type: ignore[index]
+        server = state[SERVER_KEY]
+        served = server["components"]  # type: ignore[index]
         comps = [{n: start[n].detach().clone() for n in names}] + [{n: served[str(k)][n].clone() for n in names} for k in range(1, self.k)]  # type: ignore[index]
         pi = state["fedem_pi"] if "fedem_pi" in state else torch.full((self.k,), 1.0 / self.k)
+        gate, rho, log_ratio = None, None, None
         with torch.no_grad():
             losses = torch.stack([client_loss(model, c, client.train, tasks, per_sample=True) for c in comps])
-        q, pi = e_step(losses, pi)  # type: ignore[arg-type]
+            if self.gate is not None:
+                gate, rho = dict(server["gate"]), server["rho"]  # type: ignore[index, call-overload]
+                log_ratio = self.log_ratio(gate, rho, client.train.x)  # type: ignore[arg-type]
+        q, pi = e_step(losses, pi, log_ratio)  # type: ignore[arg-type]
         lr = cfg.optimizer.lr
         plan = batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)
         saved = state.get("fedem_objective", {})
@@ -81,27 +180,54 @@ class FedEM(FedAvg):
                     comps[k] = {n: comps[k][n] - lr * grads[n] for n in names}
                     total += loss
                     steps += 1
+        outbox: TensorTree = {"components": {str(k): comps[k] for k in range(1, self.k)}}  # type: ignore[dict-item]
         new_state: TensorTree = {
             "fedem_pi": pi,
             "fedem_objective": {str(k): o.state for k, o in enumerate(objectives)},
             "fedem_components": {str(k): c for k, c in enumerate(comps)},  # type: ignore[dict-item]
-            OUTBOX_KEY: {"components": {str(k): comps[k] for k in range(1, self.k)}},  # type: ignore[dict-item]
         }
+        if gate is not None:
+            gate = self.fit_gate(gate, client.train.x, q, plan, lr)
+            new_state.update({"fedem_gate": gate, "fedem_rho": rho})  # type: ignore[dict-item]
+            outbox.update({"gate": gate, PI_NAME: pi})  # type: ignore[dict-item]
+        new_state[OUTBOX_KEY] = outbox
         return LocalResult(comps[0], {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
+        members = [(u, ctx.outboxes[u.client_id]) for u in ctx.updates if u.client_id in ctx.outboxes]
         comps = ctx.state["components"]
-        out = {}
-        for key, cmodel in comps.items():  # type: ignore[union-attr]
-            members = [(u, ctx.outboxes[u.client_id]["components"][key]) for u in ctx.updates if u.client_id in ctx.outboxes]  # type: ignore[index]
-            out[key] = average_members(cmodel, members, ctx.groups)  # type: ignore[arg-type]
-        return dict(ctx.after), {"components": out}  # type: ignore[dict-item]
+        out = {key: average_members(cmodel, [(u, box["components"][key]) for u, box in members], ctx.groups) for key, cmodel in comps.items()}  # type: ignore[union-attr, index, arg-type]
+        new: TensorTree = {"components": out}  # type: ignore[dict-item]
+        if self.gate is not None:
+            gate = ctx.state["gate"]
+            new["gate"] = average_members(gate, [(u, box["gate"]) for u, box in members], {"gate": list(gate)})  # type: ignore[arg-type, index]
+            new["rho"] = pooled_weights([(float(u.num_samples), box[PI_NAME]) for u, box in members], ctx.state["rho"])  # type: ignore[arg-type, index]
+        return dict(ctx.after), new
 
     def personal_mixture(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> Mixture | None:
         if "fedem_components" not in state:
             return None
-        pi = state["fedem_pi"]
-        comps = state["fedem_components"]
-        return [(float(pi[k]), {**global_params, **comps[str(k)]}) for k in range(self.k)]  # type: ignore[index, dict-item]
+        pi = _weights(state["fedem_pi"])  # type: ignore[arg-type]
+        comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]  # type: ignore[index, dict-item]
+        if self.gate is None or "fedem_gate" not in state:
+            return Mixture(comps, lambda x: pi.expand(len(x), -1))
+        gate, rho = state["fedem_gate"], state["fedem_rho"]
+        return Mixture(comps, lambda x: torch.softmax(pi.log()[:, None] + self.log_ratio(gate, rho, x), dim=0).T)  # type: ignore[arg-type]
+
+
+def _weights(w: Tensor) -> Tensor:
+    """Mixture weights made safe to take the log of: clamped away from 0 and renormalised (a lossy
+    codec may have rounded an entry to 0)."""
+    w = w.clamp_min(1e-12)
+    return w / w.sum()
+
+
+def pooled_weights(members: list[tuple[float, Tensor]], previous: Tensor) -> Tensor:
+    """``rho``: the sample-weighted mean of the cohort's mixture weights (each clamped to [0, 1] first,
+    so no upload can push the mean outside the simplex); ``previous`` if nobody reported."""
+    if not members:
+        return previous
+    total = sum(n for n, _ in members)
+    return _weights(sum(n * pi.clamp(0, 1) for n, pi in members) / total)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def _built(
     cfg = config_from_dict(json.loads(experiment))
     part = load_partition(cfg, pid, cache_dir)
     model = build_model(cfg.model, part.input_shape, part.tasks)
-    return part, model, build_node(cfg, model), initial_parameters(model, cfg.seed)
+    return part, model, build_node(cfg, model, part.input_shape), initial_parameters(model, cfg.seed)
 
 
 def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-def]
@@ -179,10 +180,10 @@ def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-de
     return cfg, pid, part, model, node, init, state, payload, round_index
 
 
-def build_node(cfg: ExperimentConfig, model) -> ClientNode:  # type: ignore[no-untyped-def]
+def build_node(cfg: ExperimentConfig, model, input_shape: Sequence[int]) -> ClientNode:  # type: ignore[no-untyped-def]
     from fedmtl.comm import build_links
 
-    algorithm = build_algorithm(cfg.algorithm)
+    algorithm = build_algorithm(cfg.algorithm, functools.partial(build_model, cfg.model, input_shape))
     trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
     up, down = build_links(cfg.comm)
     return ClientNode(model, trainer, algorithm, down, up, cfg.seed)
