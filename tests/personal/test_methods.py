@@ -63,6 +63,33 @@ def test_config_validation_names_the_value() -> None:
         config_from_dict(config({"name": "fedem", "components": 1}))
 
 
+DP = {"dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}}
+SECAGG: dict = {"secure_aggregation": {}}
+DP_SGD = {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "privacy", "message"),
+    [
+        ({"name": "scaffold"}, DP, r"privacy\.dp covers the aggregated model update only.*'scaffold'.*delta_c"),
+        ({"name": "fedem"}, SECAGG, r"privacy\.secure_aggregation covers.*'fedem'.*gate"),
+        ({"name": "ifca"}, DP, r"'ifca'.*choice of cluster"),
+        ({"name": "mocha"}, SECAGG, r"'mocha'.*task heads"),
+        ({"name": "fedem", "gate": False}, DP_SGD, r"dp_sgd.*'fedem'.*allowed: fedavg, fedper, fedbn, local"),
+        ({"name": "apfl"}, DP_SGD, r"dp_sgd.*'apfl'"),
+        ({"name": "pfedme"}, DP_SGD, r"dp_sgd.*'pfedme'"),
+        ({"name": "ifca"}, DP_SGD, r"dp_sgd.*'ifca'"),
+    ],
+    ids=["scaffold-dp", "fedem-secagg", "ifca-dp", "mocha-secagg", "fedem-dp-sgd", "apfl-dp-sgd", "pfedme-dp-sgd", "ifca-dp-sgd"],
+)
+def test_privacy_that_part_of_an_upload_escapes_is_refused(algorithm, privacy, message) -> None:  # type: ignore[no-untyped-def]
+    """These used to run and report an epsilon (or none) that the extra uploads, the server's reading of
+    each upload or the algorithm's own training loop void."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(config(algorithm, privacy=privacy))
+    config_from_dict(config({"name": "fedper"}, privacy=privacy))  # the same privacy with an algorithm it covers
+
+
 def test_heterogeneous_task_sets_aggregate_each_head_over_its_holders() -> None:
     groups = {"shared": ["s"], "task:a": ["ha"], "task:b": ["hb"]}
     ups = [

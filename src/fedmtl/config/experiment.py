@@ -35,6 +35,18 @@ class OutputConfig(StrictModel):
 
 #: the algorithms that accept a BatchNorm trunk (the running statistics are per-client state)
 BATCH_NORM_ALGORITHMS = ("fedbn", "local")
+#: algorithms whose server step reads each client's own upload (not only the aggregate), and what it reads:
+#: DP-FedAvg clips and noises, and secure aggregation masks, only the aggregated model update
+READS_EACH_UPLOAD = {
+    "scaffold": "each client's control-variate change delta_c",
+    "ifca": "each client's update and its choice of cluster",
+    "fedem": "each client's components, gate and mixture weights",
+    "mocha": "each client's task heads (to update W and Omega)",
+}
+#: algorithms whose whole client side is the local trainer's plain steps, which DP-SGD replaces by clipped,
+#: noised ones; the others train in loops of their own (APFL, pFedMe, FedEM), add terms to the steps
+#: (FedProx, Ditto, MOCHA, SCAFFOLD), train in phases (FedRep) or choose on their data outside the steps (IFCA)
+DP_SGD_ALGORITHMS = ("fedavg", "fedper", "fedbn", "local")
 
 
 class ExperimentConfig(StrictModel):
@@ -77,4 +89,22 @@ class ExperimentConfig(StrictModel):
             )
         if self.privacy.dp_sgd is not None:
             raise ValueError("model.trunk.norm='batch' cannot be combined with privacy.dp_sgd (per-sample gradients need no BatchNorm)")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_covers_every_upload(self) -> ExperimentConfig:
+        """A privacy guarantee that part of a client's upload or training escapes is refused, not reported."""
+        name = self.algorithm.name
+        protected = [p for p in ("dp", "secure_aggregation") if getattr(self.privacy, p) is not None]
+        if name in READS_EACH_UPLOAD and protected:
+            raise ValueError(
+                f"privacy.{protected[0]} covers the aggregated model update only, and algorithm {name!r}'s server "
+                f"step reads {READS_EACH_UPLOAD[name]}; choose an algorithm whose server sees only the aggregate "
+                f"(not {', '.join(sorted(READS_EACH_UPLOAD))})"
+            )
+        if self.privacy.dp_sgd is not None and name not in DP_SGD_ALGORITHMS:
+            raise ValueError(
+                f"privacy.dp_sgd privatises the local trainer's plain steps, which algorithm {name!r} changes or "
+                f"goes around; allowed: {', '.join(DP_SGD_ALGORITHMS)}"
+            )
         return self
