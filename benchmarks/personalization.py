@@ -57,7 +57,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "ditto": {"name": "ditto", "lam": 0.1},
     "apfl": {"name": "apfl", "alpha": 0.4, "alpha_lr": 0.0},
     "pfedme": {"name": "pfedme", "lam": 1.0, "inner_steps": 5, "personal_lr": 0.05},
-    "fedem": {"name": "fedem", "components": 2},  # with its gate (the default): the mixture weights depend on x
+    "fedem": {"name": "fedem", "components": 4},  # with its gate (the default): the mixture weights depend on x
     "fedem-paper": {"name": "fedem", "components": 2, "gate": False},  # Marfoq et al.'s x-independent mixture
     "ifca": {"name": "ifca", "clusters": 3},
     "ifca-cluster": {"name": "ifca", "clusters": 3, "personal_model": "cluster"},

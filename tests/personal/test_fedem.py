@@ -13,7 +13,7 @@ from fedmtl.config import config_from_dict
 from fedmtl.data.dataset import Split
 from fedmtl.experiment.evaluation import mixture_sums
 from fedmtl.fl.algorithm import Mixture, ServerContext
-from fedmtl.fl.personalization.fedem import GATE_PREFIX, PI_NAME, FedEM, build_gate, e_step, pooled_weights
+from fedmtl.fl.personalization.fedem import GATE_PREFIX, FedEM, build_gate, e_step
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import build_model
 from fedmtl.tasks import Task
@@ -56,10 +56,9 @@ def test_the_evaluated_mixture_is_the_clients(gate: bool) -> None:
         if not gate:
             torch.testing.assert_close(weights, pi.expand(len(x), -1))  # the paper's: the same pi for every input
             continue
-        # w(x) ∝ pi r(m | x) / rho, by hand from the client's own gate
+        # w(x) ∝ pi exp(s(x)), by hand from the client's own gate
         g = {n[len(GATE_PREFIX) :]: v for n, v in cs["fedem_gate"].items()}
-        r = torch.func.functional_call(alg.gate, g, (x, ["component"]))["component"].softmax(-1)
-        by_hand = pi * r / cs["fedem_rho"]
+        by_hand = pi * torch.func.functional_call(alg.gate, g, (x, ["component"]))["component"].exp()
         torch.testing.assert_close(weights, by_hand / by_hand.sum(1, keepdim=True))
         assert not torch.allclose(weights, weights[:1].expand_as(weights))  # they do depend on the input
 
@@ -103,9 +102,10 @@ def test_fit_gate_is_sgd_on_the_soft_cross_entropy() -> None:
     x = torch.randn(10, 8)
     q = torch.softmax(torch.randn(3, 10), dim=0)
     plan = [[torch.arange(10)]]  # one full batch, one step
-    stepped = alg.fit_gate(gate, x, q, plan, lr=0.5)
+    pi = torch.tensor([0.2, 0.3, 0.5])
+    stepped = alg.fit_gate(gate, pi, x, q, plan, lr=0.5)
     leaves = {n[len(GATE_PREFIX) :]: v.clone().requires_grad_() for n, v in gate.items()}
-    logits = torch.func.functional_call(alg.gate, leaves, (x, ["component"]))["component"]
+    logits = torch.func.functional_call(alg.gate, leaves, (x, ["component"]))["component"] + pi.log()  # the client's prior as an offset
     grads = torch.autograd.grad(F.cross_entropy(logits, q.T), list(leaves.values()))  # the reference: torch's soft-target CE
     for (n, v), g in zip(leaves.items(), grads):
         torch.testing.assert_close(stepped[GATE_PREFIX + n], v.detach() - 0.5 * g)
@@ -123,22 +123,28 @@ def test_the_gate_learns_which_component_an_input_came_from() -> None:
     q = torch.zeros(2, 64)
     q[0, :32], q[1, 32:] = 1.0, 1.0
     plan = [list(torch.randperm(64, generator=gen).split(16)) for _ in range(20)]
-    fitted = alg.fit_gate(gate, x, q, plan, lr=0.2)
+    half = torch.tensor([0.5, 0.5])
+    fitted = alg.fit_gate(gate, half, x, q, plan, lr=0.2)
     with torch.no_grad():
-        ratio = alg.log_ratio(fitted, torch.tensor([0.5, 0.5]), x)
-    assert bool((ratio[0, :32] > ratio[1, :32]).all()) and bool((ratio[1, 32:] > ratio[0, 32:]).all())
+        w = alg.posterior(fitted, half, x)
+    assert bool((w[:32, 0] > 0.5).all()) and bool((w[32:, 1] > 0.5).all())
 
 
-def test_pooled_weights_by_hand() -> None:
-    rho = pooled_weights([(1.0, torch.tensor([0.2, 0.8])), (3.0, torch.tensor([0.6, 0.4]))], torch.tensor([0.9, 0.1]))
-    torch.testing.assert_close(rho, torch.tensor([0.5, 0.5]))
-    # an upload outside the simplex is clamped into it first: (1, 0) and (0, 1) averaged
-    rho = pooled_weights([(1.0, torch.tensor([5.0, -3.0])), (1.0, torch.tensor([0.0, 1.0]))], torch.tensor([0.9, 0.1]))
-    torch.testing.assert_close(rho, torch.tensor([0.5, 0.5]))
-    assert torch.equal(pooled_weights([], torch.tensor([0.9, 0.1])), torch.tensor([0.9, 0.1]))  # nobody reported
+def test_a_component_the_client_does_not_use_gets_no_weight() -> None:
+    """Even where the gate prefers it (by e^5): the client's pi of 1e-9 keeps its weight near 0."""
+    fed = federation(config({"name": "fedem", "components": 2}))
+    alg = fed.algorithm
+    assert isinstance(alg, FedEM) and alg.gate is not None
+    gate = {GATE_PREFIX + n: torch.zeros_like(p) for n, p in alg.gate.named_parameters()}
+    bias = next(n for n in gate if n.startswith(GATE_PREFIX + "heads.component.") and n.endswith("bias"))
+    gate[bias] = torch.tensor([0.0, 5.0])
+    w = alg.posterior(gate, torch.tensor([1.0, 0.0]), torch.randn(4, 8))  # pi_1 underflowed to 0
+    assert float(w[:, 1].max()) < 1e-6
+    w = alg.posterior(gate, torch.tensor([0.5, 0.5]), torch.randn(4, 8))
+    torch.testing.assert_close(w[:, 1], torch.full((4,), math.exp(5) / (1 + math.exp(5))))
 
 
-def test_server_step_averages_the_gate_by_samples_and_pools_pi() -> None:
+def test_server_step_averages_the_gate_by_samples() -> None:
     fed = federation(config({"name": "fedem", "components": 2}))
     alg = fed.algorithm
     assert isinstance(alg, FedEM)
@@ -146,14 +152,14 @@ def test_server_step_averages_the_gate_by_samples_and_pools_pi() -> None:
     server = alg.server_init(params, 6, torch.Generator().manual_seed(0))
     gate = server["gate"]
     boxes = {
-        0: {"components": {"1": dict(server["components"]["1"])}, "gate": {n: v + 1.0 for n, v in gate.items()}, PI_NAME: torch.tensor([1.0, 0.0])},
-        1: {"components": {"1": dict(server["components"]["1"])}, "gate": {n: v + 5.0 for n, v in gate.items()}, PI_NAME: torch.tensor([0.0, 1.0])},
+        0: {"components": {"1": dict(server["components"]["1"])}, "gate": {n: v + 1.0 for n, v in gate.items()}},
+        1: {"components": {"1": dict(server["components"]["1"])}, "gate": {n: v + 5.0 for n, v in gate.items()}},
     }
     updates = [ClientUpdate(0, {}, 1, {}), ClientUpdate(1, {}, 3, {})]
     _, new = alg.server_update(ServerContext(params, params, server, updates, boxes, fed.groups, fed.population))
     for n, v in gate.items():
         torch.testing.assert_close(new["gate"][n], v + (1.0 * 1 + 5.0 * 3) / 4)
-    torch.testing.assert_close(new["rho"], torch.tensor([0.25, 0.75]))
+    assert set(new) == {"components", "gate"}
 
 
 def test_the_server_checks_the_gate_in_each_outbox() -> None:
@@ -161,7 +167,7 @@ def test_the_server_checks_the_gate_in_each_outbox() -> None:
     alg = fed.algorithm
     assert isinstance(alg, FedEM) and alg.gate is not None
     gate_names = {GATE_PREFIX + n for n, _ in alg.gate.named_parameters()}
-    assert gate_names | {PI_NAME} <= set(fed.outbox_shapes)
+    assert gate_names <= set(fed.outbox_shapes)
     state = fed.init_state()
     plan = fed.plan(state)
     good = [fed.node.run(plan.payloads[c], fed.data.clients[c], {}, 0, plan.state_payloads[c])[0] for c in plan.cohort]

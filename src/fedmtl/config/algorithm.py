@@ -112,9 +112,9 @@ class FedEMAlgorithm(StrictModel):
         default=True,
         description=(
             "Drop the paper's Assumption 2 (every component has the same input distribution): a federated gate "
-            "network r(component | x), of the experiment's architecture, makes the mixture weights depend on the "
-            "input (w_m(x) ∝ pi_m r(m | x) / rho_m, Bayes' rule for the same mixture model). Needed under label "
-            "skew, where the components split the classes. false: Marfoq et al.'s x-independent mixture, as published."
+            "network s(x) ~ log p_m(x), of the experiment's architecture, makes the mixture weights depend on the "
+            "input (w_m(x) = softmax_m(log pi_m + s_m(x)), Bayes' rule for the same mixture model). Needed under "
+            "label skew, where the components split the classes. false: Marfoq et al.'s x-independent mixture, as published."
         ),
     )
 

@@ -16,15 +16,20 @@ is near chance.
 
 The gate (``gate=True``, the default) drops Assumption 2 and keeps the model. Bayes' rule gives the
 same model's exact predictor, ``p_t(y | x) = sum_m w_tm(x) p_m(y | x)`` with
-``w_tm(x) ∝ pi_tm p_m(x)``, and the density ratio ``p_m(x) / p(x)`` is what a classifier of the
-component given the input learns on the pooled data: ``r(m | x) = rho_m p_m(x) / p(x)``, ``rho``
-the pooled component weights. So ``w_tm(x) ∝ pi_tm r(m | x) / rho_m`` (density-ratio estimation by
-probabilistic classification). The gate ``r`` is a network of the experiment's architecture with one
-K-class output; each client fits it in its M-step to the E-step's responsibilities (soft targets)
-and the server averages it like a component; ``rho`` is the sample-weighted mean of the cohort's
-``pi`` (K numbers per client, a sum under secure aggregation). The E-step uses the same ratio,
-``q_tm(i) ∝ pi_tm r(m | x_i) / rho_m p_m(y_i | x_i)``. A gate that ignores x (``r = rho``) gives back
-the paper's algorithm exactly.
+``w_tm(x) = softmax_m(log pi_tm + log p_m(x))``. The gate is a network ``s(x)`` of the experiment's
+architecture with one K-class output that stands for ``log p_m(x)`` up to a constant per input: the
+client's component posterior is ``softmax_m(log pi_tm + s_m(x))``, the client's own prior entering as
+a fixed offset. Each client fits ``s`` in its M-step to the E-step's responsibilities (soft targets,
+cross-entropy of that posterior: the M-step of the component given the input), and the server averages
+it like a component. The E-step uses the same term,
+``q_tm(i) ∝ pi_tm exp(s_m(x_i)) p_m(y_i | x_i)``. A gate constant in x gives back the paper's algorithm
+exactly.
+
+Why an offset and not a pooled posterior ``r(m | x)`` divided by the pooled weights ``rho``: the
+division blows up on a component no client uses (``rho_m`` near 0 over ``r(m | x)`` that a softmax
+never brings to 0), which then takes a client's weight; with the offset such a component keeps the
+client's near-0 ``pi_tm``. A client whose ``pi`` sits on one component teaches the gate nothing (its
+posterior is that component whatever ``s``), which is right: it needs no gate.
 """
 
 from __future__ import annotations
@@ -48,8 +53,6 @@ from fedmtl.tree import TensorTree
 GATE_TASK = "component"
 #: the gate's parameter names in states and outboxes (kept apart from the model's own names)
 GATE_PREFIX = "fedem_gate."
-#: a client's mixture weights in its outbox (the server's estimate of the pooled weights ``rho``)
-PI_NAME = "fedem_pi"
 
 
 def e_step(losses: Tensor, pi: Tensor, log_ratio: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -117,23 +120,29 @@ class FedEM(FedAvg):
             gate.eval()  # no dropout, norm layers at their initial statistics: the gate is a pure function of its parameters
 
     # -- the gate -------------------------------------------------------------------------------
-    def gate_log_probs(self, gate: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """``[n, K]`` log r(m | x) of the gate with parameters ``gate`` (prefixed names)."""
+    def gate_scores(self, gate: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """``[K, n]`` ``s_m(x) = log p_m(x)`` up to a constant per input, from gate parameters ``gate`` (prefixed names)."""
         assert self.gate is not None
         params = {n[len(GATE_PREFIX) :]: v for n, v in gate.items()}
-        return functional_call(self.gate, params, (x, [GATE_TASK]))[GATE_TASK].log_softmax(-1)
+        return functional_call(self.gate, params, (x, [GATE_TASK]))[GATE_TASK].T
 
-    def log_ratio(self, gate: Mapping[str, Tensor], rho: Tensor, x: Tensor) -> Tensor:
-        """``[K, n]`` ``log p_m(x) / p(x) = log r(m | x) - log rho_m``."""
-        return (self.gate_log_probs(gate, x) - _weights(rho).log()).T
+    def log_posterior(self, gate: Mapping[str, Tensor], pi: Tensor, x: Tensor) -> Tensor:
+        """``[n, K]`` a client's ``log p_t(m | x) = log_softmax_m(log pi_m + s_m(x))``."""
+        return torch.log_softmax(_weights(pi).log()[:, None] + self.gate_scores(gate, x), dim=0).T
 
-    def fit_gate(self, gate: Mapping[str, Tensor], x: Tensor, q: Tensor, plan: list[list[Tensor]], lr: float) -> dict[str, Tensor]:
-        """The gate after SGD on the cross-entropy to the responsibilities ``q`` (``[K, n]``) over ``plan``'s batches."""
+    def posterior(self, gate: Mapping[str, Tensor], pi: Tensor, x: Tensor) -> Tensor:
+        """``[n, K]`` a client's ``p_t(m | x)``: its mixture weights per input."""
+        return self.log_posterior(gate, pi, x).exp()
+
+    def fit_gate(self, gate: Mapping[str, Tensor], pi: Tensor, x: Tensor, q: Tensor, plan: list[list[Tensor]], lr: float) -> dict[str, Tensor]:
+        """The gate after SGD on the cross-entropy of the client's posterior (prior ``pi``) to the
+        responsibilities ``q`` (``[K, n]``) over ``plan``'s batches."""
         params = {n: v.detach() for n, v in gate.items()}
+        pi = pi.detach()
         for batches in plan:
             for idx in batches:
                 leaves = {n: v.requires_grad_() for n, v in params.items()}
-                loss = -(q[:, idx].T * self.gate_log_probs(leaves, x[idx])).sum(-1).mean()
+                loss = -(q[:, idx].T * self.log_posterior(leaves, pi, x[idx])).sum(-1).mean()
                 grads = torch.autograd.grad(loss, list(leaves.values()))
                 params = {n: (v - lr * g).detach() for (n, v), g in zip(leaves.items(), grads)}
         return params
@@ -141,14 +150,13 @@ class FedEM(FedAvg):
     def outbox_shapes(self) -> dict[str, torch.Size]:
         if self.gate is None:
             return {}
-        return {**{GATE_PREFIX + n: p.shape for n, p in self.gate.named_parameters()}, PI_NAME: torch.Size([self.k])}
+        return {GATE_PREFIX + n: p.shape for n, p in self.gate.named_parameters()}
 
     # -- the rounds -----------------------------------------------------------------------------
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
         state: TensorTree = {"components": {str(k): shuffled(params, generator) for k in range(1, self.k)}}  # type: ignore[dict-item]
         if self.gate is not None:
-            start = shuffled({GATE_PREFIX + n: p.detach() for n, p in self.gate.named_parameters()}, generator)
-            state.update({"gate": start, "rho": torch.full((self.k,), 1.0 / self.k)})  # type: ignore[dict-item]
+            state["gate"] = shuffled({GATE_PREFIX + n: p.detach() for n, p in self.gate.named_parameters()}, generator)  # type: ignore[assignment]
         return state
 
     def local_train(
@@ -161,12 +169,12 @@ class FedEM(FedAvg):
         served = server["components"]  # type: ignore[index]
         comps = [{n: start[n].detach().clone() for n in names}] + [{n: served[str(k)][n].clone() for n in names} for k in range(1, self.k)]  # type: ignore[index]
         pi = state["fedem_pi"] if "fedem_pi" in state else torch.full((self.k,), 1.0 / self.k)
-        gate, rho, log_ratio = None, None, None
+        gate, log_ratio = None, None
         with torch.no_grad():
             losses = torch.stack([client_loss(model, c, client.train, tasks, per_sample=True) for c in comps])
             if self.gate is not None:
-                gate, rho = dict(server["gate"]), server["rho"]  # type: ignore[index, call-overload]
-                log_ratio = self.log_ratio(gate, rho, client.train.x)  # type: ignore[arg-type]
+                gate = dict(server["gate"])  # type: ignore[index, call-overload]
+                log_ratio = self.gate_scores(gate, client.train.x)  # type: ignore[arg-type]
         q, pi = e_step(losses, pi, log_ratio)  # type: ignore[arg-type]
         lr = cfg.optimizer.lr
         plan = batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)
@@ -187,9 +195,9 @@ class FedEM(FedAvg):
             "fedem_components": {str(k): c for k, c in enumerate(comps)},  # type: ignore[dict-item]
         }
         if gate is not None:
-            gate = self.fit_gate(gate, client.train.x, q, plan, lr)
-            new_state.update({"fedem_gate": gate, "fedem_rho": rho})  # type: ignore[dict-item]
-            outbox.update({"gate": gate, PI_NAME: pi})  # type: ignore[dict-item]
+            gate = self.fit_gate(gate, pi, client.train.x, q, plan, lr)
+            new_state["fedem_gate"] = gate  # type: ignore[assignment]
+            outbox["gate"] = gate  # type: ignore[assignment]
         new_state[OUTBOX_KEY] = outbox
         return LocalResult(comps[0], {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
@@ -201,7 +209,6 @@ class FedEM(FedAvg):
         if self.gate is not None:
             gate = ctx.state["gate"]
             new["gate"] = average_members(gate, [(u, box["gate"]) for u, box in members], {"gate": list(gate)})  # type: ignore[arg-type, index]
-            new["rho"] = pooled_weights([(float(u.num_samples), box[PI_NAME]) for u, box in members], ctx.state["rho"])  # type: ignore[arg-type, index]
         return dict(ctx.after), new
 
     def personal_mixture(
@@ -213,21 +220,13 @@ class FedEM(FedAvg):
         comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]  # type: ignore[index, dict-item]
         if self.gate is None or "fedem_gate" not in state:
             return Mixture(comps, lambda x: pi.expand(len(x), -1))
-        gate, rho = state["fedem_gate"], state["fedem_rho"]
-        return Mixture(comps, lambda x: torch.softmax(pi.log()[:, None] + self.log_ratio(gate, rho, x), dim=0).T)  # type: ignore[arg-type]
+        gate = state["fedem_gate"]
+        return Mixture(comps, lambda x: self.posterior(gate, pi, x))  # type: ignore[arg-type]
 
 
 def _weights(w: Tensor) -> Tensor:
-    """Mixture weights made safe to take the log of: clamped away from 0 and renormalised (a lossy
-    codec may have rounded an entry to 0)."""
+    """Mixture weights made safe to take the log of: clamped away from 0 (a component the client never
+    uses underflows to exactly 0) and renormalised."""
     w = w.clamp_min(1e-12)
     return w / w.sum()
 
-
-def pooled_weights(members: list[tuple[float, Tensor]], previous: Tensor) -> Tensor:
-    """``rho``: the sample-weighted mean of the cohort's mixture weights (each clamped to [0, 1] first,
-    so no upload can push the mean outside the simplex); ``previous`` if nobody reported."""
-    if not members:
-        return previous
-    total = sum(n for n, _ in members)
-    return _weights(sum(n * pi.clamp(0, 1) for n, pi in members) / total)  # type: ignore[arg-type]
