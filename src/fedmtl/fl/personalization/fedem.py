@@ -216,7 +216,7 @@ class FedEM(FedAvg):
     ) -> Mixture | None:
         if "fedem_components" not in state:
             return None
-        pi = _weights(state["fedem_pi"])  # type: ignore[arg-type]
+        pi: Tensor = state["fedem_pi"]  # type: ignore[assignment]
         comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]  # type: ignore[index, dict-item]
         if self.gate is None or "fedem_gate" not in state:
             return Mixture(comps, lambda x: pi.expand(len(x), -1))
