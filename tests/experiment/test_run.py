@@ -9,7 +9,7 @@ import torch
 
 import fedmtl
 from fedmtl.config import ConfigError
-from fedmtl.experiment.checkpoint import list_checkpoints
+from fedmtl.experiment.checkpoint import CheckpointError, list_checkpoints
 
 
 def test_short_run_learns_every_task_and_writes_its_folder(tiny_config):
@@ -49,6 +49,25 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
         assert torch.equal(value, resumed.params[name]), name
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("round_seconds", "elapsed")} for r in rs]  # noqa: E731
     assert strip(full.history) == strip(resumed.history)
+
+
+def test_a_field_added_since_the_run_started_does_not_block_its_resume(tiny_config):
+    """A run whose config.yaml predates a field (here FedEM's ``gate``) resumes; resuming at the field's new
+    default, which needs state the run never had, is refused before anything in the run folder changes."""
+    import yaml
+
+    paper = {**tiny_config, "algorithm": {"name": "fedem", "components": 2, "gate": False}}
+    first = fedmtl.Experiment({**paper, "server": {**tiny_config["server"], "rounds": 1}}).run(progress=False)
+    saved = first.run_dir / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["algorithm"]["gate"]  # as a fedmtl from before the gate wrote it
+    saved.write_text(yaml.safe_dump(old))
+    before = {p.name: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"has no \['gate'\], which algorithm 'fedem' as configured keeps"):
+        fedmtl.Experiment({**tiny_config, "algorithm": {"name": "fedem", "components": 2}}).run(resume=first.run_dir, progress=False)
+    assert {p.name: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()} == before  # nothing rewritten
+    resumed = fedmtl.Experiment(paper).run(resume=first.run_dir, progress=False)
+    assert resumed.summary["rounds_completed"] == 3
 
 
 def test_resume_with_changed_model_is_refused(tiny_config):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from fedmtl.atomic import atomic_write
 from fedmtl.config import ConfigError, ExperimentConfig, dump_config
 from fedmtl.fl.federation import ServerState
-from fedmtl.tree import flatten, unflatten, unshared
+from fedmtl.tree import TensorTree, flatten, unflatten, unshared
 
 log = logging.getLogger("fedmtl")
 PATTERN = re.compile(r"^round-(\d{6})\.safetensors$")
@@ -36,10 +36,15 @@ class CheckpointError(RuntimeError):
 RESUMABLE_CHANGES = ("evaluation", "output", "server.rounds")
 
 
-def config_changes(before: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
+def config_changes(before: Any, now: Any, prefix: str = "", new_keys: bool = True) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts.
+
+    ``new_keys=False`` leaves out the keys ``before`` does not have at all (a field added to the config
+    after ``before`` was written); a section whose ``name`` changed is still reported, both have that key.
+    """
     if isinstance(before, dict) and isinstance(now, dict):
-        return [k for key in sorted(set(before) | set(now)) for k in config_changes(before.get(key), now.get(key), f"{prefix}{key}.")]
+        keys = sorted(set(before) | set(now)) if new_keys else sorted(set(before))
+        return [k for key in keys for k in config_changes(before.get(key), now.get(key), f"{prefix}{key}.", new_keys)]
     return [prefix.rstrip(".")] if before != now else []
 
 
@@ -49,12 +54,28 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
-    changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)))
+    # a field the saved config lacks was added to fedmtl after the run started: whatever the config
+    # says of it now is accepted (an algorithm that cannot continue without it says so itself)
+    changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)), new_keys=False)
     changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(
             f"cannot resume {str(run_dir)!r} with a different configuration; changed: {changed}. "
             f"Only {list(RESUMABLE_CHANGES)} may change on resume."
+        )
+
+
+def check_algorithm_state(restored: ServerState, fresh: TensorTree, algorithm: str) -> None:
+    """Refuse a checkpoint whose algorithm state lacks a part that the configured algorithm keeps
+    (``fresh``: its initial state), before anything is written: the run was started under another
+    algorithm configuration, typically a field added to fedmtl since (FedEM's ``gate``), whose new
+    default needs state the run never had."""
+    missing = sorted(set(fresh) - set(restored.algorithm_state))
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint's algorithm state has no {missing}, which algorithm {algorithm!r} as configured keeps: "
+            "the run was started under another configuration of it (a field added since, at its new default?); "
+            "resume with the settings the run was started with"
         )
 
 

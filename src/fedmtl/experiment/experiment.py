@@ -20,7 +20,13 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
-from fedmtl.experiment.checkpoint import CheckpointError, check_resumable, load_latest, save_checkpoint
+from fedmtl.experiment.checkpoint import (
+    CheckpointError,
+    check_algorithm_state,
+    check_resumable,
+    load_latest,
+    save_checkpoint,
+)
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.fl.client import mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
@@ -99,6 +105,7 @@ class Experiment:
         metrics = MetricsLog(run_dir / "metrics.jsonl")
         if resume is not None and (run_dir / "checkpoints").exists():
             state, meta = load_latest(run_dir)
+            check_algorithm_state(state, fed.init_state().algorithm_state, cfg.algorithm.name)
             metrics.truncate_after(state.round)
             elapsed = float(meta.get("elapsed", 0.0))
             log.info("resuming %s from round %d", run_dir, state.round)

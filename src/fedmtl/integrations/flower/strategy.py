@@ -30,7 +30,13 @@ from flwr.app import Message, MessageType, RecordDict
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.experiment.checkpoint import check_resumable, list_checkpoints, load_latest, save_checkpoint
+from fedmtl.experiment.checkpoint import (
+    check_algorithm_state,
+    check_resumable,
+    list_checkpoints,
+    load_latest,
+    save_checkpoint,
+)
 from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
@@ -451,6 +457,7 @@ class FlowerServer:
         if self.settings.resume and list_checkpoints(self.run_dir):
             check_resumable(self.run_dir, self.cfg)
             state, meta = load_latest(self.run_dir)
+            check_algorithm_state(state, self.fed.init_state().algorithm_state, self.cfg.algorithm.name)
             metrics.truncate_after(state.round)
             log.info("resuming %s from round %d", self.run_dir, state.round)
             return state, float(meta.get("elapsed", 0.0))
