@@ -156,6 +156,10 @@ def test_reducing_round_drops_non_finite_updates_like_the_plain_round() -> None:
     red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
     assert rp[0].dropped.keys() == rr[0].dropped.keys() and rp[0].dropped
     assert max_diff(plain.params, red.params) < TOL
+    # both report the training loss of the accepted updates only (the plain round used to count the
+    # dropped ones too, and reported a loss here where every update was dropped)
+    assert rp[0].train_loss.keys() == rr[0].train_loss.keys()
+    assert all(abs(rp[0].train_loss[t] - rr[0].train_loss[t]) < 1e-4 for t in rp[0].train_loss)
 
 
 def test_make_federation_picks_the_reducing_round() -> None:

@@ -108,10 +108,11 @@ def max_client_epsilon(replies: Sequence[ClientReply]) -> dict[str, object]:
     return {"dp_sgd_max_client_epsilon": max(eps)} if eps else {}
 
 
-def mean_train_loss(replies: Sequence[ClientReply]) -> dict[str, float]:
-    """Per-task training loss averaged over the clients that reported it."""
+def mean_train_loss(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """Per-task training loss averaged over the accepted updates that reported it (a dropped client's
+    loss, often the non-finite one that got it dropped, is not the federation's)."""
     loss: dict[str, list[float]] = {}
-    for r in replies:
+    for r in updates:
         for k, v in r.metrics.items():
             if k.startswith("loss/"):
                 loss.setdefault(k[5:], []).append(v)
@@ -339,7 +340,7 @@ class Federation:
             dropped=dropped,
             bytes_down=plan.bytes_down,
             bytes_up=sum(len(x.payload) + len(x.outbox) for x in replies),
-            train_loss=mean_train_loss(replies),
+            train_loss=mean_train_loss(updates),
             seconds=time.perf_counter() - t0,
             privacy={**privacy_info, **max_client_epsilon(replies)},
             algorithm_bytes_down=plan.algorithm_bytes_down,

@@ -367,7 +367,7 @@ class FlowerServer:
                     "bytes_up": sum(len(x.payload) for x in replies) + state_up,
                     "wire_bytes_down": ex.wire_down,
                     "wire_bytes_up": ex.wire_up,
-                    "train_loss": mean_train_loss(replies),
+                    "train_loss": mean_train_loss(updates),
                     "round_seconds": time.perf_counter() - t0,
                     "engine": "flower",
                 }
