@@ -8,8 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
-from fedmtl.mtl.models.trunks import mlp
+from fedmtl.mtl.models.moe import MMoEModel
 from fedmtl.tasks import Task
 
 
@@ -48,23 +47,18 @@ class DSelectKGate(nn.Module):
         return torch.einsum("nk,nkc,ce->ne", torch.softmax(self.w(x), -1), r, self.fold)
 
 
-class DSelectKModel(MultiTaskModel):
+class DSelectKModel(MMoEModel):
     """MMoE with DSelect-k gates: each task picks (softly, converging to) ``k`` of the shared experts."""
 
-    task_modules = ("gates", "towers")
-
     def __init__(self, input_shape: Sequence[int], tasks: Sequence[Task], num_experts: int = 4, k: int = 2, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (), gamma: float = 1.0):
-        super().__init__(tasks)
         if not 1 <= k <= num_experts:
             raise ValueError(f"k must be in [1, num_experts={num_experts}], got {k}")
-        d = math.prod(input_shape)
-        self.experts = nn.ModuleList([mlp(d, expert_hidden) for _ in range(num_experts)])
-        self.gates = nn.ModuleDict({t.name: DSelectKGate(d, num_experts, k, gamma) for t in tasks})
-        self.towers = nn.ModuleDict({t.name: mlp(expert_hidden[-1], tower_hidden, t.output_dim) for t in tasks})
+        self.k, self.gamma = k, gamma
+        super().__init__(input_shape, tasks, num_experts, expert_hidden, tower_hidden)
 
-    def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
-        names = check_tasks(self, tasks)
-        x = x.flatten(1)
-        outs = torch.stack([e(x) for e in self.experts])
-        return {t: self.towers[t](torch.einsum("ne,end->nd", self.gates[t](x), outs)) for t in names}
+    def make_gate(self, in_dim: int, num_experts: int) -> nn.Module:
+        return DSelectKGate(in_dim, num_experts, self.k, self.gamma)
 
+    def expert_weights(self, gate: nn.Module, x: Tensor) -> Tensor:
+        """The DSelect-k gate's weights, already on the simplex."""
+        return gate(x)

@@ -30,7 +30,10 @@ def _mix(gate: nn.Module, x: Tensor, outs: Tensor) -> Tensor:
 
 
 class MMoEModel(MultiTaskModel):
-    """Shared experts; each task mixes them with its own softmax gate and feeds its tower."""
+    """Shared experts; each task mixes them with its own softmax gate and feeds its tower.
+
+    Subclasses change the gate only (:meth:`make_gate`, :meth:`expert_weights`): DSelect-k.
+    """
 
     task_modules = ("gates", "towers")
 
@@ -40,14 +43,22 @@ class MMoEModel(MultiTaskModel):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         d = math.prod(input_shape)
         self.experts = _experts(num_experts, d, expert_hidden)
-        self.gates = nn.ModuleDict({t.name: nn.Linear(d, num_experts) for t in tasks})
+        self.gates = nn.ModuleDict({t.name: self.make_gate(d, num_experts) for t in tasks})
         self.towers = nn.ModuleDict({t.name: mlp(expert_hidden[-1], tower_hidden, t.output_dim) for t in tasks})
+
+    def make_gate(self, in_dim: int, num_experts: int) -> nn.Module:
+        """A task's gate: a linear map to one logit per expert."""
+        return nn.Linear(in_dim, num_experts)
+
+    def expert_weights(self, gate: nn.Module, x: Tensor) -> Tensor:
+        """``[N, E]`` weights of the experts for inputs ``x``: the softmax of the gate's logits."""
+        return torch.softmax(gate(x), dim=-1)
 
     def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         names = check_tasks(self, tasks)
         x = x.flatten(1)
         outs = torch.stack([e(x) for e in self.experts])
-        return {t: self.towers[t](_mix(self.gates[t], x, outs)) for t in names}
+        return {t: self.towers[t](torch.einsum("ne,end->nd", self.expert_weights(self.gates[t], x), outs)) for t in names}
 
 
 
