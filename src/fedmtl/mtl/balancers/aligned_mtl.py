@@ -29,4 +29,4 @@ class AlignedMTL(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         w = aligned_weights(gramian(inp.grads).cpu())
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=w.to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=w), state

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,6 +61,14 @@ class Balance:
     weights: Tensor
     shared_direction: Tensor | None = None
     shared_weights: Tensor | None = None
+
+    @classmethod
+    def for_shared(cls, losses: Tensor, *, weights: Tensor | np.ndarray | None = None, direction: Tensor | None = None) -> Balance:
+        """A gradient balancer's answer: the task-specific parameters get the plain sum of the task
+        gradients (every loss weight 1), the shared ones the balanced combination ``weights`` of the task
+        gradients (a tensor or a solver's NumPy array) or the ``direction`` itself."""
+        shared = None if weights is None else torch.as_tensor(weights).to(losses)
+        return cls(weights=torch.ones_like(losses), shared_direction=direction, shared_weights=shared)
 
     def shared_gradient(self, grads: Tensor) -> Tensor:
         """The shared coordinates' gradient from the per-task ``grads`` ``[T, P]``: the direction when

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
 from fedmtl.tree import TensorTree
@@ -48,4 +47,4 @@ class CAGrad(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         a = cagrad_weights(gramian(inp.grads).cpu().numpy(), self.c)
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=torch.as_tensor(a).to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=a), state

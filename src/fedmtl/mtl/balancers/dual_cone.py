@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fedmtl.mtl.balancers._solvers import project_to_dual_cone
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
@@ -29,7 +28,7 @@ class UPGrad(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         w = upgrad_weights(gramian(inp.grads).cpu().numpy())
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=torch.as_tensor(w).to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=w), state
 
 
 class DualProj(GradBalancer):
@@ -38,4 +37,4 @@ class DualProj(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         w = dualproj_weights(gramian(inp.grads).cpu().numpy())
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=torch.as_tensor(w).to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=w), state

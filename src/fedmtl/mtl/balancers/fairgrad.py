@@ -23,4 +23,4 @@ class FairGrad(GradBalancer):
         assert inp.grads is not None
         w = solve_power_balance(gramian(inp.grads).cpu().numpy(), 1.0 / self.alpha)
         sw = torch.as_tensor(w, dtype=inp.losses.dtype, device=inp.losses.device)
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=sw), state
+        return Balance.for_shared(inp.losses, weights=sw), state

@@ -30,4 +30,4 @@ class GradDrop(GradBalancer):
         u = torch.rand(purity.shape, generator=gen, device=gen.device).to(g)
         mask = ((purity > u)[None] & (g > 0)) | ((purity < u)[None] & (g < 0))
         keep = mask.to(g) * (1 - self.leak) + self.leak
-        return Balance(weights=torch.ones_like(inp.losses), shared_direction=(g * keep).sum(0)), state
+        return Balance.for_shared(inp.losses, direction=(g * keep).sum(0)), state

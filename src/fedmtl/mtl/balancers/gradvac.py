@@ -45,4 +45,4 @@ class GradVac(GradBalancer):
                         float(norms[j]) * math.sqrt(max(1 - target**2, 1e-12))
                     )
                 phi[i, j] = (1 - self.beta) * target + self.beta * cos
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=c.sum(0).to(inp.losses)), {"phi": phi.float()}
+        return Balance.for_shared(inp.losses, weights=c.sum(0)), {"phi": phi.float()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 
 from fedmtl.mtl.balancers._solvers import min_norm_weights
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, GradSource, gramian
@@ -43,7 +42,7 @@ class MGDA(GradBalancer):
         m = gramian(inp.grads.detach()).cpu().numpy()
         n = normalizers(m, inp.losses.detach().double().cpu().numpy(), self.normalization)
         w = min_norm_weights(m / np.outer(n, n)) / n
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=torch.from_numpy(w).to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=w), state
 
 
 class MGDAUB(MGDA):

@@ -40,4 +40,4 @@ class MoCo(GradBalancer):
         lam = state["lambd"].to(g)  # type: ignore[union-attr]
         t = len(lam)
         lam = torch.softmax(lam - (self.gamma / k**self.gamma_sigma) * (y @ y.T + self.rho * torch.eye(t, dtype=g.dtype, device=g.device)) @ lam, 0)
-        return Balance(weights=torch.ones_like(inp.losses), shared_direction=y.T @ lam), {"y": y, "lambd": lam.cpu()}
+        return Balance.for_shared(inp.losses, direction=y.T @ lam), {"y": y, "lambd": lam.cpu()}

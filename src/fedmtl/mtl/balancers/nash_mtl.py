@@ -85,4 +85,4 @@ class NashMTL(GradBalancer):
         else:
             alpha = prev
         sw = torch.as_tensor(alpha, dtype=inp.losses.dtype, device=inp.losses.device)
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=sw), {"alpha": torch.as_tensor(alpha)}
+        return Balance.for_shared(inp.losses, weights=sw), {"alpha": torch.as_tensor(alpha)}

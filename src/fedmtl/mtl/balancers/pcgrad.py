@@ -42,4 +42,4 @@ class PCGrad(GradBalancer):
         gen = inp.generator or torch.Generator().manual_seed(inp.step)
         orders = [torch.randperm(t, generator=gen, device=gen.device).tolist() for _ in range(t)]
         c = pcgrad_coefficients(gramian(inp.grads).cpu(), orders)
-        return Balance(weights=torch.ones_like(inp.losses), shared_weights=c.sum(0).to(inp.losses)), state
+        return Balance.for_shared(inp.losses, weights=c.sum(0)), state
