@@ -55,7 +55,7 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
     if not saved.exists():
         return
     # a field the saved config lacks was added to fedmtl after the run started: whatever the config
-    # says of it now is accepted (an algorithm that cannot continue without it says so itself)
+    # says of it now is accepted (check_algorithm_state then refuses a checkpoint lacking the state it needs)
     changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)), new_keys=False)
     changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if changed:
