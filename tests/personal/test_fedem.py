@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -63,7 +64,7 @@ def test_the_evaluated_mixture_is_the_clients(gate: bool) -> None:
         assert not torch.allclose(weights, weights[:1].expand_as(weights))  # they do depend on the input
 
 
-def _head_always(model, params, cls: int):  # type: ignore[no-untyped-def]
+def _head_always(params: dict[str, torch.Tensor], cls: int) -> dict[str, torch.Tensor]:
     """``params`` with task a's output layer answering class ``cls`` for every input."""
     out = dict(params)
     weight, bias = [n for n in params if n.startswith("heads.a.")][-2:]
@@ -77,7 +78,7 @@ def test_mixture_sums_mix_each_input_with_its_own_weights() -> None:
     """Component A always says class 0, B always class 1; 30 rows of class 0 (x0 = +1), 10 of class 1 (x0 = -1)."""
     fed = federation(config())
     params = fed.init_state().params
-    comps = [_head_always(fed.model, params, 0), _head_always(fed.model, params, 1)]
+    comps = [_head_always(params, 0), _head_always(params, 1)]
     x = torch.zeros(40, 8)
     x[:30, 0], x[30:, 0] = 1.0, -1.0
     split = Split(x, {"a": torch.tensor([0] * 30 + [1] * 10)})
@@ -175,7 +176,7 @@ def test_the_server_checks_the_gate_in_each_outbox() -> None:
     assert not dropped and all("gate" in u.outbox for u in updates)
     name = sorted(gate_names)[0]
     wrong, _ = fed.up.encode({f"gate/{name}": torch.zeros(7, 7, 7), f"components/1/{next(iter(fed.shapes))}": torch.zeros(1)}, {}, None)
-    bad = type(good[0])(good[0].client_id, good[0].payload, good[0].num_samples, good[0].task_samples, good[0].metrics, wrong)
+    bad = dataclasses.replace(good[0], outbox=wrong)
     _, dropped = fed.collect([bad])
     assert "shape" in dropped[bad.client_id]
 
