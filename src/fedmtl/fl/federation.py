@@ -36,12 +36,13 @@ from fedmtl.fl.byzantine import (
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply
-from fedmtl.fl.privacy_step import PrivacyStep
+from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
 from fedmtl.fl.update import ClientUpdate, bound_claims
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
+from fedmtl.privacy.secagg.protocol import SecAggError
 from fedmtl.tree import TensorTree, flatten
 
 log = logging.getLogger("fedmtl")
@@ -321,13 +322,13 @@ class Federation:
             log.warning("dropped %d of %d updates, e.g. client %d: %s%s", len(dropped), len(replies), first[0], first[1], hint)
         return updates, dropped
 
-    def _aggregate(self, state: ServerState, updates: Sequence[ClientUpdate]) -> tuple[dict[str, Tensor], TensorTree, dict[str, object]]:
-        """The round's aggregate (privately when configured), the next privacy state and its log."""
+    def _aggregate(self, state: ServerState, updates: Sequence[ClientUpdate]) -> PrivateAggregate:
+        """The round's aggregate (privately when configured), the next privacy state, its log and who the
+        privacy layer left out (secure aggregation's dropouts)."""
         if self.privacy is not None:
             gen = generator(self.cfg.seed, "privacy", state.round)
-            private = self.privacy.aggregate(updates, self.groups, state.privacy_state, gen)
-            return private.mean, private.state, private.log
-        return aggregate_by_group(updates, self.groups, self.aggregator), state.privacy_state, {}
+            return self.privacy.aggregate(updates, self.groups, state.privacy_state, gen)
+        return PrivateAggregate(aggregate_by_group(updates, self.groups, self.aggregator), state.privacy_state, {})
 
     def apply(
         self,
@@ -341,39 +342,46 @@ class Federation:
         Nothing non-finite reaches the model: while the aggregate holds NaN or Inf (finite updates can overflow
         it), the update with the largest entry is dropped, with its reason; if the model or the algorithm's
         state after the step is still non-finite, the round is skipped (model and server state unchanged),
-        with its reason.
+        with its reason. A secure aggregation that fails (fewer survivors than its threshold) reveals nothing:
+        the round is skipped likewise and the run goes on with the next one; the protocol's dropouts are
+        reported in ``dropped``.
 
         Returns the next state and what happened (:class:`Applied`).
         """
-        privacy_state = state.privacy_state
         kept = list(updates)
         dropped: dict[int, str] = {}
-        done = Applied()
+
+        def skip(reason: str) -> tuple[ServerState, Applied]:
+            log.warning("round %d skipped: %s", state.round + 1, reason)
+            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied({}, dropped, reason)
+
         while kept:
-            aggregate, privacy_state, info = self._aggregate(state, kept)
-            bad = non_finite(aggregate)
+            try:
+                agg = self._aggregate(state, kept)
+            except SecAggError as exc:
+                dropped.update({c: "dropped out of secure aggregation after sharing keys (simulated dropout_rate)" for c in exc.dropped})
+                return skip(f"secure aggregation abandoned, nothing revealed: {exc}")
+            bad = non_finite(agg.mean)
             if not bad:
-                done = Applied(info, dropped)
                 break
             worst = max(kept, key=largest_entry)
             dropped[worst.client_id] = f"its update (largest entry {largest_entry(worst):.3g}) makes the aggregate of {bad[:3]} non-finite"
             log.warning("round %d: dropped client %d: %s", state.round + 1, worst.client_id, dropped[worst.client_id])
             kept.remove(worst)
         if not kept:
-            skipped = f"every update makes the aggregate non-finite ({len(dropped)} dropped)" if dropped else ""
-            if skipped:
-                log.warning("round %d skipped: %s", state.round + 1, skipped)
-            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied({}, dropped, skipped)
-        params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
+            if dropped:
+                return skip(f"every update makes the aggregate non-finite ({len(dropped)} dropped)")
+            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied()
+        dropped.update(agg.dropped)
+        params, opt_state = self.server_opt.step(state.params, agg.mean, state.opt_state)
         outboxes = {u.client_id: u.outbox for u in kept if u.outbox}
         ctx = ServerContext(state.params, params, state.algorithm_state, kept, outboxes, self.groups, self.population)
         params, algorithm_state = self.algorithm.server_update(ctx)
         bad = non_finite(params) + non_finite(flatten(algorithm_state))
         if bad:
-            skipped = f"the model after the server step is non-finite in {bad[:3]} (server optimiser or algorithm step overflowed)"
-            log.warning("round %d skipped: %s", state.round + 1, skipped)
-            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied({}, dropped, skipped)
-        return ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, privacy_state), done
+            return skip(f"the model after the server step is non-finite in {bad[:3]} (server optimiser or algorithm step overflowed)")
+        new_state = ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, agg.state)
+        return new_state, Applied(agg.log, dropped)
 
     @staticmethod
     def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
