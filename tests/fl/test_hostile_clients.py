@@ -4,6 +4,7 @@ bounded sample claims, finite aggregates, and the attack zoo of the Byzantine si
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from statistics import NormalDist
 
@@ -176,3 +177,31 @@ def test_each_attack_runs_a_round_and_the_model_stays_finite(name):
         assert set(report.dropped) == attackers and all("shape [268435456]" in report.dropped[c] or "oversized" in report.dropped[c] for c in attackers)
     if name in ("sample_inflation", "label_flip", "alie", "ipm"):
         assert not report.dropped
+
+
+@functools.cache
+def _fed_with(aggregator: str):
+    agg = {"name": aggregator, **({"beta": 0.0} if aggregator == "trimmed_mean" else {})}
+    fed = federation(config(server={"rounds": 2, "clients_per_round": 6, "aggregator": agg}))
+    return fed, fed.init_state()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["mean", "trimmed_mean", "median", "norm_bounded"]),
+    st.lists(st.floats(min_value=-3.4e38, max_value=3.4e38), min_size=6, max_size=6),
+    st.lists(st.integers(0, 10**6), min_size=6, max_size=6),
+)
+def test_whatever_finite_updates_arrive_the_model_stays_finite(aggregator, values, weights):
+    """Property: updates of any finite size (each client's delta filled with one value) and any weights
+    leave a finite model; a client is dropped or the round skipped only when the aggregate overflowed."""
+    fed, state = _fed_with(aggregator)
+    names = {c.client_id: fed.algorithm.uploaded_names(fed.model, c) for c in fed.data.clients}
+    updates = [
+        ClientUpdate(c, {n: torch.full(fed.shapes[n], v) for n in names[c]}, w, {t: w for t in fed.data.clients[c].tasks})
+        for c, v, w in zip(range(6), values, weights)
+    ]
+    nxt, applied = fed.apply(state, updates, {})
+    assert not non_finite(nxt.params) and nxt.round == state.round + 1
+    if applied.skipped:
+        assert all(torch.equal(nxt.params[n], state.params[n]) for n in state.params)
