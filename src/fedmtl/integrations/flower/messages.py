@@ -42,7 +42,8 @@ def _field(record: Mapping[str, object], key: str, kind: type | tuple[type, ...]
         raise MessageFormatError(f"{what} lacks {key!r}")
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise MessageFormatError(f"{what}'s {key!r} must be {getattr(kind, '__name__', kind)}, got {str(value)[:60]!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        raise MessageFormatError(f"{what}'s {key!r} must be {' or '.join(k.__name__ for k in kinds)}, got {str(value)[:60]!r}")
     return value
 
 
