@@ -135,9 +135,13 @@ class ByzantineConfig(StrictModel):
     """Simulated Byzantine clients: a fixed ``fraction`` of clients replace their update by an attack."""
 
     fraction: float = Field(default=0.2, ge=0, le=1)
-    attack: Literal["sign_flip", "scaled", "gaussian"] = "sign_flip"
+    attack: Literal[
+        "sign_flip", "scaled", "gaussian", "nan", "sample_inflation", "payload_bomb", "label_flip", "alie", "ipm"
+    ] = "sign_flip"
     scale: PositiveFloat = Field(
-        default=1.0, description="sign_flip: -scale * Δ; scaled: scale * Δ; gaussian: noise std."
+        default=1.0,
+        description="sign_flip: -scale * Δ; scaled: scale * Δ; gaussian: noise std; sample_inflation: claimed "
+        "samples = scale * true; alie: z = scale * z_max; ipm: -scale * honest mean (fedmtl.fl.byzantine).",
     )
 
 

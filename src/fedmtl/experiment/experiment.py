@@ -185,6 +185,8 @@ class Experiment:
             record["algorithm_bytes_up"] = report.algorithm_bytes_up
         if report.privacy:
             record["privacy"] = report.privacy
+        if report.skipped:
+            record["skipped"] = report.skipped
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
         if due:
             bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
@@ -206,7 +208,7 @@ class Experiment:
         parts = []
         for task, m in (record.get("global") or {}).items():
             key = "accuracy" if "accuracy" in m else "r2"
-            parts.append(f"{task}={m[key]:.3f}")
+            parts.append(f"{task}={m[key]:.3f}" if m.get(key) is not None else f"{task}=n/a")  # None: not finite
         pers = record.get("personalized") or {}
         if "mean" in pers:
             parts.append(f"pers={pers['mean']:.3f}")
