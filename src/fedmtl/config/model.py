@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -165,7 +165,22 @@ class Distillation(StrictModel):
     temperature: PositiveFloat = 2.0
 
 
+class ImportedModel(StrictModel):
+    """Your own model, built by a factory you name by import path (so the CLI, torchrun workers and Flower
+    ClientApps can build it): ``factory(**kwargs)`` returns a ``torch.nn.Module`` whose ``forward(x)`` (or
+    ``forward(x, tasks)``) returns ``{task: prediction}``. The factory also receives ``input_shape`` and
+    ``tasks`` (fedmtl's Task objects) when its signature names them."""
+
+    name: Literal["import"] = "import"
+    target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="'package.module:factory'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
+    task_params: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Task -> module-name prefixes of that task's own parameters; default: the module's `heads` ModuleDict.",
+    )
+
+
 Architecture = Annotated[
-    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation,
+    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation | ImportedModel,
     Field(discriminator="name"),
 ]

@@ -160,8 +160,11 @@ class Chunk:
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor], xc: Tensor, yc: dict[str, Tensor], wc: Tensor, nc: Tensor) -> tuple[Tensor, Tensor]:
             preds, penalty = functional_call(step_module, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), (xc,))
-            n = nc.sum().clamp(min=1.0)
-            out = [(model.tasks[t].loss(preds[t], yc[t], reduction="none").reshape(-1) * wc).sum() / n for t in tasks]
+            out = []
+            for t in tasks:  # the mean over the client's real rows that carry this task's label
+                task = model.tasks[t]
+                n = (task.labelled(yc[t]).to(nc.dtype) * nc).sum().clamp(min=1.0)
+                out.append((task.loss(preds[t], yc[t], reduction="none") * wc).sum() / n)
             return torch.stack(out), penalty
 
         if seed is None:

@@ -93,6 +93,11 @@ class VectorizedEngine:
                 self._probed[key] = f"model {type(model).__name__} under torch.func.vmap ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         return self._probed[key]
 
+    @property
+    def fallback_reasons(self) -> list[str]:
+        """Why cohorts ran on the sequential engine so far (each reason once)."""
+        return sorted(self._warned)
+
     def _warn(self, feature: str) -> None:
         if feature not in self._warned:
             self._warned.add(feature)

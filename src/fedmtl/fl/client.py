@@ -195,8 +195,7 @@ class LocalTrainer:
         preds = model(client.train.x[idx], tasks)
         losses = {}
         for t in tasks:
-            per_row = model.tasks[t].loss(preds[t], client.train.y[t][idx], reduction="none").reshape(-1)
-            losses[t] = (per_row * weights).mean() if weights is not None else per_row.mean()
+            losses[t] = model.tasks[t].loss(preds[t], client.train.y[t][idx], weights=weights)
         ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch, want_log=False)
         named = dict(model.named_parameters())
         out = {}
