@@ -261,11 +261,17 @@ def test_moco_first_step_by_hand() -> None:
 
 
 def test_db_mtl_first_step_by_hand() -> None:
-    bal, _ = run(B.DBMTL())
-    g = G2 / L2[:, None]
-    n = g.norm(dim=1)
-    assert torch.allclose(bal.shared_direction, ((n.max() / n)[:, None] * g).sum(0), atol=1e-6)
+    # the buffer starts at zero: step 1 (k = 1) gives buf = g + 0.9 (0 - g) = 0.1 g, g_t = grad L_t / L_t
+    # = [(1, 0), (-0.5, 0.5)]; norms [0.1, 0.1 / sqrt 2], alpha = [1, sqrt 2]; d = 0.1 (1, 0) + 0.1 (-1/sqrt 2, 1/sqrt 2)
+    bal, state = run(B.DBMTL(beta=0.9, beta_sigma=0.5))
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(state["buffer"], torch.tensor([[0.1, 0.0], [-0.05, 0.05]]))
+    assert torch.allclose(bal.shared_direction, torch.tensor([0.1 - 0.1 * r, 0.1 * r]), atol=1e-7)
     assert torch.allclose(bal.weights, 1 / L2)
+    # step 2 (k = 2): buf = g + 0.9 / sqrt 2 (buf - g)
+    _, state = run(B.DBMTL(beta=0.9, beta_sigma=0.5), step=1, state=state)
+    g = G2 / L2[:, None]
+    assert torch.allclose(state["buffer"], g + 0.9 / math.sqrt(2) * (0.1 * g - g))
 
 
 def test_gradnorm_moves_weight_to_slow_task() -> None:
