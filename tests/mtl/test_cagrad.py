@@ -98,6 +98,18 @@ def test_many_tasks_meet_the_optimality_conditions() -> None:
         assert np.isclose((g @ d).min(), dual(g, 0.5, w))
 
 
+@pytest.mark.parametrize("t, p", [(8, 2), (30, 3), (40, 20)])
+def test_more_tasks_than_dimensions(t: int, p: int) -> None:
+    # rank-deficient Gramians (affinely dependent faces, zero often inside the hull): still zero duality gap
+    rng = np.random.default_rng(t)
+    for _ in range(5):
+        g = rng.normal(size=(t, p)) + rng.choice([-1, 1], size=(t, 1)) * rng.normal(size=(1, p)) * rng.uniform(0, 3)
+        for c in (0.1, 0.5, 1.0):
+            w = cagrad_dual(g @ g.T, c)
+            d = cagrad_weights(g @ g.T, c, rescale=False) @ g
+            assert (g @ d).min() == pytest.approx(dual(g, c, w), abs=1e-10 * np.abs(g @ g.T).max())
+
+
 @pytest.mark.parametrize(
     "rows, w_expected",
     [

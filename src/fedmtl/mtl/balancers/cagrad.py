@@ -9,15 +9,12 @@ is solved exactly on the ``[T, T]`` Gramian ``M = G G^T`` (``b = M u``, ``u = 1/
 ``b_S + r M_SS w_S / ||g_w|| = mu 1`` have a closed form: with ``(v0, mu0)`` and ``(v1, mu1)`` solving the
 bordered system ``[[M_SS, -1], [1^T, 0]] [v; mu] = [-b_S; 0]`` and ``[0; 1]``, the face's minimiser is
 ``w = v1 + v0 / s`` with ``s = sqrt((r^2 - v0^T M v0) / v1^T M v1)`` (none when ``v0^T M v0 >= r^2``: F is
-unbounded below on the face's affine hull). An active-set loop adds the task that violates the
-optimality conditions most and re-solves on the enlarged face (by the closed form, or, when its
-minimiser leaves the simplex, by enumerating that face's sub-faces), so ``F`` strictly decreases and
-the loop ends after finitely many steps at a point satisfying the KKT conditions.
+unbounded below on the face's affine hull). An active-set loop (:func:`cagrad_dual`) adds the task
+that violates the optimality conditions most and moves, always lowering ``F``, until a point
+satisfying the KKT conditions is reached.
 """
 
 from __future__ import annotations
-
-from itertools import combinations
 
 import numpy as np
 
@@ -25,9 +22,10 @@ from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check
 from fedmtl.tree import TensorTree
 
 
-def _face_minimiser(m: np.ndarray, b: np.ndarray, r: float, face: list[int]) -> np.ndarray | None:
-    """The minimiser of ``F`` on the affine hull of ``face`` (weights over ``face``), or None when there
-    is none (F unbounded below there, or the face's gradients affinely dependent)."""
+def _face_step(m: np.ndarray, b: np.ndarray, r: float, face: list[int]) -> tuple[str, np.ndarray | None]:
+    """Where ``F`` goes on the affine hull of ``face``: ``("point", w)`` its minimiser (weights over ``face``),
+    ``("ray", v)`` a direction (summing to 0) along which ``F`` decreases without bound, or
+    ``("singular", None)`` when the face's gradients are affinely dependent."""
     k = len(face)
     mss = m[np.ix_(face, face)]
     kkt = np.zeros((k + 1, k + 1))
@@ -40,46 +38,58 @@ def _face_minimiser(m: np.ndarray, b: np.ndarray, r: float, face: list[int]) -> 
     try:
         sol = np.linalg.solve(kkt, rhs)
     except np.linalg.LinAlgError:
-        return None
+        return "singular", None
+    if not np.isfinite(sol).all():
+        return "singular", None
     v0, v1 = sol[:k, 0], sol[:k, 1]
     a0, a1 = float(v0 @ mss @ v0), float(v1 @ mss @ v1)
-    if not np.isfinite(sol).all() or a0 >= r * r:
-        return None
+    if a0 >= r * r:
+        return "ray", v0  # the recession slope b^T v0 + r ||G^T v0|| = sqrt(a0) (r - sqrt(a0)) is negative
     if a1 <= 1e-15 * max(float(np.trace(mss)), 1e-300):
-        return v1  # zero lies in the face's affine hull: the minimiser is g_w = 0
-    return v1 + v0 * np.sqrt(a1 / (r * r - a0))
+        return "point", v1  # zero lies in the face's affine hull and is the minimiser there (g_w = 0)
+    return "point", v1 + v0 * np.sqrt(a1 / (r * r - a0))
 
 
 def _objective(m: np.ndarray, b: np.ndarray, r: float, w: np.ndarray) -> float:
     return float(b @ w + r * np.sqrt(max(float(w @ m @ w), 0.0)))
 
 
-def _best_on(m: np.ndarray, b: np.ndarray, r: float, face: list[int]) -> np.ndarray:
-    """The exact minimiser of ``F`` over the simplex restricted to ``face``: the best feasible
-    stationary point over all of its sub-faces."""
-    t = m.shape[0]
-    best, best_w = np.inf, np.zeros(t)
-    for k in range(1, len(face) + 1):
-        for sub in combinations(face, k):
-            z = _face_minimiser(m, b, r, list(sub))
-            if z is None or (z < -1e-12).any():
-                continue
-            w = np.zeros(t)
-            w[list(sub)] = np.clip(z, 0.0, None)
-            w /= w.sum()
-            val = _objective(m, b, r, w)
-            if val < best - 1e-15 * max(abs(val), 1.0):
-                best, best_w = val, w
-    return best_w
+def _towards_vertex(m: np.ndarray, b: np.ndarray, r: float, w: np.ndarray, j: int) -> np.ndarray:
+    """The minimiser of ``F`` on the segment from ``w`` to the vertex ``e_j`` (``F`` is convex there: its
+    derivative, ``beta + r (A t + B) / sqrt(A t^2 + 2 B t + C)``, is increasing; bisection to machine precision)."""
+    mw = m @ w
+    c = float(w @ mw)
+    a = float(m[j, j] - 2 * mw[j] + c)
+    bb = float(mw[j] - c)
+    beta = float(b[j] - b @ w)
+
+    def slope(t: float) -> float:
+        return beta + r * (a * t + bb) / np.sqrt(max(a * t * t + 2 * bb * t + c, 1e-300))
+
+    lo, hi = 0.0, 1.0
+    if slope(hi) > 0:
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    out = (1.0 - hi) * w
+    out[j] += hi
+    return out
 
 
 def cagrad_dual(m: np.ndarray, c: float, max_iter: int | None = None) -> np.ndarray:
     """The exact minimiser ``w`` of CAGrad's dual ``F(w) = g_w^T g0 + c ||g0|| ||g_w||`` on the simplex.
 
+    Active set: while a task ``j`` outside the support would lower ``F`` (``dF/dw_j < dF/dw . w``), move
+    to the best point on the segment towards the vertex ``e_j``, then towards the minimiser of ``F`` on
+    the enlarged face (closed form), stopping where a weight reaches zero and dropping it; along a ray
+    of the face on which ``F`` is unbounded below, likewise until a weight reaches zero. Every move
+    lowers ``F`` and ends with a positive step, so the loop ends after finitely many steps where the
+    KKT conditions hold.
+
     Args:
         m: the Gramian ``G G^T`` of the task gradients, ``[T, T]``.
         c: the radius factor (``sqrt(phi) = c ||g0||``).
-        max_iter: a cap on active-set steps (default ``10 T + 50``; it ends far earlier in practice).
+        max_iter: a cap on moves (default ``20 T + 100``; it ends far earlier in practice).
 
     Returns:
         ``w`` on the simplex; uniform when ``c ||g0|| = 0`` (then ``F`` does not depend on ``w``).
@@ -94,7 +104,9 @@ def cagrad_dual(m: np.ndarray, c: float, max_iter: int | None = None) -> np.ndar
     w = np.zeros(t)
     w[k] = 1.0
     tol = 1e-11 * (float(np.abs(b).max()) + r * float(np.sqrt(np.diag(m).max())))
-    for _ in range(max_iter if max_iter is not None else 10 * t + 50):
+    budget = max_iter if max_iter is not None else 20 * t + 100
+    while budget > 0:
+        budget -= 1
         norm = np.sqrt(max(float(w @ m @ w), 0.0))
         if norm <= 1e-150:
             break  # g_w = 0 is optimal on the face found; F has no gradient there
@@ -103,13 +115,26 @@ def cagrad_dual(m: np.ndarray, c: float, max_iter: int | None = None) -> np.ndar
         free = np.flatnonzero(w <= 0.0)
         if free.size == 0 or grad[free].min() >= mu - tol:
             break
-        face = [*np.flatnonzero(w > 0.0).tolist(), int(free[np.argmin(grad[free])])]
-        z = _face_minimiser(m, b, r, face)
-        if z is not None and (z > 0).all():
+        w = _towards_vertex(m, b, r, w, int(free[np.argmin(grad[free])]))
+        while budget > 0:
+            budget -= 1
+            face = np.flatnonzero(w > 0.0).tolist()
+            kind, z = _face_step(m, b, r, face)
+            if z is None:
+                break
+            if kind == "point" and (z > 0).all():
+                w = np.zeros(t)
+                w[face] = z / z.sum()
+                break
+            step = z - w[face] if kind == "point" else z
+            neg = step < 0
+            ratios = w[face][neg] / -step[neg]
+            s = min(float(ratios.min()), 1.0 if kind == "point" else np.inf)
+            moved = w[face] + s * step
+            moved[np.argmin(np.where(neg, w[face] / np.where(neg, -step, 1.0), np.inf))] = 0.0
             w = np.zeros(t)
-            w[face] = z / z.sum()
-        else:
-            w = _best_on(m, b, r, face)
+            w[face] = np.clip(moved, 0.0, None)
+            w /= w.sum()
     return w
 
 
