@@ -50,10 +50,6 @@ def _face_step(m: np.ndarray, b: np.ndarray, r: float, face: list[int]) -> tuple
     return "point", v1 + v0 * np.sqrt(a1 / (r * r - a0))
 
 
-def _objective(m: np.ndarray, b: np.ndarray, r: float, w: np.ndarray) -> float:
-    return float(b @ w + r * np.sqrt(max(float(w @ m @ w), 0.0)))
-
-
 def _towards_vertex(m: np.ndarray, b: np.ndarray, r: float, w: np.ndarray, j: int) -> np.ndarray:
     """The minimiser of ``F`` on the segment from ``w`` to the vertex ``e_j`` (``F`` is convex there: its
     derivative, ``beta + r (A t + B) / sqrt(A t^2 + 2 B t + C)``, is increasing; bisection to machine precision)."""
