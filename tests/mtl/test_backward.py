@@ -166,6 +166,7 @@ def test_list_losses_and_all_missing() -> None:
         (lambda m: mtl.backward(m(), shared=[m.theta], balancer="nash_mtl", state={"balancer": {"alpha": torch.ones(3)}, "step": torch.tensor(0)}), "another number of tasks"),
         (lambda m: mtl.backward([m()[0], None], shared=[m.theta], balancer=B.StaticWeighting([1.0, 2.0])), "static"),
         (lambda m: mtl.backward([], shared=[m.theta]), "losses is empty"),
+        (lambda m: mtl.backward(m(), shared=[m.theta], state={"alpha": torch.ones(2)}), "previous call"),
     ],
 )
 def test_bad_input_is_refused_with_a_message(call, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -65,7 +65,10 @@ def backward(
     full = make(names)
     if getattr(full, "forced_source", None) == "representation":
         raise ValueError(f"{type(full).__name__} balances representation gradients; use MultiTaskObjective with a MultiTaskModel")
-    state = {"balancer": full.init(len(names)), "step": torch.zeros((), dtype=torch.long)} if state is None else state
+    if state is None:
+        state = {"balancer": full.init(len(names)), "step": torch.zeros((), dtype=torch.long)}
+    elif not isinstance(state, Mapping) or set(state) != {"balancer", "step"}:
+        raise ValueError("state must be what the previous call of backward returned ({'balancer': ..., 'step': ...}) or None")
     axes = _task_axes(full, len(names))
     _check_state(state["balancer"], axes, len(names))
     if not present:
