@@ -178,16 +178,37 @@ class DBMTL(StrictModel):
     beta_sigma: NonNegativeFloat = 0.5
 
 
+PrefWeight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class UPGrad(StrictModel):
-    """Unconflicting projection of gradients (Quinton & Rey, 2024)."""
+    """Unconflicting projection of gradients (Quinton & Rey, 2024). ``pref_vector``: a weight per task
+    (TorchJD's preference vector; every task of the objective must be listed), default ``1/T``."""
 
     name: Literal["upgrad"] = "upgrad"
+    pref_vector: dict[str, PrefWeight] | None = None
 
 
 class DualProj(StrictModel):
-    """Dual-cone projection of the mean gradient (Quinton & Rey, 2024)."""
+    """Dual-cone projection of the mean gradient, or of ``sum_t p_t g_t`` with ``pref_vector`` (Quinton & Rey, 2024)."""
 
     name: Literal["dualproj"] = "dualproj"
+    pref_vector: dict[str, PrefWeight] | None = None
+
+
+class MoDo(StrictModel):
+    """Multi-objective gradient with double sampling (Chen et al., 2023), single-sample form."""
+
+    name: Literal["modo"] = "modo"
+    gamma: PositiveFloat = 0.001
+    rho: NonNegativeFloat = 0.1
+
+
+class SDMGrad(StrictModel):
+    """Direction-oriented multi-objective gradient (Xiao et al., 2023): the subproblem solved exactly, one minibatch."""
+
+    name: Literal["sdmgrad"] = "sdmgrad"
+    lam: NonNegativeFloat = 0.3
 
 
 class ConFIG(StrictModel):
@@ -197,7 +218,7 @@ class ConFIG(StrictModel):
 
 
 Balancer = Annotated[
-    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG,
+    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG | MoDo | SDMGrad,
     Field(discriminator="name"),
 ]
 

@@ -158,10 +158,22 @@ BALANCERS: dict[type, Callable[[Any, Sequence[str]], Balancer]] = {
     mtl_cfg.NashMTL: lambda c, t: B.NashMTL(**_params(c)),
     mtl_cfg.AlignedMTL: lambda c, t: B.AlignedMTL(),
     mtl_cfg.DBMTL: lambda c, t: B.DBMTL(**_params(c)),
-    mtl_cfg.UPGrad: lambda c, t: B.UPGrad(),
-    mtl_cfg.DualProj: lambda c, t: B.DualProj(),
+    mtl_cfg.UPGrad: lambda c, t: B.UPGrad(_pref(c, t)),
+    mtl_cfg.DualProj: lambda c, t: B.DualProj(_pref(c, t)),
     mtl_cfg.ConFIG: lambda c, t: B.ConFIG(),
+    mtl_cfg.MoDo: lambda c, t: B.MoDo(**_params(c)),
+    mtl_cfg.SDMGrad: lambda c, t: B.SDMGrad(**_params(c)),
 }
+
+
+def _pref(cfg: mtl_cfg.UPGrad | mtl_cfg.DualProj, tasks: Sequence[str]) -> list[float] | None:
+    """The preference vector in the objective's task order; every task must have a weight."""
+    if cfg.pref_vector is None:
+        return None
+    missing = [t for t in tasks if t not in cfg.pref_vector]
+    if missing:
+        raise ValueError(f"{cfg.name}.pref_vector has no weight for tasks {missing}; it lists {sorted(cfg.pref_vector)}")
+    return [cfg.pref_vector[t] for t in tasks]
 
 
 def build_balancer(cfg: mtl_cfg.Balancer, tasks: Sequence[str]) -> Balancer:
