@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Count, StrictModel
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
@@ -76,7 +76,7 @@ class STCH(StrictModel):
 
     name: Literal["stch"] = "stch"
     mu: PositiveFloat = 1.0
-    warmup_steps: PositiveInt = 20
+    warmup_steps: Count = 20
 
 
 class ExcessMTL(StrictModel):
@@ -161,7 +161,7 @@ class NashMTL(StrictModel):
 
     name: Literal["nash_mtl"] = "nash_mtl"
     solver: Literal["newton", "cvxpy"] = "newton"
-    update_every: PositiveInt = 1
+    update_every: Count = 1
 
 
 class AlignedMTL(StrictModel):
