@@ -91,6 +91,8 @@ def check_algorithm_state(restored: ServerState, fresh: TensorTree, algorithm: s
 
 #: the metadata key of a checkpoint's content checksum
 CHECKSUM_KEY = "sha256"
+#: every key a checkpoint's metadata may hold (those written before the checksum lack it)
+METADATA_KEYS = frozenset({"format", "round", "meta", CHECKSUM_KEY})
 
 
 def content_digest(flat: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
@@ -153,6 +155,9 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {exc}") from None
     if metadata.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format {metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
+    unknown = sorted(set(metadata) - METADATA_KEYS)
+    if unknown:  # e.g. a flipped bit in the checksum's own key, which would otherwise pass as an old, unverified file
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unknown metadata keys {unknown}")
     stored = metadata.get(CHECKSUM_KEY)
     if stored is None:
         log.info("checkpoint %s has no checksum (written before fedmtl stored one): loaded unverified", path)
