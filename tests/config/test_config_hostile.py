@@ -89,14 +89,14 @@ def test_every_numeric_field_refuses_non_finite_values_naming_it(value):
     "data, fragments",
     [
         ({"privacy": {"dp": {"noise_multiplier": math.inf}}}, ["privacy.dp.noise_multiplier", "finite number"]),
-        ({"client": {"optimizer": {"lr": math.inf}}}, ["client.optimizer.sgd.lr", "finite number"]),
+        ({"client": {"optimizer": {"lr": math.inf}}}, ["client.optimizer.lr", "finite number"]),
         ({"privacy": {"dp": {"noise_multiplier": 1.0, "clip_norm": math.inf}}}, ["privacy.dp.clip_norm", "finite number"]),
         ({"privacy": {"secure_aggregation": {"clip_range": math.inf}}}, ["clip_range", "finite number"]),
         ({"privacy": {"secure_aggregation": {"threshold": math.inf}}}, ["secure_aggregation.threshold", "finite number"]),
         ({"comm": {"max_payload_mb": math.inf}}, ["comm.max_payload_mb", "finite number"]),
         ({"seed": 2**70}, ["seed", f"less than or equal to {MAX_SEED}"]),
         ({"client": {"batch_size": 10**12}}, ["client.batch_size", f"less than or equal to {MAX_SIZE}"]),
-        ({"model": {"trunk": {"hidden": [10**9]}}}, ["model.hard_sharing.trunk.mlp.hidden.0", "less than or equal to 65536"]),
+        ({"model": {"trunk": {"hidden": [10**9]}}}, ["model.trunk.hidden.0", "less than or equal to 65536"]),
         ({"privacy": {"secure_aggregation": {"min_group_survivors": 1}}}, ["min_group_survivors", "greater than or equal to 2"]),
     ],
 )
@@ -105,6 +105,21 @@ def test_careless_values_are_refused_naming_field_and_bound(data, fragments):
         config_from_dict(data)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("client.optimizer.lr=.inf", "client.optimizer.lr: "),
+        ("comm.uplink=[{name: topk, fraction: .nan}]", "comm.uplink.0.fraction: "),
+        ("engine={name: distributed, local: {name: sequential, extra: 1}}", "engine.local.extra: "),
+        ("mtl.balancer={name: static, weights: {digit: .inf}}", "mtl.balancer.weights.digit: "),
+    ],
+)
+def test_errors_name_the_key_path_the_user_wrote_without_the_kind(override, path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert f"\n  {path}" in str(info.value), str(info.value)
 
 
 def test_scaffold_needs_plain_sgd_at_config_time():

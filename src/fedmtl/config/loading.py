@@ -29,18 +29,42 @@ MAX_SHOWN = 200
 MAX_PROBLEMS = 20
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line per problem: ``field.path: message (got value)``, each value shown at most :data:`MAX_SHOWN` long."""
+def format_validation_error(error: ValidationError, data: Any = None) -> str:
+    """One line per problem: ``field.path: message (got value)``, each value shown at most :data:`MAX_SHOWN` long.
+
+    Given the validated ``data``, the path is the one the user wrote (``client.optimizer.lr``), without
+    the kind pydantic inserts for a section that chooses one by ``name`` (``client.optimizer.sgd.lr``).
+    """
     lines = []
     problems = error.errors()
     for item in problems[:MAX_PROBLEMS]:
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(str(p) for p in user_path(item["loc"], data))
         got = item.get("input")
         shown = _shorten(repr(got)) if not isinstance(got, dict) else "{...}"
         lines.append(f"  {_shorten(loc) or '<root>'}: {_shorten(item['msg'], 4 * MAX_SHOWN)} (got {shown})")
     if len(problems) > MAX_PROBLEMS:
         lines.append(f"  ... and {len(problems) - MAX_PROBLEMS} more problems")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def user_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """``loc`` without pydantic's validator names and kind tags: an element that is not a key of the section
+    it indexes but that section's ``name`` is the tag of a discriminated union."""
+    path: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if isinstance(node, dict) and part not in node and node.get("name") == part:
+            continue  # the kind, chosen by the section's own ``name``
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return path
 
 
 def _shorten(text: str, limit: int = MAX_SHOWN) -> str:
@@ -204,7 +228,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, merged)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
