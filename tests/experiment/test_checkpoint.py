@@ -161,3 +161,12 @@ def test_stale_temp_files_are_removed_on_resume_and_save(tmp_path) -> None:  # t
     stale.write_bytes(b"again")
     save_checkpoint(tmp_path, _state(2), {})
     assert not stale.exists() and live.exists()
+
+
+def test_a_damaged_saved_config_stops_the_resume_with_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedmtl.config import ConfigError, ExperimentConfig
+    from fedmtl.experiment.checkpoint import check_resumable
+
+    (tmp_path / "config.yaml").write_bytes(b"seed: 0\n\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"config.yaml' is not UTF-8 text"):
+        check_resumable(tmp_path, ExperimentConfig())

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from fedmtl.atomic import atomic_write, remove_stale_temps
 from fedmtl.config import ConfigError, ExperimentConfig, dump_config
+from fedmtl.config.loading import parse_yaml, read_text_file
 from fedmtl.fl.federation import ServerState
 from fedmtl.tree import TensorTree, flatten, unflatten, unshared
 
@@ -66,7 +67,8 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
         return
     # a field the saved config lacks was added to fedmtl after the run started: whatever the config
     # says of it now is accepted (check_algorithm_state then refuses a checkpoint lacking the state it needs)
-    changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)), new_keys=False)
+    before = parse_yaml(read_text_file(saved), f"the run's saved configuration {str(saved)!r}")
+    changed = config_changes(before, yaml.safe_load(dump_config(cfg)), new_keys=False)
     changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(
