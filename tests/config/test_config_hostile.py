@@ -244,3 +244,23 @@ def test_an_ordinary_config_is_well_within_the_yaml_bounds(tmp_path):
     text = dump_config(ExperimentConfig())
     assert len(text) < MAX_FILE_BYTES // 100
     assert yaml.safe_load(text) == ExperimentConfig().model_dump(mode="json")
+
+
+def test_the_config_knows_which_balancers_need_gradients_as_the_balancers_say():
+    from fedmtl.config.mtl import LOSS_BALANCERS, PARAMETER_GRADIENT_BALANCERS
+    from fedmtl.mtl.factory import BALANCERS, build_balancer
+
+    built = {}
+    for cls in BALANCERS:
+        cfg = cls(weights={"a": 1.0}) if cls.model_fields["name"].default == "static" else cls()
+        built[cfg.name] = build_balancer(cfg, ["a", "b"])
+    assert LOSS_BALANCERS == {n for n, b in built.items() if b.requires == "losses"}
+    assert PARAMETER_GRADIENT_BALANCERS == {n for n, b in built.items() if not getattr(b, "representation_ok", True)}
+
+
+def test_balancer_preconditions_at_config_time():
+    with pytest.raises(ConfigError, match="privacy.dp_sgd needs a balancer that only weights losses; mtl.balancer 'pcgrad'"):
+        config_from_dict({"mtl": {"balancer": {"name": "pcgrad"}}, "privacy": {"dp_sgd": {"noise_multiplier": 1.0}}})
+    with pytest.raises(ConfigError, match="'db_mtl' keeps state per parameter and needs mtl.gradients.source 'parameters'"):
+        config_from_dict({"mtl": {"balancer": {"name": "db_mtl"}, "gradients": {"source": "representation"}}})
+    config_from_dict({"mtl": {"balancer": {"name": "famo"}}, "privacy": {"dp_sgd": {"noise_multiplier": 1.0}}})

@@ -241,6 +241,12 @@ class Gradients(StrictModel):
     jacobian: Literal["batched", "loop"] = "batched"
 
 
+#: balancers that weight the task losses only (no per-task gradients); the others need per-task gradients
+LOSS_BALANCERS = frozenset({"equal", "static", "rlw", "dwa", "uw", "gls", "famo", "stch"})
+#: balancers whose state is per parameter, so their per-task gradients must be taken on the parameters
+PARAMETER_GRADIENT_BALANCERS = frozenset({"db_mtl", "moco", "excess_mtl"})
+
+
 class MTLConfig(StrictModel):
     """The local objective: a joint-optimisation scheme and a loss balancer."""
 
@@ -254,5 +260,14 @@ class MTLConfig(StrictModel):
             raise ValueError(
                 f"mtl.balancer {self.balancer.name!r} applies only with mtl.scheme 'weighted_sum'; "
                 f"scheme {self.scheme.name!r} sets the weights itself (use balancer 'equal')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _per_parameter_state_needs_parameter_gradients(self) -> MTLConfig:
+        if self.gradients.source == "representation" and self.balancer.name in PARAMETER_GRADIENT_BALANCERS:
+            raise ValueError(
+                f"mtl.balancer {self.balancer.name!r} keeps state per parameter and needs mtl.gradients.source "
+                "'parameters', got 'representation'"
             )
         return self
