@@ -98,6 +98,7 @@ def test_every_numeric_field_refuses_non_finite_values_naming_it(value):
         ({"client": {"batch_size": 10**12}}, ["client.batch_size", f"less than or equal to {MAX_SIZE}"]),
         ({"model": {"trunk": {"hidden": [10**9]}}}, ["model.trunk.hidden.0", "less than or equal to 65536"]),
         ({"privacy": {"secure_aggregation": {"min_group_survivors": 1}}}, ["min_group_survivors", "greater than or equal to 2"]),
+        ({"model": {"trunk": {"hidden": [8] * 65}}}, ["model.trunk.hidden", "at most 64 items"]),
     ],
 )
 def test_careless_values_are_refused_naming_field_and_bound(data, fragments):
