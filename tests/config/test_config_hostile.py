@@ -3,9 +3,12 @@ are checked before training; whatever the input, the outcome is a config or a Co
 
 from __future__ import annotations
 
+import collections
 import math
+import random
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+import fedmtl
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from fedmtl.config.base import MAX_SEED, MAX_SIZE, StrictModel
 from fedmtl.config.loading import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
@@ -265,3 +269,71 @@ def test_balancer_preconditions_at_config_time():
     with pytest.raises(ConfigError, match="'db_mtl' keeps state per parameter and needs mtl.gradients.source 'parameters'"):
         config_from_dict({"mtl": {"balancer": {"name": "db_mtl"}, "gradients": {"source": "representation"}}})
     config_from_dict({"mtl": {"balancer": {"name": "famo"}}, "privacy": {"dp_sgd": {"noise_multiplier": 1.0}}})
+
+
+HOSTILE = [math.inf, -math.inf, math.nan, 2**70, 10**12, 2**32, 2**63, -1, 0, 1, 1e308, 5e-324, 0.5, True, "x", None, [1], {}]
+
+
+def fuzz_configs(n: int, seed: int = 17) -> collections.Counter[str]:
+    """``n`` random configs, 1-3 numeric fields (one per top-level section) set to a hostile or random value;
+    how each ended. The figures in docs/reliability.md come from ``fuzz_configs(2000)``."""
+    rng = random.Random(seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        data: dict[str, Any] = {}
+        picks = []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            path, name, typ = rng.choice(FIELDS)
+            top = path[0][0] if path else name
+            if top in data:
+                continue
+            value = rng.choice(HOSTILE) if rng.random() < 0.7 else rng.choice([rng.uniform(-1e3, 1e3), rng.randint(-(2**40), 2**40)])
+            data.update(with_value(path, name, value))
+            picks.append((name, typ, value))
+        unusable = [
+            name for name, typ, v in picks
+            if (isinstance(v, float) and not math.isfinite(v)) or (typ is int and type(v) is int and v > MAX_SEED)
+        ]
+        try:
+            assert_usable(config_from_dict(data).model_dump())
+            outcomes["accepted an unusable value" if unusable else "accepted"] += 1
+        except ConfigError as exc:
+            named = not unusable or any(f"{name}:" in str(exc) for name in unusable)
+            outcomes["ConfigError naming the field" if named else "ConfigError not naming the field"] += 1
+        except Exception as exc:  # noqa: BLE001 - counting what escapes is the point
+            outcomes[f"other: {type(exc).__name__}"] += 1
+    return outcomes
+
+
+def test_random_configs_end_in_a_usable_config_or_an_error_naming_the_field():
+    outcomes = fuzz_configs(2000)
+    assert set(outcomes) <= {"accepted", "ConfigError naming the field"}, outcomes
+    assert outcomes["accepted"] > 100 and outcomes["ConfigError naming the field"] > 1000
+
+
+def fuzz_files(tmp_path: Any, n: int, seed: int = 17) -> collections.Counter[str]:
+    """``n`` config files, half random bytes, half the shipped demo.yaml with 1-8 bytes replaced; how each ended."""
+    demo = (Path(fedmtl.__file__).parent / "configs" / "demo.yaml").read_bytes()
+    rng = random.Random(seed)
+    path = tmp_path / "fuzzed.yaml"
+    outcomes: collections.Counter[str] = collections.Counter()
+    for i in range(n):
+        raw = bytearray(demo) if i % 2 else bytearray(rng.randbytes(rng.randint(0, 400)))
+        for _ in range(rng.randint(1, 8) if i % 2 else 0):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        path.write_bytes(bytes(raw))
+        try:
+            load_config(path)
+            outcomes["accepted"] += 1
+        except ConfigError as exc:
+            message = str(exc)
+            kind = "not UTF-8 text" if "UTF-8" in message or "text file" in message else "invalid YAML" if "YAML" in message else "not a mapping" if "mapping" in message else "invalid values"
+            outcomes[f"ConfigError: {kind}"] += 1
+        except Exception as exc:  # noqa: BLE001
+            outcomes[f"other: {type(exc).__name__}"] += 1
+    return outcomes
+
+
+def test_random_and_mutated_config_files_end_in_a_config_or_a_config_error(tmp_path):
+    outcomes = fuzz_files(tmp_path, 300)
+    assert not [k for k in outcomes if k.startswith("other")], outcomes
