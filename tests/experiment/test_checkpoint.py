@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 
@@ -170,3 +171,34 @@ def test_a_damaged_saved_config_stops_the_resume_with_a_config_error(tmp_path) -
     (tmp_path / "config.yaml").write_bytes(b"seed: 0\n\xff\xfe\x00binary")
     with pytest.raises(ConfigError, match=r"config.yaml' is not UTF-8 text"):
         check_resumable(tmp_path, ExperimentConfig())
+
+
+def damage_checkpoints(path, n: int, seed: int = 17) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """``n`` damaged copies of a checkpoint (cut short, random bytes, 2-20 bytes replaced, junk appended, in
+    turn) written over ``path``; how many loaded and how many were refused. docs/reliability.md: n = 2000."""
+    good = path.read_bytes()
+    rng = random.Random(seed)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(n):
+        if i % 4 == 0:
+            raw = good[: rng.randrange(len(good))]
+        elif i % 4 == 1:
+            raw = rng.randbytes(rng.randint(0, 1000))
+        elif i % 4 == 2:
+            mutable = bytearray(good)
+            for _ in range(rng.randint(2, 20)):
+                mutable[rng.randrange(len(mutable))] = rng.randrange(256)
+            raw = bytes(mutable)
+        else:
+            raw = good + rng.randbytes(rng.randint(1, 50))
+        path.write_bytes(raw)
+        try:
+            read_checkpoint(path)
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    return outcomes
+
+
+def test_randomly_damaged_checkpoints_are_refused_not_raised(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert damage_checkpoints(save_checkpoint(tmp_path, _state(3), {"elapsed": 2.0}), 400) == {"loaded": 0, "refused": 400}
