@@ -109,7 +109,7 @@ def test_every_single_bit_flip_is_refused_or_reads_back_the_saved_state(tmp_path
         assert back.round == 3 and meta == {"elapsed": 2.0}
         assert all(torch.equal(back.params[k], original.params[k]) for k in original.params)
         outcomes["same"] += 1
-    assert outcomes["refused"] > 0.95 * len(good)
+    assert outcomes == {"refused": len(good), "same": 0}  # measured over all 8 bits of every byte too (docs/reliability.md)
 
 
 def test_bad_meta_json_falls_back_to_the_previous_checkpoint(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
