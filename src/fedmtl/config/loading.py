@@ -225,6 +225,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
             defaults = ExperimentConfig().model_dump(mode="json")
     merged = apply_overrides(data, overrides or [], defaults)
     merged = fill_default_kinds(merged, ExperimentConfig().model_dump(mode="json"))
+    check_size(merged, "the configuration with its overrides")
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
