@@ -10,9 +10,13 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -202,3 +206,37 @@ def damage_checkpoints(path, n: int, seed: int = 17) -> dict[str, int]:  # type:
 
 def test_randomly_damaged_checkpoints_are_refused_not_raised(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert damage_checkpoints(save_checkpoint(tmp_path, _state(3), {"elapsed": 2.0}), 400) == {"loaded": 0, "refused": 400}
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
+
+
+@st.composite
+def states(draw) -> ServerState:  # type: ignore[no-untyped-def]
+    def tensor() -> torch.Tensor:
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        dtype = draw(st.sampled_from(DTYPES))
+        seed = draw(st.integers(0, 2**31 - 1))
+        values = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 100
+        return values > 0 if dtype is torch.bool else values.to(dtype)
+
+    names = st.text("abcxyz", min_size=1, max_size=4)
+    params = {n: tensor() for n in draw(st.sets(names, min_size=1, max_size=4))}
+    clients = {c: {n: tensor() for n in draw(st.sets(names, max_size=2))} for c in draw(st.sets(st.integers(0, 50), max_size=3))}
+    return ServerState(round=draw(st.integers(0, 10**6)), params=params, opt_state={}, client_states=clients)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=states(), where=st.integers(0, 2**31), bit=st.integers(0, 7))
+def test_any_state_round_trips_verified_and_any_flipped_data_bit_is_refused(tmp_path, state, where, bit) -> None:  # type: ignore[no-untyped-def]
+    path = save_checkpoint(Path(tempfile.mkdtemp(dir=tmp_path)), state, {"elapsed": 1.0})  # a fresh run folder per example
+    back, meta = read_checkpoint(path)
+    assert back.round == state.round and meta == {"elapsed": 1.0}
+    for name, value in state.params.items():
+        assert back.params[name].dtype == value.dtype and torch.equal(back.params[name], value)
+    start, raw = _data_offset(path), bytearray(path.read_bytes())
+    if len(raw) > start:
+        raw[start + where % (len(raw) - start)] ^= 1 << bit
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match="checksum"):
+            read_checkpoint(path)
