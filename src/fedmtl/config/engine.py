@@ -61,3 +61,8 @@ class RuntimeConfig(StrictModel):
     threads: Width | None = Field(
         default=None, description="torch threads (default: torch's own choice)."
     )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:\d{1,2})$",
+        description="Where local training and evaluation run: auto (a GPU when there is one), cpu, cuda or cuda:N.",
+    )

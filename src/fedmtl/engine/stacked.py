@@ -23,6 +23,7 @@ is zero and its value and optimiser state are restored after the step.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -109,7 +110,14 @@ class Chunk:
         self.step_module = _Step(self.model, self.tasks)
 
     @classmethod
-    def of(cls, model: MultiTaskModel, clients: Sequence[ClientData], objectives: Sequence[MultiTaskObjective], ostates: Sequence[TensorTree]) -> Chunk:
+    def of(
+        cls,
+        model: MultiTaskModel,
+        clients: Sequence[ClientData],
+        objectives: Sequence[MultiTaskObjective],
+        ostates: Sequence[TensorTree],
+        device: torch.device | None = None,
+    ) -> Chunk:
         tasks = [t for t in model.task_names if any(t in c.tasks for c in clients)]
         held = torch.tensor([[float(t in c.tasks) for t in tasks] for c in clients])
         names = [n for n, _ in model.named_parameters()]
@@ -126,7 +134,8 @@ class Chunk:
         for c in clients:
             offsets.append(total)
             total += len(c.train)
-        return cls(model, list(clients), tasks, held, names, shared, x, y, offsets, list(objectives), list(ostates))
+        dev = device or torch.device("cpu")
+        return cls(model, list(clients), tasks, held.to(dev), names, shared, x.to(dev), {t: v.to(dev) for t, v in y.items()}, offsets, list(objectives), list(ostates))
 
     @property
     def padding_row(self) -> int:
@@ -143,7 +152,7 @@ class Chunk:
                 out[n] = torch.stack([pc[n] for pc in per_client]).clone()
             else:
                 out[n] = b.detach().unsqueeze(0).expand(len(states), *b.shape).clone()
-        return out
+        return {n: b.to(self.x.device) for n, b in out.items()}
 
     def losses(self, params: Mapping[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, weights: Tensor | None, seed: int | None) -> tuple[Tensor, Tensor]:
         """Per-client task losses ``[C, T]`` (mean over each client's real rows) and penalties ``[C]``.
@@ -191,7 +200,7 @@ class Chunk:
         loss_mat, penalty = self.losses(leaves, buffers, rows, weights, seed)
         detached = loss_mat.detach()
         C, T = detached.shape
-        W = torch.zeros(C, T, dtype=detached.dtype)
+        W = torch.zeros(C, T, dtype=detached.dtype, device=detached.device)
         balanced: list[int] = []
         col = {t: i for i, t in enumerate(self.tasks)}
         for c in range(C):
@@ -205,7 +214,7 @@ class Chunk:
             if w is None:
                 balanced.append(c)
             else:
-                W[c, cols] = w.to(W.dtype)
+                W[c, cols] = w.to(W)
         names = list(leaves)
         shared_names = [n for n, s in zip(self.names, self.shared) if s]
         needs_rows = bool(balanced)
@@ -227,7 +236,7 @@ class Chunk:
                 flat.append(torch.cat(parts))
             G = torch.stack(flat)
             balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
-            W[c, cols] = balance.weights.to(W.dtype)
+            W[c, cols] = balance.weights.to(W)
             directions[c] = balance.shared_gradient(G)
         total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
         grads = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
@@ -322,8 +331,10 @@ class StackedTraining:
         mtl_cfg: the multi-task objective's config.
     """
 
-    def __init__(self, model: MultiTaskModel, client_cfg, mtl_cfg):  # type: ignore[no-untyped-def]
-        self.model = model
+    def __init__(self, model: MultiTaskModel, client_cfg, mtl_cfg, device: torch.device | None = None):  # type: ignore[no-untyped-def]
+        self.device = device or torch.device("cpu")
+        # the module structure that functional_call runs: a copy on the device (its own values are never used)
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
         self.cfg = client_cfg
         self.mtl_cfg = mtl_cfg
         self._objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
@@ -349,8 +360,8 @@ class StackedTraining:
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
-        ostates = [r.state.get("objective") or o.init() for r, o in zip(requests, objectives)]
-        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates)  # type: ignore[arg-type]
+        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
         chunk.has_penalty = _has_penalty(model)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
@@ -362,30 +373,32 @@ class StackedTraining:
         # trained (held, trainable) mask per client and parameter; the start values
         held_names = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
         stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_names, requests)]
-        mask = {n: torch.tensor([float(n in s) for s in stepped]) for n in names}
-        leaves = {n: torch.stack([_start_value(r, n, named[n]) for r in requests]).requires_grad_(True) for n in names}
+        dev = self.device
+        mask = {n: torch.tensor([float(n in s) for s in stepped], device=dev) for n in names}
+        leaves = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
         opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
         plain = _plain_sgd(cfg.optimizer)
         lr = float(cfg.optimizer.lr)
-        prox_w, prox_c, implicit = _prox_tables(requests, names, named)
-        offsets = _offset_table(requests, names)
+        prox_w, prox_c, implicit = _to(_prox_tables(requests, names, named), dev)
+        offsets = _to(_offset_table(requests, names), dev)
         seeds = _uses_randomness(model)
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
         steps = torch.tensor([len(e) for e in step_epochs])
         gens = [r.generator for r in requests]
         model.train()
         for s in range(S):
-            active = (steps > s).to(torch.float32)
+            active = (steps > s).to(torch.float32).to(dev)
             epochs = [e[s] if s < len(e) else 0 for e in step_epochs]
-            step_rows = rows[s]
+            step_rows = rows[s].to(dev)
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
             grads, losses = chunk.gradients(leaves, buffers, step_rows, active, gens, epochs, seed=_seed(gens) if seeds else None)
-            loss_sums += losses.double() * active.double().unsqueeze(1)
+            loss_sums += (losses.double() * active.double().unsqueeze(1)).cpu()
             with torch.no_grad():
                 _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, cfg.max_grad_norm, plain, lr)
-        params = {n: v.detach() for n, v in leaves.items()}
-        new_buffers = {n: b for n, b in buffers.items() if n in set(norm_buffer_names(model))}
+        params = {n: v.detach().cpu() for n, v in leaves.items()}
+        new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
+        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
 
     def grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
@@ -398,10 +411,10 @@ class StackedTraining:
 
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model
-        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], [r.ostate for r in requests])
+        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], _to([r.ostate for r in requests], self.device), self.device)
         chunk.has_penalty = _has_penalty(model)
         named = dict(model.named_parameters())
-        leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().requires_grad_(True) for n in chunk.names}
+        leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().to(self.device).requires_grad_(True) for n in chunk.names}
         B = max(len(r.idx) for r in requests)
         rows = torch.full((len(requests), B), chunk.padding_row, dtype=torch.long)
         weights = torch.zeros(len(requests), B) if any(r.weights is not None for r in requests) else None
@@ -414,7 +427,11 @@ class StackedTraining:
         gens = [r.generator for r in requests]
         model.train()
         seed = _seed(gens) if _uses_randomness(model) else None
-        grads, losses = chunk.gradients(leaves, buffers, rows, torch.ones(len(requests)), gens, [r.epoch for r in requests], weights, seed)
+        rows, weights = rows.to(self.device), (weights.to(self.device) if weights is not None else None)
+        grads, losses = chunk.gradients(leaves, buffers, rows, torch.ones(len(requests), device=self.device), gens, [r.epoch for r in requests], weights, seed)
+        grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
+        losses = losses.cpu()
+        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
         out = []
         col = {t: i for i, t in enumerate(chunk.tasks)}
         for c, r in enumerate(requests):
@@ -422,6 +439,17 @@ class StackedTraining:
             loss = losses[c, [col[t] for t in r.client.tasks]].sum()
             out.append((g, loss, chunk.ostates[c]))
         return out
+
+
+def _to(tree, device: torch.device):  # type: ignore[no-untyped-def]
+    """A nested structure of tensors (dicts, lists, tuples) with every tensor on ``device``."""
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to(v, device) for v in tree)
+    return tree
 
 
 def _has_penalty(model: MultiTaskModel) -> bool:

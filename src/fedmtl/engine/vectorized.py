@@ -42,13 +42,22 @@ class VectorizedEngine:
         chunk_clients: clients per batched computation; ``None`` picks it from ``memory_budget_mb``.
         memory_budget_mb: working memory a chunk may use (parameters, gradients, optimiser state, activations).
         fallback: the engine for cohorts this one cannot batch (default: sequential).
+        device: where the batched computations run (``runtime.device``).
     """
 
     name = "vectorized"
 
-    def __init__(self, chunk_clients: int | None = None, memory_budget_mb: int = 512, fallback: object | None = None):
+    def __init__(
+        self,
+        chunk_clients: int | None = None,
+        memory_budget_mb: int = 512,
+        fallback: object | None = None,
+        device: torch.device | str = "cpu",
+    ):
         from fedmtl.engine.sequential import SequentialEngine
 
+        #: where the batched computations run (the server's state, codecs and fallback stay on the CPU)
+        self.device = torch.device(device)
         self.chunk_clients = chunk_clients
         self.memory_budget_mb = memory_budget_mb
         self.fallback = fallback if fallback is not None else SequentialEngine()
@@ -147,7 +156,7 @@ class VectorizedEngine:
 
     def _stacked(self, trainer: LocalTrainer) -> StackedTraining:
         if self._training is None or self._training[0] is not trainer:
-            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg))
+            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg, self.device))
         return self._training[1]
 
     def _announce(self, clients: int, chunk: int) -> None:

@@ -23,6 +23,7 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
+from fedmtl.engine.device import DeviceError, resolve_device
 from fedmtl.experiment.checkpoint import (
     CheckpointError,
     check_algorithm_state,
@@ -124,6 +125,10 @@ class Experiment:
         cfg = self.config
         if cfg.runtime.threads is not None:
             torch.set_num_threads(cfg.runtime.threads)
+        try:
+            device = resolve_device(cfg.runtime.device)  # before anything is written or trained
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
         run_dir = self._run_dir(resume)
         data = self.data
         model = self.build_model()
@@ -142,7 +147,7 @@ class Experiment:
             metrics.truncate_after(0)
             elapsed = 0.0
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        log.info("engine: %s; %d clients, cohort %d, %d rounds", engine_label(fed), data.num_clients, fed.cohort_size, cfg.server.rounds)
+        log.info("engine: %s on %s; %d clients, cohort %d, %d rounds", engine_label(fed), device, data.num_clients, fed.cohort_size, cfg.server.rounds)
 
         bar = None
         if progress and writes:
