@@ -37,13 +37,33 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait(predicate, timeout: float, fed: LocalFederation, run_id: int, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _activity(root: Path) -> int:
+    """Bytes written under ``root`` so far (the federation's process logs, the run folder): grows while the run works."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # a file replaced while we looked
+            pass
+    return total
+
+
+def _wait(predicate, quiet: float, fed: LocalFederation, run_id: int, what: str, root: Path | None = None) -> None:
+    """Wait for ``predicate``; fail only when nothing under ``root`` (default: the federation's folder and its
+    parent, where the runs go) has been written for ``quiet`` seconds. A loaded machine makes the run slower,
+    never this wait red; a hung run still fails, after ``quiet`` seconds of silence."""
+    root = root or fed.workdir.parent
+    seen, last_change = -1, time.monotonic()
+    while True:
         if predicate():
             return
+        now = _activity(root)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            break
         time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
+    pytest.fail(f"timed out waiting for {what} (nothing written for {quiet:.0f} s)\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
 
 
 def _assert_tls(fed: LocalFederation) -> None:
@@ -60,7 +80,7 @@ def test_tls_federation_of_three_supernodes_matches_the_simulation(tmp_path):
     cfg = _experiment(rounds=3)
     app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "flower"
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=150) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=1800) as fed:
         run_id = fed.submit(
             app,
             {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0},
@@ -83,7 +103,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
     app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "flower"
     metrics = run_dir / "metrics.jsonl"
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800) as fed:
         run_id = fed.submit(
             app,
             {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 2, "round-timeout": 40.0},
@@ -112,7 +132,7 @@ def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
         path = run_dir / "summary.json"
         return json.loads(path.read_text())["rounds_completed"] if path.exists() else 0
 
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=150) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800) as fed:
         first = fed.submit(app, settings)
         _wait(lambda: rounds_done() == 2, 80, fed, first, "the first run")
         # a new ServerApp process (a restarted server) with a longer schedule picks up the checkpoint

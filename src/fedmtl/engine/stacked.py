@@ -524,18 +524,21 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
         leaves[n].grad = g
     if plain:
         opt.step()
-    else:  # momentum, weight decay and Adam move a parameter even at zero gradient: restore what must not move
-        frozen = {n: (1 - m) for n, (_, m) in live.items() if not bool(m.all())}
-        saved = {n: (leaves[n].detach().clone(), {k: v.clone() for k, v in opt.state[leaves[n]].items() if isinstance(v, Tensor) and v.shape == leaves[n].shape}) for n in frozen}
+    else:  # momentum, weight decay and Adam move a parameter even at zero gradient: restore the rows that must not move
+        saved = {}
+        for n, (_, m) in live.items():
+            rows = (m == 0).nonzero().flatten()
+            if len(rows):
+                p = leaves[n]
+                state = {k: v[rows].clone() for k, v in opt.state[p].items() if isinstance(v, Tensor) and v.shape == p.shape}
+                saved[n] = (rows, p.detach()[rows].clone(), state)
         opt.step()
-        for n, keep in frozen.items():
+        for n, (rows, old_p, old_state) in saved.items():
             p = leaves[n]
-            old_p, old_state = saved[n]
-            k = _bcast(keep, p) > 0
-            p.copy_(torch.where(k, old_p, p))
+            p.index_copy_(0, rows, old_p)
             for key, v in opt.state[p].items():
-                if isinstance(v, Tensor) and v.shape == p.shape:
-                    v.copy_(torch.where(k, old_state.get(key, torch.zeros_like(v)), v))
+                if isinstance(v, Tensor) and v.shape == p.shape:  # a buffer the step created starts at zero
+                    v.index_copy_(0, rows, old_state[key] if key in old_state else v.new_zeros((len(rows), *v.shape[1:])))
     for n, (_g, m) in live.items():
         if n in prox_w:
             shrink = _bcast(lr * prox_w[n] * implicit * m, leaves[n])

@@ -1,0 +1,301 @@
+"""Speed of the general vectorised engine on models and methods beyond the MLP: W3, W4, a user module, 10,000 clients.
+
+Run as a script (not a test)::
+
+    python benchmarks/general_engine.py            # every workload, 2 repeats of the timed rounds
+    python benchmarks/general_engine.py --quick    # fewer rounds and clients (a smoke run)
+
+* **W3**: the demo's experiment with the CNN1D trunk (100 clients of MNIST-1D, 3 tasks, each client 2 of them,
+  30 clients a round): vectorised vs sequential engine vs a bare PyTorch loop doing the same arithmetic
+  (a Conv1d trunk and the client's heads, SGD with momentum, the same batches per client).
+* **W4**: Ditto + PCGrad + MMoE on the demo's data: vectorised vs sequential.
+* **user module**: a model written here, not in fedmtl (depthwise-separable Conv1d blocks with LayerNorm and a
+  `heads` ModuleDict), given to ``Experiment``-style construction as any user would: vectorised vs sequential.
+* **scale**: one round of 2,500 / 5,000 / 10,000 clients (all in the cohort) with the MLP: seconds and peak memory.
+
+Each (workload, system) runs in its own subprocess; it reports its training seconds (the rounds only, after
+one warm-up round), the final held-out accuracy per task and its peak resident memory. Prints Markdown
+tables and writes ``benchmarks/results/general_engine.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+DEMO = {
+    "seed": 0,
+    "data": {
+        "source": {"name": "mnist1d", "num_samples": 10000, "tasks": ["digit", "parity", "large"]},
+        "num_clients": 100,
+        "partition": {"name": "dirichlet", "alpha": 0.5},
+        "task_assignment": {"name": "random_subset", "tasks_per_client": 2},
+    },
+    "model": {"name": "hard_sharing", "trunk": {"name": "cnn1d"}},
+    "client": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5}},
+    "server": {"fraction": 0.3},
+}
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+WORKLOADS = {
+    "W3": DEMO,
+    "W4": _merge(DEMO, {"model": {"name": "mmoe", "trunk": None}, "algorithm": {"name": "ditto", "lam": 0.1}, "mtl": {"balancer": {"name": "pcgrad"}}}),
+    "user module": DEMO,
+}
+del WORKLOADS["W4"]["model"]["trunk"]
+
+
+def user_module(input_shape, tasks):  # noqa: ANN001, ANN201
+    """The benchmark's own model: nothing of it comes from fedmtl."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, ch: int, length: int):
+            super().__init__()
+            self.depthwise = nn.Conv1d(ch, ch, 5, padding=2, groups=ch)
+            self.pointwise = nn.Conv1d(ch, ch, 1)
+            self.norm = nn.LayerNorm([ch, length])
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return torch.relu(self.norm(x + self.pointwise(self.depthwise(x))))
+
+    class Net(nn.Module):
+        def __init__(self, length: int, ch: int = 16):
+            super().__init__()
+            self.stem = nn.Conv1d(1, ch, 3, padding=1)
+            self.blocks = nn.Sequential(Block(ch, length), Block(ch, length))
+            self.pool = nn.AdaptiveAvgPool1d(8)
+            self.fc = nn.Linear(ch * 8, 64)
+            self.heads = nn.ModuleDict({t.name: nn.Linear(64, t.output_dim) for t in tasks})
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            z = torch.relu(self.fc(self.pool(self.blocks(self.stem(x.unsqueeze(1)))).flatten(1)))
+            return {name: head(z) for name, head in self.heads.items()}
+
+    return Net(int(math.prod(input_shape)))
+
+
+# ------------------------------------------------------------------------------------------ workers
+def _setup(config: dict, engine: str, user: bool):  # noqa: ANN202
+    import torch
+
+    from fedmtl.config import config_from_dict
+    from fedmtl.data import build_federated_data
+    from fedmtl.engine import make_federation
+    from fedmtl.mtl import build_model
+    from fedmtl.mtl.factory import as_model
+
+    cfg = config_from_dict(_merge(config, {"engine": {"name": engine}}))
+    data = build_federated_data(cfg.data, cfg.seed)
+    torch.manual_seed(0)
+    model = as_model(user_module, data.input_shape, data.tasks) if user else build_model(cfg.model, data.input_shape, data.tasks)
+    return cfg, data, model, make_federation(cfg, data, model)
+
+
+def _accuracy(fed, params) -> dict[str, float]:  # noqa: ANN001
+    from fedmtl.experiment.evaluation import evaluate_global
+
+    return {t: round(m.get("accuracy", m.get("r2", float("nan"))), 4) for t, m in evaluate_global(fed.model, params, fed.data, 512).items()}
+
+
+def worker_fedmtl(workload: str, engine: str, rounds: int) -> dict:
+    cfg, data, model, fed = _setup(WORKLOADS[workload], engine, workload == "user module")
+    state = fed.init_state()
+    t0 = time.perf_counter()
+    state, _ = fed.round(state)  # warm-up (first vmap traces, allocator)
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        state, _ = fed.round(state)
+        times.append(time.perf_counter() - t)
+    engine_clients = getattr(fed.engine, "last_run", {})
+    return {"warmup_seconds": warm, "round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, state.params), "engine_clients": engine_clients}
+
+
+def worker_bare(workload: str, rounds: int) -> dict:
+    """W3 by hand: per client, a Conv1d trunk + its tasks' heads, SGD with momentum, FedAvg per group."""
+    import torch
+    from torch import nn
+
+    from fedmtl.fl.batching import batch_plan
+    from fedmtl.fl.seeding import generator
+
+    cfg, data, model, fed = _setup(WORKLOADS[workload], "sequential", False)
+    state = fed.init_state()
+    params = {n: p.clone() for n, p in state.params.items()}
+    trunk_names = [n for n in params if n.startswith("trunk.")]
+
+    def build(tasks):  # noqa: ANN001, ANN202
+        ch = [32, 32]
+        layers, c, length = [], 1, data.input_shape[0]
+        for out in ch:
+            layers += [nn.Conv1d(c, out, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2)]
+            c, length = out, length // 2
+        trunk = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * length, 128), nn.ReLU())
+        heads = nn.ModuleDict({t: nn.Linear(128, data.task(t).output_dim) for t in tasks})
+        return trunk, heads
+
+    def run_round(r: int) -> None:
+        cohort = fed.cohort(r)
+        sums: dict[str, torch.Tensor] = {}
+        weights: dict[str, float] = {}
+        for cid in cohort:
+            client = data.clients[cid]
+            trunk, heads = build(client.tasks)
+            named = {**{f"trunk.{k}": v for k, v in _trunk_names(trunk)}, **{f"heads.{t}.0.{k}": v for t in client.tasks for k, v in heads[t].named_parameters()}}
+            with torch.no_grad():
+                for n, p in named.items():
+                    p.copy_(params[n])
+            opt = torch.optim.SGD(list(named.values()), lr=0.1, momentum=0.5)
+            gen = generator(cfg.seed, "client", r, cid)
+            for batches in batch_plan(len(client.train), 16, 2, gen):
+                for idx in batches:
+                    z = trunk(client.train.x[idx].unsqueeze(1))
+                    loss = sum(data.task(t).loss(heads[t](z), client.train.y[t][idx]) for t in client.tasks)
+                    opt.zero_grad()
+                    loss.backward()  # type: ignore[union-attr]
+                    opt.step()
+            for n, p in named.items():
+                w = float(len(client.train))
+                sums[n] = sums.get(n, 0) + w * (p.detach() - params[n])
+                weights[n] = weights.get(n, 0.0) + w
+        for n in sums:
+            params[n] = params[n] + sums[n] / weights[n]
+
+    def _trunk_names(trunk):  # noqa: ANN001, ANN202
+        # fedmtl's CNN1D trunk names: conv.{0,3}.*, fc.0.*
+        mapping = {"0": "conv.0", "3": "conv.3", "7": "fc.0"}
+        for k, v in trunk.named_parameters():
+            i, _, rest = k.partition(".")
+            yield f"{mapping[i]}.{rest}", v
+
+    assert all(n.startswith(("trunk.", "heads.")) for n in params) and trunk_names
+    run_round(0)
+    times = []
+    for r in range(1, rounds + 1):
+        t = time.perf_counter()
+        run_round(r)
+        times.append(time.perf_counter() - t)
+    return {"round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, params)}
+
+
+def worker_scale(clients: int) -> dict:
+    from fedmtl.config import config_from_dict
+    from fedmtl.data import build_federated_data
+    from fedmtl.engine import make_federation
+    from fedmtl.mtl import build_model
+
+    cfg = config_from_dict(
+        {
+            "data": {"source": {"name": "mnist1d", "num_samples": 12 * clients, "tasks": ["digit", "parity"]}, "num_clients": clients, "partition": {"name": "iid"}},
+            "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [128, 128]}},
+            "client": {"epochs": 1, "batch_size": 16},
+            "server": {"clients_per_round": clients},
+        }
+    )
+    data = build_federated_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.tasks)
+    fed = make_federation(cfg, data, model)
+    state = fed.init_state()
+    t = time.perf_counter()
+    fed.round(state)
+    return {"seconds": time.perf_counter() - t}
+
+
+def worker_main(ns: argparse.Namespace) -> None:
+    if ns.worker == "bare":
+        res = worker_bare(ns.workload, ns.rounds)
+    elif ns.worker == "scale":
+        res = worker_scale(ns.clients)
+    else:
+        res = worker_fedmtl(ns.workload, ns.worker, ns.rounds)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(res))
+
+
+def run_worker(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 timed rounds, scale up to 2,500 clients")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per run (default 5; --quick 2)")
+    ap.add_argument("--only", default="", help="comma-separated subset: W3,W4,user module,scale")
+    ap.add_argument("--out", default=str(HERE / "results" / "general_engine.json"))
+    ap.add_argument("--worker", default=None)
+    ap.add_argument("--workload", default="W3")
+    ap.add_argument("--clients", type=int, default=1000)
+    ns = ap.parse_args()
+    rounds = ns.rounds or (2 if ns.quick else 5)
+    ns.rounds = rounds
+    if ns.worker:
+        worker_main(ns)
+        return
+    only = {s.strip() for s in ns.only.split(",") if s.strip()}
+    results: dict = {"rounds": rounds, "workloads": {}, "scale": {}}
+    import torch
+
+    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+    for name in WORKLOADS:
+        if only and name not in only:
+            continue
+        systems = ["vectorized", "sequential"] + (["bare"] if name == "W3" else [])
+        row = {}
+        for system in systems:
+            print(f"[{name}] {system} ...", flush=True)
+            row[system] = run_worker(system, "--workload", name, "--rounds", str(rounds))
+            print("   ", row[system], flush=True)
+        results["workloads"][name] = row
+    if not only or "scale" in only:
+        for clients in (1000, 2500) if ns.quick else (2500, 5000, 10000):
+            print(f"[scale] {clients} clients ...", flush=True)
+            results["scale"][clients] = run_worker("scale", "--clients", str(clients))
+            print("   ", results["scale"][clients], flush=True)
+    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(ns.out).write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    lines = ["| workload | system | s / round | vs sequential | vs bare loop | peak MiB | held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    for name, row in results["workloads"].items():
+        per = {s: (r["seconds"] / len(r["round_seconds"]) if "seconds" in r else float("nan")) for s, r in row.items()}
+        for system, r in row.items():
+            if "error" in r:
+                lines.append(f"| {name} | {system} | error: {r['error']} | | | | |")
+                continue
+            vs_seq = per.get("sequential", float("nan")) / per[system]
+            vs_bare = per["bare"] / per[system] if "bare" in per else float("nan")
+            acc = " / ".join(f"{t} {a:.3f}" for t, a in r["accuracy"].items())
+            lines.append(f"| {name} | {system} | {per[system]:.2f} | {vs_seq:.1f}x | {'' if math.isnan(vs_bare) else f'{vs_bare:.1f}x'} | {r['peak_rss_mb']:.0f} | {acc} |")
+    if results["scale"]:
+        lines += ["", "| clients in one round | seconds | peak MiB |", "|---|---|---|"]
+        for clients, r in results["scale"].items():
+            lines.append(f"| {clients} | {r.get('seconds', float('nan')):.1f} | {r.get('peak_rss_mb', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
