@@ -44,7 +44,8 @@ def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
     ]
     for o in overrides:
         cmd += ["--set", o]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    tests = str(Path(__file__).resolve().parents[1])  # the user model of the tests (mtl.user_net)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, tests]), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     # a new session so that, on timeout or failure, the whole process group (torchrun and its ranks) is killed
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
@@ -70,6 +71,15 @@ def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
                 "engine.local.name=vectorized",
                 "data.task_assignment.name=random_subset",
                 "data.task_assignment.tasks_per_client=1",
+            ],
+            "reduce",
+        ),
+        (  # the general path with a user's own module (built on every rank from its import path)
+            [
+                "engine.name=distributed",
+                "engine.local.name=vectorized",
+                "model={name: import, target: 'mtl.user_net:make', kwargs: {hidden: 8}}",
+                "mtl.balancer.name=pcgrad",
             ],
             "reduce",
         ),
