@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up (with the optional extras, so their tests run too) and run the test suite.
+# Set everything up (with every optional extra, so their tests run too) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh "dev,flower,parquet,star,tensorboard,solvers"
+scripts/setup.sh "dev,all"
 # Fashion-MNIST comes from Debian; its real-data test is skipped when the package is absent.
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "note: could not install dataset-fashion-mnist; its test will be skipped"

@@ -61,6 +61,7 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
 
 
 def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], quiet: bool) -> None:
+    from fedmtl._extras import MissingExtraError
     from fedmtl.config import ConfigError, load_config
     from fedmtl.data import DataError
     from fedmtl.experiment import CheckpointError, Experiment
@@ -73,7 +74,7 @@ def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], q
             config = saved
         cfg = load_config(config, overrides)
         results = Experiment(cfg).run(resume=resume, progress=not quiet)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, MissingExtraError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.fl.client import mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.mtl import build_model
-from fedmtl.report import MetricsLog, draw_all, write_report
+from fedmtl.report import MetricsLog, render_report
 
 log = logging.getLogger("fedmtl")
 
@@ -237,21 +237,3 @@ def engine_label(fed: Federation) -> str:
     if getattr(fed, "distributed", False):
         return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
     return name
-
-
-def render_report(run_dir: str | Path) -> Path:
-    """(Re)draw a run's plots from its files and write its ``report.html``."""
-    run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: it has no metrics.jsonl")
-    from fedmtl.report import read_metrics
-
-    records = read_metrics(metrics_path)
-    clients_path = run_dir / "clients.json"
-    scores = [row["score"] for row in json.loads(clients_path.read_text())] if clients_path.exists() else []
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    plots = draw_all(records, scores, run_dir / "plots")
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-    return write_report(run_dir, config_text, summary, plots)

@@ -39,8 +39,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def write_report(run_dir: Path, config_yaml: str, summary: dict[str, Any], plots: Sequence[Path]) -> Path:
-    """Write ``run_dir/report.html`` and return its path."""
+def write_report(run_dir: Path, config_yaml: str, summary: dict[str, Any], plots: Sequence[Path], note: str = "") -> Path:
+    """Write ``run_dir/report.html`` and return its path; ``note`` says why plots are missing, if they are."""
     images = []
     for p in plots:
         data = base64.b64encode(p.read_bytes()).decode()
@@ -55,7 +55,7 @@ pre {{ background: #f7f7f7; padding: 1rem; overflow-x: auto; font-size: .85rem; 
 </style></head><body>
 <h1>fedmtl run <code>{html.escape(run_dir.name)}</code></h1>
 <h2>Summary</h2>{_table(summary_rows(summary))}
-<h2>Plots</h2>{''.join(images) or '<p>No plots.</p>'}
+<h2>Plots</h2>{''.join(images) or f'<p>No plots. {html.escape(note)}</p>'}
 <h2>Data</h2><pre>{html.escape(json.dumps(summary.get('data', {}), indent=2))}</pre>
 <h2>Configuration</h2><pre>{html.escape(config_yaml)}</pre>
 </body></html>

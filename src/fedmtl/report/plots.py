@@ -7,17 +7,20 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from fedmtl._extras import require
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, imported on first use (the ``plots`` extra)."""
+    require("matplotlib", "plots", "plots").use("Agg")
+    return require("matplotlib.pyplot", "plots", "plots")
 
 
 def _save(fig: Any, path: Path) -> Path:
     """Lay out, write and close a figure (closing frees it: runs draw many)."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -31,7 +34,7 @@ def plot_task_metrics(records: Sequence[dict[str, Any]], path: Path) -> Path | N
     if not evals:
         return None
     tasks = list(evals[-1]["global"])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for i, task in enumerate(tasks):
         color = f"C{i}"
         metric = "accuracy" if "accuracy" in evals[-1]["global"][task] else "r2"
@@ -54,7 +57,7 @@ def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     if not records:
         return None
     xs = [r["round"] for r in records]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for key, label, style in (("bytes_down", "downlink", "-"), ("bytes_up", "uplink", "--")):
         ys = [r.get(key, 0) / 1e6 for r in records]
         a1.plot(xs, ys, linestyle=style, marker="o", ms=3, label=label)
@@ -73,7 +76,7 @@ def plot_loss(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Training loss (mean over the cohort) and held-out loss per task vs round."""
     if not records:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     tasks = sorted({t for r in records for t in r.get("train_loss", {})})
     for i, task in enumerate(tasks):
         pts = [(r["round"], r["train_loss"][task]) for r in records if task in r.get("train_loss", {})]
@@ -93,7 +96,7 @@ def plot_client_histogram(scores: Sequence[float], path: Path, title: str = "Per
     """Distribution of the final per-client personalised score."""
     if not scores:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6, 3.8))
     ax.hist(scores, bins=min(30, max(5, len(scores) // 3)), color="C2", edgecolor="white")
     ax.axvline(sum(scores) / len(scores), color="k", linestyle="--", label="mean")
     ax.set_xlabel("score (mean primary metric over the client's tasks)")
