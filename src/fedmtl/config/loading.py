@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,63 @@ class ConfigError(ValueError):
 
 
 def format_validation_error(error: ValidationError) -> str:
-    """One line per problem: ``field.path: message (got value)``."""
+    """One line per problem: ``field.path: message (got value)``, plus a "did you mean" for a near miss.
+
+    The path is the user's own keys (``client.optimizer.lr``): pydantic's location also holds the tag
+    of each discriminated section it entered (``client.optimizer.sgd.lr``), which is dropped.
+    """
     lines = []
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        loc, model = _user_path(item["loc"])
         got = item.get("input")
         shown = repr(got) if not isinstance(got, dict) else "{...}"
-        lines.append(f"  {loc or '<root>'}: {item['msg']} (got {shown})")
+        hint = _did_you_mean(item, model)
+        lines.append(f"  {'.'.join(loc) or '<root>'}: {item['msg']} (got {shown}){hint}")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _user_path(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """The location without union tags and validator names, and the model holding its last key."""
+    path: list[str] = []
+    model: type[BaseModel] | None = ExperimentConfig
+    members: list[type[BaseModel]] = []
+    for i, part in enumerate(loc):
+        text = str(part)
+        if text.startswith("function-"):
+            continue
+        tagged = {_tag(m): m for m in members}
+        if isinstance(part, str) and part in tagged:
+            model, members = tagged[part], []
+            continue
+        path.append(text)
+        if i == len(loc) - 1 or model is None or isinstance(part, int):
+            continue
+        info = model.model_fields.get(text)
+        members = _models_in(info.annotation) if info is not None else []
+        model = members[0] if len(members) == 1 else None
+        if len(members) == 1:
+            members = []
+    return path, model
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    info = model.model_fields.get("name")
+    return info.default if info is not None and isinstance(info.default, str) else None
+
+
+def _did_you_mean(item: Any, model: type[BaseModel] | None) -> str:
+    """``; did you mean 'pcgrad'?`` for a misspelt kind, choice or key; else ''."""
+    ctx = item.get("ctx") or {}
+    if item["type"] == "union_tag_invalid":
+        word, choices = str(ctx.get("tag")), re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+    elif item["type"] == "literal_error":
+        word, choices = str(item.get("input")), re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+    elif item["type"] == "extra_forbidden" and model is not None:
+        word, choices = str(item["loc"][-1]), list(model.model_fields)
+    else:
+        return ""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
