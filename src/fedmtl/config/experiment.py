@@ -28,6 +28,11 @@ class OutputConfig(StrictModel):
 
     dir: str = "runs"
     name: str | None = Field(default=None, description="Run folder name (default: a timestamp).")
+    overwrite: bool = Field(
+        default=False,
+        description="Start afresh in a run folder that already holds a run (its outputs are deleted); "
+        "by default such a folder is refused (resume it instead).",
+    )
     checkpoint_every: PositiveInt = 1
     keep_checkpoints: PositiveInt = 2
     plots: bool = True

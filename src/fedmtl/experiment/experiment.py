@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fedmtl._extras import require
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
@@ -28,22 +30,79 @@ from fedmtl.experiment.checkpoint import (
     save_checkpoint,
 )
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
-from fedmtl.fl.client import mean_buffers
+from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
-from fedmtl.mtl import build_model
+from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.report import MetricsLog, render_report
 
 log = logging.getLogger("fedmtl")
 
 
+#: what a run writes into its folder (``output.overwrite`` deletes these, and nothing else)
+RUN_OUTPUTS = ("checkpoints", "plots", "metrics.jsonl", "summary.json", "clients.json", "report.html", "config.yaml", "tracking")
+
+
 @dataclass(frozen=True)
 class Results:
-    """What a finished run returns: where it wrote, its summary and its per-round history."""
+    """What a finished run returns: where it wrote, its summary and its per-round history.
+
+    Attributes:
+        run_dir: the run folder.
+        summary: ``summary.json``: final metrics, bytes, privacy, data.
+        history: ``metrics.jsonl``, one dict per round (evaluation metrics only on evaluated rounds);
+            :meth:`to_pandas` is its table view.
+        params: the final global model's parameters (``model.named_parameters()`` names); :meth:`model`
+            loads them into a model ready to predict.
+    """
 
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     params: dict[str, torch.Tensor]
+
+    def to_pandas(self) -> Any:
+        """The history as a ``pandas.DataFrame``: one row per round (the index), one column per metric.
+
+        Nested records are flattened with dots (``global.digit.accuracy``, ``personalized.mean``,
+        ``train_loss.parity``); a metric a round did not compute (evaluation every k rounds) is NaN.
+        Needs pandas (the ``tables`` extra).
+        """
+        pd = require("pandas", "tables", "Results.to_pandas()")
+        rows = [flatten(record) for record in self.history]
+        return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame(index=pd.Index([], name="round"))
+
+    def model(self, data: FederatedData | None = None) -> MultiTaskModel:
+        """The final global model, in eval mode, ready to predict: ``model(x)`` -> ``{task: prediction}``.
+
+        Inputs must be preprocessed as the run's were (``data.preprocessing``: cleaning, normalisation):
+        the splits of ``Experiment(config).data`` are. A multiclass prediction is a row of logits, a
+        binary one a logit, a regression one a value (normalised when the targets were).
+
+        Args:
+            data: the run's data, for the input shape and tasks; by default rebuilt from the run's
+                ``config.yaml`` (same seed, same data). A run on in-memory arrays must pass
+                ``Experiment(config, source=...).data``.
+        """
+        cfg = load_config(self.run_dir / "config.yaml")
+        if data is None:
+            if cfg.data.source.name == "arrays":
+                raise ConfigError("this run used in-memory arrays: pass Results.model(data=Experiment(config, source=...).data)")
+            data = Experiment(cfg).data
+        model = build_model(cfg.model, data.input_shape, data.tasks)
+        load_parameters(model, self.params)
+        return model.eval()
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"global": {"digit": {"accuracy": 0.5}}}`` -> ``{"global.digit.accuracy": 0.5}``."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def _as_config(config: ExperimentConfig | dict[str, Any] | str | Path | None) -> ExperimentConfig:
@@ -87,7 +146,17 @@ class Experiment:
         name = out.name or datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out.dir) / name
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another output.name")
+            if not out.overwrite:
+                raise ConfigError(
+                    f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir}, "
+                    "choose another output.name, or set output.overwrite=true to start afresh"
+                )
+            for name in RUN_OUTPUTS:  # only what a run writes: other files in the folder are the user's
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
