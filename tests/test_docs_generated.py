@@ -43,7 +43,7 @@ def test_readme_demo_paragraph_states_the_demo_config():
     data = demo["data"]
     assert f"trains {data['num_clients']} MNIST-1D clients" in text
     assert f"(Dirichlet α = {data['partition']['alpha']})" in text
-    assert f"{demo['server']['rounds']} rounds take" in text
+    assert f"{demo['server']['rounds']} rounds reach" in text
     numbers = {2: "two", 3: "three"}
     tasks = data["source"]["tasks"]
     assert f"on {numbers[len(tasks)]} tasks" in text and all(f"**{t}**" in text for t in tasks)
