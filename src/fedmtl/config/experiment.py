@@ -12,6 +12,7 @@ from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
+from fedmtl.config.tracking import Tracker
 from fedmtl.config.training import ClientConfig, ServerConfig
 
 
@@ -70,6 +71,7 @@ class ExperimentConfig(StrictModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: list[Tracker] = Field(default_factory=list, description="Backends each round is logged to: tensorboard, mlflow, wandb.")
 
     @model_validator(mode="after")
     def _cohort_fits(self) -> ExperimentConfig:

@@ -6,6 +6,7 @@ The run folder holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (a line
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -34,6 +35,8 @@ from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.report import MetricsLog, render_report
+from fedmtl.report.metrics_log import flatten
+from fedmtl.tracking import Callback, Tracking, build_callbacks
 
 log = logging.getLogger("fedmtl")
 
@@ -93,18 +96,6 @@ class Results:
         return model.eval()
 
 
-def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"global": {"digit": {"accuracy": 0.5}}}`` -> ``{"global.digit.accuracy": 0.5}``."""
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def _as_config(config: ExperimentConfig | dict[str, Any] | str | Path | None) -> ExperimentConfig:
     if config is None:
         return ExperimentConfig()
@@ -128,6 +119,16 @@ class Experiment:
         self.source = source
         self._data: FederatedData | None = None
         self._final_clients: list[dict[str, Any]] = []
+
+    @functools.cached_property
+    def tracking(self) -> Tracking:
+        """The run's tracking: the config's ``tracking`` backends, then callbacks added with :meth:`add_callback`."""
+        return Tracking(build_callbacks(self.config.tracking))
+
+    def add_callback(self, callback: Callback) -> Experiment:
+        """Call ``callback`` (a :class:`fedmtl.tracking.Callback`) once per round of :meth:`run`; returns self."""
+        self.tracking.callbacks.append(callback)
+        return self
 
     @property
     def data(self) -> FederatedData:

@@ -54,3 +54,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def flatten(record: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """A nested record as one level: ``{"global": {"digit": {"accuracy": 0.5}}}`` -> ``{"global.digit.accuracy": 0.5}``.
+
+    What ``Results.to_pandas()`` makes columns of, and tracking backends metric names of (``sep="/"``).
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}{sep}{k}": v for k, v in flatten(value, sep).items()})
+        else:
+            out[str(key)] = value
+    return out

@@ -1,0 +1,56 @@
+"""MLflow: one MLflow run per fedmtl run; metrics per round (step = round), the config as params and artifact.
+
+Through ``MlflowClient`` (no global active run), by default on a file store inside the run folder,
+so it works offline; ``mlflow ui --backend-store-uri RUN_DIR/tracking/mlruns`` shows it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from fedmtl._extras import require
+from fedmtl.config.tracking import MLflowTracking
+from fedmtl.report.metrics_log import flatten
+from fedmtl.tracking.base import Callback, RunInfo, scalars
+
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+MAX_PARAMS = 100  # ... and of params per call
+
+
+class MLflowCallback(Callback):
+    """Logs to an MLflow tracking store (default: ``file:RUN_DIR/tracking/mlruns``)."""
+
+    def __init__(self, cfg: MLflowTracking):
+        self.cfg = cfg
+        self._mlflow = require("mlflow", "mlflow", "tracking to MLflow")
+        self._client: Any = None
+        self._run_id = ""
+
+    def on_start(self, run: RunInfo) -> None:
+        uri = self.cfg.tracking_uri or (run.run_dir / "tracking" / "mlruns").resolve().as_uri()
+        self._client = self._mlflow.MlflowClient(tracking_uri=uri)
+        found = self._client.get_experiment_by_name(self.cfg.experiment)
+        experiment_id = found.experiment_id if found is not None else self._client.create_experiment(self.cfg.experiment)
+        self._run_id = self._client.create_run(experiment_id, run_name=run.name).info.run_id
+        entities = require("mlflow.entities", "mlflow", "tracking to MLflow")
+        params = [entities.Param(k, str(v)[:6000]) for k, v in flatten(run.config).items()]
+        for i in range(0, len(params), MAX_PARAMS):
+            self._client.log_batch(self._run_id, params=params[i : i + MAX_PARAMS])
+        config_yaml = run.run_dir / "config.yaml"
+        if config_yaml.exists():
+            self._client.log_artifact(self._run_id, str(config_yaml))
+
+    def on_round(self, run: RunInfo, record: Mapping[str, Any]) -> None:
+        entities = require("mlflow.entities", "mlflow", "tracking to MLflow")
+        now, step = int(time.time() * 1000), int(record["round"])
+        metrics = [entities.Metric(k, v, now, step) for k, v in scalars(record).items()]
+        for i in range(0, len(metrics), MAX_BATCH):
+            self._client.log_batch(self._run_id, metrics=metrics[i : i + MAX_BATCH])
+
+    def on_end(self, run: RunInfo) -> None:
+        if self._client is not None and self._run_id:
+            self._client.set_terminated(self._run_id)
+            self._run_id = ""
+
