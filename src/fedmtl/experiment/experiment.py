@@ -206,6 +206,7 @@ class Experiment:
                 record["elapsed"] = elapsed
                 if writes:
                     metrics.append(record)
+                    self.tracking.on_round(run_dir, cfg, record)
                 due = state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds
                 if writes and (due or not fed.can_run_round(state)):
                     save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
