@@ -32,6 +32,7 @@ API_MODULES = (
     "fedmtl.comm",
     "fedmtl.privacy",
     "fedmtl.report",
+    "fedmtl.tracking",
 )
 
 

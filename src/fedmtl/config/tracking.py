@@ -21,11 +21,11 @@ class TensorBoardTracking(StrictModel):
 
 
 class MLflowTracking(StrictModel):
-    """An MLflow run (the ``mlflow`` extra); by default a local file store in the run folder, no server needed."""
+    """An MLflow run (the ``mlflow`` extra); by default a local SQLite store in the run folder, no server needed."""
 
     name: Literal["mlflow"] = "mlflow"
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI (default: a file store in RUN_DIR/tracking/mlruns)."
+        default=None, description="MLflow tracking URI (default: sqlite:///RUN_DIR/tracking/mlflow.db)."
     )
     experiment: str = Field(default="fedmtl", min_length=1, description="MLflow experiment the run is filed under.")
 

@@ -1,7 +1,9 @@
 """MLflow: one MLflow run per fedmtl run; metrics per round (step = round), the config as params and artifact.
 
-Through ``MlflowClient`` (no global active run), by default on a file store inside the run folder,
-so it works offline; ``mlflow ui --backend-store-uri RUN_DIR/tracking/mlruns`` shows it.
+Through ``MlflowClient`` (no global active run), by default on a SQLite file inside the run folder
+(``RUN_DIR/tracking/mlflow.db``, artifacts in ``RUN_DIR/tracking/mlartifacts``), so it works offline;
+``mlflow ui --backend-store-uri sqlite:///RUN_DIR/tracking/mlflow.db`` shows it. (MLflow 3 refuses its
+older ``./mlruns`` folder store unless told otherwise; a ``tracking_uri`` may still name one.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ MAX_PARAMS = 100  # ... and of params per call
 
 
 class MLflowCallback(Callback):
-    """Logs to an MLflow tracking store (default: ``file:RUN_DIR/tracking/mlruns``)."""
+    """Logs to an MLflow tracking store (default: ``sqlite:///RUN_DIR/tracking/mlflow.db``)."""
 
     def __init__(self, cfg: MLflowTracking):
         self.cfg = cfg
@@ -29,10 +31,15 @@ class MLflowCallback(Callback):
         self._run_id = ""
 
     def on_start(self, run: RunInfo) -> None:
-        uri = self.cfg.tracking_uri or (run.run_dir / "tracking" / "mlruns").resolve().as_uri()
-        self._client = self._mlflow.MlflowClient(tracking_uri=uri)
+        folder = (run.run_dir / "tracking").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._client = self._mlflow.MlflowClient(tracking_uri=self.cfg.tracking_uri or f"sqlite:///{folder / 'mlflow.db'}")
         found = self._client.get_experiment_by_name(self.cfg.experiment)
-        experiment_id = found.experiment_id if found is not None else self._client.create_experiment(self.cfg.experiment)
+        experiment_id = (
+            found.experiment_id
+            if found is not None
+            else self._client.create_experiment(self.cfg.experiment, artifact_location=(folder / "mlartifacts").as_uri())
+        )
         self._run_id = self._client.create_run(experiment_id, run_name=run.name).info.run_id
         entities = require("mlflow.entities", "mlflow", "tracking to MLflow")
         params = [entities.Param(k, str(v)[:6000]) for k, v in flatten(run.config).items()]
