@@ -174,6 +174,23 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
 
 
 @app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare (two or more, in the order to show).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.html and the PNGs.")] = Path("compare"),
+) -> None:
+    """Compare runs: per-task score and loss by round and by bytes sent, side by side, with a summary table."""
+    from fedmtl._extras import MissingExtraError
+    from fedmtl.report.compare import compare_runs
+
+    try:
+        path = compare_runs(run_dirs, out)
+    except (FileNotFoundError, MissingExtraError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    Console().print(f"wrote {path}")
+
+
+@app.command()
 def config(
     config: Annotated[Optional[Path], typer.Argument(help="YAML to validate (default: the built-in defaults).")] = None,
     set_: SetOption = None,

@@ -52,6 +52,15 @@ def _round_axis(ax: Any) -> None:
     ax.xaxis.set_major_locator(require("matplotlib.ticker", "plots", "plots").MaxNLocator(integer=True))
 
 
+def log_axis(ax: Any) -> None:
+    """A log-scale y axis labelled 0.6, 2 rather than 6×10⁻¹, 2×10⁰ (minor ticks too, within a decade)."""
+    ax.set_yscale("log")
+    ticker = require("matplotlib.ticker", "plots", "plots")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g") if high / low < 10 else ticker.NullFormatter())
+
+
 def _rounds(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get(key)]
 
@@ -132,11 +141,7 @@ def plot_loss(records: Sequence[dict[str, Any]], path: Path, colors: Mapping[str
             ax.plot(*zip(*ev), color=colors[task], linestyle=":", linewidth=2, label=f"{task}: held-out, global model")
     _round_axis(ax)
     ax.set_ylabel("loss (log scale)")
-    ax.set_yscale("log")
-    ticker = require("matplotlib.ticker", "plots", "plots")
-    low, high = ax.get_ylim()
-    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 0.6, 2 rather than 6×10⁻¹, 2×10⁰
-    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g") if high / low < 10 else ticker.NullFormatter())
+    log_axis(ax)
     ax.set_title("Per-task loss")
     ax.grid(alpha=0.3)
     _legend_outside(ax)
