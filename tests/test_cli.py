@@ -118,3 +118,13 @@ def test_flower_new_writes_the_shipped_app(tmp_path):
     result = runner.invoke(app, ["flower", "new", str(tmp_path / "app")])
     assert result.exit_code == 2 and "--force" in result.output
     assert runner.invoke(app, ["flower", "new", str(tmp_path / "app"), "--force"]).exit_code == 0
+
+
+def test_a_missing_extra_is_named_in_full(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mnist1d", None)  # as if the mnist1d extra were not installed
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    result = runner.invoke(app, ["demo", "--rounds", "1", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2
+    assert "pip install 'fedmtl[mnist1d]'" in " ".join(result.output.split())  # not eaten as console markup

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import fedmtl
@@ -25,6 +26,11 @@ app = typer.Typer(
     suggest_commands=False,  # click suggests a near command name itself ("Did you mean 'demo'?")
 )
 console = Console(stderr=True, soft_wrap=True)
+
+
+def error(message: object) -> None:
+    """Print ``error: message`` to stderr; the message is text, not markup (``fedmtl[plots]`` stays as written)."""
+    console.print(f"[red]error:[/red] {escape(str(message))}")
 
 
 def _version(value: bool) -> None:
@@ -116,7 +122,7 @@ def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], q
         cfg = load_config(config, overrides)
         results = Experiment(cfg).run(resume=resume, progress=not quiet)
     except (ConfigError, DataError, CheckpointError, MissingExtraError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: the last checkpoint is intact; continue with --resume RUN_DIR")
@@ -155,7 +161,7 @@ def run(
     """Run an experiment from a YAML config and/or --set overrides, or resume one."""
     _setup_logging(verbose)
     if config is None and resume is None and not set_:
-        console.print("[red]error:[/red] give a CONFIG file, --set key=value overrides of the defaults, or --resume RUN_DIR")
+        error("give a CONFIG file, --set key=value overrides of the defaults, or --resume RUN_DIR")
         raise typer.Exit(2)
     _run(config, set_ or [], resume, quiet)
 
@@ -168,7 +174,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
     try:
         path = render_report(run_dir)
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     Console().print(f"wrote {path}")
 
@@ -185,7 +191,7 @@ def compare(
     try:
         path = compare_runs(run_dirs, out)
     except (FileNotFoundError, MissingExtraError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     Console().print(f"wrote {path}")
 
@@ -202,7 +208,7 @@ def config(
     try:
         cfg = load_config(_demo_config_path() if demo_ else config, set_ or [])
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     sys.stdout.write(dump_config(cfg))
 
@@ -229,7 +235,7 @@ def _flower():  # type: ignore[no-untyped-def]
     try:
         from fedmtl.integrations.flower import launch
     except ImportError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     return launch
 
@@ -251,7 +257,7 @@ def flower_new(
     """Write a ready Flower app (pyproject.toml, fedmtl_app.py, experiment.yaml) to run with `flwr run` or `fedmtl flower local`."""
     clash = [n for n in ("pyproject.toml", "fedmtl_app.py", "experiment.yaml") if (folder / n).exists()]
     if clash and not force:
-        console.print(f"[red]error:[/red] {str(folder)!r} already holds {', '.join(clash)}; choose another folder or pass --force")
+        error(f"{str(folder)!r} already holds {', '.join(clash)}; choose another folder or pass --force")
         raise typer.Exit(2)
     write_flower_app(folder)
     console.print(f"wrote a Flower app to {folder}: edit experiment.yaml, then `fedmtl flower local --app {folder}`")
