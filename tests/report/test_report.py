@@ -112,3 +112,29 @@ def test_report_has_versions_date_headline_captions_and_glossary(tmp_path):
 def test_report_without_matplotlib_says_which_extra(tmp_path):
     page = write_report(tmp_path, CONFIG, SUMMARY, [], note="plots needs 'matplotlib': pip install 'fedmtl[plots]'").read_text()
     assert "No plots." in page and "fedmtl[plots]" in page
+
+
+def test_report_renders_in_a_headless_browser(tmp_path):
+    """The page a user opens: its screenshot shows the text and the plots (not a blank or broken page)."""
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("screenshot", Path(__file__).resolve().parents[2] / "scripts" / "screenshot.py")
+    assert spec is not None and spec.loader is not None
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    if shot.find_browser() is None:
+        pytest.skip("no headless browser (apt-get install chromium-headless-shell)")
+    import matplotlib.image
+
+    made = plots.draw_all(RECORDS, [0.2, 0.5, 0.9], tmp_path / "plots")
+    page = write_report(tmp_path, CONFIG, SUMMARY, made)
+    image = matplotlib.image.imread(shot.screenshot(page, tmp_path / "report.png", width=1200, height=2600))
+    assert image.shape[:2] == (2600, 1200)
+    inked = image[..., :3].min(axis=(1, 2)) < 0.5  # rows with a dark pixel: text, table lines, plot lines
+    assert inked.sum() > 800, inked.sum()
+    # the plots drew: the task colours (C0 blue, C1 orange) appear on the page
+    blue = (abs(image[..., 0] - 0.12) < 0.06) & (abs(image[..., 1] - 0.47) < 0.06) & (abs(image[..., 2] - 0.71) < 0.06)
+    orange = (abs(image[..., 0] - 1.0) < 0.06) & (abs(image[..., 1] - 0.5) < 0.06) & (abs(image[..., 2] - 0.05) < 0.08)
+    assert blue.sum() > 200 and orange.sum() > 200
