@@ -138,3 +138,18 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     blue = (abs(image[..., 0] - 0.12) < 0.06) & (abs(image[..., 1] - 0.47) < 0.06) & (abs(image[..., 2] - 0.71) < 0.06)
     orange = (abs(image[..., 0] - 1.0) < 0.06) & (abs(image[..., 1] - 0.5) < 0.06) & (abs(image[..., 2] - 0.05) < 0.08)
     assert blue.sum() > 200 and orange.sum() > 200
+
+
+def test_render_report_without_matplotlib_writes_a_plotless_report(tmp_path, monkeypatch, caplog):
+    import json
+    import sys
+
+    from fedmtl.report import render_report
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were not installed
+    page = render_report(tmp_path).read_text()
+    assert "No plots." in page and "pip install &#x27;fedmtl[plots]&#x27;" in page
+    assert "276.2 MB" in page and "report without plots" in caplog.text
