@@ -53,3 +53,13 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_between_markers(path: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path`` by ``text``."""
+    doc = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in doc or end not in doc:
+        raise ValueError(f"{path} lacks the markers {start} ... {end}")
+    i, j = doc.index(start) + len(start), doc.index(end)
+    path.write_text(doc[:i] + "\n" + text + "\n" + doc[j:])

@@ -18,6 +18,8 @@ import json, logging, sys
 before = list(logging.getLogger().handlers)
 import fedmtl
 import fedmtl.cli
+fedmtl.Experiment, fedmtl.from_arrays  # the whole simulation, loaded on first use
+import fedmtl.comm, fedmtl.fl, fedmtl.mtl, fedmtl.privacy, fedmtl.report, fedmtl.tracking
 after = list(logging.getLogger().handlers)
 print(json.dumps({"modules": sorted(m for m in sys.modules), "new_handlers": len(after) - len(before)}))
 """

@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_config": "fedmtl.config",
     "DataError": "fedmtl.data",
     "from_arrays": "fedmtl.data",
+    "from_datasets": "fedmtl.data",
     "Experiment": "fedmtl.experiment",
     "Results": "fedmtl.experiment",
     "render_report": "fedmtl.report",
@@ -31,11 +32,14 @@ _SUBPACKAGES = (
     "mtl", "privacy", "report", "tasks", "tracking", "tree",
 )
 
-__all__ = ["ConfigError", "DataError", "Experiment", "ExperimentConfig", "Results", "from_arrays", "load_config", "render_report"]
+__all__ = [
+    "ConfigError", "DataError", "Experiment", "ExperimentConfig", "Results", "from_arrays", "from_datasets", "load_config",
+    "render_report",
+]
 
 if TYPE_CHECKING:
     from fedmtl.config import ConfigError, ExperimentConfig, load_config
-    from fedmtl.data import DataError, from_arrays
+    from fedmtl.data import DataError, from_arrays, from_datasets
     from fedmtl.experiment import Experiment, Results
     from fedmtl.report import render_report
 

@@ -102,6 +102,8 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     table.add_row("uplink MB", f"{s['bytes_up_total'] / 1e6:.1f}")
     table.add_row("downlink MB", f"{s['bytes_down_total'] / 1e6:.1f}")
     table.add_row("engine", s["engine"])
+    for reason in s.get("engine_fallback") or []:
+        table.add_row("sequential fallback", reason)
     table.add_row("wall seconds", f"{s['wall_seconds']:.1f}")
     Console().print(table)
     Console().print(f"report: {results.run_dir / 'report.html'}")

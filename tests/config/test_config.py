@@ -29,11 +29,11 @@ def test_overrides_are_typed():
         ({"client": {"lerning_rate": 0.1}}, ["client.lerning_rate", "Extra inputs are not permitted"]),
         ({"client": {"batch_size": "big"}}, ["client.batch_size", "'big'"]),
         ({"data": {"partition": {"name": "zipf"}}}, ["data.partition", "'zipf'", "'iid'", "'dirichlet'", "'shards'"]),
-        ({"data": {"partition": {"name": "dirichlet", "alpha": -1}}}, ["data.partition.alpha: ", "greater than 0"]),
+        ({"data": {"partition": {"name": "dirichlet", "alpha": -1}}}, ["data.partition.alpha", "greater than 0"]),
         ({"data": {"test_fraction": 1.5}}, ["data.test_fraction", "less than 1"]),
         ({"server": {"fraction": 0.5, "clients_per_round": 3}}, ["server", "either server.clients_per_round"]),
         ({"server": {"clients_per_round": 500}}, ["clients_per_round=500", "1..100"]),
-        ({"data": {"source": {"name": "mnist1d", "tasks": ["digit", "colour"]}}}, ["data.source.tasks.1: ", "'colour'"]),
+        ({"data": {"source": {"name": "mnist1d", "tasks": ["digit", "colour"]}}}, ["data.source.tasks", "'colour'"]),
         ({"data": {"partition": {"name": "natural"}}}, ["partition 'natural' needs a source with its own clients"]),
     ],
 )

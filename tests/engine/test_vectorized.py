@@ -98,6 +98,7 @@ def _patch_balancer(monkeypatch: pytest.MonkeyPatch, balancer_cls: type) -> None
         return MultiTaskObjective(balancer_cls(), tasks)
 
     monkeypatch.setattr("fedmtl.fl.client.build_objective", build)
+    monkeypatch.setattr("fedmtl.engine.stacked.build_objective", build)
     monkeypatch.setattr("fedmtl.engine.vectorized.build_objective", build)
 
 
@@ -115,28 +116,47 @@ def test_stateful_random_loss_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
 
-def test_gradient_balancer_falls_back_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_gradient_balancer_is_batched(monkeypatch: pytest.MonkeyPatch) -> None:
     _patch_balancer(monkeypatch, _SharedDirection)
+    cfg, data = setup(CASES["task-heterogeneous"])
+    seq, _ = run(cfg, data, SequentialEngine(), rounds=2)
+    engine = VectorizedEngine()
+    vec, _ = run(cfg, data, engine, rounds=2)
+    assert engine.last_run == {"vectorized": cfg.server.clients_per_round, "sequential": 0}
+    assert max_diff(seq.params, vec.params) < TOL
+
+
+class _Unbatchable(torch.nn.Module):
+    """A layer with data-dependent control flow (``.item()``): no vmap rule, so the engine must fall back."""
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return x * 2 if float(x.sum().item()) > 0 else x
+
+
+def test_unbatchable_model_falls_back_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from fedmtl.mtl import build_model
+
     cfg, data = setup()
-    seq, _ = run(cfg, data, SequentialEngine(), rounds=2)
     engine = VectorizedEngine()
+
+    def build(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        model = build_model(*args, **kwargs)
+        model.trunk.net.insert(0, _Unbatchable())
+        return model
+
+    import _helpers
+
     with caplog.at_level(logging.WARNING, logger="fedmtl"):
-        vec, _ = run(cfg, data, engine, rounds=2)
-    warnings = [r for r in caplog.records if "cannot be vectorised" in r.getMessage()]
-    assert len(warnings) == 1 and "_SharedDirection" in warnings[0].getMessage()
+        orig = _helpers.build_model
+        _helpers.build_model = build
+        try:
+            vec, _ = _helpers.run(cfg, data, engine, rounds=2)
+            seq, _ = _helpers.run(cfg, data, SequentialEngine(), rounds=2)
+        finally:
+            _helpers.build_model = orig
+    warnings = [r.getMessage() for r in caplog.records if "cannot be batched" in r.getMessage()]
+    assert len(warnings) == 1 and "vmap" in warnings[0]
     assert engine.last_run == {"vectorized": 0, "sequential": cfg.server.clients_per_round}
-    assert max_diff(seq.params, vec.params) == 0.0
-
-
-def test_unsupported_model_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    cfg, data = setup(["model.trunk.name=cnn1d", "model.trunk.channels=[4]", "model.trunk.hidden=8"])
-    engine = VectorizedEngine()
-    with caplog.at_level(logging.WARNING, logger="fedmtl"):
-        vec, _ = run(cfg, data, engine, rounds=2)
-    seq, _ = run(cfg, data, SequentialEngine(), rounds=2)
-    assert sum("CNN1DTrunk" in r.getMessage() for r in caplog.records) == 1
     assert max_diff(seq.params, vec.params) == 0.0
 
 

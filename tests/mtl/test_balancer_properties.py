@@ -38,7 +38,7 @@ def call(b, state, seed, step=0):  # type: ignore[no-untyped-def]
 
 def test_every_config_name_is_registered() -> None:
     names = {c.name for c in ALL}  # type: ignore[attr-defined]
-    assert len(names) == len(ALL) == 25
+    assert len(names) == len(ALL) == 27
 
 
 @pytest.mark.parametrize("cfg", ALL, ids=IDS)

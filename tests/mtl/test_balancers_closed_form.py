@@ -139,9 +139,36 @@ def test_imtl_equal_projections_on_unit_gradients() -> None:
 def test_nash_mtl_bargaining_condition() -> None:
     bal, _ = run(B.NashMTL())
     m = (G2 @ G2.T).double()
-    m = m / m.norm()
     a = bal.shared_weights.double()
     assert torch.allclose(m @ a, 1 / a, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_nash_mtl_identity_gradients_give_the_papers_direction(scale: float) -> None:
+    # G = k I: alpha = 1/k, d = G^T alpha = [1, 1] whatever k (the normalised system must be undone)
+    g = scale * torch.eye(2)
+    bal, _ = run(B.NashMTL(), grads=g)
+    assert torch.allclose(shared(bal, g), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nash_mtl_two_task_closed_form(seed: int) -> None:
+    # alpha_1^2 (|g1|^2 + <g1,g2> alpha_2/alpha_1) = 1 and |g1| alpha_1 = |g2| alpha_2 give
+    # alpha_t = 1 / (|g_t| sqrt(1 + cos)), d = (g1/|g1| + g2/|g2|) / sqrt(1 + cos)
+    g = torch.randn(2, 5, generator=torch.Generator().manual_seed(seed)).double() * (seed + 0.5)
+    n = g.norm(dim=1)
+    cos = (g[0] @ g[1]) / (n[0] * n[1])
+    bal, _ = run(B.NashMTL(), grads=g, losses=torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(bal.shared_weights, 1 / (n * torch.sqrt(1 + cos)), rtol=1e-6)
+
+
+def test_nash_mtl_direction_is_invariant_to_a_common_scaling() -> None:
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(3)).double() + 0.3
+    ones = torch.ones(3, dtype=torch.float64)
+    d1 = shared(run(B.NashMTL(), grads=g, losses=ones)[0], g)
+    for k in (1e-3, 1e3):
+        dk = shared(run(B.NashMTL(), grads=k * g, losses=ones)[0], k * g)
+        assert torch.allclose(dk, d1, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
@@ -234,11 +261,17 @@ def test_moco_first_step_by_hand() -> None:
 
 
 def test_db_mtl_first_step_by_hand() -> None:
-    bal, _ = run(B.DBMTL())
-    g = G2 / L2[:, None]
-    n = g.norm(dim=1)
-    assert torch.allclose(bal.shared_direction, ((n.max() / n)[:, None] * g).sum(0), atol=1e-6)
+    # the buffer starts at zero: step 1 (k = 1) gives buf = g + 0.9 (0 - g) = 0.1 g, g_t = grad L_t / L_t
+    # = [(1, 0), (-0.5, 0.5)]; norms [0.1, 0.1 / sqrt 2], alpha = [1, sqrt 2]; d = 0.1 (1, 0) + 0.1 (-1/sqrt 2, 1/sqrt 2)
+    bal, state = run(B.DBMTL(beta=0.9, beta_sigma=0.5))
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(state["buffer"], torch.tensor([[0.1, 0.0], [-0.05, 0.05]]))
+    assert torch.allclose(bal.shared_direction, torch.tensor([0.1 - 0.1 * r, 0.1 * r]), atol=1e-7)
     assert torch.allclose(bal.weights, 1 / L2)
+    # step 2 (k = 2): buf = g + 0.9 / sqrt 2 (buf - g)
+    _, state = run(B.DBMTL(beta=0.9, beta_sigma=0.5), step=1, state=state)
+    g = G2 / L2[:, None]
+    assert torch.allclose(state["buffer"], g + 0.9 / math.sqrt(2) * (0.1 * g - g))
 
 
 def test_gradnorm_moves_weight_to_slow_task() -> None:

@@ -29,6 +29,7 @@ SMALL = {
     model_cfg.LTB: dict(hidden=[32, 16, 16], branches=[1, 2]),
     model_cfg.MTRL: dict(trunk=model_cfg.MLPTrunk(hidden=[32]), adapter_dim=8),
     model_cfg.Distillation: dict(trunk=model_cfg.MLPTrunk(hidden=[32])),
+    model_cfg.ImportedModel: dict(target="mtl.user_net:make", kwargs={"hidden": 16}),
 }
 ALL = [cls(**SMALL[cls]) for cls in MODELS]
 IDS = [c.name for c in ALL]  # type: ignore[attr-defined]

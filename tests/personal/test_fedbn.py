@@ -39,13 +39,20 @@ def test_batch_norm_trunk_builds_and_only_fedbn_or_local_accept_it() -> None:
     assert not norm_buffer_names(federation(config()).model)
 
 
-def test_vectorised_engine_rejects_batch_norm_trunks() -> None:
-    from fedmtl.engine.vectorized import _Unsupported, mlp_spec
+def test_vectorised_engine_batches_batch_norm_trunks_with_their_own_statistics() -> None:
+    from fedmtl.engine import VectorizedEngine
+    from fedmtl.engine.stacked import has_norm_statistics
 
     fed = federation(config({"name": "fedbn"}, model=BN_MODEL))
-    with pytest.raises(_Unsupported, match="BatchNorm1d"):
-        mlp_spec(fed.model)
-    mlp_spec(federation(config()).model)  # the plain MLP is still vectorised
+    assert has_norm_statistics(fed.model) and not has_norm_statistics(federation(config()).model)
+    engine = VectorizedEngine()
+    fed.engine = engine
+    state, _ = fed.round(fed.init_state())
+    assert engine.last_run["sequential"] == 0  # batched (clients of equal batch sizes together)
+    stats = [st["buffers"] for st in state.client_states.values()]
+    assert len(stats) > 1 and all(set(b) == set(norm_buffer_names(fed.model)) for b in stats)
+    first = next(iter(stats[0]))
+    assert not torch.equal(stats[0][first], stats[1][first])  # each client's own running statistics
 
 
 def test_fedbn_keeps_norm_parameters_and_statistics_local() -> None:

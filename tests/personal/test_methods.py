@@ -55,7 +55,7 @@ def test_round_trip_and_personal_models(algorithm, tmp_path) -> None:  # type: i
 
 
 def test_config_validation_names_the_value() -> None:
-    with pytest.raises(ConfigError, match=r"ditto\.lam.*got -1"):
+    with pytest.raises(ConfigError, match=r"algorithm\.lam.*got -1"):
         config_from_dict(config({"name": "ditto", "lam": -1}))
     with pytest.raises(ConfigError, match="fedsomething"):
         config_from_dict(config({"name": "fedsomething"}))

@@ -13,8 +13,10 @@ The state is an explicit tensor tree ``{"residual": {name: tensor}}``; the link 
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -27,6 +29,16 @@ from fedmtl.tree import TensorTree
 
 _FLOATS = {str(d): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 _OTHERS = {str(d): d for d in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+#: what a receiver accepts under one name: a shape (any floating dtype), or a tensor (a ``meta`` one will
+#: do) whose shape and dtype the declared tensor must have
+Spec = torch.Size | Tensor
+#: name -> spec, or a function answering the spec of a name (``None``: not accepted)
+Expected = Mapping[str, Spec] | Callable[[str], Spec | None]
+#: the most bytes one coordinate takes in any chain's parts (top-k: int32 index + float32 value; raw int64)
+BYTES_PER_ENTRY = 8
+#: per declared tensor: its parts' safetensors entries and its entry in the JSON header, besides its name
+BYTES_PER_TENSOR = 1024
 
 
 class Link:
@@ -59,6 +71,11 @@ class Link:
 
     def __repr__(self) -> str:
         return f"Link({[c.name for c in self.codecs]}, error_feedback={self.error_feedback})"
+
+    @property
+    def chain_spec(self) -> list[dict[str, Any]]:
+        """The chain as every payload's header names it (a receiver refuses any other)."""
+        return [dict(c) for c in self._chain_spec]
 
     @property
     def stateful(self) -> bool:
@@ -130,27 +147,43 @@ class Link:
         return values.reshape(shape)
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, data: bytes, expected: Mapping[str, torch.Size] | None = None) -> dict[str, Tensor]:
-        """Tensors from bytes, fully validated.
+    def decode(
+        self,
+        data: bytes,
+        expected: Expected | None = None,
+        *,
+        max_numel: int | None = None,
+        max_tensors: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Tensors from bytes, fully validated; what it allocates is bounded by ``expected`` before anything
+        is decompressed or decoded.
 
         Args:
             data: a payload from :meth:`encode` of a link with the same chain.
-            expected: name -> shape the receiver accepts; any other name or shape is rejected (names may
-                be missing: a client sends only what it trained).
+            expected: name -> spec the receiver accepts (a shape, or a tensor whose shape and dtype must
+                match), or a function answering the spec of a name (``None``: not accepted); any other name,
+                shape or dtype is rejected (names may be missing: a client sends only what it trained).
+                ``None`` (a trusted sender only) bounds a payload by ``max_payload_bytes`` alone.
+            max_numel: the most entries all tensors may declare together (default: the sum of a mapping's
+                shapes; required with a function).
+            max_tensors: the most tensors a payload may declare (default: a mapping's length; required
+                with a function).
 
         Raises:
             PayloadError: with the reason (truncated, checksum, version, oversized, chain mismatch, unknown
-                tensor, wrong shape, malformed part, NaN/Inf).
+                tensor, wrong shape or dtype, malformed part, NaN/Inf).
         """
+        bound = self._receiver_bound(expected, max_numel, max_tensors)
+        limit = bound.raw_bytes if bound is not None else self.max_payload_bytes
         byte_codecs = {self.byte_codec.wire_id: self.byte_codec} if self.byte_codec is not None else {}
-        header, parts = unpack(data, byte_codecs, self.max_payload_bytes)
+        header, parts = unpack(data, byte_codecs, limit)
         if header.get("chain") != self._chain_spec:
             raise PayloadError(
                 f"payload was encoded with codec chain {header.get('chain')}, this link expects {self._chain_spec}"
             )
         meta = _check_tensor_list(header.get("tensors"), self.max_payload_bytes)
-        if expected is not None:
-            check_shapes({name: torch.Size(shape) for name, shape, _ in meta}, expected, values=False)
+        if bound is not None:
+            check_declared(meta, bound)
         allowed = set(self.quantiser.part_names) | set(getattr(self.sparsifier, "part_names", ()))
         by_tensor: dict[str, dict[str, Tensor]] = {}
         indices = {str(i) for i in range(len(meta))}
@@ -183,9 +216,65 @@ class Link:
                 raise PayloadError(f"tensor {name!r} carries NaN or Inf")
         return out
 
+    def _receiver_bound(self, expected: Expected | None, max_numel: int | None, max_tensors: int | None) -> Bound | None:
+        """What a receiver of ``expected`` accepts (``None``: only ``max_payload_bytes``)."""
+        if expected is None:
+            return None
+        if isinstance(expected, Mapping):
+            names_bytes = sum(len(n.encode()) for n in expected)
+            max_numel = sum(math.prod(_spec_shape(v)) for v in expected.values()) if max_numel is None else max_numel
+            max_tensors = len(expected) if max_tensors is None else max_tensors
+            spec_of: Callable[[str], Spec | None] = expected.get
+        else:
+            if max_numel is None or max_tensors is None:
+                raise ValueError("decode with an expected function needs max_numel and max_tensors")
+            names_bytes = 256 * max_tensors
+            spec_of = expected
+        # names are JSON-escaped twice (the fedmtl header is a string inside the archive's JSON header)
+        overhead = 4096 + 2 * len(json.dumps(self._chain_spec)) + BYTES_PER_TENSOR * max_tensors + 8 * names_bytes
+        raw = min(self.max_payload_bytes, BYTES_PER_ENTRY * max_numel + overhead)
+        return Bound(spec_of, max_numel, max_tensors, raw)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a receiver accepts: a spec per name, at most ``max_numel`` entries in at most ``max_tensors``
+    tensors, and payloads (sent and decompressed) of at most ``raw_bytes``."""
+
+    spec_of: Callable[[str], Spec | None]
+    max_numel: int
+    max_tensors: int
+    raw_bytes: int
+
+
+def _spec_shape(spec: Spec) -> tuple[int, ...]:
+    return tuple(spec.shape if isinstance(spec, Tensor) else spec)
+
+
+def check_declared(meta: list[tuple[str, list[int], str]], bound: Bound) -> None:
+    """Reject, from the header alone (before anything is decoded), a declared tensor the receiver does not
+    expect: an unknown name, another shape or dtype, or more tensors or entries than it accepts."""
+    unknown = [name[:80] for name, _, _ in meta if bound.spec_of(name) is None]
+    if unknown:
+        raise PayloadError(f"payload has unknown tensors {unknown[:5]}")
+    if len(meta) > bound.max_tensors:
+        raise PayloadError(f"payload declares {len(meta)} tensors, at most {bound.max_tensors} are expected")
+    total = 0
+    for name, shape, dtype in meta:
+        spec = cast(Spec, bound.spec_of(name))
+        if tuple(shape) != _spec_shape(spec):
+            raise PayloadError(f"tensor {name!r} has shape {shape}, expected {list(_spec_shape(spec))}")
+        want = str(spec.dtype) if isinstance(spec, Tensor) else None
+        if (want is not None and dtype != want) or (want is None and dtype not in _FLOATS):
+            raise PayloadError(f"tensor {name!r} has dtype {dtype}, expected {want or 'a floating dtype'}")
+        total += math.prod(shape)
+        if total > bound.max_numel:
+            raise PayloadError(f"payload declares more than the {bound.max_numel} entries expected")
+
 
 def _check_tensor_list(meta: Any, max_bytes: int) -> list[tuple[str, list[int], str]]:
-    """The header's tensor list, checked: unique names, non-negative shapes, known dtypes, bounded size."""
+    """The header's tensor list, checked: unique names, non-negative shapes, known dtypes, bounded size
+    (what the decoded tensors would take, at least float32's 4 bytes an entry, within ``max_bytes``)."""
     if not isinstance(meta, list):
         raise PayloadError("payload header lacks its tensor list")
     out, seen, total = [], set(), 0
@@ -205,8 +294,8 @@ def _check_tensor_list(meta: Any, max_bytes: int) -> list[tuple[str, list[int], 
         if entry[0] in seen:
             raise PayloadError(f"tensor {entry[0]!r} declared twice")
         seen.add(entry[0])
-        total += math.prod(entry[1])
-        if 4 * total > max_bytes:
+        total += math.prod(entry[1]) * max(4, (_FLOATS | _OTHERS)[entry[2]].itemsize)
+        if total > max_bytes:
             raise PayloadError(f"oversized payload: declared tensors exceed the {max_bytes}-byte limit")
         out.append((entry[0], entry[1], entry[2]))
     return out

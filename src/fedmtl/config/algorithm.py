@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Count, StrictModel, Width
 
 
 class FedAvgAlgorithm(StrictModel):
@@ -50,7 +50,7 @@ class FedRepAlgorithm(StrictModel):
     """FedRep (Collins et al., 2021): local heads trained ``head_epochs`` with the trunk frozen, then the trunk."""
 
     name: Literal["fedrep"] = "fedrep"
-    head_epochs: PositiveInt = Field(default=5, description="Head-only epochs before the trunk's client.epochs.")
+    head_epochs: Count = Field(default=5, description="Head-only epochs before the trunk's client.epochs.")
 
 
 class FedBNAlgorithm(StrictModel):
@@ -64,7 +64,7 @@ class DittoAlgorithm(StrictModel):
 
     name: Literal["ditto"] = "ditto"
     lam: float = Field(default=0.1, ge=0, description="Pull of the personal model towards the global one.")
-    personal_epochs: PositiveInt | None = Field(default=None, description="Epochs on the personal model (default client.epochs).")
+    personal_epochs: Count | None = Field(default=None, description="Epochs on the personal model (default client.epochs).")
 
 
 class APFLAlgorithm(StrictModel):
@@ -85,7 +85,7 @@ class PFedMeAlgorithm(StrictModel):
 
     name: Literal["pfedme"] = "pfedme"
     lam: PositiveFloat = Field(default=15.0, description="Moreau-envelope regularisation strength.")
-    inner_steps: PositiveInt = Field(default=5, description="Gradient steps on the personal model per minibatch.")
+    inner_steps: Count = Field(default=5, description="Gradient steps on the personal model per minibatch.")
     personal_lr: PositiveFloat = Field(default=0.05, description="Step size of those inner steps.")
 
 
@@ -93,7 +93,7 @@ class IFCAAlgorithm(StrictModel):
     """IFCA (Ghosh et al., 2020): clients pick the best of ``clusters`` models by local loss."""
 
     name: Literal["ifca"] = "ifca"
-    clusters: PositiveInt = Field(default=2, le=64)
+    clusters: Width = Field(default=2, le=64)
     personal_model: Literal["trained", "cluster"] = Field(
         default="trained",
         description=(

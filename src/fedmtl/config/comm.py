@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, field_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Size, StrictModel
 
 
 class IdentityCodec(StrictModel):
@@ -51,7 +51,7 @@ class QSGDCodec(StrictModel):
 
     name: Literal["qsgd"] = "qsgd"
     levels: int = Field(default=16, ge=1, le=32767, description="Quantisation levels s (per sign).")
-    bucket_size: PositiveInt = Field(default=512, description="Coordinates sharing one norm.")
+    bucket_size: Size = Field(default=512, description="Coordinates sharing one norm.")
 
 
 class SignCodec(StrictModel):

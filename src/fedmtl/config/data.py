@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import MAX_SIZE, Size, StrictModel
 
 TaskKind = Literal["multiclass", "binary", "regression"]
+#: a client's index (0-based; data.num_clients is at most MAX_SIZE)
+ClientIndex = Annotated[int, Field(ge=0, lt=MAX_SIZE)]
 
 
 class TaskSpec(StrictModel):
@@ -20,7 +22,7 @@ class TaskSpec(StrictModel):
 
     name: str = Field(min_length=1, description="Task name; also the column / array key of its target.")
     kind: TaskKind
-    num_classes: PositiveInt | None = Field(
+    num_classes: Size | None = Field(
         default=None, description="Number of classes (multiclass only); inferred from the data when omitted."
     )
     column: str | None = Field(default=None, description="Target column when it differs from the task name.")
@@ -56,8 +58,8 @@ class FashionMNISTSource(StrictModel):
     name: Literal["fashion_mnist"] = "fashion_mnist"
     path: str | None = Field(default=None, description="Folder of the gzipped IDX files; found via dpkg when omitted.")
     tasks: list[Literal["item", "group"]] = Field(default=["item", "group"], min_length=1)
-    max_train: PositiveInt | None = Field(default=None, description="Use only the first N training images.")
-    max_test: PositiveInt | None = None
+    max_train: Size | None = Field(default=None, description="Use only the first N training images.")
+    max_test: Size | None = None
 
 
 class StarSource(StrictModel):
@@ -108,14 +110,14 @@ class DirichletPartition(StrictModel):
     name: Literal["dirichlet"] = "dirichlet"
     alpha: PositiveFloat = 0.5
     task: str | None = Field(default=None, description="Label whose skew is imposed (default: first classification task).")
-    min_size: int = Field(default=2, ge=1, description="Redraw until every client has at least this many rows.")
+    min_size: Size = Field(default=2, description="Redraw until every client has at least this many rows.")
 
 
 class ShardsPartition(StrictModel):
     """Sort by label, cut into shards, give each client ``classes_per_client`` shards (McMahan et al.)."""
 
     name: Literal["shards"] = "shards"
-    classes_per_client: PositiveInt = 2
+    classes_per_client: Size = 2
     task: str | None = None
 
 
@@ -124,7 +126,7 @@ class QuantitySkewPartition(StrictModel):
 
     name: Literal["quantity_skew"] = "quantity_skew"
     alpha: PositiveFloat = 1.0
-    min_size: int = Field(default=2, ge=1)
+    min_size: Size = 2
 
 
 class NaturalPartition(StrictModel):
@@ -149,14 +151,14 @@ class RandomTaskSubset(StrictModel):
     """Each client holds ``tasks_per_client`` tasks, chosen at random; every task keeps at least one holder."""
 
     name: Literal["random_subset"] = "random_subset"
-    tasks_per_client: PositiveInt = 1
+    tasks_per_client: Size = 1
 
 
 class ExplicitTasks(StrictModel):
     """Task sets listed per client (client index -> tasks); unlisted clients hold every task."""
 
     name: Literal["explicit"] = "explicit"
-    clients: dict[int, list[str]]
+    clients: dict[ClientIndex, list[str]]
 
 
 TaskAssignment = Annotated[Union[AllTasks, RandomTaskSubset, ExplicitTasks], Field(discriminator="name")]
@@ -179,7 +181,7 @@ class DataConfig(StrictModel):
     """Where data comes from and how it is split among clients."""
 
     source: Source = Field(default_factory=MNIST1DSource)
-    num_clients: PositiveInt = Field(default=100, le=1_000_000)
+    num_clients: Size = Field(default=100, le=1_000_000)
     partition: Partition = Field(default_factory=lambda: DirichletPartition(alpha=0.5))
     task_assignment: TaskAssignment = Field(default_factory=AllTasks)
     test_fraction: float = Field(default=0.2, ge=0, lt=1, description="Share of each client's rows kept for its local test split.")

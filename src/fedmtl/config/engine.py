@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Size, StrictModel, Width
 
 
 class SequentialEngine(StrictModel):
@@ -23,11 +23,11 @@ class VectorizedEngine(StrictModel):
     """
 
     name: Literal["vectorized"] = "vectorized"
-    chunk_clients: PositiveInt | None = Field(
+    chunk_clients: Size | None = Field(
         default=None,
         description="Clients per batched computation (default: as many as memory_budget_mb allows).",
     )
-    memory_budget_mb: PositiveInt = Field(default=512, description="Working memory of one chunk, in MiB.")
+    memory_budget_mb: Size = Field(default=512, description="Working memory of one chunk, in MiB.")
 
 
 LocalEngine = Annotated[SequentialEngine | VectorizedEngine, Field(discriminator="name")]
@@ -58,6 +58,11 @@ DefaultEngine = VectorizedEngine
 class RuntimeConfig(StrictModel):
     """Process-level settings."""
 
-    threads: PositiveInt | None = Field(
+    threads: Width | None = Field(
         default=None, description="torch threads (default: torch's own choice)."
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:\d{1,2})$",
+        description="Where local training and evaluation run: auto (a GPU when there is one), cpu, cuda or cuda:N.",
     )

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from fedmtl.config.algorithm import Algorithm, FedAvgAlgorithm
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Count, Seed, Size, StrictModel
 from fedmtl.config.comm import CommConfig
 from fedmtl.config.data import ArraysSource, DataConfig, TableSource
 from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
-from fedmtl.config.mtl import MTLConfig
+from fedmtl.config.mtl import LOSS_BALANCERS, MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
 from fedmtl.config.tracking import Tracker
-from fedmtl.config.training import ClientConfig, ServerConfig
+from fedmtl.config.training import SGD, ClientConfig, ServerConfig
 
 
 class EvaluationConfig(StrictModel):
     """When and how the global and personalised models are evaluated."""
 
-    every: PositiveInt = Field(default=1, description="Evaluate every N rounds (and always after the last).")
+    every: Count = Field(default=1, description="Evaluate every N rounds (and always after the last).")
     personalized: bool = Field(default=True, description="Also evaluate on every client's local test split.")
-    batch_size: PositiveInt = 1024
+    batch_size: Size = 1024
 
 
 class OutputConfig(StrictModel):
@@ -34,8 +34,8 @@ class OutputConfig(StrictModel):
         description="Start afresh in a run folder that already holds a run (its outputs are deleted); "
         "by default such a folder is refused (resume it instead).",
     )
-    checkpoint_every: PositiveInt = 1
-    keep_checkpoints: PositiveInt = 2
+    checkpoint_every: Count = 1
+    keep_checkpoints: Count = 2
     plots: bool = True
 
 
@@ -58,7 +58,7 @@ DP_SGD_ALGORITHMS = ("fedavg", "fedper", "fedbn", "local")
 class ExperimentConfig(StrictModel):
     """A federated multi-task experiment. Every default lives here or in the section models."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: Architecture = Field(default_factory=HardSharing)
     mtl: MTLConfig = Field(default_factory=MTLConfig)
@@ -99,6 +99,30 @@ class ExperimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _scaffold_needs_plain_sgd(self) -> ExperimentConfig:
+        """SCAFFOLD's control variates are defined for plain SGD steps (Karimireddy et al. 2020, Alg. 1)."""
+        opt = self.client.optimizer
+        if self.algorithm.name == "scaffold" and not (isinstance(opt, SGD) and opt.momentum == 0):
+            shown = f"{opt.name} with momentum {opt.momentum}" if isinstance(opt, SGD) else opt.name
+            raise ValueError(
+                f"algorithm 'scaffold' needs client.optimizer sgd with momentum 0, got {shown}: its control "
+                "variates correct plain SGD steps (Karimireddy et al. 2020); set client.optimizer: {name: sgd, momentum: 0}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _private_aggregation_is_the_mean(self) -> ExperimentConfig:
+        """DP-FedAvg and secure aggregation compute a (noised / masked) sum: the weighted mean, nothing else."""
+        protected = [p for p in ("dp", "secure_aggregation") if getattr(self.privacy, p) is not None]
+        if protected and self.server.aggregator.name != "mean":
+            raise ValueError(
+                f"server.aggregator {self.server.aggregator.name!r} cannot be combined with privacy.{protected[0]}: "
+                "the private aggregate is a clipped, noised or masked sum, so the server never sees the single "
+                "updates a robust aggregator ranks or trims; use server.aggregator 'mean' (or turn privacy off)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _privacy_covers_every_upload(self) -> ExperimentConfig:
         """A privacy guarantee that part of a client's upload or training escapes is refused, not reported."""
         name = self.algorithm.name
@@ -113,5 +137,10 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 f"privacy.dp_sgd privatises the local trainer's plain steps, which algorithm {name!r} changes or "
                 f"goes around; allowed: {', '.join(DP_SGD_ALGORITHMS)}"
+            )
+        if self.privacy.dp_sgd is not None and self.mtl.balancer.name not in LOSS_BALANCERS:
+            raise ValueError(
+                f"privacy.dp_sgd needs a balancer that only weights losses; mtl.balancer {self.mtl.balancer.name!r} "
+                f"needs per-task gradients, which per-sample clipping does not provide; allowed: {', '.join(sorted(LOSS_BALANCERS))}"
             )
         return self

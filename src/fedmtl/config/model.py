@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import StrictModel, Width
 
-Hidden = Annotated[list[PositiveInt], Field(min_length=1)]
+#: the most layers a trunk, head, tower or expert may stack
+MAX_LAYERS = 64
+#: widths of zero or more stacked layers
+Layers = Annotated[list[Width], Field(max_length=MAX_LAYERS)]
+#: widths of one or more stacked layers
+Hidden = Annotated[list[Width], Field(min_length=1, max_length=MAX_LAYERS)]
 
 
 class MLPTrunk(StrictModel):
     """A multilayer perceptron on flattened inputs."""
 
     name: Literal["mlp"] = "mlp"
-    hidden: list[PositiveInt] = Field(default=[128, 128], min_length=1)
+    hidden: Hidden = Field(default=[128, 128])
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     norm: Literal["none", "batch"] = Field(
@@ -29,17 +34,17 @@ class CNN1DTrunk(StrictModel):
     """A 1-D convolutional trunk for signals such as MNIST-1D."""
 
     name: Literal["cnn1d"] = "cnn1d"
-    channels: list[PositiveInt] = Field(default=[32, 32], min_length=1)
-    kernel_size: PositiveInt = 5
-    hidden: PositiveInt = 128
+    channels: Hidden = Field(default=[32, 32])
+    kernel_size: Width = 5
+    hidden: Width = 128
 
 
 class CNN2DTrunk(StrictModel):
     """A 2-D convolutional trunk for images such as Fashion-MNIST."""
 
     name: Literal["cnn2d"] = "cnn2d"
-    channels: list[PositiveInt] = Field(default=[32, 64], min_length=1)
-    hidden: PositiveInt = 128
+    channels: Hidden = Field(default=[32, 64])
+    hidden: Width = 128
 
 
 Trunk = Annotated[MLPTrunk | CNN1DTrunk | CNN2DTrunk, Field(discriminator="name")]
@@ -50,7 +55,7 @@ class HardSharing(StrictModel):
 
     name: Literal["hard_sharing"] = "hard_sharing"
     trunk: Trunk = Field(default_factory=MLPTrunk)
-    head_hidden: list[PositiveInt] = Field(default=[], description="Hidden layers of each task head.")
+    head_hidden: Layers = Field(default=[], description="Hidden layers of each task head.")
 
 
 class SharedEncoder(StrictModel):
@@ -66,7 +71,7 @@ class SoftSharing(StrictModel):
 
     name: Literal["soft_sharing"] = "soft_sharing"
     trunk: Trunk = Field(default_factory=MLPTrunk)
-    head_hidden: list[PositiveInt] = Field(default=[])
+    head_hidden: Layers = Field(default=[])
     strength: NonNegativeFloat = 1e-3
 
 
@@ -89,19 +94,19 @@ class MMoE(StrictModel):
     """Multi-gate mixture of experts."""
 
     name: Literal["mmoe"] = "mmoe"
-    num_experts: PositiveInt = 4
+    num_experts: Width = 4
     expert_hidden: Hidden = Field(default=[64])
-    tower_hidden: list[PositiveInt] = Field(default=[])
+    tower_hidden: Layers = Field(default=[])
 
 
 class CGC(StrictModel):
     """Customised gate control (single-level PLE)."""
 
     name: Literal["cgc"] = "cgc"
-    num_shared_experts: PositiveInt = 2
-    num_task_experts: PositiveInt = 1
+    num_shared_experts: Width = 2
+    num_task_experts: Width = 1
     expert_hidden: Hidden = Field(default=[64])
-    tower_hidden: list[PositiveInt] = Field(default=[])
+    tower_hidden: Layers = Field(default=[])
 
 
 class PLE(StrictModel):
@@ -109,20 +114,20 @@ class PLE(StrictModel):
 
     name: Literal["ple"] = "ple"
     levels: int = Field(default=2, ge=1, le=8)
-    num_shared_experts: PositiveInt = 2
-    num_task_experts: PositiveInt = 1
+    num_shared_experts: Width = 2
+    num_task_experts: Width = 1
     expert_hidden: Hidden = Field(default=[64])
-    tower_hidden: list[PositiveInt] = Field(default=[])
+    tower_hidden: Layers = Field(default=[])
 
 
 class DSelectK(StrictModel):
     """Mixture of experts with DSelect-k gates."""
 
     name: Literal["dselect_k"] = "dselect_k"
-    num_experts: PositiveInt = 4
-    k: PositiveInt = 2
+    num_experts: Width = 4
+    k: Width = 2
     expert_hidden: Hidden = Field(default=[64])
-    tower_hidden: list[PositiveInt] = Field(default=[])
+    tower_hidden: Layers = Field(default=[])
     gamma: PositiveFloat = 1.0
 
     @model_validator(mode="after")
@@ -137,7 +142,7 @@ class LTB(StrictModel):
 
     name: Literal["ltb"] = "ltb"
     hidden: Hidden = Field(default=[128, 64, 64])
-    branches: list[PositiveInt] = Field(default=[1, 2], description="Nodes per inner layer; len(hidden) - 1 entries.")
+    branches: Layers = Field(default=[1, 2], description="Nodes per inner layer; len(hidden) - 1 entries.")
     temperature: PositiveFloat = 1.0
 
     @model_validator(mode="after")
@@ -152,7 +157,7 @@ class MTRL(StrictModel):
 
     name: Literal["mtrl"] = "mtrl"
     trunk: Trunk = Field(default_factory=MLPTrunk)
-    adapter_dim: PositiveInt = 32
+    adapter_dim: Width = 32
     strength: NonNegativeFloat = 1e-3
 
 
@@ -165,7 +170,22 @@ class Distillation(StrictModel):
     temperature: PositiveFloat = 2.0
 
 
+class ImportedModel(StrictModel):
+    """Your own model, built by a factory you name by import path (so the CLI, torchrun workers and Flower
+    ClientApps can build it): ``factory(**kwargs)`` returns a ``torch.nn.Module`` whose ``forward(x)`` (or
+    ``forward(x, tasks)``) returns ``{task: prediction}``. The factory also receives ``input_shape`` and
+    ``tasks`` (fedmtl's Task objects) when its signature names them."""
+
+    name: Literal["import"] = "import"
+    target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="'package.module:factory'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
+    task_params: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Task -> module-name prefixes of that task's own parameters; default: the module's `heads` ModuleDict.",
+    )
+
+
 Architecture = Annotated[
-    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation,
+    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation | ImportedModel,
     Field(discriminator="name"),
 ]

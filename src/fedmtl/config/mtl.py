@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import Count, StrictModel
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
@@ -76,7 +76,7 @@ class STCH(StrictModel):
 
     name: Literal["stch"] = "stch"
     mu: PositiveFloat = 1.0
-    warmup_steps: PositiveInt = 20
+    warmup_steps: Count = 20
 
 
 class ExcessMTL(StrictModel):
@@ -161,7 +161,7 @@ class NashMTL(StrictModel):
 
     name: Literal["nash_mtl"] = "nash_mtl"
     solver: Literal["newton", "cvxpy"] = "newton"
-    update_every: PositiveInt = 1
+    update_every: Count = 1
 
 
 class AlignedMTL(StrictModel):
@@ -178,16 +178,37 @@ class DBMTL(StrictModel):
     beta_sigma: NonNegativeFloat = 0.5
 
 
+PrefWeight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class UPGrad(StrictModel):
-    """Unconflicting projection of gradients (Quinton & Rey, 2024)."""
+    """Unconflicting projection of gradients (Quinton & Rey, 2024). ``pref_vector``: a weight per task
+    (TorchJD's preference vector; every task of the objective must be listed), default ``1/T``."""
 
     name: Literal["upgrad"] = "upgrad"
+    pref_vector: dict[str, PrefWeight] | None = None
 
 
 class DualProj(StrictModel):
-    """Dual-cone projection of the mean gradient (Quinton & Rey, 2024)."""
+    """Dual-cone projection of the mean gradient, or of ``sum_t p_t g_t`` with ``pref_vector`` (Quinton & Rey, 2024)."""
 
     name: Literal["dualproj"] = "dualproj"
+    pref_vector: dict[str, PrefWeight] | None = None
+
+
+class MoDo(StrictModel):
+    """Multi-objective gradient with double sampling (Chen et al., 2023), single-sample form."""
+
+    name: Literal["modo"] = "modo"
+    gamma: PositiveFloat = 0.001
+    rho: NonNegativeFloat = 0.1
+
+
+class SDMGrad(StrictModel):
+    """Direction-oriented multi-objective gradient (Xiao et al., 2023): the subproblem solved exactly, one minibatch."""
+
+    name: Literal["sdmgrad"] = "sdmgrad"
+    lam: NonNegativeFloat = 0.3
 
 
 class ConFIG(StrictModel):
@@ -197,7 +218,7 @@ class ConFIG(StrictModel):
 
 
 Balancer = Annotated[
-    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG,
+    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG | MoDo | SDMGrad,
     Field(discriminator="name"),
 ]
 
@@ -241,6 +262,12 @@ class Gradients(StrictModel):
     jacobian: Literal["batched", "loop"] = "batched"
 
 
+#: balancers that weight the task losses only (no per-task gradients); the others need per-task gradients
+LOSS_BALANCERS = frozenset({"equal", "static", "rlw", "dwa", "uw", "gls", "famo", "stch"})
+#: balancers whose state is per parameter, so their per-task gradients must be taken on the parameters
+PARAMETER_GRADIENT_BALANCERS = frozenset({"db_mtl", "moco", "excess_mtl"})
+
+
 class MTLConfig(StrictModel):
     """The local objective: a joint-optimisation scheme and a loss balancer."""
 
@@ -254,5 +281,14 @@ class MTLConfig(StrictModel):
             raise ValueError(
                 f"mtl.balancer {self.balancer.name!r} applies only with mtl.scheme 'weighted_sum'; "
                 f"scheme {self.scheme.name!r} sets the weights itself (use balancer 'equal')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _per_parameter_state_needs_parameter_gradients(self) -> MTLConfig:
+        if self.gradients.source == "representation" and self.balancer.name in PARAMETER_GRADIENT_BALANCERS:
+            raise ValueError(
+                f"mtl.balancer {self.balancer.name!r} keeps state per parameter and needs mtl.gradients.source "
+                "'parameters', got 'representation'"
             )
         return self

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import MAX_SIZE, Size, StrictModel
 
 
 class AdaptiveClippingConfig(StrictModel):
@@ -77,6 +77,7 @@ class SecureAggregationConfig(StrictModel):
     threshold: float = Field(
         default=0.5,
         gt=0,
+        le=MAX_SIZE,
         description="Shamir threshold t: an int >= 2 is absolute; a value in (0, 1] is a fraction of each neighbourhood.",
     )
     bits: int = Field(default=32, ge=8, le=64, description="Ring size 2^bits of the masked integers.")
@@ -87,12 +88,17 @@ class SecureAggregationConfig(StrictModel):
     graph: Literal["complete", "k_regular"] = Field(
         default="complete", description="complete: original SecAgg; k_regular: SecAgg+ random Harary graph."
     )
-    degree: PositiveInt | None = Field(
+    degree: Size | None = Field(
         default=None, description="k for the k_regular graph (even); None = an even number near 3 log2(n)."
     )
-    min_group_survivors: PositiveInt = Field(
+    min_group_survivors: int = Field(
         default=2,
-        description="Refuse to reveal a parameter group's sum over fewer surviving holders than this.",
+        ge=2,
+        le=MAX_SIZE,
+        description=(
+            "Refuse to reveal a parameter group's sum over fewer surviving holders than this; at least 2 "
+            "(the sum over one holder is that holder's own update)."
+        ),
     )
     dropout_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Simulated fraction dropping after sharing keys."

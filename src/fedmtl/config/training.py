@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from fedmtl.config.base import StrictModel
+from fedmtl.config.base import MAX_SIZE, Count, Size, StrictModel
 
 
 class SGD(StrictModel):
@@ -34,8 +34,8 @@ ClientOptimizer = Annotated[Union[SGD, Adam], Field(discriminator="name")]
 class ClientConfig(StrictModel):
     """Local training on each client: E epochs of minibatches from the current global model."""
 
-    epochs: PositiveInt = 1
-    batch_size: PositiveInt = 32
+    epochs: Count = 1
+    batch_size: Size = 32
     optimizer: ClientOptimizer = Field(default_factory=SGD)
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Clip each step's gradient norm.")
 
@@ -114,8 +114,8 @@ class KrumAggregator(StrictModel):
     """(Multi-)Krum: mean of the ``m`` updates closest to their neighbours, tolerating ``f`` attackers (Blanchard et al., 2017)."""
 
     name: Literal["krum"] = "krum"
-    f: int = Field(default=1, ge=0, description="Byzantine updates tolerated.")
-    m: int = Field(default=1, ge=1, description="Updates averaged (1 = Krum, >1 = Multi-Krum).")
+    f: int = Field(default=1, ge=0, le=MAX_SIZE, description="Byzantine updates tolerated.")
+    m: Size = Field(default=1, description="Updates averaged (1 = Krum, >1 = Multi-Krum).")
 
 
 class NormBoundedMean(StrictModel):
@@ -135,17 +135,21 @@ class ByzantineConfig(StrictModel):
     """Simulated Byzantine clients: a fixed ``fraction`` of clients replace their update by an attack."""
 
     fraction: float = Field(default=0.2, ge=0, le=1)
-    attack: Literal["sign_flip", "scaled", "gaussian"] = "sign_flip"
+    attack: Literal[
+        "sign_flip", "scaled", "gaussian", "nan", "sample_inflation", "payload_bomb", "label_flip", "alie", "ipm"
+    ] = "sign_flip"
     scale: PositiveFloat = Field(
-        default=1.0, description="sign_flip: -scale * Δ; scaled: scale * Δ; gaussian: noise std."
+        default=1.0,
+        description="sign_flip: -scale * Δ; scaled: scale * Δ; gaussian: noise std; sample_inflation: claimed "
+        "samples = scale * true; alie: z = scale * z_max; ipm: -scale * honest mean (fedmtl.fl.byzantine).",
     )
 
 
 class ServerConfig(StrictModel):
     """The round loop: who takes part, how updates are combined, how the global model moves."""
 
-    rounds: PositiveInt = 10
-    clients_per_round: PositiveInt | None = Field(default=None, description="Cohort size (exclusive with fraction).")
+    rounds: Count = 10
+    clients_per_round: Size | None = Field(default=None, description="Cohort size (exclusive with fraction).")
     fraction: float | None = Field(default=None, gt=0, le=1, description="Cohort as a share of all clients.")
     optimizer: ServerOptimizer = Field(default_factory=FedAvgServer)
     aggregator: Aggregator = Field(default_factory=WeightedMean)

@@ -4,7 +4,7 @@ from fedmtl.data.build import build_federated_data
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.data.preprocessing import Moments
 from fedmtl.data.source import DataError, SourceData
-from fedmtl.data.sources import from_arrays, load_source
+from fedmtl.data.sources import from_arrays, from_datasets, load_source
 
 __all__ = [
     "ClientData",
@@ -15,5 +15,6 @@ __all__ = [
     "Split",
     "build_federated_data",
     "from_arrays",
+    "from_datasets",
     "load_source",
 ]

@@ -11,7 +11,7 @@ from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.data.preprocessing import Moments, clean, normalize, transform
 from fedmtl.data.source import DataError, SourceData
 from fedmtl.data.sources import load_source
-from fedmtl.tasks import Task
+from fedmtl.tasks import MISSING_CLASS, Task
 
 
 def _streams(seed: int, n: int) -> list[np.random.Generator]:
@@ -81,7 +81,7 @@ def _holdout(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) ->
 def _to_split(x: np.ndarray, targets: dict[str, np.ndarray], tasks: tuple[Task, ...]) -> Split:
     return Split(
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-        {t.name: torch.from_numpy(targets[t.name]).to(t.target_dtype()) for t in tasks},
+        {t.name: _target_tensor(t, targets[t.name]) for t in tasks},
     )
 
 
@@ -122,7 +122,7 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
     y_stats = {}
     for t in src.tasks:
         if t.kind == "regression" and pre.normalize != "none":
-            ms = [Moments.of(c[2]["train"][1][t.name][:, None]) for c in raw_clients if t.name in c[2]["train"][1]]
+            ms = [Moments.of(_labelled(c[2]["train"][1][t.name])[:, None]) for c in raw_clients if t.name in c[2]["train"][1]]
             y_stats[t.name] = sum(ms[1:], ms[0]).mean_std()
     clip = pre.clip_value if pre.transform == "clip" else None
 
@@ -149,3 +149,15 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
         holdout=holdout,
         description=src.description,
     )
+
+
+def _labelled(y: np.ndarray) -> np.ndarray:
+    """The rows of ``y`` that carry a label (NaN: missing)."""
+    return y[~np.isnan(y.astype(np.float64))]
+
+
+def _target_tensor(task: Task, y: np.ndarray) -> torch.Tensor:
+    """A task's targets as a tensor; a missing label becomes :data:`MISSING_CLASS` (multiclass) or stays NaN."""
+    if task.kind == "multiclass":
+        y = np.where(np.isnan(y.astype(np.float64)), MISSING_CLASS, y)
+    return torch.from_numpy(np.ascontiguousarray(y)).to(task.target_dtype())

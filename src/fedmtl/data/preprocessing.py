@@ -50,19 +50,26 @@ class Moments:
 def clean(
     x: np.ndarray, targets: Mapping[str, np.ndarray], tasks: Sequence[Task], missing: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
-    """Drop rows whose labels are missing or invalid; drop or impute rows with non-finite features.
+    """Drop rows with an invalid label or with no label at all; drop or impute rows with non-finite features.
+
+    A label that is missing (NaN) for some of a row's tasks is kept as missing (partial labels: that row
+    enters only the other tasks' losses and metrics); a row missing every label is dropped.
 
     Returns the cleaned features, targets and counts: ``dropped_label``, ``dropped_feature``, ``imputed_values``.
     """
     keep = np.ones(x.shape[0], dtype=bool)
+    any_label = np.zeros(x.shape[0], dtype=bool)
     for task in tasks:
         y = targets[task.name]
-        ok = np.isfinite(y)
+        present = ~np.isnan(y.astype(np.float64))
+        ok = np.isfinite(y) | ~present
         if task.kind == "multiclass":
-            ok &= (y >= 0) & (y < task.num_classes) & (np.mod(np.nan_to_num(y), 1) == 0)
+            ok &= ~present | ((y >= 0) & (y < task.num_classes) & (np.mod(np.nan_to_num(y), 1) == 0))
         elif task.kind == "binary":
-            ok &= np.isin(y, (0, 1))
+            ok &= ~present | np.isin(y, (0, 1))
         keep &= ok
+        any_label |= present
+    keep &= any_label | (len(tasks) == 0)
     counts = {"dropped_label": int((~keep).sum()), "dropped_feature": 0, "imputed_values": 0}
     x, targets = x[keep], {k: v[keep] for k, v in targets.items()}
     flat = rows_by_features(x)

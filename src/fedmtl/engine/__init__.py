@@ -7,18 +7,18 @@ from fedmtl.engine.sequential import SequentialEngine
 from fedmtl.engine.vectorized import VectorizedEngine
 
 
-def build_engine(cfg: object) -> Engine:
-    """The engine an ``engine`` config describes."""
+def build_engine(cfg: object, device: str = "cpu") -> Engine:
+    """The engine an ``engine`` config describes, computing on ``device`` (``runtime.device``, resolved)."""
     from fedmtl.config import engine as ecfg
 
     if isinstance(cfg, ecfg.SequentialEngine):
         return SequentialEngine()
     if isinstance(cfg, ecfg.VectorizedEngine):
-        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb)
+        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device)
     if isinstance(cfg, ecfg.DistributedEngine):
         from fedmtl.engine.distributed import DistributedEngine
 
-        return DistributedEngine(local=build_engine(cfg.local), backend=cfg.backend)
+        return DistributedEngine(local=build_engine(cfg.local, device), backend=cfg.backend)
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
 
@@ -31,14 +31,16 @@ def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
       slice, with one all-reduce per round (all-gather for non-mean aggregators).
     """
     from fedmtl.config import engine as ecfg
+    from fedmtl.engine.device import resolve_device
     from fedmtl.engine.reducing import ReducingFederation
 
+    device = str(resolve_device(cfg.runtime.device))
     if isinstance(cfg.engine, ecfg.DistributedEngine):
         from fedmtl.engine.distributed import init_distributed
 
         _, world = init_distributed(cfg.engine.backend)
-        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local), distributed=world > 1)
-    return ReducingFederation(cfg, data, model, build_engine(cfg.engine))
+        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local, device), distributed=world > 1)
+    return ReducingFederation(cfg, data, model, build_engine(cfg.engine, device))
 
 
 __all__ = ["CohortJob", "Engine", "SequentialEngine", "VectorizedEngine", "build_engine", "make_federation"]

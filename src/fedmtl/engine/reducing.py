@@ -293,7 +293,7 @@ class ReducingFederation(Federation):
             acc.sums[g] += total.double()
             acc.weights[gi] += wtot
         for c, cid in enumerate(chunk):
-            acc.client_states[cid] = stacked.states[c]
+            acc.client_states[cid] = stacked.state(self.model, c)
             acc.bytes[1] += self._payload_bytes(clients[c])
             if ok[c] == 0:
                 acc.dropped[cid] = "payload carries NaN or Inf"

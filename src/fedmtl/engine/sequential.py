@@ -12,7 +12,12 @@ from fedmtl.fl.cohort import CohortJob
 class SequentialEngine:
     name = "sequential"
 
+    def __init__(self) -> None:
+        #: client trainings of the last cohort, by engine (what metrics.jsonl reports per round)
+        self.last_run: dict[str, int] = {}
+
     def run_cohort(
         self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
     ) -> list[LocalResult]:
+        self.last_run = {"sequential": len(jobs)}
         return [algorithm.local_train(trainer, j.start, j.client, j.state, j.generator) for j in jobs]

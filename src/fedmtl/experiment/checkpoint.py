@@ -2,24 +2,35 @@
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed
 over its final name (``os.replace`` is atomic), so a crash mid-write leaves the previous
-checkpoints intact and never a half-written one under a checkpoint's name. Loading takes the newest
-checkpoint that reads back whole and falls back to older ones, saying so, if the newest is damaged.
+checkpoints intact and never a half-written one under a checkpoint's name; the temporary files of
+such crashes are removed at the next save or resume.
+
+safetensors checks a file's layout, not its values, so each checkpoint also carries the SHA-256 of
+its content (every tensor's name, dtype, shape and bytes, and the metadata) in its metadata
+(``sha256``), checked on load: a flipped bit anywhere in the tensor data is caught. Loading takes the
+newest checkpoint that reads back whole and matches its checksum, and falls back to older ones,
+saying so, if the newest is damaged. Checkpoints written before the checksum existed still load,
+unverified (logged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fedmtl.atomic import atomic_write
+from fedmtl.atomic import atomic_write, remove_stale_temps
 from fedmtl.config import ConfigError, ExperimentConfig, dump_config
+from fedmtl.config.loading import parse_yaml, read_text_file
 from fedmtl.fl.federation import ServerState
 from fedmtl.tree import TensorTree, flatten, unflatten, unshared
 
@@ -56,7 +67,8 @@ def check_resumable(run_dir: Path, cfg: ExperimentConfig) -> None:
         return
     # a field the saved config lacks was added to fedmtl after the run started: whatever the config
     # says of it now is accepted (check_algorithm_state then refuses a checkpoint lacking the state it needs)
-    changed = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(dump_config(cfg)), new_keys=False)
+    before = parse_yaml(read_text_file(saved), f"the run's saved configuration {str(saved)!r}")
+    changed = config_changes(before, yaml.safe_load(dump_config(cfg)), new_keys=False)
     changed = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(
@@ -79,6 +91,25 @@ def check_algorithm_state(restored: ServerState, fresh: TensorTree, algorithm: s
         )
 
 
+#: the metadata key of a checkpoint's content checksum
+CHECKSUM_KEY = "sha256"
+#: every key a checkpoint's metadata may hold (those written before the checksum lack it)
+METADATA_KEYS = frozenset({"format", "round", "meta", CHECKSUM_KEY})
+
+
+def content_digest(flat: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of a checkpoint's content: its metadata (but the checksum itself) and every tensor's
+    name, dtype, shape and bytes, in name order; independent of how safetensors lays the file out."""
+    digest = hashlib.sha256()
+    head = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    for name in sorted(flat):
+        tensor = flat[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
@@ -96,7 +127,9 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
     }
     flat = unshared(flatten(tree))
     metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
+    metadata[CHECKSUM_KEY] = content_digest(flat, metadata)
     path = folder / f"round-{state.round:06d}.safetensors"
+    remove_stale_temps(folder)
     atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
     existing = sorted(p for p in folder.iterdir() if PATTERN.match(p.name))
     for old in existing[:-keep]:
@@ -112,32 +145,49 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
-    """Read one checkpoint; a damaged file raises :class:`CheckpointError` naming it."""
+    """Read one checkpoint; a damaged file (unreadable, failing its checksum, bad metadata) raises
+    :class:`CheckpointError` naming it."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
         flat = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {exc}") from None
     if metadata.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format {metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
-    tree = unflatten(flat)
-    clients = tree.get("clients", {})
-    state = ServerState(
-        round=int(metadata["round"]),
-        params=dict(tree.get("params", {})),  # type: ignore[arg-type]
-        opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
-        client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
-        privacy_state=tree.get("privacy", {}),  # type: ignore[arg-type]
-        algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
-    )
-    return state, json.loads(metadata.get("meta", "{}"))
+    unknown = sorted(set(metadata) - METADATA_KEYS)
+    if unknown:  # e.g. a flipped bit in the checksum's own key, which would otherwise pass as an old, unverified file
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unknown metadata keys {unknown}")
+    stored = metadata.get(CHECKSUM_KEY)
+    if stored is None:
+        log.info("checkpoint %s has no checksum (written before fedmtl stored one): loaded unverified", path)
+    elif content_digest(flat, metadata) != stored:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: its content does not match its SHA-256 checksum")
+    try:
+        meta = json.loads(metadata.get("meta", "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is a {type(meta).__name__}, not a mapping")
+        tree = unflatten(flat)
+        clients = tree.get("clients", {})
+        state = ServerState(
+            round=int(metadata["round"]),
+            params=dict(tree.get("params", {})),  # type: ignore[arg-type]
+            opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
+            client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
+            privacy_state=tree.get("privacy", {}),  # type: ignore[arg-type]
+            algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unreadable metadata or layout ({exc!r})") from None
+    return state, meta
 
 
 def load_latest(run_dir: Path) -> tuple[ServerState, dict[str, Any]]:
-    """The newest readable checkpoint of a run."""
+    """The newest readable checkpoint of a run (damaged newer ones skipped with a warning naming each);
+    first removes the temporary files of interrupted checkpoint writes."""
+    remove_stale_temps(checkpoint_dir(run_dir))
     candidates = list_checkpoints(run_dir)
     if not candidates:
         raise CheckpointError(f"{str(run_dir)!r} holds no checkpoint to resume from")
@@ -148,4 +198,7 @@ def load_latest(run_dir: Path) -> tuple[ServerState, dict[str, Any]]:
         except CheckpointError as exc:
             log.warning("%s; trying an older checkpoint", exc)
             errors.append(str(exc))
-    raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+    raise CheckpointError(
+        f"cannot resume {str(run_dir)!r}: no checkpoint is intact (" + "; ".join(errors) + "); "
+        "start the run afresh in another folder"
+    )

@@ -6,23 +6,27 @@ The run folder holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (a line
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from fedmtl._extras import require
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
+from fedmtl.engine.device import DeviceError, resolve_device
 from fedmtl.experiment.checkpoint import (
     CheckpointError,
     check_algorithm_state,
@@ -34,6 +38,7 @@ from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.mtl import MultiTaskModel, build_model
+from fedmtl.mtl.factory import as_model
 from fedmtl.report import MetricsLog, render_report
 from fedmtl.report.metrics_log import flatten
 from fedmtl.tracking import Callback, Tracking, build_callbacks
@@ -112,11 +117,27 @@ class Experiment:
     Args:
         config: an :class:`ExperimentConfig`, a dict, a YAML path, or None for the defaults.
         source: optional in-memory data (see :func:`fedmtl.data.from_arrays`) replacing ``config.data.source``.
+        model: your own model instead of ``config.model``: a ``torch.nn.Module`` whose ``forward(x)`` returns
+            ``{task: prediction}`` (copied, so yours is never changed), or a factory returning one (called with
+            ``input_shape`` / ``tasks`` when it names them). Task parameters: its ``heads`` ModuleDict, or
+            ``task_params``. For the CLI, torchrun and Flower, name a factory in the config instead
+            (``model: {name: import, target: "pkg.module:factory"}``).
+        task_params: task -> module-name prefixes of that task's own parameters (default: ``heads.<task>``).
     """
 
-    def __init__(self, config: ExperimentConfig | dict[str, Any] | str | Path | None = None, source: SourceData | None = None):
+    def __init__(
+        self,
+        config: ExperimentConfig | dict[str, Any] | str | Path | None = None,
+        source: SourceData | None = None,
+        model: nn.Module | Callable[..., nn.Module] | None = None,
+        task_params: Mapping[str, Sequence[str]] | None = None,
+    ):
         self.config = _as_config(config)
         self.source = source
+        self.user_model = model
+        self.task_params = task_params
+        if model is not None and not (isinstance(model, nn.Module) or callable(model)):
+            raise ConfigError(f"model must be a torch.nn.Module or a callable returning one, got {type(model).__name__}")
         self._data: FederatedData | None = None
         self._final_clients: list[dict[str, Any]] = []
 
@@ -135,6 +156,14 @@ class Experiment:
         if self._data is None:
             self._data = build_federated_data(self.config.data, self.config.seed, self.source)
         return self._data
+
+    def build_model(self) -> MultiTaskModel:
+        """A fresh model of this experiment's architecture (the user's, when one was given) for its data."""
+        data = self.data
+        if self.user_model is None:
+            return build_model(self.config.model, data.input_shape, data.tasks)
+        given = copy.deepcopy(self.user_model) if isinstance(self.user_model, nn.Module) else self.user_model
+        return as_model(given, data.input_shape, data.tasks, self.task_params)
 
     def _run_dir(self, resume: str | Path | None) -> Path:
         if resume is not None:
@@ -166,9 +195,13 @@ class Experiment:
         cfg = self.config
         if cfg.runtime.threads is not None:
             torch.set_num_threads(cfg.runtime.threads)
+        try:
+            device = resolve_device(cfg.runtime.device)  # before anything is written or trained
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
         run_dir = self._run_dir(resume)
         data = self.data
-        model = build_model(cfg.model, data.input_shape, data.tasks)
+        model = self.build_model()
         fed = make_federation(cfg, data, model)
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
@@ -184,7 +217,7 @@ class Experiment:
             metrics.truncate_after(0)
             elapsed = 0.0
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        log.info("engine: %s; %d clients, cohort %d, %d rounds", engine_label(fed), data.num_clients, fed.cohort_size, cfg.server.rounds)
+        log.info("engine: %s on %s; %d clients, cohort %d, %d rounds", engine_label(fed), device, data.num_clients, fed.cohort_size, cfg.server.rounds)
 
         bar = None
         if progress and writes:
@@ -256,6 +289,8 @@ class Experiment:
             record["algorithm_bytes_up"] = report.algorithm_bytes_up
         if report.privacy:
             record["privacy"] = report.privacy
+        if report.skipped:
+            record["skipped"] = report.skipped
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
         if due:
             bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
@@ -277,7 +312,7 @@ class Experiment:
         parts = []
         for task, m in (record.get("global") or {}).items():
             key = "accuracy" if "accuracy" in m else "r2"
-            parts.append(f"{task}={m[key]:.3f}")
+            parts.append(f"{task}={m[key]:.3f}" if m.get(key) is not None else f"{task}=n/a")  # None: not finite
         pers = record.get("personalized") or {}
         if "mean" in pers:
             parts.append(f"pers={pers['mean']:.3f}")
@@ -288,10 +323,17 @@ class Experiment:
     def _summary(self, fed: Federation, state: ServerState, history: list[dict[str, Any]], engine: str, elapsed: float) -> dict[str, Any]:
         last_eval: dict[str, Any] = next((r for r in reversed(history) if r.get("global") is not None), {})
         privacy = next((r["privacy"] for r in reversed(history) if r.get("privacy")), None)
+        counts: dict[str, int] = {}
+        for r in history:
+            for name, n in (r.get("engine_clients") or {}).items():
+                counts[name] = counts.get(name, 0) + int(n)
+        fallback = sorted(getattr(fed.engine, "fallback_reasons", ()))
         return {
             "privacy": privacy,
             "rounds_completed": state.round,
-            "engine": engine,
+            "engine": engine_summary(engine, counts),
+            "engine_clients": counts,
+            "engine_fallback": fallback,
             "wall_seconds": elapsed,
             "bytes_down_total": sum(r.get("bytes_down", 0) for r in history),
             "bytes_up_total": sum(r.get("bytes_up", 0) for r in history),
@@ -300,6 +342,15 @@ class Experiment:
             "data": fed.data.summary(),
             "seed": self.config.seed,
         }
+
+
+def engine_summary(label: str, counts: Mapping[str, int]) -> str:
+    """What ran the clients' local training, in words: the engine, and how many client trainings each engine
+    ran when some of them fell back (``counts``: engine name -> client trainings over the run)."""
+    ran = {k: v for k, v in counts.items() if v}
+    if len(ran) <= 1 and (not ran or next(iter(ran)) in label):
+        return label
+    return f"{label}: " + ", ".join(f"{n} client trainings {k}" for k, n in ran.items())
 
 
 def engine_label(fed: Federation) -> str:

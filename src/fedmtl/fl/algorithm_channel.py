@@ -12,12 +12,14 @@ it does not hold (another task's head in IFCA's clusters, say) are left out of i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from fedmtl.comm import Link, PayloadError
+from fedmtl.comm.link import Spec
 from fedmtl.tree import SEP, TensorTree, flatten, unflatten
 
 
@@ -44,17 +46,35 @@ def decode_state(link: Link, payload: bytes) -> TensorTree:
     return unflatten(link.decode(payload)) if payload else {}
 
 
-def decode_outbox(link: Link, payload: bytes, shapes: Mapping[str, torch.Size]) -> TensorTree:
-    """A client's outbox from its payload, checked: every leaf must be named after a model parameter
-    (``shapes``: name -> shape) and have that parameter's shape. Raises PayloadError naming the first
-    leaf that does not."""
+def decode_outbox(
+    link: Link, payload: bytes, shapes: Mapping[str, Spec], max_numel: int | None = None, max_tensors: int | None = None
+) -> TensorTree:
+    """A client's outbox from its payload, checked from the payload's header before anything is decoded:
+    every leaf must be named after a model parameter or one of the algorithm's own tensors (``shapes``:
+    name -> shape) and have its shape; the outbox holds at most ``max_tensors`` leaves and ``max_numel``
+    entries in all (defaults: ``shapes``' count and total size, as if each name appeared once).
+
+    Raises:
+        PayloadError: naming the first leaf that does not fit, or the bound exceeded.
+    """
     if not payload:
         return {}
-    flat = link.decode(payload)
-    for path, t in flat.items():
+
+    def spec(path: str) -> Spec:
         name = leaf_name(path)
         if name not in shapes:
-            raise PayloadError(f"outbox entry {path!r} is not named after a model parameter")
-        if tuple(t.shape) != tuple(shapes[name]):
-            raise PayloadError(f"outbox entry {path!r} has shape {list(t.shape)}, parameter {name!r} has {list(shapes[name])}")
-    return unflatten(flat)
+            raise PayloadError(f"outbox entry {path[:80]!r} is not named after a model parameter")
+        return shapes[name]
+
+    if max_numel is None:
+        max_numel = sum(math.prod(s.shape if isinstance(s, Tensor) else s) for s in shapes.values())
+    return unflatten(link.decode(payload, spec, max_numel=max_numel, max_tensors=max_tensors or len(shapes)))
+
+
+def outbox_bound(server_state: TensorTree, sent: Mapping[str, Spec]) -> tuple[int, int]:
+    """``(max_numel, max_tensors)`` of an outbox: no larger than the algorithm's server state plus one copy of
+    what the client may send (``sent``: its parameters and the algorithm's own tensors). SCAFFOLD's
+    ``delta_c`` mirrors ``c``; FedEM's ``K - 1`` components and gate mirror the server's."""
+    leaves = flatten(server_state)
+    numel = sum(t.numel() for t in leaves.values()) + sum(math.prod(s.shape if isinstance(s, Tensor) else s) for s in sent.values())
+    return numel, len(leaves) + len(sent)

@@ -17,6 +17,7 @@ from fedmtl.config.training import SGD, Adam, ClientConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
 from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective, task_group
+from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.tree import TensorTree
 
 
@@ -163,6 +164,46 @@ class LocalTrainer:
         #: sample-level DP-SGD settings; when set, :meth:`train` runs through Opacus
         self.dp_sgd = dp_sgd
 
+    def grads(
+        self,
+        params: Mapping[str, Tensor],
+        client: ClientData,
+        idx: Tensor,
+        objective: MultiTaskObjective,
+        ostate: TensorTree,
+        generator: torch.Generator,
+        epoch: int = 0,
+        weights: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], Tensor, TensorTree]:
+        """One minibatch's gradients of the balanced objective at ``params`` (for methods that keep several
+        parameter sets and step them themselves: APFL, pFedMe, FedEM).
+
+        Args:
+            params: the parameter set (every parameter it names receives a gradient, zeros where unused).
+            idx: the minibatch's rows of ``client.train``.
+            objective: the client's objective; ``ostate`` its state before the step.
+            weights: optional per-row weights of the task losses (FedEM's responsibilities).
+
+        Returns:
+            The gradients, the plain sum of the task losses (detached), and the objective state after the step.
+        """
+        model = self.model
+        tasks = list(client.tasks)
+        load_parameters(model, params)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        preds = model(client.train.x[idx], tasks)
+        losses = {}
+        for t in tasks:
+            losses[t] = model.tasks[t].loss(preds[t], client.train.y[t][idx], weights=weights)
+        ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch, want_log=False)
+        named = dict(model.named_parameters())
+        out = {}
+        for n, v in params.items():
+            g = named[n].grad
+            out[n] = g.detach().clone() if g is not None else torch.zeros_like(v)
+        return out, torch.stack([v.detach() for v in losses.values()]).sum(), ostate
+
     def train(
         self,
         start: Mapping[str, Tensor],
@@ -197,7 +238,10 @@ class LocalTrainer:
         model = self.model
         tasks = list(client.tasks)
         names = held_parameter_names(model, tasks)
-        load_parameters(model, {n: start[n] for n in names if n in start})
+        # every parameter the start names, held or not: a penalty over all tasks (soft sharing, MTRL) must see
+        # the received values, never what the shared model instance kept from the previous client
+        known = dict(model.named_parameters())
+        load_parameters(model, {n: v for n, v in start.items() if n in known})
         local_saved = state.get("local", {})
         if local_saved:
             load_parameters(model, local_saved)  # type: ignore[arg-type]

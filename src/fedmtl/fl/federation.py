@@ -13,28 +13,37 @@ import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from fedmtl.comm import PayloadError, build_links
 from fedmtl.config.experiment import ExperimentConfig
-from fedmtl.data.dataset import FederatedData
+from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
 from fedmtl.fl.algorithm import Algorithm, ServerContext, build_algorithm, with_server
-from fedmtl.fl.algorithm_channel import decode_outbox, encode_tree, state_view
-from fedmtl.fl.byzantine import attack, malicious_clients
-from fedmtl.fl.client import LocalTrainer, held_parameter_names
+from fedmtl.fl.algorithm_channel import decode_outbox, encode_tree, outbox_bound, state_view
+from fedmtl.fl.byzantine import (
+    OMNISCIENT,
+    HonestView,
+    attack,
+    honest_view,
+    malicious_clients,
+    poison_client,
+    tamper_reply,
+)
+from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply
-from fedmtl.fl.privacy_step import PrivacyStep
+from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
-from fedmtl.fl.update import ClientUpdate
+from fedmtl.fl.update import ClientUpdate, bound_claims
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
-from fedmtl.tree import TensorTree
+from fedmtl.privacy.secagg.protocol import SecAggError
+from fedmtl.tree import TensorTree, flatten
 
 log = logging.getLogger("fedmtl")
 
@@ -90,6 +99,33 @@ class RoundReport:
     #: the part of ``bytes_down`` / ``bytes_up`` that carried the algorithm's state and outboxes
     algorithm_bytes_down: int = 0
     algorithm_bytes_up: int = 0
+    #: why the round left the model unchanged although updates arrived ("" when it did not)
+    skipped: str = ""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :meth:`Federation.apply` did besides the next state.
+
+    Attributes:
+        privacy: what the privacy layer reports about the round (epsilon, costs); ``{}`` without one.
+        dropped: client id -> why its update was left out of the aggregate (it made it non-finite).
+        skipped: why the round left the model unchanged ("" when it did not).
+    """
+
+    privacy: dict[str, object] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    skipped: str = ""
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating tensors that hold NaN or Inf."""
+    return [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def largest_entry(update: ClientUpdate) -> float:
+    """``max |delta|`` over an update's tensors (float64, so that a float32 overflow still ranks)."""
+    return max((float(d.abs().max()) for d in update.delta.values() if d.numel()), default=0.0)
 
 
 def initial_parameters(model: MultiTaskModel, seed: int) -> dict[str, Tensor]:
@@ -134,6 +170,12 @@ class Federation:
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        #: what a received tensor must be (shape and dtype), checked before it is decoded
+        self.specs = {n: torch.empty_like(p, device="meta") for n, p in model.named_parameters()}
+        #: client id -> training rows a deployment learned of that client (its registration); the simulation
+        #: knows each client's data and bounds claims by it
+        self.known_samples: dict[int, int] = {}
+        self._outbox_template: TensorTree | None = None
         #: what a client's outbox may hold: model parameters and the algorithm's own tensors (FedEM's gate)
         self.outbox_shapes = {**self.shapes, **self.algorithm.outbox_shapes()}
         self.population = self._population()
@@ -232,54 +274,114 @@ class Federation:
             out[cid] = views[tasks]
         return out
 
+    def claim_bounds(self, client: ClientData) -> tuple[int, dict[str, int]]:
+        """The most training rows (in all, and per task) the server knows ``client`` to hold: its data in
+        simulation, what its node reported at registration in a deployment (:attr:`known_samples`)."""
+        if client.client_id in self.known_samples:
+            n = self.known_samples[client.client_id]
+            return n, {t: n for t in client.tasks}
+        return client.num_train, {t: int(client.train.y[t].shape[0]) for t in client.tasks}
+
+    def _outbox_limits(self, client: ClientData) -> tuple[dict[str, Tensor], int, int]:
+        """What ``client``'s outbox may hold: its parameters and the algorithm's own tensors, in all no
+        more than the algorithm's server state plus one copy of those."""
+        if self._outbox_template is None:
+            params = {n: p.detach() for n, p in self.model.named_parameters()}
+            self._outbox_template = self.algorithm.server_init(params, self.data.num_clients, generator(self.cfg.seed, "init", 1))
+        own = {n: torch.empty(s, device="meta") for n, s in self.algorithm.outbox_shapes().items()}
+        specs = {**{n: self.specs[n] for n in held_parameter_names(self.model, client.tasks)}, **own}
+        return (specs, *outbox_bound(self._outbox_template, specs))
+
     def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
-        """Decode and validate each reply; a bad payload drops that client (with its reason), never the round."""
+        """Decode and validate each reply; a bad payload drops that client (with its reason), never the round.
+
+        Payloads and outboxes are checked against what the client may send (names, shapes, dtypes, total
+        size) before anything is allocated; claimed sample counts are clamped to what the server knows of
+        the client (:meth:`claim_bounds`), each clamp logged.
+        """
         updates, dropped = [], {}
         for reply in replies:
             client = self.data.clients[reply.client_id]
             names = self.algorithm.uploaded_names(self.model, client)
             try:
-                received = self.up.decode(reply.payload, expected={n: self.shapes[n] for n in names})
+                received = self.up.decode(reply.payload, expected={n: self.specs[n] for n in names})
                 if set(received) != set(names):
                     raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
-                outbox = decode_outbox(self.up, reply.outbox, self.outbox_shapes)
-            except PayloadError as exc:
+                outbox = decode_outbox(self.up, reply.outbox, *self._outbox_limits(client)) if reply.outbox else {}
+                num, tasks, notes = bound_claims(reply.num_samples, reply.task_samples, *self.claim_bounds(client))
+            except ValueError as exc:  # PayloadError, or claims that are not sample counts
                 dropped[reply.client_id] = str(exc)
                 log.debug("dropped client %d's update: %s", reply.client_id, exc)
                 continue
-            updates.append(ClientUpdate(reply.client_id, received, reply.num_samples, reply.task_samples, reply.metrics, outbox))
+            for note in notes:
+                log.warning("client %d's claim bounded: %s", reply.client_id, note)
+            updates.append(ClientUpdate(reply.client_id, received, num, tasks, reply.metrics, outbox))
         if dropped:
             first = next(iter(dropped.items()))
             hint = " (local training diverged? lower client.optimizer.lr)" if "NaN" in first[1] else ""
             log.warning("dropped %d of %d updates, e.g. client %d: %s%s", len(dropped), len(replies), first[0], first[1], hint)
         return updates, dropped
 
+    def _aggregate(self, state: ServerState, updates: Sequence[ClientUpdate]) -> PrivateAggregate:
+        """The round's aggregate (privately when configured), the next privacy state, its log and who the
+        privacy layer left out (secure aggregation's dropouts)."""
+        if self.privacy is not None:
+            gen = generator(self.cfg.seed, "privacy", state.round)
+            return self.privacy.aggregate(updates, self.groups, state.privacy_state, gen)
+        return PrivateAggregate(aggregate_by_group(updates, self.groups, self.aggregator), state.privacy_state, {})
+
     def apply(
         self,
         state: ServerState,
         updates: Sequence[ClientUpdate],
         client_states: Mapping[int, TensorTree],
-    ) -> tuple[ServerState, dict[str, object]]:
+    ) -> tuple[ServerState, Applied]:
         """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
         algorithm's server step (which sees the updates' outboxes).
 
-        Returns the next state and what the privacy layer reports about the round (epsilon, costs).
+        Nothing non-finite reaches the model: while the aggregate holds NaN or Inf (finite updates can overflow
+        it), the update with the largest entry is dropped, with its reason; if the model or the algorithm's
+        state after the step is still non-finite, the round is skipped (model and server state unchanged),
+        with its reason. A secure aggregation that fails (fewer survivors than its threshold) reveals nothing:
+        the round is skipped likewise and the run goes on with the next one; the protocol's dropouts are
+        reported in ``dropped``.
+
+        Returns the next state and what happened (:class:`Applied`).
         """
-        params, opt_state, algorithm_state = state.params, state.opt_state, state.algorithm_state
-        privacy_state = state.privacy_state
-        info: dict[str, object] = {}
-        if updates:
-            if self.privacy is not None:
-                gen = generator(self.cfg.seed, "privacy", state.round)
-                private = self.privacy.aggregate(updates, self.groups, state.privacy_state, gen)
-                aggregate, privacy_state, info = private.mean, private.state, private.log
-            else:
-                aggregate = aggregate_by_group(updates, self.groups, self.aggregator)
-            params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-            outboxes = {u.client_id: u.outbox for u in updates if u.outbox}
-            ctx = ServerContext(state.params, params, algorithm_state, updates, outboxes, self.groups, self.population)
-            params, algorithm_state = self.algorithm.server_update(ctx)
-        return ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, privacy_state), info
+        kept = list(updates)
+        dropped: dict[int, str] = {}
+
+        def skip(reason: str) -> tuple[ServerState, Applied]:
+            log.warning("round %d skipped: %s", state.round + 1, reason)
+            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied({}, dropped, reason)
+
+        while kept:
+            try:
+                agg = self._aggregate(state, kept)
+            except SecAggError as exc:
+                dropped.update({c: "dropped out of secure aggregation after sharing keys (simulated dropout_rate)" for c in exc.dropped})
+                return skip(f"secure aggregation abandoned, nothing revealed: {exc}")
+            bad = non_finite(agg.mean)
+            if not bad:
+                break
+            worst = max(kept, key=largest_entry)
+            dropped[worst.client_id] = f"its update (largest entry {largest_entry(worst):.3g}) makes the aggregate of {bad[:3]} non-finite"
+            log.warning("round %d: dropped client %d: %s", state.round + 1, worst.client_id, dropped[worst.client_id])
+            kept.remove(worst)
+        if not kept:
+            if dropped:
+                return skip(f"every update makes the aggregate non-finite ({len(dropped)} dropped)")
+            return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied()
+        dropped.update(agg.dropped)
+        params, opt_state = self.server_opt.step(state.params, agg.mean, state.opt_state)
+        outboxes = {u.client_id: u.outbox for u in kept if u.outbox}
+        ctx = ServerContext(state.params, params, state.algorithm_state, kept, outboxes, self.groups, self.population)
+        params, algorithm_state = self.algorithm.server_update(ctx)
+        bad = non_finite(params) + non_finite(flatten(algorithm_state))
+        if bad:
+            return skip(f"the model after the server step is non-finite in {bad[:3]} (server optimiser or algorithm step overflowed)")
+        new_state = ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, agg.state)
+        return new_state, Applied(agg.log, dropped)
 
     @staticmethod
     def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
@@ -299,6 +401,16 @@ class Federation:
             out.append(decoded[payload])
         return out
 
+    def _honest_view(self, jobs: Sequence[CohortJob], starts: Sequence[Mapping[str, Tensor]], results: Sequence[LocalResult]) -> HonestView:
+        """What an omniscient attacker sees of the round: the honest clients' true updates (its own when the
+        whole cohort attacks)."""
+        deltas = {
+            job.client.client_id: {n: res.params[n] - start[n] for n in self.algorithm.uploaded_names(self.model, job.client)}
+            for job, start, res in zip(jobs, starts, results)
+        }
+        honest = [d for c, d in deltas.items() if c not in self.byzantine] or list(deltas.values())
+        return honest_view(honest, len(deltas), sum(c in self.byzantine for c in deltas))
+
     # -- the simulated round -------------------------------------------------------------------
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
         """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
@@ -312,16 +424,18 @@ class Federation:
         for payload in plan.state_payloads.values():
             if payload not in decoded:
                 decoded[payload] = self.node.receive_state(payload)
+        byz = self.cfg.server.byzantine
         jobs = [
             CohortJob(
                 start={**state.params, **start},
-                client=self.data.clients[cid],
+                client=poison_client(self.data.clients[cid], byz, self.data.tasks) if cid in self.byzantine else self.data.clients[cid],
                 state=self.client_view(state, cid, decoded.get(plan.state_payloads.get(cid, b""))),
                 generator=generator(self.cfg.seed, "client", r, cid),
             )
             for cid, start in zip(plan.cohort, starts)
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
+        honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
         client_states = dict(state.client_states)
         replies = []
         for job, start, res in zip(jobs, starts, results):
@@ -329,11 +443,15 @@ class Federation:
             tamper = None
             if cid in self.byzantine:
                 gen = generator(self.cfg.seed, "byzantine", r, cid)
-                tamper = lambda delta, g=gen: attack(delta, self.cfg.server.byzantine, g)  # noqa: E731
+                tamper = lambda delta, g=gen: attack(delta, byz, g, honest=honest)  # noqa: E731
             reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
+            if cid in self.byzantine:
+                reply = tamper_reply(reply, byz, self.up, self.algorithm.uploaded_names(self.model, job.client))
             replies.append(reply)
         updates, dropped = self.collect(replies)
-        new_state, privacy_info = self.apply(state, updates, client_states)
+        new_state, applied = self.apply(state, updates, client_states)
+        dropped = {**dropped, **applied.dropped}
+        updates = [u for u in updates if u.client_id not in applied.dropped]
         report = RoundReport(
             round=r,
             cohort=plan.cohort,
@@ -342,8 +460,9 @@ class Federation:
             bytes_up=sum(len(x.payload) + len(x.outbox) for x in replies),
             train_loss=mean_train_loss(updates),
             seconds=time.perf_counter() - t0,
-            privacy={**privacy_info, **max_client_epsilon(replies)},
+            privacy={**applied.privacy, **max_client_epsilon(replies)},
             algorithm_bytes_down=plan.algorithm_bytes_down,
             algorithm_bytes_up=sum(len(x.outbox) for x in replies),
+            skipped=applied.skipped,
         )
         return new_state, report

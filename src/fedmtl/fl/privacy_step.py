@@ -8,7 +8,7 @@ resumed run reports the same epsilon.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ class PrivateAggregate:
     mean: dict[str, Tensor]
     state: TensorTree
     log: dict[str, Any]
+    #: client id -> why its update is in no sum (secure aggregation's dropouts)
+    dropped: dict[int, str] = field(default_factory=dict)
 
 
 class PrivacyStep:
@@ -70,7 +72,8 @@ class PrivacyStep:
         if res.withheld:
             log["withheld_groups"] = list(res.withheld)
         new_state = self._encode(res.dp_state) if res.dp_state is not None else state
-        return PrivateAggregate(res.mean, new_state, log)
+        gone = {c: "dropped out of secure aggregation after sharing keys (simulated dropout_rate)" for c in res.dropped}
+        return PrivateAggregate(res.mean, new_state, log, gone)
 
     @staticmethod
     def _encode(state: DPFedAvgState) -> TensorTree:

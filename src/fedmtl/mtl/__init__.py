@@ -1,5 +1,6 @@
 """Multi-task learning: models, loss balancing and joint optimisation, usable with or without FL."""
 
+from fedmtl.mtl.backward import backward
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, Balancer
 from fedmtl.mtl.factory import build_balancer, build_model, build_objective, build_scheme
 from fedmtl.mtl.models.base import LOCAL, SHARED, MultiTaskModel, task_group
@@ -19,6 +20,7 @@ __all__ = [
     "Alternating",
     "Lagrangian",
     "WeightedSum",
+    "backward",
     "build_balancer",
     "build_model",
     "build_objective",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -13,6 +15,7 @@ from fedmtl.mtl import balancers as B
 from fedmtl.mtl import models as M
 from fedmtl.mtl.balancers.base import Balancer
 from fedmtl.mtl.models.base import MultiTaskModel
+from fedmtl.mtl.models.module import ModelSpecError, ModuleModel
 from fedmtl.mtl.models.trunks import CNN1DTrunk, CNN2DTrunk, MLPTrunk
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.mtl.schemes import Alternating, Lagrangian, Scheme, WeightedSum
@@ -65,6 +68,58 @@ MODELS: dict[type, Callable[[Any, Sequence[int], Sequence[Task]], MultiTaskModel
 }
 
 
+def as_model(
+    model: nn.Module | Callable[..., nn.Module],
+    input_shape: Sequence[int],
+    tasks: Sequence[Task],
+    task_params: Mapping[str, Sequence[str]] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> MultiTaskModel:
+    """A user's model as a :class:`MultiTaskModel`: a module (used as it is: pass a copy to keep yours
+    untouched), or a factory called with ``kwargs`` (plus ``input_shape`` / ``tasks`` when it names them).
+    A :class:`MultiTaskModel` is returned as it is; any other module is wrapped (:class:`ModuleModel`)."""
+    if not isinstance(model, nn.Module):
+        if not callable(model):
+            raise ModelSpecError(f"a model must be a torch.nn.Module or a callable returning one, got {type(model).__name__}")
+        args = dict(kwargs or {})
+        try:
+            accepted = inspect.signature(model).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            accepted = {}  # type: ignore[assignment]
+        for key, value in (("input_shape", tuple(input_shape)), ("tasks", tuple(tasks))):
+            if key in accepted and key not in args:
+                args[key] = value
+        model = model(**args)
+        if not isinstance(model, nn.Module):
+            raise ModelSpecError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+    if isinstance(model, MultiTaskModel):
+        return model
+    return ModuleModel(model, tasks, task_params)
+
+
+def import_factory(target: str) -> Callable[..., nn.Module]:
+    """The object ``'package.module:attribute'`` names (a model factory or class)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelSpecError(f"model.target {target!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelSpecError(f"model.target {target!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelSpecError(f"model.target {target!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _imported(cfg: model_cfg.ImportedModel, shape: Sequence[int], tasks: Sequence[Task]) -> MultiTaskModel:
+    return as_model(import_factory(cfg.target), shape, tasks, cfg.task_params, cfg.kwargs)
+
+
+MODELS[model_cfg.ImportedModel] = _imported  # type: ignore[assignment]
+
+
 def build_model(cfg: model_cfg.Architecture, input_shape: Sequence[int], tasks: Sequence[Task]) -> MultiTaskModel:
     """The multi-task model an architecture config describes (parameters from torch's default init)."""
     try:
@@ -103,10 +158,22 @@ BALANCERS: dict[type, Callable[[Any, Sequence[str]], Balancer]] = {
     mtl_cfg.NashMTL: lambda c, t: B.NashMTL(**_params(c)),
     mtl_cfg.AlignedMTL: lambda c, t: B.AlignedMTL(),
     mtl_cfg.DBMTL: lambda c, t: B.DBMTL(**_params(c)),
-    mtl_cfg.UPGrad: lambda c, t: B.UPGrad(),
-    mtl_cfg.DualProj: lambda c, t: B.DualProj(),
+    mtl_cfg.UPGrad: lambda c, t: B.UPGrad(_pref(c, t)),
+    mtl_cfg.DualProj: lambda c, t: B.DualProj(_pref(c, t)),
     mtl_cfg.ConFIG: lambda c, t: B.ConFIG(),
+    mtl_cfg.MoDo: lambda c, t: B.MoDo(**_params(c)),
+    mtl_cfg.SDMGrad: lambda c, t: B.SDMGrad(**_params(c)),
 }
+
+
+def _pref(cfg: mtl_cfg.UPGrad | mtl_cfg.DualProj, tasks: Sequence[str]) -> list[float] | None:
+    """The preference vector in the objective's task order; every task must have a weight."""
+    if cfg.pref_vector is None:
+        return None
+    missing = [t for t in tasks if t not in cfg.pref_vector]
+    if missing:
+        raise ValueError(f"{cfg.name}.pref_vector has no weight for tasks {missing}; it lists {sorted(cfg.pref_vector)}")
+    return [cfg.pref_vector[t] for t in tasks]
 
 
 def build_balancer(cfg: mtl_cfg.Balancer, tasks: Sequence[str]) -> Balancer:

@@ -149,6 +149,48 @@ class MultiTaskObjective:
             "step": torch.zeros((), dtype=torch.long),
         }
 
+    def _plan(
+        self, losses: Tensor, state: TensorTree, step: int, generator: torch.Generator | None, epoch: int
+    ) -> tuple[Tensor | None, TensorTree, dict[str, float]]:
+        """The step's loss weights when no per-task gradient is needed (the scheme's, else a loss-based
+        balancer's), the scheme and balancer states after them, and the scheme's log; ``None`` weights
+        when the balancer needs per-task gradients (then :meth:`balance` decides)."""
+        fixed, sstate, slog = self.scheme.weights(losses, state["scheme"], step, epoch)  # type: ignore[arg-type]
+        bstate = state["balancer"]
+        if fixed is None and self.balancer.requires == "losses":
+            balance, bstate = self.balancer(BalanceInput(losses=losses, grads=None, step=step, generator=generator, epoch=epoch), bstate)  # type: ignore[arg-type]
+            if balance.shared_direction is not None:
+                raise RuntimeError(f"balancer {type(self.balancer).__name__} says requires='losses' but returned a shared direction")
+            fixed = balance.weights
+        return fixed, {"balancer": bstate, "scheme": sstate}, slog
+
+    def plan(
+        self, losses: Tensor, state: TensorTree, generator: torch.Generator | None = None, epoch: int = 0
+    ) -> tuple[Tensor | None, TensorTree]:
+        """For engines that compute gradients themselves: this step's loss weights, or ``None`` when the
+        balancer needs per-task gradients of the shared coordinates (call :meth:`balance` with them).
+
+        Args:
+            losses: the detached task losses ``[T]``.
+            state: the objective state before the step.
+
+        Returns:
+            The weights (or ``None``) and the objective state after the step (step counter advanced;
+            when the weights are ``None`` the balancer's state is advanced by :meth:`balance`).
+        """
+        step = int(state["step"])  # type: ignore[arg-type]
+        fixed, planned, _ = self._plan(losses, state, step, generator, epoch)
+        return fixed, {**planned, "step": torch.tensor(step + 1)}
+
+    def balance(
+        self, losses: Tensor, grads: Tensor, state: TensorTree, generator: torch.Generator | None = None, epoch: int = 0
+    ) -> tuple[Balance, TensorTree]:
+        """The gradient balancer's answer for per-task gradients ``grads [T, P]`` of the shared coordinates,
+        and the objective state after the step (``state`` is what :meth:`plan` returned)."""
+        step = int(state["step"]) - 1  # type: ignore[arg-type]
+        balance, bstate = self.balancer(BalanceInput(losses=losses, grads=grads, step=step, generator=generator, epoch=epoch), state["balancer"])  # type: ignore[arg-type]
+        return balance, {**state, "balancer": bstate}
+
     def backward(
         self,
         model: MultiTaskModel,
@@ -189,9 +231,9 @@ class MultiTaskObjective:
             log["penalty"] = float(penalty.detach())
             _accumulate(params, torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True))
 
-        fixed, sstate, slog = self.scheme.weights(loss_vec.detach(), state["scheme"], step, epoch)  # type: ignore[arg-type]
+        fixed, planned, slog = self._plan(loss_vec.detach(), state, step, generator, epoch)
         log.update(slog)
-        bstate = state["balancer"]
+        sstate, bstate = planned["scheme"], planned["balancer"]
         if fixed is not None:
             active = [i for i in range(len(self.tasks)) if float(fixed[i]) != 0.0]
             if active:
@@ -217,11 +259,6 @@ class MultiTaskObjective:
         def call(grads: Tensor | None) -> tuple[Balance, TensorTree]:
             return self.balancer(BalanceInput(losses=loss_vec.detach(), grads=grads, step=step, generator=generator, epoch=epoch), bstate)
 
-        if self.balancer.requires == "losses":
-            balance, new = call(None)
-            total = (balance.weights.to(loss_vec) * loss_vec).sum()
-            _accumulate(params, torch.autograd.grad(total, params, allow_unused=True))
-            return balance.weights, new
         is_shared = self._shared_mask(model, params)
         if not any(is_shared):  # nothing to balance (e.g. soft sharing): plain sum, state unchanged
             _accumulate(params, torch.autograd.grad(loss_vec.sum(), params, allow_unused=True))

@@ -72,6 +72,7 @@ class PrivateRoundResult:
         privacy: epsilon etc. after this round (None without DP).
         secagg: protocol cost (None without secure aggregation).
         norms: client id -> update norm before clipping (DP only; for logs, not for release).
+        dropped: clients whose masked inputs never arrived (secure aggregation's dropouts): in no sum.
     """
 
     mean: dict[str, Tensor]
@@ -81,6 +82,7 @@ class PrivateRoundResult:
     privacy: RoundPrivacy | None
     secagg: ProtocolStats | None
     norms: dict[int, float]
+    dropped: tuple[int, ...] = ()
 
 
 def noise_shares_for(holders: Mapping[str, int], cfg: PrivacyConfig) -> dict[str, int]:
@@ -139,6 +141,7 @@ def private_aggregate(
     use_weights = None if dp is not None else weights
 
     stats = None
+    gone_in_protocol: tuple[int, ...] = ()
     if cfg.secure_aggregation is not None:
         sa = secure_aggregate(
             groups,
@@ -150,12 +153,13 @@ def private_aggregate(
             generator=generator,
             clip_ranges={COUNT_GROUP: 1.0},
         )
-        sums, weight_sums, contributors, withheld, stats = (
+        sums, weight_sums, contributors, withheld, stats, gone_in_protocol = (
             sa.sums,
             sa.weight_sums,
             sa.contributors,
             sa.withheld,
             sa.stats,
+            sa.dropped,
         )
     else:
         gone = frozenset(dropped or ())
@@ -193,6 +197,7 @@ def private_aggregate(
         privacy=privacy,
         secagg=stats,
         norms=norms,
+        dropped=gone_in_protocol,
     )
 
 

@@ -83,6 +83,8 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append((label, seconds(value)))
         else:
             rows.append((label, str(value)))
+    for reason in summary.get("engine_fallback") or []:
+        rows.append(("sequential fallback", str(reason)))
     for task, values in (summary.get("final_global") or {}).items():
         rows.append((f"global model · {task}", metrics(values)))
     pers = summary.get("final_personalized") or {}

@@ -11,6 +11,9 @@ from torch import Tensor
 
 TaskKind = Literal["multiclass", "binary", "regression"]
 
+#: a multiclass row without a label (binary and regression rows without one hold NaN); PyTorch's ignore_index
+MISSING_CLASS = -100
+
 
 @dataclass(frozen=True)
 class Task:
@@ -46,19 +49,49 @@ class Task:
     def target_dtype(self) -> torch.dtype:
         return torch.long if self.kind == "multiclass" else torch.float32
 
-    def loss(self, pred: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-        """Cross-entropy, binary cross-entropy on logits, or mean squared error."""
+    def labelled(self, y: Tensor) -> Tensor:
+        """Which rows carry a label: a missing one is :data:`MISSING_CLASS` (multiclass) or NaN (binary, regression)."""
         if self.kind == "multiclass":
-            return F.cross_entropy(pred, y, reduction=reduction)
-        if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(pred.reshape(-1), y.reshape(-1).float(), reduction=reduction)
-        return F.mse_loss(pred.reshape(-1), y.reshape(-1).float(), reduction=reduction)
+            return y.reshape(-1) != MISSING_CLASS
+        return ~torch.isnan(y.reshape(-1))
+
+    def loss(self, pred: Tensor, y: Tensor, reduction: str = "mean", weights: Tensor | None = None) -> Tensor:
+        """Cross-entropy, binary cross-entropy on logits, or mean squared error, over the labelled rows.
+
+        Rows without a label (partial labels) contribute nothing; ``"none"`` gives them a loss of 0 and the
+        mean runs over labelled rows only (0, with a zero gradient, when a batch has none).
+
+        Args:
+            weights: optional per-row weights (FedEM's responsibilities) multiplying each row's loss.
+        """
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        has = self.labelled(y)
+        if self.kind == "multiclass":
+            per_row = F.cross_entropy(pred, torch.where(has, y.reshape(-1), 0), reduction="none")
+        else:
+            target = torch.where(has, y.reshape(-1).float(), 0.0)
+            if self.kind == "binary":
+                per_row = F.binary_cross_entropy_with_logits(pred.reshape(-1), target, reduction="none")
+            else:
+                per_row = F.mse_loss(pred.reshape(-1), target, reduction="none")
+        per_row = torch.where(has, per_row, 0.0)
+        if weights is not None:
+            per_row = per_row * weights
+        if reduction == "none":
+            return per_row
+        if reduction == "sum":
+            return per_row.sum()
+        return per_row.sum() / has.sum().clamp(min=1)
 
     def metric_sums(self, pred: Tensor, y: Tensor) -> dict[str, float]:
-        """Additive statistics (sums over rows) from which :meth:`finalize` computes metrics.
+        """Additive statistics (sums over labelled rows) from which :meth:`finalize` computes metrics.
 
         Sums add across batches and clients, so a federated evaluation is exact, not an average of averages.
         """
+        has = self.labelled(y)
+        if not bool(has.all()):
+            pred, y = pred[has], y.reshape(-1)[has]
         n = float(y.shape[0])
         loss_sum = float(self.loss(pred, y, reduction="sum"))
         if self.kind == "multiclass":

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from fedmtl.data.dataset import ClientData, Split
 from fedmtl.fl.aggregation import aggregate_by_group
 from fedmtl.fl.algorithm import FedAvg, without_server
-from fedmtl.fl.client import LocalResult, LocalTrainer, load_parameters
+from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_objective
 from fedmtl.tree import TensorTree
@@ -40,7 +40,9 @@ class LocalObjective:
     """
 
     def __init__(self, trainer: LocalTrainer, client: ClientData, state: TensorTree, key: str):
+        self.trainer = trainer
         self.model = trainer.model
+        self.client = client
         self.tasks = list(client.tasks)
         self.split = client.train
         self.key = key
@@ -50,23 +52,12 @@ class LocalObjective:
     def grads(
         self, params: Mapping[str, Tensor], idx: Tensor, generator: torch.Generator, epoch: int = 0, weights: Tensor | None = None
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Gradients of the balanced objective at ``params`` on minibatch ``idx``, and the plain sum of task losses."""
-        model = self.model
-        load_parameters(model, params)
-        model.train()
-        model.zero_grad(set_to_none=True)
-        preds = model(self.split.x[idx], self.tasks)
-        losses = {}
-        for t in self.tasks:
-            per_row = model.tasks[t].loss(preds[t], self.split.y[t][idx], reduction="none").reshape(-1)
-            losses[t] = (per_row * weights).mean() if weights is not None else per_row.mean()
-        self.state, _ = self.objective.backward(model, losses, self.state, generator=generator, epoch=epoch, want_log=False)
-        named = dict(model.named_parameters())
-        out = {}
-        for n, v in params.items():
-            g = named[n].grad
-            out[n] = g.detach().clone() if g is not None else torch.zeros_like(v)
-        return out, torch.stack([v.detach() for v in losses.values()]).sum()
+        """Gradients of the balanced objective at ``params`` on minibatch ``idx``, and the plain sum of task losses.
+
+        The trainer computes them (:meth:`LocalTrainer.grads`), so an engine that batches clients batches these too.
+        """
+        out, loss, self.state = self.trainer.grads(params, self.client, idx, self.objective, self.state, generator, epoch, weights)
+        return out, loss
 
 
 def client_loss(model: MultiTaskModel, params: Mapping[str, Tensor], split: Split, tasks: Sequence[str], idx: Tensor | None = None, per_sample: bool = False) -> Tensor:

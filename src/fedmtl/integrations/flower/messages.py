@@ -32,15 +32,52 @@ class MessageFormatError(ValueError):
     """A record that does not hold what fedmtl expects; the message says what is missing."""
 
 
+#: the longest JSON text a reply's metadata may carry (a task -> samples map)
+MAX_JSON_CHARS = 1 << 16
+
+
+def _field(record: Mapping[str, object], key: str, kind: type | tuple[type, ...], what: str) -> object:
+    """``record[key]``, checked to be of ``kind`` (bools are not numbers); errors name the key and value."""
+    if key not in record:
+        raise MessageFormatError(f"{what} lacks {key!r}")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        raise MessageFormatError(f"{what}'s {key!r} must be {' or '.join(k.__name__ for k in kinds)}, got {str(value)[:60]!r}")
+    return value
+
+
+def _json(text: object, what: str) -> object:
+    """Parse bounded JSON text; nesting too deep for the parser is a format error, not a crash."""
+    if not isinstance(text, str) or len(text) > MAX_JSON_CHARS:
+        raise MessageFormatError(f"{what} must be JSON text of at most {MAX_JSON_CHARS} characters")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MessageFormatError(f"{what} is not valid JSON ({type(exc).__name__})") from None
+
+
+def _number_map(value: object, what: str) -> dict[str, float | int]:
+    """A JSON object of task -> number (the claims' bounds are the server's business, not the parser's)."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
+    ):
+        raise MessageFormatError(f"{what} must map task names to numbers, got {str(value)[:80]!r}")
+    return dict(value)
+
+
 def payload_record(payload: bytes) -> ArrayRecord:
     """Bytes as a single uint8 array."""
     return ArrayRecord({"bytes": Array(np.frombuffer(payload, dtype=np.uint8).copy())})
 
 
 def payload_from_record(record: ArrayRecord) -> bytes:
-    if "bytes" not in record:
+    if not isinstance(record, ArrayRecord) or "bytes" not in record:
         raise MessageFormatError("payload record has no 'bytes' array")
-    arr = record["bytes"].numpy()
+    try:
+        arr = record["bytes"].numpy()
+    except Exception as exc:  # a crafted Array whose bytes numpy cannot read
+        raise MessageFormatError(f"payload array does not read ({type(exc).__name__})") from None
     if arr.dtype != np.uint8 or arr.ndim != 1:
         raise MessageFormatError(f"payload array must be 1-D uint8, got {arr.dtype} with shape {arr.shape}")
     return arr.tobytes()
@@ -102,16 +139,21 @@ def reply_content(reply: ClientReply) -> RecordDict:
 
 
 def read_reply_content(content: RecordDict) -> ClientReply:
+    """A client's reply, every field checked; anything malformed raises :class:`MessageFormatError`."""
     if PAYLOAD not in content.array_records or META not in content.config_records:
         raise MessageFormatError("reply lacks the fedmtl payload or meta record")
     meta = content.config_records[META]
     metrics = content.metric_records.get(METRICS, MetricRecord({}))
+    values = {k: v for k, v in metrics.items()}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+        raise MessageFormatError("reply metrics must be numbers")
+    samples = _field(meta, "num-samples", (int, float), "reply meta")
     return ClientReply(
-        client_id=int(meta["client-id"]),  # type: ignore[arg-type]
+        client_id=_field(meta, "client-id", int, "reply meta"),  # type: ignore[arg-type]
         payload=payload_from_record(content.array_records[PAYLOAD]),
-        num_samples=int(meta["num-samples"]),  # type: ignore[arg-type]
-        task_samples={k: int(v) for k, v in json.loads(str(meta["task-samples"])).items()},
-        metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
+        num_samples=samples,  # type: ignore[arg-type]  # bounded by the server (Federation.collect)
+        task_samples=_number_map(_json(meta.get("task-samples"), "reply meta 'task-samples'"), "reply meta 'task-samples'"),  # type: ignore[arg-type]
+        metrics={k: float(v) for k, v in values.items()},  # type: ignore[arg-type]
         outbox=payload_from_record(content.array_records[OUTBOX]) if OUTBOX in content.array_records else b"",
     )
 
@@ -136,8 +178,10 @@ def read_evaluate_reply(content: RecordDict) -> tuple[int, dict[str, dict[str, f
         task, sep, stat = key.rpartition("/")
         if not sep:
             raise MessageFormatError(f"metric-sums key {key!r} is not 'task/statistic'")
-        sums.setdefault(task, {})[stat] = float(value)  # type: ignore[arg-type]
-    return int(content.config_records[META]["client-id"]), sums  # type: ignore[arg-type]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MessageFormatError(f"metric sum {key!r} must be a number")
+        sums.setdefault(task, {})[stat] = float(value)
+    return _field(content.config_records[META], "client-id", int, "evaluation meta"), sums  # type: ignore[return-value]
 
 
 def register_content(experiment_json: str) -> RecordDict:
@@ -159,7 +203,13 @@ def read_registration(content: RecordDict) -> tuple[int, tuple[str, ...], int]:
     if META not in content.config_records:
         raise MessageFormatError("registration reply lacks its meta record")
     meta = content.config_records[META]
-    return int(meta["client-id"]), tuple(json.loads(str(meta["tasks"]))), int(meta["num-samples"])  # type: ignore[arg-type]
+    tasks = _json(meta.get("tasks"), "registration 'tasks'")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise MessageFormatError(f"registration 'tasks' must be a list of task names, got {str(tasks)[:80]!r}")
+    samples = _field(meta, "num-samples", int, "registration meta")
+    if samples < 0:  # type: ignore[operator]
+        raise MessageFormatError(f"registration 'num-samples' must be >= 0, got {samples}")
+    return _field(meta, "client-id", int, "registration meta"), tuple(tasks), samples  # type: ignore[return-value]
 
 
 def wire_bytes(message: Message) -> int:

@@ -217,8 +217,8 @@ class FlowerServer:
             self._retry_after[node] = self.clock() + REGISTER_BACKOFF
         for node, reply in ex.replies.items():
             try:
-                cid, tasks, _ = msgs.read_registration(reply.content)
-            except msgs.MessageFormatError as exc:
+                cid, tasks, samples = msgs.read_registration(reply.content)
+            except Exception as exc:  # a hostile node's registration fails that node, never the run
                 log.warning("node %d sent a bad registration: %s", node, exc)
                 continue
             self._retry_after[node] = (
@@ -248,6 +248,7 @@ class FlowerServer:
             self.registry.client_of[node] = cid
             self._retry_after.pop(node, None)
             self.registry.tasks[cid] = tasks
+            self.fed.known_samples[cid] = samples  # what the server knows of the client: bounds its claims
             log.info("node %d is client %d with tasks %s", node, cid, list(tasks))
         clients = tuple(
             stub_client(c, self.registry.tasks.get(c, tuple(self._template.task_names)), self._template)
@@ -342,8 +343,8 @@ class FlowerServer:
             for n, m in ex.replies.items():
                 try:
                     reply = msgs.read_reply_content(m.content)
-                except (msgs.MessageFormatError, KeyError, ValueError) as exc:
-                    dropped[self.registry.client_of[n]] = f"bad reply: {exc}"
+                except Exception as exc:  # whatever a node sends drops that node, never the run
+                    dropped[self.registry.client_of[n]] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
                     continue
                 if reply.client_id != self.registry.client_of[n]:
                     dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
@@ -355,7 +356,9 @@ class FlowerServer:
                 log.warning("round %d: client %d dropped: %s", r + 1, c, why)
             if len(updates) >= need:
                 state_up = sum(len(x.outbox) for x in replies)
-                new_state, privacy_info = self.fed.apply(state, updates, state.client_states)
+                new_state, applied = self.fed.apply(state, updates, state.client_states)  # logs what it drops
+                dropped.update(applied.dropped)
+                updates = [u for u in updates if u.client_id not in applied.dropped]
                 record = {
                     "round": new_state.round,
                     "cohort_size": len(cohort),
@@ -375,9 +378,11 @@ class FlowerServer:
                     # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
                     record["algorithm_bytes_down"] = plan.algorithm_bytes_down
                     record["algorithm_bytes_up"] = state_up
-                privacy = {**privacy_info, **max_client_epsilon(replies)}
+                privacy = {**applied.privacy, **max_client_epsilon(replies)}
                 if privacy:
                     record["privacy"] = privacy
+                if applied.skipped:
+                    record["skipped"] = applied.skipped
                 return new_state, record
             tried.append(
                 {
@@ -435,8 +440,8 @@ class FlowerServer:
             cid = self.registry.client_of[n]
             try:
                 got, client_sums = msgs.read_evaluate_reply(m.content)
-            except (msgs.MessageFormatError, KeyError, ValueError) as exc:
-                missing[cid] = f"bad reply: {exc}"
+            except Exception as exc:  # a malformed answer leaves that client out, never the run
+                missing[cid] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
                 continue
             if got != cid or set(client_sums) - set(self.registry.tasks.get(cid, ())):
                 missing[cid] = f"reply for client {got} with tasks {sorted(client_sums)}"

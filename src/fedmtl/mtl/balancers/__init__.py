@@ -17,9 +17,11 @@ from fedmtl.mtl.balancers.gradvac import GradVac
 from fedmtl.mtl.balancers.imtl import IMTL
 from fedmtl.mtl.balancers.mgda import MGDA, MGDAUB
 from fedmtl.mtl.balancers.moco import MoCo
+from fedmtl.mtl.balancers.modo import MoDo
 from fedmtl.mtl.balancers.nash_mtl import NashMTL
 from fedmtl.mtl.balancers.pcgrad import PCGrad
 from fedmtl.mtl.balancers.rlw import RLW
+from fedmtl.mtl.balancers.sdmgrad import SDMGrad
 from fedmtl.mtl.balancers.stch import STCH
 from fedmtl.mtl.balancers.uncertainty import UncertaintyWeighting
 from fedmtl.mtl.balancers.weighting import EqualWeighting, StaticWeighting
@@ -50,8 +52,10 @@ __all__ = [
     "GradVac",
     "LossBalancer",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
+    "SDMGrad",
     "StaticWeighting",
     "UPGrad",
     "UncertaintyWeighting",

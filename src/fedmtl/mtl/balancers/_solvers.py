@@ -93,7 +93,7 @@ def project_to_dual_cone(m: np.ndarray, u: np.ndarray, reg: float = 1e-10) -> np
     return u + s
 
 
-def solve_power_balance(m: np.ndarray, p: float, w0: np.ndarray | None = None, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
+def solve_power_balance(m: np.ndarray, p: float, w0: np.ndarray | None = None, max_iter: int = 100, tol: float = 1e-24) -> np.ndarray:
     """The positive solution of ``M w = w^{-p}`` (elementwise power), by damped Newton in ``log w``.
 
     ``p = 1`` is Nash-MTL's bargaining condition; ``p = 1/alpha`` is FairGrad's alpha-fairness condition.

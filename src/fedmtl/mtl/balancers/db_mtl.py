@@ -14,7 +14,8 @@ class DBMTL(GradBalancer):
     The gradients of ``log L_t`` (``g_t / L_t``) are averaged in an EMA buffer with factor
     ``beta / k^beta_sigma``; each is rescaled to the largest buffered norm and the sum is the shared
     direction. Heads receive the gradient of ``sum_t log L_t``. The buffer has one column per shared
-    parameter (gradients of the shared parameters only).
+    parameter (gradients of the shared parameters only) and starts from zero as in the authors' code
+    (LibMTL's ``DB_MTL``): the first buffer is ``(1 - beta) g``.
     """
 
     representation_ok = False
@@ -34,7 +35,8 @@ class DBMTL(GradBalancer):
         g = inp.grads.detach() / loss.to(inp.grads)[:, None]
         buf = state["buffer"]
         k = inp.step + 1
-        buf = g if buf.shape[1] == 0 else g + (self.beta / k**self.beta_sigma) * (buf.to(g) - g)  # type: ignore[union-attr]
+        prev = torch.zeros_like(g) if buf.shape[1] == 0 else buf.to(g)  # type: ignore[union-attr]
+        buf = g + (self.beta / k**self.beta_sigma) * (prev - g)
         norms = buf.norm(dim=1)
         alpha = norms.max() / (norms + 1e-8)
         return Balance(weights=1.0 / loss, shared_direction=(alpha[:, None] * buf).sum(0)), {"buffer": buf}

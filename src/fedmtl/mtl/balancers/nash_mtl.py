@@ -50,11 +50,15 @@ def _cvxpy_solve(m: np.ndarray, w0: np.ndarray, iters: int = 20) -> np.ndarray: 
 class NashMTL(GradBalancer):
     """Nash bargaining: ``alpha > 0`` with ``(G G^T) alpha = 1 / alpha``; shared direction ``G^T alpha``.
 
-    As in the reference code the Gramian is first divided by its Frobenius norm. The default solver
-    is a damped Newton iteration in pure torch/numpy on the ``[T, T]`` system (exact at convergence);
-    ``solver="cvxpy"`` runs the paper's convex-concave procedure (optional ``solvers`` extra; an
-    ImportError with the install hint if cvxpy is missing, never a silent fallback). ``update_every``
-    reuses the previous weights in between (as in the paper); they live in the state.
+    The paper's direction, invariant to a common scaling of the gradients (``G -> k G`` gives
+    ``alpha -> alpha / k``); on two tasks ``alpha_t = 1 / (||g_t|| sqrt(1 + cos(g_1, g_2)))``. For
+    conditioning the system is solved on ``M / s`` with ``s = ||G G^T||_F`` and the solution divided by
+    ``sqrt(s)`` (the authors' code keeps the scaled solution, whose direction is ``sqrt(s)`` times the
+    paper's). The default solver is a damped Newton iteration in pure numpy on the ``[T, T]`` system
+    (exact at convergence); ``solver="cvxpy"`` runs the paper's convex-concave procedure (optional
+    ``solvers`` extra; an ImportError with the install hint if cvxpy is missing, never a silent
+    fallback). ``update_every`` reuses the previous weights in between (as in the paper); they live
+    in the state.
     """
 
     def __init__(self, solver: Solver = "newton", update_every: int = 1):
@@ -75,8 +79,10 @@ class NashMTL(GradBalancer):
         prev = state["alpha"].double().numpy()  # type: ignore[union-attr]
         if inp.step % self.update_every == 0:
             m = gramian(inp.grads).cpu().numpy()
-            m = m / max(np.linalg.norm(m), 1e-20)
-            alpha = _cvxpy_solve(m, prev) if self.solver == "cvxpy" else solve_power_balance(m, 1.0, w0=prev)
+            root = np.sqrt(max(float(np.linalg.norm(m)), 1e-40))
+            m, w0 = m / root**2, prev * root  # M a = 1/a  <=>  (M / s) (sqrt(s) a) = 1 / (sqrt(s) a)
+            scaled = _cvxpy_solve(m, w0) if self.solver == "cvxpy" else solve_power_balance(m, 1.0, w0=w0)
+            alpha = scaled / root
         else:
             alpha = prev
         sw = torch.as_tensor(alpha, dtype=inp.losses.dtype, device=inp.losses.device)

@@ -30,6 +30,9 @@ class MultiTaskModel(nn.Module, abc.ABC):
     #: top-level modules that hold one submodule per task (``heads.<task>.…``): their parameters belong
     #: to that task's group, every other parameter is shared
     task_modules: tuple[str, ...] = ()
+    #: whether :meth:`penalty` reads the last forward pass (distillation) rather than the parameters alone;
+    #: an engine that batches clients must then not mix their rows or tasks in one forward pass
+    penalty_reads_forward: bool = False
 
     def __init__(self, tasks: Sequence[Task]):
         super().__init__()

@@ -37,6 +37,8 @@ def divergence(task: Task, target: Tensor, pred: Tensor, temperature: float) -> 
 class DistillationModel(MultiTaskModel):
     """Per-task students regularised towards (and distilled into) a shared multi-task teacher."""
 
+    penalty_reads_forward = True
+
     task_modules = ("students", "student_heads")
 
     def __init__(self, make_trunk: Callable[[], tuple[nn.Module, int]], tasks: Sequence[Task], strength: float = 0.5, temperature: float = 2.0):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fedmtl.config.privacy import SecureAggregationConfig
 from fedmtl.privacy.secagg.masking import dequantise_sum, levels, quantise
-from fedmtl.privacy.secagg.protocol import ProtocolStats, run_protocol
+from fedmtl.privacy.secagg.protocol import ProtocolStats, SecAggError, run_protocol
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def secure_aggregate(
         The per-group sums the server learns, and the protocol's cost.
 
     Raises:
-        SecAggError: fewer than t clients survive, or a share fails authentication.
+        SecAggError: fewer than t clients survive, or a share fails authentication; nothing is revealed,
+            and its ``dropped`` names the clients that had dropped out.
     """
     if not updates:
         raise ValueError("secure_aggregate needs at least one client update")
@@ -120,7 +121,11 @@ def secure_aggregate(
             )
     if dropped is None:
         dropped = sample_dropouts(updates.keys(), cfg.dropout_rate, generator) - set(late_dropped)
-    out = run_protocol(inputs, cfg, dropped=dropped, late_dropped=late_dropped, generator=generator)
+    try:
+        out = run_protocol(inputs, cfg, dropped=dropped, late_dropped=late_dropped, generator=generator)
+    except SecAggError as exc:  # the round is abandoned: say who had dropped out
+        exc.dropped = tuple(sorted({*dropped, *late_dropped}))
+        raise
     sums, weight_sums = {}, {}
     for g, total in out.sums.items():
         lo, hi, level = bounds[g]

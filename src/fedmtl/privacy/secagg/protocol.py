@@ -35,7 +35,14 @@ ID_BYTES = 4
 
 
 class SecAggError(RuntimeError):
-    """The protocol cannot complete safely; the message says which check failed."""
+    """The protocol cannot complete safely; the message says which check failed.
+
+    Attributes:
+        dropped: the clients that had dropped out when it failed, when the caller knows them
+            (:func:`~fedmtl.privacy.secagg.aggregate.secure_aggregate` sets it).
+    """
+
+    dropped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

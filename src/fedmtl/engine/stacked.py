@@ -1,0 +1,587 @@
+"""Many clients' local training as one computation: the model's parameters stacked along a client dimension.
+
+The general vectorised engine's core. ``torch.func.functional_call`` runs the model's own ``forward`` (and
+its ``penalty``) with one client's parameters and buffers; ``torch.func.vmap`` runs it for every client of a
+chunk at once; ordinary autograd differentiates through it. Nothing here knows a layer, a loss or an
+optimiser: the model's modules, the tasks' own losses, the objective's scheme and balancer and
+``torch.optim``'s SGD / Adam do the maths, so any model of vmappable operations trains here exactly as
+:meth:`fedmtl.fl.client.LocalTrainer.train` trains it one client at a time:
+
+* the same batches: each client's :func:`~fedmtl.fl.batching.batch_plan` is drawn from its own generator,
+  in the same order; steps are padded to the longest client, and a padded step leaves the client's
+  parameters *and* optimiser state untouched; a partial batch averages over its real rows only;
+* the same objective: per client and step the objective's :meth:`~fedmtl.mtl.MultiTaskObjective.plan`
+  (scheme, loss-based balancer) or, for gradient balancers, :meth:`~fedmtl.mtl.MultiTaskObjective.balance`
+  on that client's per-task gradients of the shared parameters (one reverse pass per task for the chunk);
+* the same step: the proximal pull (FedProx, Ditto, MOCHA), clipping per client, SCAFFOLD's offset,
+  ``trainable`` subsets (FedRep's phases), per-client BatchNorm statistics, dropout drawn independently
+  per client (``vmap(randomness="different")``, seeded from the clients' generators).
+
+A parameter a client does not train (a head of a task it lacks, a frozen phase) is masked: its gradient
+is zero and its value and optimiser state are restored after the step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from fedmtl.data.dataset import ClientData
+from fedmtl.fl.batching import batch_plan
+from fedmtl.fl.client import (
+    LocalResult,
+    Prox,
+    client_buffers,
+    held_parameter_names,
+    make_optimizer,
+    norm_buffer_names,
+)
+from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective
+from fedmtl.mtl.objective import MultiTaskObjective
+from fedmtl.tree import TensorTree
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The arguments of one :meth:`fedmtl.fl.client.LocalTrainer.train` call."""
+
+    start: Mapping[str, Tensor]
+    client: ClientData
+    state: TensorTree
+    generator: torch.Generator
+    prox: Prox | None = None
+    grad_offset: Mapping[str, Tensor] | None = None
+    trainable: Sequence[str] | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class GradRequest:
+    """The arguments of one :meth:`fedmtl.fl.client.LocalTrainer.grads` call."""
+
+    params: Mapping[str, Tensor]
+    client: ClientData
+    idx: Tensor
+    objective: MultiTaskObjective
+    ostate: TensorTree
+    generator: torch.Generator
+    epoch: int = 0
+    weights: Tensor | None = None
+
+
+class _Step(nn.Module):
+    """The model's predictions for ``tasks`` and its penalty, as one module ``functional_call`` can run."""
+
+    def __init__(self, model: MultiTaskModel, tasks: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.tasks = list(tasks)
+
+    def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        preds = self.model(x, self.tasks)
+        penalty = self.model.penalty()
+        return preds, (penalty if penalty is not None else x.new_zeros(()))
+
+
+@dataclass
+class Chunk:
+    """A chunk of clients laid out for one batched computation: data, per-task targets, masks, stacked state."""
+
+    model: MultiTaskModel
+    clients: list[ClientData]
+    tasks: list[str]  # the union of the clients' tasks, in the model's order
+    held: Tensor  # [C, T]: 1 where the client holds the task
+    names: list[str]  # every parameter of the model, in named_parameters() order
+    shared: list[bool]  # per name: in the shared group (the coordinates gradient balancers see)
+    x: Tensor  # the clients' rows concatenated, plus one zero row (padding)
+    y: dict[str, Tensor]  # per task, the same rows' targets (zeros where a client lacks the task)
+    offsets: list[int]  # where each client's rows start in x
+    objectives: list[MultiTaskObjective]
+    ostates: list[TensorTree]
+    has_penalty: bool = False
+    step_module: _Step = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.step_module = _Step(self.model, self.tasks)
+
+    @classmethod
+    def of(
+        cls,
+        model: MultiTaskModel,
+        clients: Sequence[ClientData],
+        objectives: Sequence[MultiTaskObjective],
+        ostates: Sequence[TensorTree],
+        device: torch.device | None = None,
+    ) -> Chunk:
+        tasks = [t for t in model.task_names if any(t in c.tasks for c in clients)]
+        held = torch.tensor([[float(t in c.tasks) for t in tasks] for c in clients])
+        names = [n for n, _ in model.named_parameters()]
+        shared = [model.group_of(n) == SHARED for n in names]
+        first = clients[0].train.x
+        x = torch.cat([c.train.x for c in clients] + [first.new_zeros((1, *first.shape[1:]))])
+        y = {}
+        for t in tasks:
+            dt = model.tasks[t].target_dtype()
+            ref = next(c.train.y[t] for c in clients if t in c.tasks)
+            parts = [c.train.y[t].to(dt) if t in c.tasks else torch.zeros((len(c.train), *ref.shape[1:]), dtype=dt) for c in clients]
+            y[t] = torch.cat(parts + [torch.zeros((1, *ref.shape[1:]), dtype=dt)])
+        offsets, total = [], 0
+        for c in clients:
+            offsets.append(total)
+            total += len(c.train)
+        dev = device or torch.device("cpu")
+        return cls(model, list(clients), tasks, held.to(dev), names, shared, x.to(dev), {t: v.to(dev) for t, v in y.items()}, offsets, list(objectives), list(ostates))
+
+    @property
+    def padding_row(self) -> int:
+        return int(self.x.shape[0]) - 1
+
+    def buffers(self, states: Sequence[TensorTree]) -> dict[str, Tensor]:
+        """Stacked buffers: each client's own BatchNorm statistics, every other buffer shared."""
+        model = self.model
+        own = set(norm_buffer_names(model))
+        out = {}
+        per_client = [client_buffers(model, s) for s in states] if own else []
+        for n, b in model.named_buffers():
+            if n in own:
+                out[n] = torch.stack([pc[n] for pc in per_client]).clone()
+            else:
+                out[n] = b.detach().unsqueeze(0).expand(len(states), *b.shape).clone()
+        return {n: b.to(self.x.device) for n, b in out.items()}
+
+    def losses(self, params: Mapping[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, weights: Tensor | None, seed: int | None) -> tuple[Tensor, Tensor]:
+        """Per-client task losses ``[C, T]`` (mean over each client's real rows) and penalties ``[C]``.
+
+        ``rows [C, B]`` index :attr:`x`; rows equal to :attr:`padding_row` are padding. ``weights [C, B]``
+        optionally weigh each row's loss (FedEM's responsibilities; the mean then runs over real rows).
+        """
+        model, tasks = self.model, self.tasks
+        real = (rows != self.padding_row).to(self.x.dtype if self.x.is_floating_point() else torch.float32)
+        row_w = real if weights is None else real * weights
+        x = self.x[rows]
+        ys = {t: self.y[t][rows] for t in tasks}
+        step_module = self.step_module
+
+        def one(p: dict[str, Tensor], b: dict[str, Tensor], xc: Tensor, yc: dict[str, Tensor], wc: Tensor, nc: Tensor) -> tuple[Tensor, Tensor]:
+            preds, penalty = functional_call(step_module, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), (xc,))
+            out = []
+            for t in tasks:  # the mean over the client's real rows that carry this task's label
+                task = model.tasks[t]
+                n = (task.labelled(yc[t]).to(nc.dtype) * nc).sum().clamp(min=1.0)
+                out.append((task.loss(preds[t], yc[t], reduction="none") * wc).sum() / n)
+            return torch.stack(out), penalty
+
+        if seed is None:
+            return vmap(one, randomness="different")(dict(params), buffers, x, ys, row_w, real)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return vmap(one, randomness="different")(dict(params), buffers, x, ys, row_w, real)
+
+    def gradients(
+        self,
+        leaves: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        rows: Tensor,
+        active: Tensor,
+        generators: Sequence[torch.Generator],
+        epochs: Sequence[int],
+        weights: Tensor | None = None,
+        seed: int | None = None,
+    ) -> tuple[dict[str, Tensor | None], Tensor]:
+        """One step's gradients of every client's balanced objective, and its task losses ``[C, T]``.
+
+        Advances the objective state of every ``active`` client (as the sequential objective's backward does).
+        """
+        loss_mat, penalty = self.losses(leaves, buffers, rows, weights, seed)
+        detached = loss_mat.detach()
+        C, T = detached.shape
+        W = torch.zeros(C, T, dtype=detached.dtype, device=detached.device)
+        balanced: list[int] = []
+        col = {t: i for i, t in enumerate(self.tasks)}
+        for c in range(C):
+            if active[c] == 0:
+                continue
+            obj = self.objectives[c]
+            cols = [col[t] for t in obj.tasks]
+            w, self.ostates[c] = obj.plan(detached[c, cols], self.ostates[c], generators[c], epochs[c])
+            if w is None and not any(self.shared):  # nothing to balance: the plain sum, the balancer untouched
+                w = torch.ones(len(cols))
+            if w is None:
+                balanced.append(c)
+            else:
+                W[c, cols] = w.to(W)
+        names = list(leaves)
+        shared_names = [n for n, s in zip(self.names, self.shared) if s]
+        needs_rows = bool(balanced)
+        directions: dict[int, Tensor] = {}
+        # per-task rows first (they need the graph), then the weighted sum
+        rows_by_task: list[tuple[Tensor | None, ...]] = []
+        if needs_rows:
+            for t in range(T):
+                rows_by_task.append(torch.autograd.grad(loss_mat[:, t].sum(), [leaves[n] for n in shared_names], retain_graph=True, allow_unused=True))
+        pen_shared: tuple[Tensor | None, ...] = ()
+        if needs_rows and self.has_penalty:
+            pen_shared = torch.autograd.grad(penalty.sum(), [leaves[n] for n in shared_names], retain_graph=True, allow_unused=True)
+        for c in balanced:  # gradient balancers: each client's own per-task gradients of the shared parameters
+            obj = self.objectives[c]
+            cols = [col[t] for t in obj.tasks]
+            flat = []
+            for t in cols:
+                parts = [(g[c] if g is not None else torch.zeros_like(leaves[n][c])).reshape(-1) for g, n in zip(rows_by_task[t], shared_names)]
+                flat.append(torch.cat(parts))
+            G = torch.stack(flat)
+            balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
+            W[c, cols] = balance.weights.to(W)
+            directions[c] = balance.shared_gradient(G)
+        total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
+        grads = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
+        if balanced:
+            for n in shared_names:
+                if grads[n] is None:
+                    grads[n] = torch.zeros_like(leaves[n])
+                else:
+                    grads[n] = grads[n].clone()  # type: ignore[union-attr]
+            for c in balanced:
+                offset = 0
+                d = directions[c]
+                for i, n in enumerate(shared_names):
+                    k = leaves[n][c].numel()
+                    g = d[offset : offset + k].view_as(leaves[n][c])
+                    if pen_shared and pen_shared[i] is not None:
+                        g = g + pen_shared[i][c]  # type: ignore[index]
+                    grads[n][c] = g  # type: ignore[index]
+                    offset += k
+        return grads, detached
+
+
+Plan = tuple[list[Tensor], list[int]]  # a client's batches (its own row indices) and each batch's epoch
+
+
+def draw_plan(req: TrainRequest, batch_size: int, epochs: int, skip_single: bool) -> Plan:
+    """A client's batches, drawn from its generator as :meth:`LocalTrainer.train` draws them; batches of one
+    row are skipped when the model has BatchNorm (as the sequential trainer skips them)."""
+    batches, eps = [], []
+    for e, bs in enumerate(batch_plan(len(req.client.train), batch_size, req.epochs or epochs, req.generator)):
+        for idx in bs:
+            if skip_single and len(idx) < 2:
+                continue
+            batches.append(idx)
+            eps.append(e)
+    return batches, eps
+
+
+def _padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
+    """The plans as padded rows of :attr:`Chunk.x`, ``[S, C, B]`` (padding: :attr:`Chunk.padding_row`)."""
+    S = max((len(b) for b, _ in plans), default=0)
+    B = max((len(i) for b, _ in plans for i in b), default=1)
+    rows = torch.full((S, len(plans), B), chunk.padding_row, dtype=torch.long)
+    for c, ((batches, _), off) in enumerate(zip(plans, chunk.offsets)):
+        for s, idx in enumerate(batches):
+            rows[s, c, : len(idx)] = idx + off
+    return rows
+
+
+def batch_key(model: MultiTaskModel, tasks: Sequence[str], batch_sizes: Sequence[int]) -> tuple[object, ...]:
+    """Which clients may share a batched computation: any, for models whose rows do not interact; with the
+    same batch size step by step under BatchNorm (a padded row would enter the batch statistics); with the
+    same tasks too when the model's penalty reads its last forward pass (distillation: padded rows and other
+    clients' tasks would enter it)."""
+    forward_penalty = getattr(model, "penalty_reads_forward", False)
+    key: tuple[object, ...] = ()
+    if forward_penalty or has_norm_statistics(model):
+        key += (tuple(batch_sizes),)
+    if forward_penalty:
+        key += (tuple(tasks),)
+    return key
+
+
+def _groups(keys: Sequence[object]) -> list[list[int]]:
+    """Indices grouped by equal key, in order of first appearance."""
+    groups: dict[object, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return list(groups.values())
+
+
+def has_norm_statistics(model: nn.Module) -> bool:
+    """Whether the model normalises with batch statistics (BatchNorm): padded rows would enter them."""
+    return bool(norm_buffer_names(model))
+
+
+def _seed(generators: Sequence[torch.Generator]) -> int:
+    """One seed for the chunk's dropout masks, drawn from the first client's generator (randomness is passed in)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generators[0]))
+
+
+def _uses_randomness(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+class StackedTraining:
+    """Trains a chunk of :class:`TrainRequest` s as one computation and returns their results.
+
+    Args:
+        model: the model (its modules run through ``functional_call``; its own parameters are not changed).
+        client_cfg: the client config (optimiser, batch size, epochs, clipping).
+        mtl_cfg: the multi-task objective's config.
+    """
+
+    def __init__(self, model: MultiTaskModel, client_cfg, mtl_cfg, device: torch.device | None = None):  # type: ignore[no-untyped-def]
+        self.device = device or torch.device("cpu")
+        # the module structure that functional_call runs: a copy on the device (its own values are never used)
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
+        self.cfg = client_cfg
+        self.mtl_cfg = mtl_cfg
+        self._objectives: dict[tuple[str, ...], MultiTaskObjective] = {}
+
+    def objective(self, tasks: tuple[str, ...]) -> MultiTaskObjective:
+        if tasks not in self._objectives:
+            self._objectives[tasks] = build_objective(self.mtl_cfg, tasks)
+        return self._objectives[tasks]
+
+    def train_results(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
+        """Every request's :class:`LocalResult`, batched with the requests it can share a computation with
+        (:func:`batch_key`)."""
+        plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
+        out: list[LocalResult | None] = [None] * len(requests)
+        for members in _groups([batch_key(self.model, r.client.tasks, [len(b) for b in p[0]]) for r, p in zip(requests, plans)]):
+            res = self.train([requests[i] for i in members], [plans[i] for i in members]).unstack(self.model)
+            for i, r in zip(members, res):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def train(self, requests: Sequence[TrainRequest], plans: Sequence[Plan] | None = None) -> StackedResult:
+        """Train the requests as one chunk (``plans``: their batch plans when already drawn)."""
+        model, cfg = self.model, self.cfg
+        C = len(requests)
+        objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
+        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
+        chunk.has_penalty = _has_penalty(model)
+        if plans is None:
+            plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
+        rows = _padded_rows(chunk, plans)
+        step_epochs = [e for _, e in plans]
+        S = rows.shape[0]
+        named = dict(model.named_parameters())
+        names = chunk.names
+        # trained (held, trainable) mask per client and parameter; the start values
+        held_names = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
+        stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_names, requests)]
+        dev = self.device
+        mask = {n: torch.tensor([float(n in s) for s in stepped], device=dev) for n in names}
+        leaves = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
+        buffers = chunk.buffers([r.state for r in requests])
+        opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
+        plain = _plain_sgd(cfg.optimizer)
+        lr = float(cfg.optimizer.lr)
+        prox_w, prox_c, implicit = _to(_prox_tables(requests, names, named), dev)
+        offsets = _to(_offset_table(requests, names), dev)
+        seeds = _uses_randomness(model)
+        loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
+        steps = torch.tensor([len(e) for e in step_epochs])
+        gens = [r.generator for r in requests]
+        model.train()
+        for s in range(S):
+            active = (steps > s).to(torch.float32).to(dev)
+            epochs = [e[s] if s < len(e) else 0 for e in step_epochs]
+            step_rows = rows[s].to(dev)
+            step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
+            grads, losses = chunk.gradients(leaves, buffers, step_rows, active, gens, epochs, seed=_seed(gens) if seeds else None)
+            loss_sums += (losses.double() * active.double().unsqueeze(1)).cpu()
+            with torch.no_grad():
+                _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, cfg.max_grad_norm, plain, lr)
+        params = {n: v.detach().cpu() for n, v in leaves.items()}
+        new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
+        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
+
+    def grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
+        """One minibatch's balanced gradients per request (APFL, pFedMe, FedEM's own steps), as :meth:`LocalTrainer.grads`."""
+        out: list[tuple[dict[str, Tensor], Tensor, TensorTree] | None] = [None] * len(requests)
+        for members in _groups([batch_key(self.model, r.client.tasks, [len(r.idx)]) for r in requests]):
+            for i, res in zip(members, self._grads([requests[i] for i in members])):
+                out[i] = res
+        return out  # type: ignore[return-value]
+
+    def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
+        model = self.model
+        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], _to([r.ostate for r in requests], self.device), self.device)
+        chunk.has_penalty = _has_penalty(model)
+        named = dict(model.named_parameters())
+        leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().to(self.device).requires_grad_(True) for n in chunk.names}
+        B = max(len(r.idx) for r in requests)
+        rows = torch.full((len(requests), B), chunk.padding_row, dtype=torch.long)
+        weights = torch.zeros(len(requests), B) if any(r.weights is not None for r in requests) else None
+        for c, (r, off) in enumerate(zip(requests, chunk.offsets)):
+            rows[c, : len(r.idx)] = r.idx + off
+            if weights is not None:
+                weights[c, : len(r.idx)] = r.weights if r.weights is not None else 1.0
+        # the sequential step averages weighted rows over the batch (mean), padded rows weigh nothing
+        buffers = chunk.buffers([{} for _ in requests])
+        gens = [r.generator for r in requests]
+        model.train()
+        seed = _seed(gens) if _uses_randomness(model) else None
+        rows, weights = rows.to(self.device), (weights.to(self.device) if weights is not None else None)
+        grads, losses = chunk.gradients(leaves, buffers, rows, torch.ones(len(requests), device=self.device), gens, [r.epoch for r in requests], weights, seed)
+        grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
+        losses = losses.cpu()
+        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        out = []
+        col = {t: i for i, t in enumerate(chunk.tasks)}
+        for c, r in enumerate(requests):
+            g = {n: (grads[n][c].clone() if grads[n] is not None else torch.zeros_like(v)) for n, v in r.params.items()}  # type: ignore[index]
+            loss = losses[c, [col[t] for t in r.client.tasks]].sum()
+            out.append((g, loss, chunk.ostates[c]))
+        return out
+
+
+def _to(tree, device: torch.device):  # type: ignore[no-untyped-def]
+    """A nested structure of tensors (dicts, lists, tuples) with every tensor on ``device``."""
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to(v, device) for v in tree)
+    return tree
+
+
+def _has_penalty(model: MultiTaskModel) -> bool:
+    return type(model).penalty is not MultiTaskModel.penalty
+
+
+def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
+    local = req.state.get("local", {})
+    if name in local:  # type: ignore[operator]
+        return local[name].detach()  # type: ignore[index, union-attr]
+    if name in req.start:
+        return req.start[name].detach()
+    return default.detach()
+
+
+def _plain_sgd(opt_cfg) -> bool:  # type: ignore[no-untyped-def]
+    """Plain SGD: a zero gradient leaves a parameter unchanged, so masking the gradient is enough."""
+    return getattr(opt_cfg, "name", "") == "sgd" and opt_cfg.momentum == 0 and opt_cfg.weight_decay == 0
+
+
+def _prox_tables(requests: Sequence[TrainRequest], names: Sequence[str], named: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """Per parameter, the proximal weight per client ``[C]`` (0: no pull) and centre ``[C, ...]``; which clients pull implicitly."""
+    weights: dict[str, Tensor] = {}
+    centres: dict[str, Tensor] = {}
+    implicit = torch.tensor([float(r.prox is not None and r.prox.implicit) for r in requests])
+    if all(r.prox is None for r in requests):
+        return weights, centres, implicit
+    for n in names:
+        w = [r.prox.weight_of(n) if r.prox is not None and n in r.prox.center else 0.0 for r in requests]
+        if any(w):
+            weights[n] = torch.tensor(w)
+            centres[n] = torch.stack([r.prox.center[n].detach() if r.prox is not None and n in r.prox.center else named[n].detach() for r in requests])
+    return weights, centres, implicit
+
+
+def _offset_table(requests: Sequence[TrainRequest], names: Sequence[str]) -> dict[str, Tensor]:
+    """SCAFFOLD's constant per-step gradient offset, stacked per parameter (zeros for clients without one)."""
+    if all(r.grad_offset is None for r in requests):
+        return {}
+    out = {}
+    for n in names:
+        if any(r.grad_offset is not None and n in r.grad_offset for r in requests):
+            ref = next(r.grad_offset[n] for r in requests if r.grad_offset is not None and n in r.grad_offset)
+            out[n] = torch.stack([r.grad_offset[n] if r.grad_offset is not None and n in r.grad_offset else torch.zeros_like(ref) for r in requests])
+    return out
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
+    """One optimiser step of every active client, exactly as the sequential trainer's step on its own parameters."""
+    live = {}
+    for n, p in leaves.items():
+        g = grads.get(n)
+        m = mask[n] * active
+        if g is None or not bool(m.any()):
+            p.grad = None
+            continue
+        if n in prox_w:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
+            explicit = prox_w[n] * (1 - implicit)
+            g = g + _bcast(explicit, g) * (p.detach() - prox_c[n])
+        live[n] = (g * _bcast(m, g), m)
+    if clip is not None and live:
+        sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
+        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+        live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
+    for n, (g, m) in live.items():
+        if n in offsets:
+            g = g + offsets[n] * _bcast(m, g)
+        leaves[n].grad = g
+    if plain:
+        opt.step()
+    else:  # momentum, weight decay and Adam move a parameter even at zero gradient: restore what must not move
+        frozen = {n: (1 - m) for n, (_, m) in live.items() if not bool(m.all())}
+        saved = {n: (leaves[n].detach().clone(), {k: v.clone() for k, v in opt.state[leaves[n]].items() if isinstance(v, Tensor) and v.shape == leaves[n].shape}) for n in frozen}
+        opt.step()
+        for n, keep in frozen.items():
+            p = leaves[n]
+            old_p, old_state = saved[n]
+            k = _bcast(keep, p) > 0
+            p.copy_(torch.where(k, old_p, p))
+            for key, v in opt.state[p].items():
+                if isinstance(v, Tensor) and v.shape == p.shape:
+                    v.copy_(torch.where(k, old_state.get(key, torch.zeros_like(v)), v))
+    for n, (_g, m) in live.items():
+        if n in prox_w:
+            shrink = _bcast(lr * prox_w[n] * implicit * m, leaves[n])
+            leaves[n].copy_((leaves[n] + shrink * prox_c[n]) / (1 + shrink))
+    for p in leaves.values():
+        p.grad = None
+
+
+@dataclass
+class StackedResult:
+    """A chunk's results, still stacked: ``params[name][c]`` is client ``c``'s trained value.
+
+    Parameters a client does not hold keep their start value, never trained.
+    """
+
+    params: dict[str, Tensor]
+    tasks: list[str]
+    held: Tensor
+    loss_mean: Tensor
+    steps: list[int]
+    ostates: list[TensorTree]
+    buffers: dict[str, Tensor]
+    requests: Sequence[TrainRequest]
+
+    def state(self, model: MultiTaskModel, c: int) -> TensorTree:
+        """Client ``c``'s next state, as :func:`fedmtl.fl.client.finish_local` builds it (objective, local
+        parameters, its own BatchNorm statistics)."""
+        state: dict[str, object] = {"objective": self.ostates[c]}
+        local = {n: v[c].clone() for n, v in self.params.items() if model.group_of(n) == LOCAL}
+        if local:
+            state["local"] = local
+        if self.buffers:
+            state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
+        return state  # type: ignore[return-value]
+
+    def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
+        """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""
+        col = {t: i for i, t in enumerate(self.tasks)}
+        out = []
+        for c, req in enumerate(self.requests):
+            tasks = list(req.client.tasks)
+            trained = {k: self.params[k][c].clone() for k in held_parameter_names(model, tasks)}
+            metrics = {f"loss/{t}": float(self.loss_mean[c, col[t]]) for t in tasks}
+            metrics["steps"] = float(self.steps[c])
+            out.append(LocalResult(trained, metrics, self.state(model, c)))
+        return out
+
+
+__all__ = ["GradRequest", "StackedResult", "StackedTraining", "TrainRequest"]
