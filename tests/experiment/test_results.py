@@ -55,3 +55,28 @@ def test_overwrite_starts_a_named_run_afresh_and_keeps_the_users_files(tiny_conf
     assert second.run_dir == first.run_dir
     assert [r["round"] for r in second.history] == [1, 2]
     assert (second.run_dir / "notes.txt").read_text() == "mine"
+
+
+class TwoHeads(torch.nn.Module):
+    """A user's own model given as a Python object (not in the config)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(40, 8), torch.nn.ReLU())
+        self.heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(8, 10), "parity": torch.nn.Linear(8, 1)})
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        z = self.trunk(x)
+        return {task: head(z) for task, head in self.heads.items()}
+
+
+def test_model_of_a_run_given_a_model_object(tiny_config):
+    experiment = fedmtl.Experiment(tiny_config, model=TwoHeads())
+    finished = experiment.run(progress=False)
+    model = finished.model(experiment)
+    for name, value in model.named_parameters():
+        assert torch.equal(value, finished.params[name]), name
+    with torch.no_grad():
+        out = model(experiment.data.holdout.x)
+    accuracy = (out["digit"].argmax(-1) == experiment.data.holdout.y["digit"]).float().mean().item()
+    assert accuracy == pytest.approx(finished.summary["final_global"]["digit"]["accuracy"], abs=1e-6)

@@ -79,24 +79,23 @@ class Results:
         rows = [flatten(record) for record in self.history]
         return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame(index=pd.Index([], name="round"))
 
-    def model(self, data: FederatedData | None = None) -> MultiTaskModel:
+    def model(self, experiment: Experiment | None = None) -> MultiTaskModel:
         """The final global model, in eval mode, ready to predict: ``model(x)`` -> ``{task: prediction}``.
 
         Inputs must be preprocessed as the run's were (``data.preprocessing``: cleaning, normalisation):
-        the splits of ``Experiment(config).data`` are. A multiclass prediction is a row of logits, a
+        the splits of the experiment's ``data`` are. A multiclass prediction is a row of logits, a
         binary one a logit, a regression one a value (normalised when the targets were).
 
         Args:
-            data: the run's data, for the input shape and tasks; by default rebuilt from the run's
-                ``config.yaml`` (same seed, same data). A run on in-memory arrays must pass
-                ``Experiment(config, source=...).data``.
+            experiment: the :class:`Experiment` that ran (needed when it was given in-memory data or a
+                model object in Python); by default one rebuilt from the run's ``config.yaml``.
         """
-        cfg = load_config(self.run_dir / "config.yaml")
-        if data is None:
+        if experiment is None:
+            cfg = load_config(self.run_dir / "config.yaml")
             if cfg.data.source.name == "arrays":
-                raise ConfigError("this run used in-memory arrays: pass Results.model(data=Experiment(config, source=...).data)")
-            data = Experiment(cfg).data
-        model = build_model(cfg.model, data.input_shape, data.tasks)
+                raise ConfigError("this run used in-memory data: pass Results.model(experiment) with the Experiment that ran it")
+            experiment = Experiment(cfg)
+        model = experiment.build_model()
         load_parameters(model, self.params)
         return model.eval()
 
