@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install fedmtl into it.
 #   scripts/setup.sh            -> the package and its runtime dependencies
-#   scripts/setup.sh dev,flower -> plus those extras
+#   scripts/setup.sh dev,flower -> plus those extras (pyproject.toml lists them; `all` = every feature)
 # torch==2.13.0 is installed first: it is the CPU build on this machine's disk, and the package's own
 # requirement (torch>=2.3) is then already satisfied, so pip never downloads a multi-GB CUDA build.
 set -euo pipefail

@@ -7,19 +7,45 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+import fedmtl
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Federated multi-task learning on PyTorch. Start with `fedmtl demo`.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
+    suggest_commands=False,  # click suggests a near command name itself ("Did you mean 'demo'?")
 )
 console = Console(stderr=True, soft_wrap=True)
+
+
+def error(message: object) -> None:
+    """Print ``error: message`` to stderr; the message is text, not markup (``fedmtl[plots]`` stays as written)."""
+    console.print(f"[red]error:[/red] {escape(str(message))}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"fedmtl {fedmtl.__version__} (Python {sys.version.split()[0]})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Federated multi-task learning on PyTorch. Start with `fedmtl demo`."""
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -34,6 +60,27 @@ def _setup_logging(verbose: bool) -> None:
 
 def _demo_config_path() -> Path:
     return Path(str(resources.files("fedmtl") / "configs" / "demo.yaml"))
+
+
+def demo_help(demo: dict[str, Any]) -> tuple[str, str]:
+    """The demo command's help and its ``--rounds`` help, from the demo's own config (so they cannot drift)."""
+    data = demo["data"]
+    tasks = data["source"]["tasks"]
+    partition = data["partition"]
+    skew = (
+        f"label-skewed (Dirichlet alpha = {partition['alpha']})" if partition["name"] == "dirichlet" else f"{partition['name']}-partitioned"
+    )
+    per_client = data.get("task_assignment", {}).get("tasks_per_client")
+    holds = f", each holding {per_client} of them" if per_client else ""
+    rounds = demo["server"]["rounds"]
+    text = (
+        f"The built-in experiment: {data['num_clients']} {data['source']['name'].upper().replace('MNIST1D', 'MNIST-1D')} "
+        f"clients with {skew} data, {len(tasks)} tasks ({', '.join(tasks)}){holds}, {rounds} rounds."
+    )
+    return text, f"Number of rounds (default: the demo's {rounds})."
+
+
+DEMO_HELP, DEMO_ROUNDS_HELP = demo_help(yaml.safe_load(_demo_config_path().read_text()))
 
 
 def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
@@ -63,6 +110,7 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
 
 
 def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], quiet: bool) -> None:
+    from fedmtl._extras import MissingExtraError
     from fedmtl.config import ConfigError, load_config
     from fedmtl.data import DataError
     from fedmtl.experiment import CheckpointError, Experiment
@@ -75,8 +123,8 @@ def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], q
             config = saved
         cfg = load_config(config, overrides)
         results = Experiment(cfg).run(resume=resume, progress=not quiet)
-    except (ConfigError, DataError, CheckpointError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ConfigError, DataError, CheckpointError, MissingExtraError) as exc:
+        error(exc)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: the last checkpoint is intact; continue with --resume RUN_DIR")
@@ -84,14 +132,13 @@ def _run(config: Optional[Path], overrides: list[str], resume: Optional[Path], q
     _print_summary(results)
 
 
-@app.command()
+@app.command(help=DEMO_HELP)
 def demo(
-    rounds: Annotated[Optional[int], typer.Option(help="Number of rounds (default: the demo's 40).")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help=DEMO_ROUNDS_HELP)] = None,
     out: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """The built-in experiment: 100 MNIST-1D clients, two tasks (digit, parity), non-IID."""
     _setup_logging(False)
     overrides = [f"output.dir={out}", *(set_ or [])]
     if rounds is not None:
@@ -104,16 +151,19 @@ def demo(
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (omit with --resume to reuse the run's own).")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(help="Experiment YAML (omit: the defaults plus --set, or with --resume the run's own)."),
+    ] = None,
     set_: SetOption = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run folder from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
-    """Run an experiment from a YAML config (with --set overrides), or resume one."""
+    """Run an experiment from a YAML config and/or --set overrides, or resume one."""
     _setup_logging(verbose)
-    if config is None and resume is None:
-        console.print("[red]error:[/red] give a CONFIG file, or --resume RUN_DIR")
+    if config is None and resume is None and not set_:
+        error("give a CONFIG file, --set key=value overrides of the defaults, or --resume RUN_DIR")
         raise typer.Exit(2)
     _run(config, set_ or [], resume, quiet)
 
@@ -126,7 +176,24 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
     try:
         path = render_report(run_dir)
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
+        raise typer.Exit(2) from None
+    Console().print(f"wrote {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders to compare (two or more, in the order to show).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for compare.html and the PNGs.")] = Path("compare"),
+) -> None:
+    """Compare runs: per-task score and loss by round and by bytes sent, side by side, with a summary table."""
+    from fedmtl._extras import MissingExtraError
+    from fedmtl.report.compare import compare_runs
+
+    try:
+        path = compare_runs(run_dirs, out)
+    except (FileNotFoundError, MissingExtraError) as exc:
+        error(exc)
         raise typer.Exit(2) from None
     Console().print(f"wrote {path}")
 
@@ -143,7 +210,7 @@ def config(
     try:
         cfg = load_config(_demo_config_path() if demo_ else config, set_ or [])
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     sys.stdout.write(dump_config(cfg))
 
@@ -157,7 +224,12 @@ def schema() -> None:
 
 
 # -- fedmtl flower ...: deployment on Flower's runtime (needs the flower extra) ---------------------
-flower_app = typer.Typer(help="Deploy on Flower's runtime: certificates, a local federation of real processes.", no_args_is_help=True)
+flower_app = typer.Typer(
+    help="Deploy on Flower's runtime: a new app, certificates, a local federation of real processes.",
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+    suggest_commands=False,
+)
 app.add_typer(flower_app, name="flower")
 
 
@@ -165,9 +237,32 @@ def _flower():  # type: ignore[no-untyped-def]
     try:
         from fedmtl.integrations.flower import launch
     except ImportError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(exc)
         raise typer.Exit(2) from None
     return launch
+
+
+def write_flower_app(folder: Path) -> Path:
+    """Write the ready Flower app (pyproject.toml, fedmtl_app.py, experiment.yaml) into ``folder``."""
+    template = resources.files("fedmtl") / "configs" / "flower_app"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", "fedmtl_app.py", "experiment.yaml"):
+        (folder / name).write_text((template / name).read_text())
+    return folder
+
+
+@flower_app.command("new")
+def flower_new(
+    folder: Annotated[Path, typer.Argument(help="The app folder to create.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the app's files if the folder holds them.")] = False,
+) -> None:
+    """Write a ready Flower app (pyproject.toml, fedmtl_app.py, experiment.yaml) to run with `flwr run` or `fedmtl flower local`."""
+    clash = [n for n in ("pyproject.toml", "fedmtl_app.py", "experiment.yaml") if (folder / n).exists()]
+    if clash and not force:
+        error(f"{str(folder)!r} already holds {', '.join(clash)}; choose another folder or pass --force")
+        raise typer.Exit(2)
+    write_flower_app(folder)
+    console.print(f"wrote a Flower app to {folder}: edit experiment.yaml, then `fedmtl flower local --app {folder}`")
 
 
 @flower_app.command("certs")
@@ -182,7 +277,10 @@ def flower_certs(
 
 @flower_app.command("local")
 def flower_local(
-    app_dir: Annotated[Path, typer.Option("--app", help="The Flower app folder (see examples/flower_app).")] = Path("examples/flower_app"),
+    app_dir: Annotated[
+        Optional[Path],
+        typer.Option("--app", help="The Flower app folder (`fedmtl flower new DIR`; default: a new one in WORKDIR/app)."),
+    ] = None,
     nodes: Annotated[int, typer.Option("--nodes", help="SuperNodes to start.")] = 3,
     tls: Annotated[bool, typer.Option("--tls/--insecure", help="TLS with generated certificates.")] = True,
     workdir: Annotated[Path, typer.Option("--workdir", help="Logs, certificates, Flower home, run folder.")] = Path("flower-local"),
@@ -194,6 +292,8 @@ def flower_local(
 
     launch = _flower()
     workdir = workdir.resolve()
+    if app_dir is None:
+        app_dir = write_flower_app(workdir / "app")
     overrides: dict[str, object] = {"output-dir": str(workdir / "runs"), "min-nodes": nodes}
     for item in run_config or []:
         key, _, value = item.partition("=")
@@ -212,8 +312,6 @@ def flower_local(
 
 
 def yaml_value(text: str) -> object:
-    import yaml
-
     return yaml.safe_load(text)
 
 

@@ -12,6 +12,7 @@ from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import LOSS_BALANCERS, MTLConfig
 from fedmtl.config.privacy import PrivacyConfig
+from fedmtl.config.tracking import Tracker
 from fedmtl.config.training import SGD, ClientConfig, ServerConfig
 
 
@@ -28,6 +29,11 @@ class OutputConfig(StrictModel):
 
     dir: str = "runs"
     name: str | None = Field(default=None, description="Run folder name (default: a timestamp).")
+    overwrite: bool = Field(
+        default=False,
+        description="Start afresh in a run folder that already holds a run (its outputs are deleted); "
+        "by default such a folder is refused (resume it instead).",
+    )
     checkpoint_every: Count = 1
     keep_checkpoints: Count = 2
     plots: bool = True
@@ -65,6 +71,7 @@ class ExperimentConfig(StrictModel):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: list[Tracker] = Field(default_factory=list, description="Backends each round is logged to: tensorboard, mlflow, wandb.")
 
     @model_validator(mode="after")
     def _cohort_fits(self) -> ExperimentConfig:

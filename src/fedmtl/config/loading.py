@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,8 @@ def format_validation_error(error: ValidationError, data: Any = None) -> str:
         loc = ".".join(str(p) for p in user_path(item["loc"], data))
         got = item.get("input")
         shown = _shorten(repr(got)) if not isinstance(got, dict) else "{...}"
-        lines.append(f"  {_shorten(loc) or '<root>'}: {_shorten(item['msg'], 4 * MAX_SHOWN)} (got {shown})")
+        hint = _did_you_mean(item, _model_of(item["loc"]))
+        lines.append(f"  {_shorten(loc) or '<root>'}: {_shorten(item['msg'], 4 * MAX_SHOWN)} (got {shown}){hint}")
     if len(problems) > MAX_PROBLEMS:
         lines.append(f"  ... and {len(problems) - MAX_PROBLEMS} more problems")
     return "invalid configuration:\n" + "\n".join(lines)
@@ -65,6 +68,44 @@ def user_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
         else:
             node = None
     return path
+
+
+def _model_of(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model whose field the last element of ``loc`` names (None when a union leaves it open)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    members: list[type[BaseModel]] = []
+    for part in loc[:-1]:
+        tagged = {_tag(m): m for m in members}
+        if isinstance(part, str) and part in tagged:  # pydantic's kind tag picks the union member
+            model, members = tagged[part], []
+            continue
+        if model is None or isinstance(part, int) or part.startswith("function-"):
+            continue
+        info = model.model_fields.get(part)
+        members = _models_in(info.annotation) if info is not None else []
+        model = members[0] if len(members) == 1 else None
+        members = [] if len(members) == 1 else members
+    return model
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    info = model.model_fields.get("name")
+    return info.default if info is not None and isinstance(info.default, str) else None
+
+
+def _did_you_mean(item: Any, model: type[BaseModel] | None) -> str:
+    """``; did you mean 'pcgrad'?`` for a misspelt kind, choice or key; else ''."""
+    ctx = item.get("ctx") or {}
+    if item["type"] == "union_tag_invalid":
+        word, choices = str(ctx.get("tag")), re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+    elif item["type"] == "literal_error":
+        word, choices = str(item.get("input")), re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+    elif item["type"] == "extra_forbidden" and model is not None:
+        word, choices = str(item["loc"][-1]), list(model.model_fields)
+    else:
+        return ""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _shorten(text: str, limit: int = MAX_SHOWN) -> str:

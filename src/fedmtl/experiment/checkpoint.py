@@ -44,7 +44,7 @@ class CheckpointError(RuntimeError):
 
 
 #: what may differ between a run's saved config.yaml and the config that resumes it (and everything below)
-RESUMABLE_CHANGES = ("evaluation", "output", "server.rounds")
+RESUMABLE_CHANGES = ("evaluation", "output", "server.rounds", "tracking")
 
 
 def config_changes(before: Any, now: Any, prefix: str = "", new_keys: bool = True) -> list[str]:

@@ -7,8 +7,10 @@ The run folder holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (a line
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedmtl._extras import require
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
@@ -32,23 +35,69 @@ from fedmtl.experiment.checkpoint import (
     save_checkpoint,
 )
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized
-from fedmtl.fl.client import mean_buffers
+from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.mtl.factory import as_model
-from fedmtl.report import MetricsLog, draw_all, write_report
+from fedmtl.report import MetricsLog, render_report
+from fedmtl.report.metrics_log import flatten
+from fedmtl.tracking import Callback, Tracking, build_callbacks
 
 log = logging.getLogger("fedmtl")
 
 
+#: what a run writes into its folder (``output.overwrite`` deletes these, and nothing else)
+RUN_OUTPUTS = ("checkpoints", "plots", "metrics.jsonl", "summary.json", "clients.json", "report.html", "config.yaml", "tracking")
+
+
 @dataclass(frozen=True)
 class Results:
-    """What a finished run returns: where it wrote, its summary and its per-round history."""
+    """What a finished run returns: where it wrote, its summary and its per-round history.
+
+    Attributes:
+        run_dir: the run folder.
+        summary: ``summary.json``: final metrics, bytes, privacy, data.
+        history: ``metrics.jsonl``, one dict per round (evaluation metrics only on evaluated rounds);
+            :meth:`to_pandas` is its table view.
+        params: the final global model's parameters (``model.named_parameters()`` names); :meth:`model`
+            loads them into a model ready to predict.
+    """
 
     run_dir: Path
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     params: dict[str, torch.Tensor]
+
+    def to_pandas(self) -> Any:
+        """The history as a ``pandas.DataFrame``: one row per round (the index), one column per metric.
+
+        Nested records are flattened with dots (``global.digit.accuracy``, ``personalized.mean``,
+        ``train_loss.parity``); a metric a round did not compute (evaluation every k rounds) is NaN.
+        Needs pandas (the ``tables`` extra).
+        """
+        pd = require("pandas", "tables", "Results.to_pandas()")
+        rows = [flatten(record) for record in self.history]
+        return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame(index=pd.Index([], name="round"))
+
+    def model(self, experiment: Experiment | None = None) -> MultiTaskModel:
+        """The final global model, in eval mode, ready to predict: ``model(x)`` -> ``{task: prediction}``.
+
+        Inputs must be preprocessed as the run's were (``data.preprocessing``: cleaning, normalisation):
+        the splits of the experiment's ``data`` are. A multiclass prediction is a row of logits, a
+        binary one a logit, a regression one a value (normalised when the targets were).
+
+        Args:
+            experiment: the :class:`Experiment` that ran (needed when it was given in-memory data or a
+                model object in Python); by default one rebuilt from the run's ``config.yaml``.
+        """
+        if experiment is None:
+            cfg = load_config(self.run_dir / "config.yaml")
+            if cfg.data.source.name == "arrays":
+                raise ConfigError("this run used in-memory data: pass Results.model(experiment) with the Experiment that ran it")
+            experiment = Experiment(cfg)
+        model = experiment.build_model()
+        load_parameters(model, self.params)
+        return model.eval()
 
 
 def _as_config(config: ExperimentConfig | dict[str, Any] | str | Path | None) -> ExperimentConfig:
@@ -91,6 +140,16 @@ class Experiment:
         self._data: FederatedData | None = None
         self._final_clients: list[dict[str, Any]] = []
 
+    @functools.cached_property
+    def tracking(self) -> Tracking:
+        """The run's tracking: the config's ``tracking`` backends, then callbacks added with :meth:`add_callback`."""
+        return Tracking(build_callbacks(self.config.tracking))
+
+    def add_callback(self, callback: Callback) -> Experiment:
+        """Call ``callback`` (a :class:`fedmtl.tracking.Callback`) once per round of :meth:`run`; returns self."""
+        self.tracking.callbacks.append(callback)
+        return self
+
     @property
     def data(self) -> FederatedData:
         if self._data is None:
@@ -116,7 +175,17 @@ class Experiment:
         name = out.name or datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out.dir) / name
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another output.name")
+            if not out.overwrite:
+                raise ConfigError(
+                    f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir}, "
+                    "choose another output.name, or set output.overwrite=true to start afresh"
+                )
+            for name in RUN_OUTPUTS:  # only what a run writes: other files in the folder are the user's
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
@@ -169,6 +238,7 @@ class Experiment:
                 record["elapsed"] = elapsed
                 if writes:
                     metrics.append(record)
+                    self.tracking.on_round(run_dir, cfg, record)
                 due = state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds
                 if writes and (due or not fed.can_run_round(state)):
                     save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
@@ -288,21 +358,3 @@ def engine_label(fed: Federation) -> str:
     if getattr(fed, "distributed", False):
         return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
     return name
-
-
-def render_report(run_dir: str | Path) -> Path:
-    """(Re)draw a run's plots from its files and write its ``report.html``."""
-    run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: it has no metrics.jsonl")
-    from fedmtl.report import read_metrics
-
-    records = read_metrics(metrics_path)
-    clients_path = run_dir / "clients.json"
-    scores = [row["score"] for row in json.loads(clients_path.read_text())] if clients_path.exists() else []
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    plots = draw_all(records, scores, run_dir / "plots")
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-    return write_report(run_dir, config_text, summary, plots)

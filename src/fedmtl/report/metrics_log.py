@@ -150,3 +150,17 @@ class MetricsLog:
             )
         kept = [r for r in parsed.records if r["round"] <= last_round]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def flatten(record: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """A nested record as one level: ``{"global": {"digit": {"accuracy": 0.5}}}`` -> ``{"global.digit.accuracy": 0.5}``.
+
+    What ``Results.to_pandas()`` makes columns of, and tracking backends metric names of (``sep="/"``).
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}{sep}{k}": v for k, v in flatten(value, sep).items()})
+        else:
+            out[str(key)] = value
+    return out

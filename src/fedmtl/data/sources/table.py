@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmtl._extras import install_hint, require
 from fedmtl.config.data import TableSource, TaskSpec
 from fedmtl.data.source import DataError, SourceData
 from fedmtl.tasks import Task, TaskKind
@@ -106,7 +107,7 @@ def from_arrays(
 
 
 def _read_frame(path: Path):  # type: ignore[no-untyped-def]
-    import pandas as pd
+    pd = require("pandas", "tables", "reading a CSV or Parquet table")
 
     suffix = path.suffix.lower()
     if suffix in (".csv", ".txt"):
@@ -115,7 +116,7 @@ def _read_frame(path: Path):  # type: ignore[no-untyped-def]
         try:
             return pd.read_parquet(path)
         except ImportError:
-            raise DataError("reading Parquet needs the 'parquet' extra: pip install 'fedmtl[parquet]'") from None
+            raise DataError(f"reading Parquet needs pyarrow: {install_hint('tables')}") from None
     raise DataError(f"unsupported table format {suffix!r} for {str(path)!r}; allowed: .csv, .parquet, .npz")
 
 
@@ -138,7 +139,7 @@ def load_table(cfg: TableSource, seed: int) -> SourceData:
     features = list(cfg.features) if cfg.features is not None else [c for c in frame.columns if c not in used]
     if not features:
         raise DataError(f"{str(path)!r} has no feature columns left after the task and client columns")
-    import pandas as pd
+    pd = require("pandas", "tables", "reading a CSV or Parquet table")
 
     feats = frame[features]
     categorical = [c for c in features if feats[c].dtype == object or str(feats[c].dtype) in ("category", "string", "str", "bool")]

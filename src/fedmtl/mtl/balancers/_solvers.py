@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -88,6 +87,8 @@ def project_to_dual_cone(m: np.ndarray, u: np.ndarray, reg: float = 1e-10) -> np
     t = m.shape[0]
     evals, evecs = np.linalg.eigh(m + (reg * np.trace(m) / t + 1e-30) * np.eye(t))
     a = np.sqrt(np.clip(evals, 0, None))[:, None] * evecs.T
+    from scipy.optimize import nnls  # imported on use: `import fedmtl` stays light
+
     s, _ = nnls(a, -(a @ u))
     return u + s
 

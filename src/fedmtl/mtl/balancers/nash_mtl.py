@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fedmtl._extras import require
 from fedmtl.mtl.balancers._solvers import solve_power_balance
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
 from fedmtl.tree import TensorTree
@@ -16,10 +17,7 @@ Solver = Literal["newton", "cvxpy"]
 
 def _cvxpy_solve(m: np.ndarray, w0: np.ndarray, iters: int = 20) -> np.ndarray:  # pragma: no cover - optional
     """The paper's sequence of convex approximations, solved with CVXPY (the ``solvers`` extra)."""
-    try:
-        import cvxpy as cp
-    except ImportError as e:
-        raise ImportError("Nash-MTL with solver='cvxpy' needs cvxpy: pip install 'fedmtl[solvers]'") from e
+    cp = require("cvxpy", "solvers", "Nash-MTL with solver='cvxpy'")
     t = m.shape[0]
     alpha = cp.Variable(t, nonneg=True)
     prev = cp.Parameter(t, value=w0)
@@ -69,10 +67,7 @@ class NashMTL(GradBalancer):
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
         if solver == "cvxpy":
-            try:
-                import cvxpy  # noqa: F401
-            except ImportError as e:
-                raise ImportError("Nash-MTL with solver='cvxpy' needs cvxpy: pip install 'fedmtl[solvers]'") from e
+            require("cvxpy", "solvers", "Nash-MTL with solver='cvxpy'")
         self.solver = solver
         self.update_every = update_every
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+
+from fedmtl._extras import require
 
 Mechanism = Literal["rdp", "prv"]
 
@@ -69,7 +69,7 @@ class PrivacyAccountant:
             return 0.0
         if any(sigma == 0 for sigma, _, _ in self.history):
             return math.inf
-        acc = create_accountant(mechanism=self.mechanism)
+        acc = require("opacus.accountants", "privacy", "DP accounting").create_accountant(mechanism=self.mechanism)
         acc.history = list(self.history)
         return float(acc.get_epsilon(delta=delta))
 
@@ -84,7 +84,7 @@ def noise_for_target_epsilon(
     if target_epsilon <= 0 or rounds < 1:
         raise ValueError(f"need target_epsilon > 0 and rounds >= 1, got {target_epsilon}, {rounds}")
     return float(
-        get_noise_multiplier(
+        require("opacus.accountants.utils", "privacy", "DP accounting").get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,
             sample_rate=sample_rate,

@@ -9,15 +9,18 @@ data; client-level DP (:mod:`fedmtl.privacy.dp.dpfedavg`) protects a client's wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedmtl._extras import require
 from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
+
+if TYPE_CHECKING:
+    from opacus import PrivacyEngine
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,14 @@ def make_private_client(
         generator: randomness for noise and Poisson sampling (None: Opacus' default RNG).
         prior: this client's accounting history from earlier rounds, so epsilon keeps composing.
     """
-    engine = PrivacyEngine(accountant=cfg.accountant)
+    opacus = require("opacus", "privacy", "DP-SGD")
+    engine = opacus.PrivacyEngine(accountant=cfg.accountant)
     if prior is not None:
         if prior.mechanism != cfg.accountant:
             raise ValueError(f"prior accountant is {prior.mechanism!r}, config asks for {cfg.accountant!r}")
         engine.accountant.history = list(prior.history)
     loader = (
-        DPDataLoader.from_data_loader(data_loader, generator=generator)
+        require("opacus.data_loader", "privacy", "DP-SGD").DPDataLoader.from_data_loader(data_loader, generator=generator)
         if cfg.poisson_sampling
         else data_loader
     )

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedmtl._extras import require
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+
+def crypto(module: str) -> ModuleType:
+    """``cryptography.<module>``, imported on first use (the ``privacy`` extra)."""
+    return require(f"cryptography.{module}", "privacy", "secure aggregation")
 
 SEED_BYTES = 32
 NONCE_BYTES = 12
@@ -45,7 +53,7 @@ class KeyPair:
     @classmethod
     def from_private_bytes(cls, raw: bytes) -> KeyPair:
         """Rebuild a key pair from its 32 private bytes (as the server does after reconstruction)."""
-        private = X25519PrivateKey.from_private_bytes(raw)
+        private = crypto("hazmat.primitives.asymmetric.x25519").X25519PrivateKey.from_private_bytes(raw)
         return cls(private, private.public_key().public_bytes_raw())
 
     def private_bytes(self) -> bytes:
@@ -60,23 +68,24 @@ def generate_keypair(generator: torch.Generator | None = None) -> KeyPair:
 
 def hkdf(secret: bytes, info: bytes, length: int = SEED_BYTES) -> bytes:
     """HKDF-SHA256 (RFC 5869) without salt: a uniform key bound to ``info``."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+    hazmat = crypto("hazmat.primitives.kdf.hkdf"), crypto("hazmat.primitives.hashes")
+    return hazmat[0].HKDF(algorithm=hazmat[1].SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
 def agree(own: KeyPair, peer_public: bytes, info: bytes) -> bytes:
     """X25519 Diffie-Hellman with a peer, then HKDF bound to ``info``; symmetric in the two parties."""
     if len(peer_public) != SEED_BYTES:
         raise ValueError(f"an X25519 public key has 32 bytes, got {len(peer_public)}")
-    shared = own.private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    shared = own.private.exchange(crypto("hazmat.primitives.asymmetric.x25519").X25519PublicKey.from_public_bytes(peer_public))
     return hkdf(shared, info)
 
 
 def encrypt(key: bytes, plaintext: bytes, aad: bytes, generator: torch.Generator | None) -> bytes:
     """AES-256-GCM: ``nonce || ciphertext || tag``; ``aad`` is authenticated, not encrypted."""
     nonce = random_bytes(NONCE_BYTES, generator)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return nonce + crypto("hazmat.primitives.ciphers.aead").AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
     """Inverse of :func:`encrypt`; raises ``cryptography.exceptions.InvalidTag`` if anything was altered."""
-    return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    return crypto("hazmat.primitives.ciphers.aead").AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)

@@ -7,7 +7,8 @@ used once per (round, group, pair) because seeds come from HKDF bound to those l
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from fedmtl.privacy.secagg.keys import crypto
 
 _ZERO_NONCE = bytes(16)
 
@@ -32,6 +33,7 @@ def expand(seed: bytes, length: int, bits: int) -> np.ndarray:
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     mask = ring_mask(bits)
-    encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
+    ciphers = crypto("hazmat.primitives.ciphers")
+    encryptor = ciphers.Cipher(ciphers.algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
     stream = encryptor.update(bytes(8 * length))
     return np.frombuffer(stream, dtype="<u8").astype(np.uint64) & mask

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from cryptography.exceptions import InvalidTag
 
 from fedmtl.config.privacy import SecureAggregationConfig
 from fedmtl.privacy.secagg import keys, prg, shamir
@@ -194,7 +193,7 @@ class SecAggClient:
             )
             try:
                 plain = keys.decrypt(aead_key, msg.blob, header)
-            except InvalidTag:
+            except keys.crypto("exceptions").InvalidTag:
                 raise SecAggError(
                     f"client {self.id}: share from client {msg.sender} failed authentication "
                     "(tampered or corrupted in transit)"
