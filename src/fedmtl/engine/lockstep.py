@@ -101,6 +101,6 @@ def run_lockstep(
             for i, ans in zip(trains, train_many([batch[i] for i in trains])):  # type: ignore[misc]
                 resume(i, ans)
         if grads:
-            for i, ans in zip(grads, grads_many([batch[i] for i in grads])):  # type: ignore[misc]
-                resume(i, ans)
+            for i, answer in zip(grads, grads_many([batch[i] for i in grads])):  # type: ignore[misc]
+                resume(i, answer)
     return results  # type: ignore[return-value]

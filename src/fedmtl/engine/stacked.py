@@ -239,7 +239,7 @@ class Chunk:
             W[c, cols] = balance.weights.to(W)
             directions[c] = balance.shared_gradient(G)
         total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
-        grads = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
+        grads: dict[str, Tensor | None] = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
         if balanced:
             for n in shared_names:
                 if grads[n] is None:

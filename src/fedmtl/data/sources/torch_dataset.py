@@ -70,15 +70,15 @@ def from_datasets(
             raise DataError("client_ids is for one Dataset; a dict of datasets already names each client")
         if not datasets:
             raise DataError("from_datasets got an empty dict of datasets")
-        xs, ids = [], []
+        xs, ids_list = [], []
         ys: dict[str, list[object]] = {t: [] for t in kinds}
         for cid, ds in datasets.items():
             x, y = _rows(ds, kinds, f"client {cid!r}")
             xs += x
-            ids += [str(cid)] * len(x)
+            ids_list += [str(cid)] * len(x)
             for t in kinds:
                 ys[t] += y[t]
-        client_ids = np.asarray(ids)
+        client_ids = np.asarray(ids_list)
     else:
         xs, ys = _rows(datasets, kinds, "dataset")
     if not xs:
@@ -98,12 +98,12 @@ def from_datasets(
     src = from_arrays(np.stack(xs), targets, kinds, ids_all, num_classes, description)
     if holdout is None:
         return src
-    ids = None if src.client_ids is None else src.client_ids[:n_train]
+    train_ids = None if src.client_ids is None else src.client_ids[:n_train]
     return SourceData(
         x=src.x[:n_train],
         targets={t: v[:n_train] for t, v in src.targets.items()},
         tasks=src.tasks,
-        client_ids=ids,
+        client_ids=train_ids,
         holdout_x=src.x[n_train:],
         holdout_targets={t: v[n_train:] for t, v in src.targets.items()},
         description=description,
