@@ -8,11 +8,15 @@ from typing import Any
 import torch
 
 from fedmtl.comm.codecs.base import ByteCodec, Parts, Quantiser, Sparsifier
+from fedmtl.comm.codecs.blockq import BlockQuantiser
 from fedmtl.comm.codecs.cast import Cast
+from fedmtl.comm.codecs.dgc import DGCTopK
 from fedmtl.comm.codecs.int8 import Int8
 from fedmtl.comm.codecs.lossless import LZ4, Zstd
+from fedmtl.comm.codecs.powersgd import PowerSGD
 from fedmtl.comm.codecs.qsgd import QSGD
 from fedmtl.comm.codecs.sign import ScaledSign
+from fedmtl.comm.codecs.sketch import CountSketch
 from fedmtl.comm.codecs.sparse import RandK, TopK
 
 CODECS: dict[str, Callable[[Any], object]] = {
@@ -24,6 +28,10 @@ CODECS: dict[str, Callable[[Any], object]] = {
     "sign": lambda c: ScaledSign(),
     "topk": lambda c: TopK(c.fraction),
     "randk": lambda c: RandK(c.fraction),
+    "dgc": lambda c: DGCTopK(c.fraction, c.momentum, c.warmup),
+    "sketch": lambda c: CountSketch(c.fraction, c.rows, c.topk, c.seed),
+    "powersgd": lambda c: PowerSGD(c.rank),
+    "blockq": lambda c: BlockQuantiser(c.bits, c.block_size),
     "zstd": lambda c: Zstd(c.level),
     "lz4": lambda c: LZ4(),
 }
@@ -32,10 +40,14 @@ __all__ = [
     "CODECS",
     "LZ4",
     "QSGD",
+    "BlockQuantiser",
     "ByteCodec",
     "Cast",
+    "CountSketch",
+    "DGCTopK",
     "Int8",
     "Parts",
+    "PowerSGD",
     "Quantiser",
     "RandK",
     "ScaledSign",
