@@ -35,9 +35,13 @@ class Link:
     Args:
         codecs: codec configs in encoding order (default: identity float32).
         max_payload_bytes: payloads (sent or decompressed) larger than this are rejected.
+        role: a label written into every payload's header and required on decoding (``"delta"`` for
+            the downlink's model differences), so payloads of two links never pass for each other.
     """
 
-    def __init__(self, codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30):
+    def __init__(
+        self, codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30, role: str = ""
+    ):
         self.codecs = list(codecs) if codecs else [comm_cfg.IdentityCodec()]
         comm_cfg.check_chain([c.name for c in self.codecs])
         if max_payload_bytes < 1:
@@ -59,6 +63,8 @@ class Link:
         #: ``after`` hooks around the encoding, memory kept in the state under ``"memory"``
         self.memory_codecs = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
         self._chain_spec = [c.model_dump(mode="json") for c in self.codecs]
+        if role:
+            self._chain_spec = [{"role": role}, *self._chain_spec]
 
     def __repr__(self) -> str:
         return f"Link({[c.name for c in self.codecs]}, error_feedback={self.error_feedback})"

@@ -191,11 +191,18 @@ class CommConfig(StrictModel):
 
     uplink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
     downlink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
+    downlink_delta: list[Codec] = Field(
+        default_factory=list,
+        description=(
+            "Chain for the model differences sent to clients that kept their last copy (the server's "
+            "mirror of that copy is its error feedback); [] sends every client the full model by `downlink`."
+        ),
+    )
     max_payload_mb: float = Field(
         default=1024.0, gt=0, description="Payloads larger than this (compressed or not) are rejected."
     )
 
-    @field_validator("uplink", "downlink")
+    @field_validator("uplink", "downlink", "downlink_delta")
     @classmethod
     def _valid_chain(cls, chain: list[Codec]) -> list[Codec]:
         check_chain([c.name for c in chain])
@@ -208,6 +215,18 @@ class CommConfig(StrictModel):
         if update_only:
             raise ValueError(
                 f"comm.downlink carries the global parameters, not updates: {update_only} would zero or "
-                "binarise weights; use fp16, bf16, int8, qsgd and/or zstd/lz4 on the downlink"
+                "binarise weights; use fp16, bf16, int8, qsgd, blockq and/or zstd/lz4 on the downlink, "
+                "and put update codecs in comm.downlink_delta (differences to the client's last copy)"
+            )
+        return chain
+
+    @field_validator("downlink_delta")
+    @classmethod
+    def _delta_is_stateless(cls, chain: list[Codec]) -> list[Codec]:
+        if any(c.name == "dgc" for c in chain):
+            raise ValueError(
+                "comm.downlink_delta cannot use 'dgc': its momentum and warm-up need per-receiver sender state, "
+                "and the downlink's error feedback is the server's mirror of each client's copy; use topk, "
+                "randk, sketch, powersgd or a quantiser"
             )
         return chain
