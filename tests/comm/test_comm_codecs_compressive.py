@@ -106,7 +106,16 @@ def test_dgc_receiver_bounds_the_number_of_indices():
     with pytest.raises(PayloadError, match="allowed 10..100"):
         codec.count({"indices": torch.arange(5, dtype=torch.int32)}, 100)
     with pytest.raises(PayloadError, match="strictly increasing"):
-        codec.expand({"indices": torch.tensor([3, 3], dtype=torch.int32)}, torch.ones(2), 10)
+        codec.expand({"indices": torch.tensor([3, 0], dtype=torch.int32)}, torch.ones(2), 10)
+    with pytest.raises(PayloadError, match="outside"):
+        codec.expand({"indices": torch.tensor([3, 7], dtype=torch.int32)}, torch.ones(2), 10)
+
+
+def test_dgc_indices_travel_gap_coded():
+    codec = DGCTopK(fraction=0.3, momentum=0.0, warmup=0)
+    parts, values = codec.select(torch.tensor([0.0, 5.0, 0.0, 0.0, -4.0, 0.0, 0.0, 3.0, 0.0, 0.0]), None)
+    assert parts["indices"].tolist() == [1, 3, 3] and values.tolist() == [5.0, -4.0, 3.0]  # indices 1, 4, 7
+    assert codec.expand(parts, values, 10).nonzero().reshape(-1).tolist() == [1, 4, 7]
 
 
 # -- PowerSGD ----------------------------------------------------------------------------------

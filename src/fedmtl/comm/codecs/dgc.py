@@ -17,7 +17,9 @@ WARMUP_BASE = 0.25
 
 
 class DGCTopK:
-    """Top-k of the momentum-corrected accumulation, sent as int32 indices plus the kept values.
+    """Top-k of the momentum-corrected accumulation, sent as the kept values and their sorted indices,
+    gap-coded (the first index, then each index minus the one before it, int32) so that a byte codec
+    after the chain packs them into about one byte each.
 
     Per tensor the sender keeps (in the link's explicit state, never on the codec) the momentum ``u``
     and the number of updates it has sent. Each update ``x`` (a client's model difference here) goes
@@ -66,11 +68,11 @@ class DGCTopK:
     ) -> tuple[Parts, Tensor]:
         step = int(memory["step"]) if memory and "step" in memory else 0
         idx = torch.topk(x.abs(), self.kept_at(step, x.numel()), sorted=False).indices.sort().values
-        return {"indices": idx.to(torch.int32)}, x[idx]
+        return {"indices": torch.diff(idx, prepend=idx.new_zeros(1)).to(torch.int32)}, x[idx]
 
     def after(self, memory: Parts, parts: Parts) -> Parts:
         u = memory["momentum"].clone()
-        u[parts["indices"].long()] = 0.0
+        u[parts["indices"].long().cumsum(0)] = 0.0
         step = int(memory["step"]) + 1 if "step" in memory else 1
         return {**memory, "momentum": u, "step": torch.tensor(step, dtype=torch.int64)}
 
@@ -85,11 +87,12 @@ class DGCTopK:
         return k
 
     def expand(self, parts: Parts, values: Tensor, numel: int) -> Tensor:
-        idx = take(parts, "indices", torch.int32, values.numel()).long()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
+        gaps = take(parts, "indices", torch.int32, values.numel()).long()
+        if gaps.numel() and (int(gaps[0]) < 0 or bool((gaps[1:] < 1).any())):
+            raise PayloadError("dgc indices must be strictly increasing (gaps >= 1 after the first index >= 0)")
+        idx = gaps.cumsum(0)
+        if idx.numel() and int(idx[-1]) >= numel:
             raise PayloadError(f"dgc indices outside [0, {numel})")
-        if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-            raise PayloadError("dgc indices must be strictly increasing")
         out = torch.zeros(numel)
         out[idx] = values
         return out
