@@ -155,6 +155,7 @@ CODECS = [
     ("powersgd", _chain({"name": "powersgd", "rank": 1}), _bound_powersgd, 2 / 256 + 0.001),
     ("sketch", _chain({"name": "sketch", "fraction": 0.05, "topk": 0.01}), _bound_sketch(0.01), 0.051),
     ("zstd", _chain({"name": "zstd", "level": 3}), _bound_identity, 1.001),
+    ("zstd_dictionary", _chain({"name": "zstd", "level": 3, "dictionary": 1}), _bound_identity, 1.001),
     ("lz4", _chain({"name": "lz4"}), _bound_identity, 1.01),
     (
         "topk_int8_zstd",

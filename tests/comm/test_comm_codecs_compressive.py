@@ -186,3 +186,20 @@ def test_sketch_bytes_are_the_table():
 def test_update_only_codecs_are_refused_on_a_full_downlink(name):
     with pytest.raises(ValueError, match="not updates"):
         CommConfig(downlink=[{"name": name}])
+
+
+# -- zstd's header dictionary ------------------------------------------------------------------
+def test_zstd_header_dictionary_saves_header_bytes_and_must_match():
+    g = torch.Generator().manual_seed(0)
+    x = {f"trunk.net.{i}.weight": torch.randn(8, 8, generator=g) for i in range(6)}
+    chain = [{"name": "qsgd", "levels": 1, "bucket_size": 64}]
+    plain = _link(*chain, {"name": "zstd", "level": 19})
+    primed = _link(*chain, {"name": "zstd", "level": 19, "dictionary": 1})
+    a, _ = plain.encode(x, {}, torch.Generator().manual_seed(1))
+    b, _ = primed.encode(x, {}, torch.Generator().manual_seed(1))
+    assert len(b) <= len(a) - 100
+    assert all(torch.equal(plain.decode(a)[k], primed.decode(b)[k]) for k in x)  # the same tensors
+    with pytest.raises(PayloadError, match="does not decompress"):  # a receiver without the dictionary
+        plain.decode(b)
+    with pytest.raises(ValueError, match="dictionary"):
+        CommConfig(uplink=[{"name": "zstd", "dictionary": 2}])

@@ -123,6 +123,10 @@ class ZstdCodec(StrictModel):
 
     name: Literal["zstd"] = "zstd"
     level: int = Field(default=3, ge=1, le=22)
+    dictionary: Literal[0, 1] = Field(
+        default=0,
+        description="1: prime both sides with fedmtl's header dictionary (about 200 bytes less a payload).",
+    )
 
 
 class LZ4Codec(StrictModel):

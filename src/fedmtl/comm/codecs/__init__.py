@@ -32,7 +32,7 @@ CODECS: dict[str, Callable[[Any], object]] = {
     "sketch": lambda c: CountSketch(c.fraction, c.rows, c.topk, c.seed),
     "powersgd": lambda c: PowerSGD(c.rank),
     "blockq": lambda c: BlockQuantiser(c.bits, c.block_size),
-    "zstd": lambda c: Zstd(c.level),
+    "zstd": lambda c: Zstd(c.level, c.dictionary),
     "lz4": lambda c: LZ4(),
 }
 
