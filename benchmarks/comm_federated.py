@@ -74,20 +74,19 @@ AGGREGATORS = {
 # -- the bytes-vs-accuracy Pareto front (issue 22) ---------------------------------------------------------------------
 DEMO = Path(__file__).parents[1] / "src" / "fedmtl" / "configs" / "demo.yaml"
 #: each point: (uplink chain, downlink chain, downlink_delta chain); fp32 is the reference
+ZSTD = {"name": "zstd", "level": 19, "dictionary": 1}
+FP32 = [{"name": "identity"}]
+QSGD1 = {"name": "qsgd", "levels": 1}
+#: the full model for clients without a copy, then scaled-sign differences to their copy
+DELTA_SIGN = ([{"name": "blockq", "bits": 8}], [{"name": "sign"}, ZSTD])
 PARETO = {
-    "fp32": ([{"name": "identity"}], [{"name": "identity"}], []),
-    "up qsgd s=4 + zstd": ([{"name": "qsgd", "levels": 4}, {"name": "zstd", "level": 19}], [{"name": "identity"}], []),
-    "up powersgd r=1 + zstd": ([{"name": "powersgd", "rank": 1}, {"name": "zstd", "level": 19}], [{"name": "identity"}], []),
-    "up dgc 1% + blockq4 + zstd": (
-        [{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, {"name": "zstd", "level": 19}],
-        [{"name": "identity"}],
-        [],
-    ),
-    "down delta blockq2/256 + zstd": (
-        [{"name": "identity"}],
-        [{"name": "blockq", "bits": 8}],
-        [{"name": "blockq", "bits": 2, "block_size": 256}, {"name": "zstd", "level": 19}],
-    ),
+    "fp32": (FP32, FP32, []),
+    "up qsgd s=1/2048 + zstd": ([{**QSGD1, "bucket_size": 2048}, ZSTD], FP32, []),
+    "up qsgd s=1/4096 + zstd": ([{**QSGD1, "bucket_size": 4096}, ZSTD], FP32, []),
+    "up dgc 1% + blockq4 + zstd": ([{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD], FP32, []),
+    "up powersgd r=1 + zstd": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
+    "down blockq8 / delta sign + zstd": (FP32, *DELTA_SIGN),
+    "both (examples/configs/compressed.yaml)": ([{**QSGD1, "bucket_size": 4096}, ZSTD], *DELTA_SIGN),
 }
 
 
