@@ -119,3 +119,23 @@ def test_identity_differences_reproduce_the_full_broadcast():
     for n in sp.params:
         # fp16 full broadcast in round 1, then exact float32 differences: the copy is at least as exact
         assert torch.allclose(sp.params[n], sd.params[n], atol=2e-3), n
+
+
+def test_compressed_run_resumes_exactly_with_the_copies(tiny_config):
+    import fedmtl
+
+    comm = {
+        "uplink": [{"name": "qsgd", "levels": 1, "bucket_size": 256}, {"name": "zstd", "dictionary": 1}],
+        "downlink": [{"name": "blockq", "bits": 8}],
+        "downlink_delta": [{"name": "sign"}, {"name": "zstd", "dictionary": 1}],
+    }
+    cfg = {**tiny_config, "comm": comm, "server": {**tiny_config["server"], "rounds": 4}}
+    full = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "full"}}).run(progress=False)
+    part = {**cfg, "server": {**cfg["server"], "rounds": 2}, "output": {**cfg["output"], "name": "part"}}
+    first = fedmtl.Experiment(part).run(progress=False)
+    resumed = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "part"}}).run(
+        resume=first.run_dir, progress=False
+    )
+    assert [r["bytes_down"] for r in resumed.history] == [r["bytes_down"] for r in full.history]
+    assert [r["bytes_up"] for r in resumed.history] == [r["bytes_up"] for r in full.history]
+    assert resumed.summary["final_global"] == full.summary["final_global"]

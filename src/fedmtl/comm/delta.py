@@ -35,7 +35,8 @@ def build_delta_link(cfg: comm_cfg.CommConfig) -> Link | None:
 def encode_delta(
     link: Link, params: Mapping[str, Tensor], copy: Mapping[str, Tensor], generator: torch.Generator | None
 ) -> bytes:
-    """``params - copy`` for every name of ``copy``, encoded by ``link`` (stateless: the copy is the residual)."""
+    """``params - copy`` for every name of ``copy``, in its order, encoded by ``link`` (stateless: the copy is
+    the residual). The order fixes the bytes and a stochastic chain's draws, so keep it stable (the model's)."""
     payload, _ = link.encode({n: params[n] - copy[n] for n in copy}, {}, generator)
     return payload
 
@@ -61,4 +62,4 @@ def apply_delta(
     diff = link.decode(payload, expected)
     if set(diff) != set(copy):
         raise PayloadError(f"model difference holds {len(diff)} tensors, the client's copy {len(copy)}")
-    return {n: copy[n] + diff[n] for n in copy}
+    return {n: copy[n] + diff[n] for n in diff}  # in the sender's order

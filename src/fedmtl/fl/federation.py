@@ -206,17 +206,18 @@ class Federation:
         payloads, state_payloads, copies = {}, {}, {}
         for cid in chosen:
             client = self.data.clients[cid]
+            names = self.algorithm.uploaded_names(self.model, client)
             if client.tasks not in cache:
-                names = self.algorithm.uploaded_names(self.model, client)
                 model_bytes, _ = self.down.encode({n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r))
                 cache[client.tasks] = (model_bytes, self._state_payload(state, client.tasks))
             payloads[cid], state_bytes = cache[client.tasks]
             if state_bytes:
                 state_payloads[cid] = state_bytes
             copy = state.client_states.get(cid, {}).get(COPY_KEY) if self.down_delta is not None else None
-            if copy and set(copy) == set(self.algorithm.uploaded_names(self.model, client)):
+            if copy and set(copy) == set(names):
+                copies[cid] = {n: copy[n] for n in names}  # the model's order (a checkpoint sorts keys)
                 gen = generator(self.cfg.seed, "down", r, cid)
-                payloads[cid], copies[cid] = encode_delta(self.down_delta, state.params, copy, gen), copy  # type: ignore[arg-type]
+                payloads[cid] = encode_delta(self.down_delta, state.params, copies[cid], gen)  # type: ignore[arg-type]
         return RoundPlan(r, chosen, payloads, state_payloads, copies)
 
     def _state_payload(self, state: ServerState, tasks: tuple[str, ...]) -> bytes:
