@@ -90,23 +90,35 @@ PARETO = {
 }
 
 
-def pareto(rounds: int, seeds: list[int], out: Path) -> dict:
+def _pareto_job(job: tuple[str, int, dict, str]) -> tuple[str, dict]:
+    name, seed, cfg, out = job
+    torch.set_num_threads(1)
+    s = run(cfg, Path(out), f"pareto-{abs(hash(name)) % 10**8}-{seed}")
+    acc = {t: float(v["accuracy"]) for t, v in s["final_global"].items() if isinstance(v, dict) and "accuracy" in v}
+    rec = {"seed": seed, "bytes_up": s["bytes_up_total"], "bytes_down": s["bytes_down_total"], "accuracy": acc}
+    print(f"pareto {name} seed {seed}: {rec}", flush=True)
+    return name, rec
+
+
+def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
     """Each chain a point, both directions: total bytes each way and final held-out accuracy per task, mean ± std over seeds."""
     import statistics
+    from concurrent.futures import ProcessPoolExecutor
 
     import yaml
 
     demo = yaml.safe_load(DEMO.read_text())
     demo = merge(demo, {"server": {"rounds": rounds}, "evaluation": {"every": rounds, "personalized": False}})
+    jobs = [
+        (name, seed, merge(demo, {"seed": seed, "comm": {"uplink": up, "downlink": down, "downlink_delta": delta}}), str(out))
+        for name, (up, down, delta) in PARETO.items()
+        for seed in seeds
+    ]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(_pareto_job, jobs))
     points: dict = {}
     for name, (up, down, delta) in PARETO.items():
-        runs = []
-        for seed in seeds:
-            cfg = merge(demo, {"seed": seed, "comm": {"uplink": up, "downlink": down, "downlink_delta": delta}})
-            s = run(cfg, out, f"pareto-{len(points)}-{seed}")
-            acc = {t: float(v["accuracy"]) for t, v in s["final_global"].items() if isinstance(v, dict) and "accuracy" in v}
-            runs.append({"seed": seed, "bytes_up": s["bytes_up_total"], "bytes_down": s["bytes_down_total"], "accuracy": acc})
-            print(f"pareto {name} seed {seed}: {runs[-1]}", flush=True)
+        runs = sorted((rec for n, rec in done if n == name), key=lambda r: r["seed"])
         tasks = sorted(runs[0]["accuracy"])
         stat = {t: (statistics.mean(r["accuracy"][t] for r in runs), statistics.stdev(r["accuracy"][t] for r in runs) if len(runs) > 1 else 0.0) for t in tasks}
         points[name] = {
@@ -162,10 +174,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--pareto", action="store_true", help="only the bytes-vs-accuracy front on the demo experiment")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per Pareto point")
+    parser.add_argument("--workers", type=int, default=1, help="Pareto runs in parallel (one thread each)")
+    parser.add_argument("--points", default="", help="comma-separated Pareto point names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.pareto:
-        result = pareto(args.rounds or 30, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")))
+        if args.points:
+            for name in [n for n in PARETO if n not in args.points.split(",")]:
+                del PARETO[name]
+        result = pareto(args.rounds or 30, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")), args.workers)
         result["machine"] = machine()
         path = write_json("comm_pareto", result)
         plot_pareto(result, path.with_suffix(".png"))
