@@ -48,7 +48,7 @@ def is_delta(link: Link, payload: bytes) -> bool:
         header, _ = unpack(payload, byte_codecs, link.max_payload_bytes)
     except PayloadError:
         return False
-    return bool(header.get("chain") == link._chain_spec)
+    return bool(header.get("chain") == link.chain_spec)
 
 
 def apply_delta(

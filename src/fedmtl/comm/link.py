@@ -75,6 +75,11 @@ class Link:
         return self.error_feedback or bool(self.memory_codecs)
 
     @property
+    def chain_spec(self) -> list[dict[str, Any]]:
+        """The chain (and role) every payload of this link declares in its header."""
+        return list(self._chain_spec)
+
+    @property
     def stochastic(self) -> bool:
         """Whether ``encode`` draws from its generator (it then requires one)."""
         return bool(getattr(self.sparsifier, "stochastic", False) or self.quantiser.stochastic)
