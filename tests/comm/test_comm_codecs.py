@@ -135,6 +135,7 @@ CODECS = [
     ("int8_channel", _chain({"name": "int8", "per_channel": True}), _bound_int8_per_channel, 0.255),
     ("qsgd", _chain({"name": "qsgd", "levels": 8, "bucket_size": 64}), _bound_qsgd(8, 64), 0.27),
     ("sign", _chain({"name": "sign"}), _bound_sign, 1 / 32 + 0.002),
+    ("sign_block", _chain({"name": "sign", "block_size": 16}), _rel(1.0), 1 / 32 + 1 / 16 + 0.002),
     ("topk", _chain({"name": "topk", "fraction": 0.05}), _bound_topk(0.05), 0.101),
     ("randk", _chain({"name": "randk", "fraction": 0.05}), _bound_randk(0.05), 0.051),
     (

@@ -203,3 +203,17 @@ def test_zstd_header_dictionary_saves_header_bytes_and_must_match():
         plain.decode(b)
     with pytest.raises(ValueError, match="dictionary"):
         CommConfig(uplink=[{"name": "zstd", "dictionary": 2}])
+
+
+# -- scaled sign with a scale per block --------------------------------------------------------
+def test_block_sign_by_hand_and_per_block_contraction():
+    from fedmtl.comm.codecs import ScaledSign
+
+    codec = ScaledSign(block_size=2)
+    x = torch.tensor([1.0, -3.0, 0.5, 0.5, -2.0])  # blocks [1, -3], [.5, .5], [-2]: scales 2, .5, 2
+    parts = codec.encode(x, (5,), None)
+    assert parts["scale"].tolist() == [2.0, 0.5, 2.0] and parts["bits"].numel() == 1
+    y = codec.decode(parts, 5, (5,))
+    assert y.tolist() == [2.0, -2.0, 0.5, 0.5, -2.0]
+    whole = ScaledSign().decode(ScaledSign().encode(x, (5,), None), 5, (5,))
+    assert float((x - y).norm()) <= float((x - whole).norm())

@@ -60,6 +60,10 @@ class SignCodec(StrictModel):
     """Scaled sign: one bit per coordinate times the mean magnitude (EF-signSGD, Karimireddy et al., 2019)."""
 
     name: Literal["sign"] = "sign"
+    block_size: PositiveInt | None = Field(
+        default=None,
+        description="Coordinates sharing one scale (their mean magnitude); null: one per tensor.",
+    )
     error_feedback: bool = True
 
 

@@ -25,7 +25,7 @@ CODECS: dict[str, Callable[[Any], object]] = {
     "bf16": lambda c: Cast(torch.bfloat16),
     "int8": lambda c: Int8(per_channel=c.per_channel),
     "qsgd": lambda c: QSGD(levels=c.levels, bucket_size=c.bucket_size),
-    "sign": lambda c: ScaledSign(),
+    "sign": lambda c: ScaledSign(c.block_size),
     "topk": lambda c: TopK(c.fraction),
     "randk": lambda c: RandK(c.fraction),
     "dgc": lambda c: DGCTopK(c.fraction, c.momentum, c.warmup),
