@@ -86,7 +86,7 @@ PARETO = {
     "up dgc 1% + blockq4 + zstd": ([{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD], FP32, []),
     "up powersgd r=1 + zstd": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
     "down blockq8 / delta sign + zstd": (FP32, *DELTA_SIGN),
-    "both (examples/configs/compressed.yaml)": ([{**QSGD1, "bucket_size": 4096}, ZSTD], *DELTA_SIGN),
+    "both (examples/configs/compressed.yaml)": ([{**QSGD1, "bucket_size": 2048}, ZSTD], *DELTA_SIGN),
 }
 
 
