@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedmtl.comm import PayloadError, build_link, unpack
 from fedmtl.comm.codecs import BlockQuantiser, CountSketch, DGCTopK, PowerSGD
+from fedmtl.comm.wire import FRAME_BYTES
 from fedmtl.config.comm import CommConfig
 from fedmtl.tree import flatten, unflatten
 
@@ -217,3 +222,34 @@ def test_block_sign_by_hand_and_per_block_contraction():
     assert y.tolist() == [2.0, -2.0, 0.5, 0.5, -2.0]
     whole = ScaledSign().decode(ScaledSign().encode(x, (5,), None), 5, (5,))
     assert float((x - y).norm()) <= float((x - whole).norm())
+
+
+# -- hostile payloads --------------------------------------------------------------------------
+_FUZZ_SHAPES = {"w": torch.Size([12, 9]), "b": torch.Size([12]), "h": torch.Size([3, 12])}
+_FUZZ_CHAINS = {
+    "dgc": [{"name": "dgc", "fraction": 0.1}, {"name": "blockq", "bits": 4, "block_size": 8}],
+    "powersgd": [{"name": "powersgd", "rank": 2}],
+    "sketch": [{"name": "sketch", "fraction": 0.5, "rows": 3, "topk": 0.1}, {"name": "blockq", "bits": 2}],
+    "sign_block": [{"name": "sign", "block_size": 5}, {"name": "zstd", "dictionary": 1}],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(_FUZZ_CHAINS))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_mutated_payloads_of_the_new_codecs_only_ever_raise_payload_error(chain, data):
+    link = _link(*_FUZZ_CHAINS[chain])
+    g = torch.Generator().manual_seed(0)
+    x = {k: torch.randn(s, generator=g) for k, s in _FUZZ_SHAPES.items()}
+    payload = bytearray(link.encode(x, {}, g)[0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    blob = bytes(payload)
+    if data.draw(st.booleans()):  # a sender that recomputes the checksum around its tampering
+        head = blob[: FRAME_BYTES - 4]
+        blob = head + struct.pack("<I", zlib.crc32(blob[FRAME_BYTES:], zlib.crc32(head))) + blob[FRAME_BYTES:]
+    try:
+        out = link.decode(blob, expected=_FUZZ_SHAPES)
+    except PayloadError:
+        return
+    assert set(out) <= set(_FUZZ_SHAPES) and all(bool(torch.isfinite(v).all()) for v in out.values())
