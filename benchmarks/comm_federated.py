@@ -10,7 +10,12 @@ Three tables, one JSON (``benchmarks/results/comm_federated.json``):
 3. **Robust aggregation** with 20 % Byzantine clients (sign flip, scale 4) on the canonical workload:
    final accuracy per aggregator, with the no-attack FedAvg figure as the reference.
 
-Run: ``PYTHONPATH=src python benchmarks/comm_federated.py [--quick]``.
+4. ``--pareto``: the bytes-vs-accuracy front on the demo experiment (``src/fedmtl/configs/demo.yaml``):
+   each chain a point, bytes both directions, final held-out accuracy per task as mean ± std over
+   ``--seeds`` seeds (default 3), ``--rounds`` rounds (default 30, not the demo's 100, to keep it small);
+   ``benchmarks/results/comm_pareto.json`` and ``comm_pareto.png``.
+
+Run: ``PYTHONPATH=src python benchmarks/comm_federated.py [--quick | --pareto]``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,99 @@ AGGREGATORS = {
 }
 
 
+# -- the bytes-vs-accuracy Pareto front (issue 22) ---------------------------------------------------------------------
+DEMO = Path(__file__).parents[1] / "src" / "fedmtl" / "configs" / "demo.yaml"
+#: each point: (uplink chain, downlink chain, downlink_delta chain); fp32 is the reference
+ZSTD = {"name": "zstd", "level": 19, "dictionary": 1}
+FP32 = [{"name": "identity"}]
+QSGD1 = {"name": "qsgd", "levels": 1}
+#: the full model for clients without a copy, then scaled-sign differences to their copy
+DELTA_SIGN = ([{"name": "blockq", "bits": 8}], [{"name": "sign"}, ZSTD])
+PARETO = {
+    "fp32": (FP32, FP32, []),
+    "up qsgd s=1/2048 + zstd": ([{**QSGD1, "bucket_size": 2048}, ZSTD], FP32, []),
+    "up qsgd s=1/4096 + zstd": ([{**QSGD1, "bucket_size": 4096}, ZSTD], FP32, []),
+    "up dgc 1% + blockq4 + zstd": ([{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD], FP32, []),
+    "up powersgd r=1 + zstd": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
+    "down blockq8 / delta sign + zstd": (FP32, *DELTA_SIGN),
+    "both (examples/configs/compressed.yaml)": ([{**QSGD1, "bucket_size": 2048}, ZSTD], *DELTA_SIGN),
+}
+
+
+def _pareto_job(job: tuple[str, int, dict, str]) -> tuple[str, dict]:
+    name, seed, cfg, out = job
+    torch.set_num_threads(1)
+    s = run(cfg, Path(out), f"pareto-{abs(hash(name)) % 10**8}-{seed}")
+    acc = {t: float(v["accuracy"]) for t, v in s["final_global"].items() if isinstance(v, dict) and "accuracy" in v}
+    rec = {"seed": seed, "bytes_up": s["bytes_up_total"], "bytes_down": s["bytes_down_total"], "accuracy": acc}
+    print(f"pareto {name} seed {seed}: {rec}", flush=True)
+    return name, rec
+
+
+def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
+    """Each chain a point, both directions: total bytes each way and final held-out accuracy per task, mean ± std over seeds."""
+    import statistics
+    from concurrent.futures import ProcessPoolExecutor
+
+    import yaml
+
+    demo = yaml.safe_load(DEMO.read_text())
+    demo = merge(demo, {"server": {"rounds": rounds}, "evaluation": {"every": rounds, "personalized": False}})
+    jobs = [
+        (name, seed, merge(demo, {"seed": seed, "comm": {"uplink": up, "downlink": down, "downlink_delta": delta}}), str(out))
+        for name, (up, down, delta) in PARETO.items()
+        for seed in seeds
+    ]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(_pareto_job, jobs))
+    points: dict = {}
+    for name, (up, down, delta) in PARETO.items():
+        runs = sorted((rec for n, rec in done if n == name), key=lambda r: r["seed"])
+        tasks = sorted(runs[0]["accuracy"])
+        stat = {t: (statistics.mean(r["accuracy"][t] for r in runs), statistics.stdev(r["accuracy"][t] for r in runs) if len(runs) > 1 else 0.0) for t in tasks}
+        points[name] = {
+            "chains": {"uplink": up, "downlink": down, "downlink_delta": delta},
+            "runs": runs,
+            "bytes_up": statistics.mean(r["bytes_up"] for r in runs),
+            "bytes_down": statistics.mean(r["bytes_down"] for r in runs),
+            "accuracy": {t: {"mean": m, "std": sd} for t, (m, sd) in stat.items()},
+        }
+    ref = points["fp32"]
+    rows = []
+    for name, p in points.items():
+        mean = statistics.mean(a["mean"] for a in p["accuracy"].values())
+        delta_pts = min(100 * (p["accuracy"][t]["mean"] - ref["accuracy"][t]["mean"]) for t in p["accuracy"])
+        p["mean_accuracy"], p["worst_task_delta_points"] = mean, delta_pts
+        accs = ", ".join(f"{t} {a['mean']:.3f} ± {a['std']:.3f}" for t, a in p["accuracy"].items())
+        rows.append([name, f"{ref['bytes_up'] / p['bytes_up']:.1f}x", f"{ref['bytes_down'] / p['bytes_down']:.1f}x", accs, f"{delta_pts:+.1f}"])
+    table = markdown_table(["chain", "fewer bytes up", "fewer bytes down", "held-out accuracy (mean ± std)", "worst task Δ points"], rows)
+    return {"rounds": rounds, "seeds": seeds, "points": points, "table": table}
+
+
+def plot_pareto(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    ref = result["points"]["fp32"]
+    for ax, direction in zip(axes, ("bytes_up", "bytes_down")):
+        for name, p in result["points"].items():
+            means = [a["mean"] for a in p["accuracy"].values()]
+            stds = [a["std"] for a in p["accuracy"].values()]
+            ax.errorbar(ref[direction] / p[direction], sum(means) / len(means), yerr=max(stds), fmt="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"fewer {'uplink' if direction == 'bytes_up' else 'downlink'} bytes than fp32 (x)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean held-out accuracy over tasks")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"demo experiment, {result['rounds']} rounds, {len(result['seeds'])} seeds (bar: largest task std)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def accuracy(summary: dict, task: str = "digit") -> float:
     return float(summary["final_global"][task]["accuracy"])
 
@@ -74,8 +172,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 rounds and fewer variants: a smoke run")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--pareto", action="store_true", help="only the bytes-vs-accuracy front on the demo experiment")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per Pareto point")
+    parser.add_argument("--workers", type=int, default=1, help="Pareto runs in parallel (one thread each)")
+    parser.add_argument("--points", default="", help="comma-separated Pareto point names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.pareto:
+        if args.points:
+            for name in [n for n in PARETO if n not in args.points.split(",")]:
+                del PARETO[name]
+        result = pareto(args.rounds or 30, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")), args.workers)
+        result["machine"] = machine()
+        path = write_json("comm_pareto", result)
+        plot_pareto(result, path.with_suffix(".png"))
+        print("\n" + result["table"] + f"\n\nwrote {path} and {path.with_suffix('.png')}")
+        return
     base, non_iid = CANONICAL, NON_IID
     chains, optimizers, aggregators = CHAINS, OPTIMIZERS, AGGREGATORS
     if args.quick or args.rounds:

@@ -85,6 +85,43 @@ def _bound_randk(fraction: float):
     return check
 
 
+def _bound_blockq(bits: int, block: int):
+    def check(x, y):
+        flat, err = x.reshape(-1), (x - y).reshape(-1)
+        levels = 2 ** (bits - 1) - 1
+        for s in range(0, flat.numel(), block):
+            if not bool(
+                (err[s : s + block].abs() <= flat[s : s + block].abs().max() / levels * (1 + 1e-5)).all()
+            ):
+                return False
+        return True
+
+    return check
+
+
+def _bound_powersgd(x, y):
+    # vectors travel whole; a matrix becomes its projection onto span(P_hat): never longer than itself
+    if x.dim() < 2 or x.shape[0] * (x.numel() // max(1, x.shape[0])) <= x.shape[0] + x.numel() // max(
+        1, x.shape[0]
+    ):
+        return torch.equal(x, y)
+    return float((x - y).norm()) <= float(x.norm()) * (1 + 1e-5) and float(y.norm()) <= float(x.norm()) * (
+        1 + 1e-5
+    )
+
+
+def _bound_sketch(topk: float):
+    def check(x, y):
+        k = max(1, math.ceil(topk * x.numel()))
+        return (
+            torch.equal(x, y)
+            if 5 * math.ceil(0.05 * x.numel() / 5) >= x.numel()
+            else int((y != 0).sum()) <= k
+        )
+
+    return check
+
+
 def _rel(tol: float):
     return lambda x, y: float((x - y).norm()) <= tol * float(x.norm()) + 1e-12
 
@@ -98,9 +135,28 @@ CODECS = [
     ("int8_channel", _chain({"name": "int8", "per_channel": True}), _bound_int8_per_channel, 0.255),
     ("qsgd", _chain({"name": "qsgd", "levels": 8, "bucket_size": 64}), _bound_qsgd(8, 64), 0.27),
     ("sign", _chain({"name": "sign"}), _bound_sign, 1 / 32 + 0.002),
+    ("sign_block", _chain({"name": "sign", "block_size": 16}), _rel(1.0), 1 / 32 + 1 / 16 + 0.002),
     ("topk", _chain({"name": "topk", "fraction": 0.05}), _bound_topk(0.05), 0.101),
     ("randk", _chain({"name": "randk", "fraction": 0.05}), _bound_randk(0.05), 0.051),
+    (
+        "blockq4",
+        _chain({"name": "blockq", "bits": 4, "block_size": 16}),
+        _bound_blockq(4, 16),
+        0.125 + 1 / 16 + 0.001,
+    ),
+    (
+        "blockq2",
+        _chain({"name": "blockq", "bits": 2, "block_size": 64}),
+        _bound_blockq(2, 64),
+        1 / 16 + 1 / 64 + 0.001,
+    ),
+    ("blockq8", _chain({"name": "blockq", "bits": 8}), _bound_blockq(8, 64), 0.25 + 1 / 64 + 0.001),
+    ("dgc", _chain({"name": "dgc", "fraction": 0.05, "warmup": 0}), _bound_topk(0.05), 0.101),
+    ("dgc_warmup", _chain({"name": "dgc", "fraction": 0.05}), _bound_topk(0.25), 0.501),
+    ("powersgd", _chain({"name": "powersgd", "rank": 1}), _bound_powersgd, 2 / 256 + 0.001),
+    ("sketch", _chain({"name": "sketch", "fraction": 0.05, "topk": 0.01}), _bound_sketch(0.01), 0.051),
     ("zstd", _chain({"name": "zstd", "level": 3}), _bound_identity, 1.001),
+    ("zstd_dictionary", _chain({"name": "zstd", "level": 3, "dictionary": 1}), _bound_identity, 1.001),
     ("lz4", _chain({"name": "lz4"}), _bound_identity, 1.01),
     (
         "topk_int8_zstd",
@@ -162,12 +218,14 @@ def test_same_generator_same_bytes_and_no_global_rng(name, chain, bound, ratio):
     assert torch.equal(before, torch.get_rng_state())
 
 
-@pytest.mark.parametrize("spec", [{"name": "qsgd"}, {"name": "randk", "fraction": 0.5}])
+@pytest.mark.parametrize(
+    "spec", [{"name": "qsgd"}, {"name": "randk", "fraction": 0.5}, {"name": "blockq"}, {"name": "powersgd"}]
+)
 def test_stochastic_codecs_require_a_generator(spec):
     link = build_link(_chain(spec))
     assert link.stochastic
     with pytest.raises(ValueError, match="torch.Generator"):
-        link.encode({"w": torch.ones(4)}, {})
+        link.encode({"w": torch.ones(4, 4)}, {})
 
 
 def test_qsgd_is_unbiased():

@@ -23,3 +23,13 @@ def test_yaml_examples_validate(block):
         CommConfig(**doc["comm"])
     if "server" in doc:
         ServerConfig(**doc["server"])
+
+
+def test_compressed_example_is_the_demo_with_compression_only():
+    root = Path(__file__).resolve().parents[2]
+    example = yaml.safe_load((root / "examples" / "configs" / "compressed.yaml").read_text())
+    demo = yaml.safe_load((root / "src" / "fedmtl" / "configs" / "demo.yaml").read_text())
+    comm = CommConfig(**example.pop("comm"))
+    assert comm.downlink_delta and all(c.name != "identity" for c in comm.uplink)
+    example.pop("output"), demo.pop("output")
+    assert example == demo  # the same experiment, so its accuracy compares with the demo's

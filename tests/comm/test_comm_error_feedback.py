@@ -15,6 +15,13 @@ EF_CHAINS = {
     "sign": [{"name": "sign"}],
     "topk_int8_zstd": [{"name": "topk", "fraction": 0.05}, {"name": "int8"}, {"name": "zstd"}],
     "randk_qsgd": [{"name": "randk", "fraction": 0.2}, {"name": "qsgd", "levels": 4}],
+    "dgc_no_momentum_blockq": [
+        {"name": "dgc", "fraction": 0.05, "momentum": 0.0},
+        {"name": "blockq", "bits": 4},
+    ],
+    "powersgd": [{"name": "powersgd", "rank": 1}],
+    # a sketch too small for a dense update's tail is no contraction: its residual then grows (see docs)
+    "sketch": [{"name": "sketch", "fraction": 0.5, "rows": 5, "topk": 0.02}],
 }
 
 

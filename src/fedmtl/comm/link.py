@@ -47,9 +47,13 @@ class Link:
     Args:
         codecs: codec configs in encoding order (default: identity float32).
         max_payload_bytes: payloads (sent or decompressed) larger than this are rejected.
+        role: a label written into every payload's header and required on decoding (``"delta"`` for
+            the downlink's model differences), so payloads of two links never pass for each other.
     """
 
-    def __init__(self, codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30):
+    def __init__(
+        self, codecs: list[comm_cfg.Codec] | None = None, max_payload_bytes: int = 1 << 30, role: str = ""
+    ):
         self.codecs = list(codecs) if codecs else [comm_cfg.IdentityCodec()]
         comm_cfg.check_chain([c.name for c in self.codecs])
         if max_payload_bytes < 1:
@@ -67,7 +71,12 @@ class Link:
             else:
                 self.byte_codec = built
         self.error_feedback = any(getattr(c, "error_feedback", False) for c in self.codecs)
+        #: codecs with per-tensor sender memory (DGC's momentum, PowerSGD's warm-start Q): ``prepare`` /
+        #: ``after`` hooks around the encoding, memory kept in the state under ``"memory"``
+        self.memory_codecs = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
         self._chain_spec = [c.model_dump(mode="json") for c in self.codecs]
+        if role:
+            self._chain_spec = [{"role": role}, *self._chain_spec]
 
     def __repr__(self) -> str:
         return f"Link({[c.name for c in self.codecs]}, error_feedback={self.error_feedback})"
@@ -80,7 +89,12 @@ class Link:
     @property
     def stateful(self) -> bool:
         """Whether senders must keep codec state between rounds (error feedback)."""
-        return self.error_feedback
+        return self.error_feedback or bool(self.memory_codecs)
+
+    @property
+    def chain_spec(self) -> list[dict[str, Any]]:
+        """The chain (and role) every payload of this link declares in its header."""
+        return list(self._chain_spec)
 
     @property
     def stochastic(self) -> bool:
@@ -105,6 +119,7 @@ class Link:
             ``(payload, next_state)``; ``len(payload)`` is the exact number of bytes on the wire.
         """
         residuals = dict(cast(dict[str, Tensor], (state or {}).get("residual", {})))
+        memory = dict(cast(dict[str, Any], (state or {}).get("memory", {})))
         parts: dict[str, Tensor] = {}
         meta: list[list[Any]] = []
         for i, (name, t) in enumerate(tensors.items()):
@@ -114,6 +129,10 @@ class Link:
                 parts[f"{i}.raw"] = t.contiguous()
                 continue
             x = t.float().reshape(-1)
+            mem = dict(memory.get(name, {}))
+            for c in self.memory_codecs:
+                if hasattr(c, "prepare"):
+                    x, mem = c.prepare(x, mem)
             if self.error_feedback and name in residuals:
                 r = residuals[name]
                 if r.shape != x.shape:
@@ -121,26 +140,46 @@ class Link:
                         f"codec state residual for {name!r} has {r.numel()} entries, tensor {x.numel()}"
                     )
                 x = x + r
-            tparts = self._encode_one(x, tuple(t.shape), generator)
+            tparts = self._encode_one(x, tuple(t.shape), generator, mem)
             if self.error_feedback:
                 residuals[name] = x - self._decode_one(tparts, tuple(t.shape)).reshape(-1)
+            for c in self.memory_codecs:
+                mem = c.after(mem, tparts)
+            if self.memory_codecs:
+                memory[name] = mem
             parts.update({f"{i}.{k}": v for k, v in tparts.items()})
         header = {"chain": self._chain_spec, "tensors": meta}
         data = pack(parts, header, self.byte_codec)
         new_state: TensorTree = {"residual": cast(TensorTree, residuals)} if self.error_feedback else {}
+        if self.memory_codecs:
+            new_state["memory"] = memory
         return data, new_state
 
-    def _encode_one(self, x: Tensor, shape: tuple[int, ...], g: torch.Generator | None) -> dict[str, Tensor]:
+    def _encode_one(
+        self,
+        x: Tensor,
+        shape: tuple[int, ...],
+        g: torch.Generator | None,
+        memory: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        mem = {"memory": memory or {}}
         if self.sparsifier is not None:
-            out, values = self.sparsifier.select(x, g)
+            out, values = self.sparsifier.select(
+                x, g, **(mem if self.sparsifier in self.memory_codecs else {})
+            )
         else:
             out, values = {}, x
-        out.update(self.quantiser.encode(values, shape, g))
+        out.update(
+            self.quantiser.encode(values, shape, g, **(mem if self.quantiser in self.memory_codecs else {}))
+        )
         return out
 
     def _decode_one(self, parts: Mapping[str, Tensor], shape: tuple[int, ...]) -> Tensor:
         numel = math.prod(shape)
-        n = self.sparsifier.kept(numel) if self.sparsifier is not None else numel
+        n = numel
+        if self.sparsifier is not None:  # a sparsifier whose k varies (DGC's warm-up) reads it from the parts
+            count = getattr(self.sparsifier, "count", None)
+            n = count(parts, numel) if count is not None else self.sparsifier.kept(numel)
         values = self.quantiser.decode(dict(parts), n, shape)
         if self.sparsifier is not None:
             values = self.sparsifier.expand(dict(parts), values, numel)

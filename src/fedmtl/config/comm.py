@@ -2,8 +2,10 @@
 
 A chain is written left to right in encoding order and has up to three stages, in this order:
 
-1. a *sparsifier* (``topk`` or ``randk``): keeps a subset of coordinates;
-2. a *quantiser* (``identity``, ``fp16``, ``bf16``, ``int8``, ``qsgd`` or ``sign``): encodes the values;
+1. a *sparsifier* (``topk``, ``randk``, ``dgc`` or ``sketch``): keeps a subset of coordinates (or, for
+   ``sketch``, a count sketch of them);
+2. a *quantiser* (``identity``, ``fp16``, ``bf16``, ``int8``, ``qsgd``, ``sign``, ``powersgd`` or
+   ``blockq``): encodes the values;
 3. a *lossless byte codec* (``zstd`` or ``lz4``): compresses the serialised payload.
 
 Each stage is optional and appears at most once, e.g.
@@ -16,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from fedmtl.config.base import Size, StrictModel
+from fedmtl.config.base import Size, StrictModel, Width
 
 
 class IdentityCodec(StrictModel):
@@ -58,6 +60,10 @@ class SignCodec(StrictModel):
     """Scaled sign: one bit per coordinate times the mean magnitude (EF-signSGD, Karimireddy et al., 2019)."""
 
     name: Literal["sign"] = "sign"
+    block_size: Size | None = Field(
+        default=None,
+        description="Coordinates sharing one scale (their mean magnitude); null: one per tensor.",
+    )
     error_feedback: bool = True
 
 
@@ -77,11 +83,54 @@ class RandKCodec(StrictModel):
     error_feedback: bool = True
 
 
+class DGCCodec(StrictModel):
+    """Top-k with Deep Gradient Compression's momentum correction, masking and warm-up (Lin et al., 2018)."""
+
+    name: Literal["dgc"] = "dgc"
+    fraction: float = Field(default=0.01, gt=0, le=1, description="Kept fraction after the warm-up.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="Momentum of the correction (0: none).")
+    warmup: int = Field(
+        default=4, ge=0, description="Updates with the kept fraction max(fraction, 0.25**(t+1)) first."
+    )
+    error_feedback: bool = True
+
+
+class SketchCodec(StrictModel):
+    """Count sketch of each tensor, unsketched to its top-k by the receiver (FetchSGD, Rothchild et al., 2020)."""
+
+    name: Literal["sketch"] = "sketch"
+    fraction: float = Field(default=0.05, gt=0, le=1, description="Table cells as a fraction of the tensor.")
+    rows: Width = Field(default=5, description="Independent hash rows (the median is taken over them).")
+    topk: float = Field(default=0.01, gt=0, le=1, description="Fraction of coordinates recovered.")
+    seed: int = Field(default=0, ge=0, description="Seed of the hash functions sender and receiver share.")
+    error_feedback: bool = True
+
+
+class PowerSGDCodec(StrictModel):
+    """Rank-r power iteration warm-started from the previous Q (Vogels et al., 2019)."""
+
+    name: Literal["powersgd"] = "powersgd"
+    rank: Width = 1
+    error_feedback: bool = True
+
+
+class BlockQCodec(StrictModel):
+    """b-bit stochastic rounding with one float32 scale per block: unbiased (e.g. 4-bit, blocks of 64)."""
+
+    name: Literal["blockq"] = "blockq"
+    bits: Literal[2, 4, 8] = 4
+    block_size: Size = Field(default=64, description="Coordinates sharing one scale.")
+
+
 class ZstdCodec(StrictModel):
     """Lossless Zstandard compression of the serialised payload."""
 
     name: Literal["zstd"] = "zstd"
     level: int = Field(default=3, ge=1, le=22)
+    dictionary: Literal[0, 1] = Field(
+        default=0,
+        description="1: prime both sides with fedmtl's header dictionary (about 200 bytes less a payload).",
+    )
 
 
 class LZ4Codec(StrictModel):
@@ -99,19 +148,24 @@ Codec = Annotated[
     | SignCodec
     | TopKCodec
     | RandKCodec
+    | DGCCodec
+    | SketchCodec
+    | PowerSGDCodec
+    | BlockQCodec
     | ZstdCodec
     | LZ4Codec,
     Field(discriminator="name"),
 ]
 
-SPARSIFIERS = frozenset({"topk", "randk"})
-QUANTISERS = frozenset({"identity", "fp16", "bf16", "int8", "qsgd", "sign"})
+SPARSIFIERS = frozenset({"topk", "randk", "dgc", "sketch"})
+QUANTISERS = frozenset({"identity", "fp16", "bf16", "int8", "qsgd", "sign", "powersgd", "blockq"})
 BYTE_CODECS = frozenset({"zstd", "lz4"})
-UPDATE_ONLY = frozenset({"topk", "randk", "sign"})  # meaningful for updates (with error feedback) only
+#: meaningful for updates (with error feedback) only
+UPDATE_ONLY = frozenset({"topk", "randk", "sign", "dgc", "sketch", "powersgd"})
 _STAGE = {**{n: 0 for n in SPARSIFIERS}, **{n: 1 for n in QUANTISERS}, **{n: 2 for n in BYTE_CODECS}}
 _STAGE_NAME = (
-    "sparsifier (topk, randk)",
-    "quantiser (identity, fp16, bf16, int8, qsgd, sign)",
+    "sparsifier (topk, randk, dgc, sketch)",
+    "quantiser (identity, fp16, bf16, int8, qsgd, sign, powersgd, blockq)",
     "byte codec (zstd, lz4)",
 )
 
@@ -145,11 +199,18 @@ class CommConfig(StrictModel):
 
     uplink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
     downlink: list[Codec] = Field(default_factory=lambda: [IdentityCodec()])  # type: ignore[arg-type]
+    downlink_delta: list[Codec] = Field(
+        default_factory=list,
+        description=(
+            "Chain for the model differences sent to clients that kept their last copy (the server's "
+            "mirror of that copy is its error feedback); [] sends every client the full model by `downlink`."
+        ),
+    )
     max_payload_mb: float = Field(
         default=1024.0, gt=0, description="Payloads larger than this (compressed or not) are rejected."
     )
 
-    @field_validator("uplink", "downlink")
+    @field_validator("uplink", "downlink", "downlink_delta")
     @classmethod
     def _valid_chain(cls, chain: list[Codec]) -> list[Codec]:
         check_chain([c.name for c in chain])
@@ -162,6 +223,18 @@ class CommConfig(StrictModel):
         if update_only:
             raise ValueError(
                 f"comm.downlink carries the global parameters, not updates: {update_only} would zero or "
-                "binarise weights; use fp16, bf16, int8, qsgd and/or zstd/lz4 on the downlink"
+                "binarise weights; use fp16, bf16, int8, qsgd, blockq and/or zstd/lz4 on the downlink, "
+                "and put update codecs in comm.downlink_delta (differences to the client's last copy)"
+            )
+        return chain
+
+    @field_validator("downlink_delta")
+    @classmethod
+    def _delta_is_stateless(cls, chain: list[Codec]) -> list[Codec]:
+        if any(c.name == "dgc" for c in chain):
+            raise ValueError(
+                "comm.downlink_delta cannot use 'dgc': its momentum and warm-up need per-receiver sender state, "
+                "and the downlink's error feedback is the server's mirror of each client's copy; use topk, "
+                "randk, sketch, powersgd or a quantiser"
             )
         return chain

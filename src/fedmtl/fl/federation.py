@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.comm import PayloadError, build_links
+from fedmtl.comm.delta import COPY_KEY, build_delta_link, encode_delta
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
@@ -74,6 +75,8 @@ class RoundPlan:
     cohort: list[int]
     payloads: dict[int, bytes]
     state_payloads: dict[int, bytes] = field(default_factory=dict)
+    #: the copy each client sent a model difference holds (the simulation hands it over; a deployed client has its own)
+    copies: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
     def algorithm_bytes_down(self) -> int:
@@ -166,7 +169,8 @@ class Federation:
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm, functools.partial(build_model, cfg.model, data.input_shape))
         self.trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
         self.up, self.down = build_links(cfg.comm)
-        self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed)
+        self.down_delta = build_delta_link(cfg.comm)
+        self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed, self.down_delta)
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
@@ -235,22 +239,28 @@ class Federation:
         """Sample the cohort and encode what each client needs (shared + its heads, and its view of the
         algorithm's server state when there is one).
 
-        Clients with the same task set receive identical bytes, so each distinct payload is encoded once.
+        Clients with the same task set receive identical bytes, so each distinct payload is encoded once;
+        with ``comm.downlink_delta``, a client that kept its last copy receives the difference to it instead.
         """
         r = state.round
         chosen = list(cohort) if cohort is not None else self.cohort(r)
         cache: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
-        payloads, state_payloads = {}, {}
+        payloads, state_payloads, copies = {}, {}, {}
         for cid in chosen:
             client = self.data.clients[cid]
+            names = self.algorithm.uploaded_names(self.model, client)
             if client.tasks not in cache:
-                names = self.algorithm.uploaded_names(self.model, client)
                 model_bytes, _ = self.down.encode({n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r))
                 cache[client.tasks] = (model_bytes, self._state_payload(state, client.tasks))
             payloads[cid], state_bytes = cache[client.tasks]
             if state_bytes:
                 state_payloads[cid] = state_bytes
-        return RoundPlan(r, chosen, payloads, state_payloads)
+            copy = state.client_states.get(cid, {}).get(COPY_KEY) if self.down_delta is not None else None
+            if copy and set(copy) == set(names):
+                copies[cid] = {n: copy[n] for n in names}  # the model's order (a checkpoint sorts keys)
+                gen = generator(self.cfg.seed, "down", r, cid)
+                payloads[cid] = encode_delta(self.down_delta, state.params, copies[cid], gen)  # type: ignore[arg-type]
+        return RoundPlan(r, chosen, payloads, state_payloads, copies)
 
     def _state_payload(self, state: ServerState, tasks: tuple[str, ...]) -> bytes:
         """The algorithm's server state as a client with ``tasks`` receives it (``b""`` when there is none)."""
@@ -392,13 +402,14 @@ class Federation:
     def receive_all(self, plan: RoundPlan, cids: Sequence[int]) -> list[dict[str, Tensor]]:
         """Each client's decoded broadcast. Clients with the same task set receive the same bytes, so each
         distinct payload is decoded (and checked) once; clients share the decoded tensors, read-only."""
-        decoded: dict[bytes, dict[str, Tensor]] = {}
+        decoded: dict[object, dict[str, Tensor]] = {}
         out = []
         for cid in cids:
             payload = plan.payloads[cid]
-            if payload not in decoded:
-                decoded[payload] = self.node.receive(payload, self.data.clients[cid])
-            out.append(decoded[payload])
+            key = (payload, cid) if cid in plan.copies else payload  # a difference is added to this client's copy
+            if key not in decoded:
+                decoded[key] = self.node.receive(payload, self.data.clients[cid], plan.copies.get(cid))
+            out.append(decoded[key])
         return out
 
     def _honest_view(self, jobs: Sequence[CohortJob], starts: Sequence[Mapping[str, Tensor]], results: Sequence[LocalResult]) -> HonestView:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.comm import Link
+from fedmtl.comm.delta import COPY_KEY, apply_delta, is_delta
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm, with_server
 from fedmtl.fl.algorithm_channel import decode_state, encode_tree
@@ -40,19 +41,37 @@ class ClientReply:
 class ClientNode:
     """The client side of a round, for one client at a time."""
 
-    def __init__(self, model: MultiTaskModel, trainer: LocalTrainer, algorithm: Algorithm, down: Link, up: Link, seed: int):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        trainer: LocalTrainer,
+        algorithm: Algorithm,
+        down: Link,
+        up: Link,
+        seed: int,
+        down_delta: Link | None = None,
+    ):
         self.model = model
+        #: the link of model differences (``comm.downlink_delta``); when set, a client keeps its last copy
+        self.down_delta = down_delta
         self.trainer = trainer
         self.algorithm = algorithm
         self.down = down
         self.up = up
         self.seed = seed
 
-    def receive(self, payload: bytes, client: ClientData) -> dict[str, Tensor]:
-        """Decode the broadcast; it must hold exactly the parameters this client trains and shares."""
+    def receive(self, payload: bytes, client: ClientData, copy: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Decode the broadcast; it must hold exactly the parameters this client trains and shares.
+
+        A client that kept its last ``copy`` may receive the difference to it (``comm.downlink_delta``),
+        which it adds to the copy; otherwise (or when the server sent the full model) the full model.
+        """
         names = self.algorithm.uploaded_names(self.model, client)
         shapes = dict((n, p.shape) for n, p in self.model.named_parameters())
-        return self.down.decode(payload, expected={n: shapes[n] for n in names})
+        expected = {n: shapes[n] for n in names}
+        if copy is not None and self.down_delta is not None and is_delta(self.down_delta, payload):
+            return apply_delta(self.down_delta, payload, copy, expected)
+        return self.down.decode(payload, expected=expected)
 
     def receive_state(self, payload: bytes) -> TensorTree:
         """Decode this client's view of the algorithm's server state (``{}`` for an empty payload)."""
@@ -87,6 +106,8 @@ class ClientNode:
         payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
         if self.up.stateful:
             state["codec"] = codec_state
+        if self.down_delta is not None:  # the copy the next difference will be taken against
+            state[COPY_KEY] = {n: start[n] for n in names}
         outbox_bytes = b""
         outbox = flatten(result.state.get(OUTBOX_KEY, {}))  # type: ignore[arg-type]
         if outbox:
@@ -113,7 +134,7 @@ class ClientNode:
             base: values of the parameters the broadcast does not carry (other tasks' heads): the model
                 needs them to run; a deployed node uses the initial parameters, as the simulation does.
         """
-        start = {**(base or {}), **self.receive(payload, client)}
+        start = {**(base or {}), **self.receive(payload, client, state.get(COPY_KEY))}
         server = self.receive_state(state_payload)
         result = self.train(start, client, with_server(state, server), round_index)
         return self.upload(start, result, client, round_index, prior=state)

@@ -10,6 +10,15 @@ A chain is ``[sparsifier] -> [quantiser] -> [byte codec]`` (each stage optional)
 Codecs are stateless and pure: all randomness comes from the ``torch.Generator`` passed in and all
 sender state (error-feedback residuals) lives in the link's explicit state tree, never on a codec.
 Decoders validate every part they read and raise :class:`~fedmtl.comm.wire.PayloadError`.
+
+Optional hooks (duck-typed, so the protocols stay small):
+
+* ``stateful = True``: the codec keeps per-tensor sender memory (a dict of tensors the link stores
+  under ``state["memory"][name]``); ``select`` / ``encode`` then take ``memory=``, and the link calls
+  ``prepare(x, memory) -> (x, memory)`` (if defined) before error feedback and
+  ``after(memory, parts) -> memory`` once the tensor is encoded (DGC's momentum, PowerSGD's ``Q``);
+* ``count(parts, numel) -> k``: a sparsifier whose ``k`` varies between payloads (DGC's warm-up)
+  tells the receiver how many values to decode, checked against its bounds.
 """
 
 from __future__ import annotations
