@@ -83,18 +83,13 @@ class Link:
 
     @property
     def chain_spec(self) -> list[dict[str, Any]]:
-        """The chain as every payload's header names it (a receiver refuses any other)."""
+        """The chain (and role) as every payload's header names it (a receiver refuses any other)."""
         return [dict(c) for c in self._chain_spec]
 
     @property
     def stateful(self) -> bool:
         """Whether senders must keep codec state between rounds (error feedback)."""
         return self.error_feedback or bool(self.memory_codecs)
-
-    @property
-    def chain_spec(self) -> list[dict[str, Any]]:
-        """The chain (and role) every payload of this link declares in its header."""
-        return list(self._chain_spec)
 
     @property
     def stochastic(self) -> bool:
