@@ -110,15 +110,19 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
         )
         _wait(lambda: len(_read(metrics)) >= 1, 80, fed, run_id, "round 1")
         fed.kill_node(2)  # round 2 has just been sent out: client 2 dies with its message in flight
-        killed_at = len(_read(metrics)) + 1
+        killed_at = len(_read(metrics)) + 1  # the first round that can miss it (a later one on a busy machine)
         _wait(
             lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish without node 2"
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     history = _read(metrics)
-    assert "2" in history[killed_at - 1]["dropped"]
-    assert history[killed_at - 1]["replies"] == 2
+    # the round that went out while node 2 died records it as dropped, with the two other replies; which round
+    # that is depends on how far round 2 got before the kill landed (a loaded machine may finish it first)
+    missing = [h for h in history if "2" in h["dropped"]]
+    assert missing, history
+    assert missing[0]["round"] >= killed_at - 1 and missing[0]["replies"] == 2
+    assert all(h["replies"] == 3 for h in history if h["round"] < missing[0]["round"])
     assert all(h["replies"] >= 2 for h in history)
 
 
