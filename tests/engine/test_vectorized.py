@@ -189,3 +189,17 @@ def test_make_federation_picks_the_reducing_round() -> None:
     cfg, data = setup(["engine.name=vectorized"])
     fed = make_federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks))
     assert isinstance(fed, ReducingFederation) and fed.engine.name == "vectorized" and not fed.distributed
+
+
+def test_streamed_round_never_applies_a_non_finite_model() -> None:
+    """Finite updates can still overflow the mean or the server step: the streamed round skips the round."""
+    cfg, data = setup()
+    from fedmtl.mtl import build_model
+
+    fed = ReducingFederation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), VectorizedEngine())
+    state = fed.init_state()
+    real_step = fed.server_opt.step
+    fed.server_opt.step = lambda p, u, s: ({n: v * float("inf") for n, v in real_step(p, u, s)[0].items()}, s)  # type: ignore[method-assign]
+    after, report = fed.round(state)
+    assert "non-finite" in report.skipped and after.round == state.round + 1
+    assert max_diff(state.params, after.params) == 0.0

@@ -240,3 +240,20 @@ def test_any_state_round_trips_verified_and_any_flipped_data_bit_is_refused(tmp_
         path.write_bytes(bytes(raw))
         with pytest.raises(CheckpointError, match="checksum"):
             read_checkpoint(path)
+
+
+def test_a_fresh_run_starts_in_a_folder_holding_only_a_stale_temp_file(tmp_path) -> None:  # noqa: ANN001
+    """An interrupted first write leaves only `.x.tmp-PID`: that is not a run, and a fresh start clears it."""
+    import fedmtl
+
+    ckpt = tmp_path / "named" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    stale = ckpt / ".round-000001.safetensors.tmp-999999999"  # no such process
+    stale.write_bytes(b"partial")
+    cfg = {
+        "data": {"source": {"name": "mnist1d", "tasks": ["digit"], "num_samples": 300}, "num_clients": 4},
+        "server": {"rounds": 1},
+        "output": {"dir": str(tmp_path), "name": "named", "plots": False},
+    }
+    res = fedmtl.Experiment(cfg).run(progress=False)
+    assert res.summary["rounds_completed"] == 1 and not stale.exists()

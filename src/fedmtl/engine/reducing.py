@@ -24,7 +24,7 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL
@@ -204,8 +204,14 @@ class ReducingFederation(Federation):
             acc.all_reduce(world)
         aggregate = acc.aggregate(self.shapes)
         params, opt_state = state.params, state.opt_state
+        skipped = ""
         if aggregate:
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
+            bad = non_finite(params)
+            if bad:  # finite updates can still overflow the mean or the server step: never apply that
+                skipped = f"the model after the server step is non-finite in {bad[:3]} (the aggregate or the server optimiser overflowed)"
+                log.warning("round %d skipped: %s", r + 1, skipped)
+                params, opt_state = state.params, state.opt_state
         new_states = dict(state.client_states)
         new_states.update(acc.client_states)  # type: ignore[arg-type]
         report = RoundReport(
@@ -216,6 +222,7 @@ class ReducingFederation(Federation):
             bytes_up=int(acc.bytes[1]),
             train_loss=acc.train_loss(),
             seconds=time.perf_counter() - t0,
+            skipped=skipped,
         )
         return ServerState(r + 1, params, opt_state, new_states), report
 

@@ -217,45 +217,41 @@ class Chunk:
                 W[c, cols] = w.to(W)
         names = list(leaves)
         shared_names = [n for n, s in zip(self.names, self.shared) if s]
-        needs_rows = bool(balanced)
-        directions: dict[int, Tensor] = {}
-        # per-task rows first (they need the graph), then the weighted sum
-        rows_by_task: list[tuple[Tensor | None, ...]] = []
-        if needs_rows:
-            for t in range(T):
-                rows_by_task.append(torch.autograd.grad(loss_mat[:, t].sum(), [leaves[n] for n in shared_names], retain_graph=True, allow_unused=True))
-        pen_shared: tuple[Tensor | None, ...] = ()
-        if needs_rows and self.has_penalty:
-            pen_shared = torch.autograd.grad(penalty.sum(), [leaves[n] for n in shared_names], retain_graph=True, allow_unused=True)
-        for c in balanced:  # gradient balancers: each client's own per-task gradients of the shared parameters
+        if not balanced:
+            total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
+            return dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True))), detached
+        # gradient balancers: every client's per-task gradients of the shared parameters, one reverse pass per
+        # task for the chunk, laid out [C, T, P] (the rows the sequential objective's Jacobian has)
+        shared_leaves = [leaves[n] for n in shared_names]
+        rows = []
+        for t in range(T):
+            grads_t = torch.autograd.grad(loss_mat[:, t].sum(), shared_leaves, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(C, -1) for g, x in zip(grads_t, shared_leaves)], 1))
+        jac = torch.stack(rows, 1)
+        direction = torch.zeros_like(jac[:, 0])
+        for c in balanced:  # each client's own balancer on its own tasks' rows
             obj = self.objectives[c]
             cols = [col[t] for t in obj.tasks]
-            flat = []
-            for t in cols:
-                parts = [(g[c] if g is not None else torch.zeros_like(leaves[n][c])).reshape(-1) for g, n in zip(rows_by_task[t], shared_names)]
-                flat.append(torch.cat(parts))
-            G = torch.stack(flat)
+            G = jac[c, cols]
             balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
             W[c, cols] = balance.weights.to(W)
-            directions[c] = balance.shared_gradient(G)
+            direction[c] = balance.shared_gradient(G)
         total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
         grads: dict[str, Tensor | None] = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
-        if balanced:
-            for n in shared_names:
-                if grads[n] is None:
-                    grads[n] = torch.zeros_like(leaves[n])
-                else:
-                    grads[n] = grads[n].clone()  # type: ignore[union-attr]
-            for c in balanced:
-                offset = 0
-                d = directions[c]
-                for i, n in enumerate(shared_names):
-                    k = leaves[n][c].numel()
-                    g = d[offset : offset + k].view_as(leaves[n][c])
-                    if pen_shared and pen_shared[i] is not None:
-                        g = g + pen_shared[i][c]  # type: ignore[index]
-                    grads[n][c] = g  # type: ignore[index]
-                    offset += k
+        pen: tuple[Tensor | None, ...] = (None,) * len(shared_names)
+        if self.has_penalty:  # the penalty's gradient is added to the balanced direction, as in the sequential step
+            pen = torch.autograd.grad(penalty.sum(), shared_leaves, allow_unused=True)
+        chosen = torch.zeros(C, dtype=torch.bool, device=W.device)
+        chosen[balanced] = True
+        offset = 0
+        for n, x, p in zip(shared_names, shared_leaves, pen):
+            k = x[0].numel()
+            d = direction[:, offset : offset + k].view_as(x)
+            if p is not None:
+                d = d + p
+            g = grads[n]
+            grads[n] = torch.where(_bcast(chosen, x), d, g if g is not None else torch.zeros_like(x))
+            offset += k
         return grads, detached
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fedmtl._extras import require
-from fedmtl.atomic import atomic_write_text
+from fedmtl.atomic import atomic_write_text, remove_stale_temps
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
@@ -174,6 +174,8 @@ class Experiment:
         out = self.config.output
         name = out.name or datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out.dir) / name
+        if (run_dir / "checkpoints").exists():
+            remove_stale_temps(run_dir / "checkpoints")  # an interrupted write's leftovers are not a run
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
             if not out.overwrite:
                 raise ConfigError(
