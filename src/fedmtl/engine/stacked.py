@@ -223,11 +223,11 @@ class Chunk:
         # gradient balancers: every client's per-task gradients of the shared parameters, one reverse pass per
         # task for the chunk, laid out [C, T, P] (the rows the sequential objective's Jacobian has)
         shared_leaves = [leaves[n] for n in shared_names]
-        rows = []
+        task_rows = []
         for t in range(T):
             grads_t = torch.autograd.grad(loss_mat[:, t].sum(), shared_leaves, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(C, -1) for g, x in zip(grads_t, shared_leaves)], 1))
-        jac = torch.stack(rows, 1)
+            task_rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(C, -1) for g, x in zip(grads_t, shared_leaves)], 1))
+        jac = torch.stack(task_rows, 1)
         direction = torch.zeros_like(jac[:, 0])
         for c in balanced:  # each client's own balancer on its own tasks' rows
             obj = self.objectives[c]
