@@ -16,10 +16,11 @@ class SequentialEngine(StrictModel):
 
 
 class VectorizedEngine(StrictModel):
-    """The whole cohort's local training as one batched computation (chunks of clients).
+    """A chunk of clients' local training as one batched computation (torch.func over stacked parameters).
 
-    Falls back to the sequential engine, with one warning naming the feature, for what it cannot batch
-    (gradient-balancing balancers, non-vectorizable algorithms, models other than MLP hard sharing).
+    Any model of vmappable operations, every algorithm, balancer and scheme. Falls back to the sequential
+    engine, with one warning naming the reason, for sample-level DP-SGD, per-task gradients of the shared
+    representation, and models whose operations vmap cannot batch.
     """
 
     name: Literal["vectorized"] = "vectorized"

@@ -82,8 +82,6 @@ class Algorithm(Protocol):
     """Client-side behaviour of a federated algorithm, plus optional server-side state."""
 
     name: str
-    #: whether the vectorised engine may batch this algorithm's local training
-    vectorizable: bool
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
@@ -113,7 +111,6 @@ class FedAvg:
     """
 
     name = "fedavg"
-    vectorizable = True
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator

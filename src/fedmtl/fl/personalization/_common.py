@@ -110,7 +110,6 @@ class KeepPrivate(FedAvg, abc.ABC):
     and starts from it (the first time, from the global initial values).
     """
 
-    vectorizable = False
 
     @abc.abstractmethod
     def private(self, model: MultiTaskModel, name: str) -> bool:

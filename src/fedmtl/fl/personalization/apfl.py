@@ -34,7 +34,6 @@ class APFL(FedAvg):
     """
 
     name = "apfl"
-    vectorizable = False
 
     def __init__(self, alpha: float, alpha_lr: float):
         if not 0 <= alpha <= 1:

@@ -29,7 +29,6 @@ class Ditto(FedAvg):
     """
 
     name = "ditto"
-    vectorizable = False
 
     def __init__(self, lam: float, personal_epochs: int | None = None):
         if not lam >= 0:

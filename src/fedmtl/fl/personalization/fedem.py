@@ -109,7 +109,6 @@ class FedEM(FedAvg):
     """
 
     name = "fedem"
-    vectorizable = False
 
     def __init__(self, components: int, gate: MultiTaskModel | None = None):
         if components < 2:

@@ -29,7 +29,6 @@ class FedProx(FedAvg):
         if not mu >= 0:
             raise ValueError(f"FedProx mu must be >= 0, got {mu}")
         self.mu = mu
-        self.vectorizable = mu == 0
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator

@@ -35,7 +35,6 @@ class IFCA(FedAvg):
     """
 
     name = "ifca"
-    vectorizable = False
 
     def __init__(self, clusters: int, personal_model: str = "trained"):
         if clusters < 1:

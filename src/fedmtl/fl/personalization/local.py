@@ -23,7 +23,6 @@ class LocalOnly(FedAvg):
     """
 
     name = "local"
-    vectorizable = False
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator

@@ -63,7 +63,6 @@ class Mocha(FedAvg):
     """
 
     name = "mocha"
-    vectorizable = False
 
     def __init__(self, lam: float, eps: float):
         if not lam >= 0 or not eps > 0:

@@ -32,7 +32,6 @@ class PFedMe(FedAvg):
     """
 
     name = "pfedme"
-    vectorizable = False
 
     def __init__(self, lam: float, inner_steps: int, personal_lr: float):
         if not lam > 0 or inner_steps < 1 or not personal_lr > 0:

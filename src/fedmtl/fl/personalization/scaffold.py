@@ -38,7 +38,6 @@ class Scaffold(FedAvg):
     """
 
     name = "scaffold"
-    vectorizable = False
 
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
         return {"c": {n: torch.zeros_like(p) for n, p in params.items()}}
