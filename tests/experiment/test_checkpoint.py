@@ -257,3 +257,22 @@ def test_a_fresh_run_starts_in_a_folder_holding_only_a_stale_temp_file(tmp_path)
     }
     res = fedmtl.Experiment(cfg).run(progress=False)
     assert res.summary["rounds_completed"] == 1 and not stale.exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_round_zero(tmp_path) -> None:  # noqa: ANN001
+    """Its folder holds a config, a metrics line or none, no checkpoint: resume starts it over, to the same end."""
+    import fedmtl
+
+    cfg = {
+        "data": {"source": {"name": "mnist1d", "tasks": ["digit"], "num_samples": 300}, "num_clients": 4},
+        "server": {"rounds": 2},
+        "output": {"dir": str(tmp_path), "name": "whole", "plots": False},
+    }
+    whole = fedmtl.Experiment(cfg).run(progress=False)
+    cut = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "cut"}}).run(progress=False)
+    for f in (cut.run_dir / "checkpoints").iterdir():  # as if killed while writing the first checkpoint
+        f.unlink()
+    (cut.run_dir / "summary.json").unlink()
+    resumed = fedmtl.Experiment(cfg).run(resume=cut.run_dir, progress=False)
+    assert resumed.summary["rounds_completed"] == 2
+    assert all(bool((whole.params[k] == resumed.params[k]).all()) for k in whole.params)

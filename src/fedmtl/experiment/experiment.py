@@ -31,6 +31,7 @@ from fedmtl.experiment.checkpoint import (
     CheckpointError,
     check_algorithm_state,
     check_resumable,
+    list_checkpoints,
     load_latest,
     save_checkpoint,
 )
@@ -207,13 +208,17 @@ class Experiment:
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         metrics = MetricsLog(run_dir / "metrics.jsonl")
-        if resume is not None and (run_dir / "checkpoints").exists():
+        if resume is not None:
+            remove_stale_temps(run_dir / "checkpoints")
+        if resume is not None and list_checkpoints(run_dir):
             state, meta = load_latest(run_dir)
             check_algorithm_state(state, fed.init_state().algorithm_state, cfg.algorithm.name)
             metrics.truncate_after(state.round)
             elapsed = float(meta.get("elapsed", 0.0))
             log.info("resuming %s from round %d", run_dir, state.round)
-        else:
+        else:  # a new run, or one killed before its first checkpoint: round 0 is where it resumes
+            if resume is not None:
+                log.info("resuming %s: no checkpoint was written yet, starting from round 0", run_dir)
             state = fed.init_state()
             metrics.truncate_after(0)
             elapsed = 0.0
