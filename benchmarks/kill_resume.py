@@ -66,7 +66,8 @@ def killed_run(config: Path, out: Path, name: str, point: str, limit: float) -> 
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
         folder = run_dir / "checkpoints"
-        done = len(list(folder.glob("round-*.safetensors"))) if folder.is_dir() else 0
+        # the newest checkpoint's round (older ones are pruned, so count by name, not by files)
+        done = max((int(p.stem.split("-")[1]) for p in folder.glob("round-*.safetensors")), default=0) if folder.is_dir() else 0
         writing = folder.is_dir() and any(p.name.startswith(".") and ".tmp-" in p.name for p in folder.iterdir())
         if (kind == "after" and done >= int(k)) or (kind == "mid" and writing and done >= int(k) - 1):
             os.killpg(proc.pid, signal.SIGKILL)
