@@ -70,14 +70,16 @@ class DistributedEngine:
             return self.local.run_cohort(algorithm, trainer, jobs)
         mine = rank_slice(range(len(jobs)), rank, world)
         results = self.local.run_cohort(algorithm, trainer, [jobs[i] for i in mine])
-        gathered: list[object] = [None] * world
+        gathered: list[list[LocalResult]] = [[] for _ in range(world)]
         dist.all_gather_object(gathered, results)
-        return [r for part in gathered for r in part]  # type: ignore[union-attr]  # rank slices are contiguous, in order
+        return [r for part in gathered for r in part]  # rank slices are contiguous, in order
 
 
 def gathered_round(fed: Federation, state: ServerState) -> tuple[ServerState, RoundReport]:
     """The plain round with training spread over the ranks and the results all-gathered (any aggregator)."""
     local = fed.engine
+    if local is None:
+        raise RuntimeError("this round has no engine; pass one to simulate rounds")
     fed.engine = DistributedEngine(local)
     try:
         return Federation.round(fed, state)

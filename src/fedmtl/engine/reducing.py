@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -90,12 +91,12 @@ class RoundSums:
         parts = flat.cpu().split([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
         self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
         self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
-        gathered: list[object] = [None] * world
+        gathered: list[tuple[dict[int, object], dict[int, str]]] = [({}, {})] * world
         dist.all_gather_object(gathered, (self.client_states, self.dropped))
         self.client_states, self.dropped = {}, {}
-        for cs, dr in gathered:  # type: ignore[misc]
-            self.client_states.update(cs)
-            self.dropped.update(dr)
+        for states, drops in gathered:
+            self.client_states.update(states)
+            self.dropped.update(drops)
 
     def aggregate(self, shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
         """The weighted mean delta of every parameter of every group somebody sent."""
@@ -135,6 +136,13 @@ class ReducingFederation(Federation):
         self._fast: bool | None = None  # _stacked_path(), decided on the first round (its inputs never change)
         self._bytes_cache: dict[tuple[str, ...], int] = {}
 
+    @property
+    def stepping_engine(self) -> Any:
+        """The engine this round drives (chunk sizes and the stacked path are the vectorised engine's, when it is one)."""
+        if self.engine is None:
+            raise RuntimeError("this round has no engine; pass one to simulate rounds")
+        return self.engine
+
     def streams(self) -> bool:
         """Whether this round may stream and reduce: a weighted mean with nothing that needs every update.
 
@@ -170,7 +178,8 @@ class ReducingFederation(Federation):
         if self._fast is None:
             self._fast = self._stacked_path()
         fast = self._fast
-        step = min(self.chunk_clients, self.engine.chunk_size(self.trainer)) if fast else self.chunk_clients  # type: ignore[attr-defined]
+        engine = self.stepping_engine
+        step = min(self.chunk_clients, engine.chunk_size(self.trainer)) if fast else self.chunk_clients
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
             plan = self.plan(state, chunk)
@@ -185,11 +194,11 @@ class ReducingFederation(Federation):
                 )
                 for cid, start in zip(chunk, starts)
             ]
-            stacked = self.engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None  # type: ignore[attr-defined]
+            stacked = engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None
             if stacked is not None:
                 self._reduce_stacked(chunk, state.params, stacked, acc, r)
                 continue
-            results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
+            results = engine.run_cohort(self.algorithm, self.trainer, jobs)
             replies = []
             for cid, job, start, res in zip(chunk, jobs, starts, results):
                 reply, acc.client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
@@ -207,9 +216,9 @@ class ReducingFederation(Federation):
         skipped = ""
         if aggregate:
             params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-            bad = non_finite(params)
-            if bad:  # finite updates can still overflow the mean or the server step: never apply that
-                skipped = f"the model after the server step is non-finite in {bad[:3]} (the aggregate or the server optimiser overflowed)"
+            broken = non_finite(params)
+            if broken:  # finite updates can still overflow the mean or the server step: never apply that
+                skipped = f"the model after the server step is non-finite in {broken[:3]} (the aggregate or the server optimiser overflowed)"
                 log.warning("round %d skipped: %s", r + 1, skipped)
                 params, opt_state = state.params, state.opt_state
         new_states = dict(state.client_states)
