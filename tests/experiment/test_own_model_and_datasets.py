@@ -221,3 +221,13 @@ def test_device_resolution_and_errors(monkeypatch: pytest.MonkeyPatch, tmp_path)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         fedmtl.Experiment(_config(tmp_path / "r", runtime={"device": "cuda"})).run(progress=False)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_a_run_with_a_user_module_resumes_exactly(tmp_path) -> None:  # noqa: ANN001
+    """Interrupted after round 1 and resumed (the same module given again), it ends where an uninterrupted run ends."""
+    full = fedmtl.Experiment(_config(tmp_path / "a", algorithm={"name": "ditto", "lam": 0.2}), model=Net).run(progress=False)
+    first = fedmtl.Experiment(_config(tmp_path / "b", algorithm={"name": "ditto", "lam": 0.2}, server={"rounds": 1, "clients_per_round": 4}), model=Net)
+    part = first.run(progress=False)
+    resumed = fedmtl.Experiment(_config(tmp_path / "b", algorithm={"name": "ditto", "lam": 0.2}), model=Net).run(resume=part.run_dir, progress=False)
+    assert resumed.summary["rounds_completed"] == 2
+    assert all(bool((full.params[k] == resumed.params[k]).all()) for k in full.params)
