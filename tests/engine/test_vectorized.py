@@ -203,3 +203,11 @@ def test_streamed_round_never_applies_a_non_finite_model() -> None:
     after, report = fed.round(state)
     assert "non-finite" in report.skipped and after.round == state.round + 1
     assert max_diff(state.params, after.params) == 0.0
+
+
+def test_streamed_round_batches_a_forward_reading_penalty_per_task_set() -> None:
+    """Distillation's penalty reads the forward pass: the stacked reduction must not mix task sets in one forward."""
+    cfg, data = setup(CASES["task-heterogeneous"] + ["model.name=distillation"])
+    seq, _ = run(cfg, data, SequentialEngine())
+    vec, _ = run(cfg, data, VectorizedEngine(), federation_cls=ReducingFederation)
+    assert max_diff(seq.params, vec.params) < TOL

@@ -135,7 +135,9 @@ class Chunk:
             offsets.append(total)
             total += len(c.train)
         dev = device or torch.device("cpu")
-        return cls(model, list(clients), tasks, held.to(dev), names, shared, x.to(dev), {t: v.to(dev) for t, v in y.items()}, offsets, list(objectives), list(ostates))
+        chunk = cls(model, list(clients), tasks, held.to(dev), names, shared, x.to(dev), {t: v.to(dev) for t, v in y.items()}, offsets, list(objectives), list(ostates))
+        chunk.has_penalty = _has_penalty(model)
+        return chunk
 
     @property
     def padding_row(self) -> int:
@@ -352,13 +354,13 @@ class StackedTraining:
         return out  # type: ignore[return-value]
 
     def train(self, requests: Sequence[TrainRequest], plans: Sequence[Plan] | None = None) -> StackedResult:
-        """Train the requests as one chunk (``plans``: their batch plans when already drawn)."""
+        """Train the requests as one chunk (``plans``: their batch plans when already drawn); the caller makes
+        sure they may share one computation (:func:`batch_key`, as :meth:`train_results` does)."""
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
-        chunk.has_penalty = _has_penalty(model)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
         rows = _padded_rows(chunk, plans)
@@ -408,7 +410,6 @@ class StackedTraining:
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model
         chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], _to([r.ostate for r in requests], self.device), self.device)
-        chunk.has_penalty = _has_penalty(model)
         named = dict(model.named_parameters())
         leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().to(self.device).requires_grad_(True) for n in chunk.names}
         B = max(len(r.idx) for r in requests)

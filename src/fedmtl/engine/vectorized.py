@@ -25,6 +25,7 @@ from fedmtl.engine.stacked import (
     StackedResult,
     StackedTraining,
     TrainRequest,
+    batch_key,
     has_norm_statistics,
 )
 from fedmtl.fl.algorithm import Algorithm, FedAvg, without_server
@@ -147,8 +148,8 @@ class VectorizedEngine:
         """
         if type(algorithm).local_train is not FedAvg.local_train or not jobs:
             return None
-        if self.unsupported(algorithm, trainer, jobs[0]) is not None or has_norm_statistics(trainer.model):
-            return None
+        if self.unsupported(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
+            return None  # BatchNorm or a forward-reading penalty: clients are grouped, so the result is not one stack
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         self._announce(len(jobs), len(jobs))
         requests = [TrainRequest(j.start, j.client, without_server(j.state), j.generator) for j in jobs]
