@@ -97,7 +97,8 @@ class VectorizedEngine:
                 finally:
                     for h in hooks:
                         h.remove()
-                self._activations[key] = max(1, sum(sizes) // 4)  # per row (two clients x two rows)
+                # inside vmap a hook sees one client's outputs: per row, divide by that client's rows
+                self._activations[key] = max(1, sum(sizes) // max(1, int(x.shape[1])))
                 self._probed[key] = None
             except Exception as exc:  # noqa: BLE001 - any failure means: not batchable, say why
                 self._probed[key] = f"model {type(model).__name__} under torch.func.vmap ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
