@@ -96,9 +96,9 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
         for k, v in m.items():
             table.add_row(f"global {task} {k}", f"{v:.4f}")
     pers = s.get("final_personalized", {})
-    for key in ("mean", "worst10"):
+    for key, label in (("mean", "personalised: mean over clients"), ("worst10", "personalised: mean of the worst 10 % of clients")):
         if key in pers:
-            table.add_row(f"personalised {key}", f"{pers[key]:.4f}")
+            table.add_row(label, f"{pers[key]:.4f}")
     table.add_row("uplink MB", f"{s['bytes_up_total'] / 1e6:.1f}")
     table.add_row("downlink MB", f"{s['bytes_down_total'] / 1e6:.1f}")
     table.add_row("engine", s["engine"])
