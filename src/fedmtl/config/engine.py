@@ -63,7 +63,8 @@ class RuntimeConfig(StrictModel):
         default=None, description="torch threads (default: torch's own choice)."
     )
     device: str = Field(
-        default="auto",
+        default="cpu",
         pattern=r"^(auto|cpu|cuda|cuda:\d{1,2})$",
-        description="Where local training and evaluation run: auto (a GPU when there is one), cpu, cuda or cuda:N.",
+        description="Where the vectorised engine computes: cpu, auto (a GPU when there is one), cuda or cuda:N. "
+        "cpu by default: the CUDA path has not yet been run on a GPU (docs/engines.md).",
     )
