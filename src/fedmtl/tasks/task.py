@@ -11,6 +11,9 @@ from torch import Tensor
 
 TaskKind = Literal["multiclass", "binary", "regression"]
 
+#: bins of the sigmoid's range in which binary scores are counted for the federated ROC-AUC
+AUC_BINS = 200
+
 #: a multiclass row without a label (binary and regression rows without one hold NaN); PyTorch's ignore_index
 MISSING_CLASS = -100
 
@@ -95,11 +98,27 @@ class Task:
         n = float(y.shape[0])
         loss_sum = float(self.loss(pred, y, reduction="sum"))
         if self.kind == "multiclass":
-            correct = float((pred.argmax(dim=-1) == y).sum())
-            return {"n": n, "loss": loss_sum, "correct": correct}
+            guess = pred.argmax(dim=-1)
+            out = {"n": n, "loss": loss_sum, "correct": float((guess == y).sum())}
+            k = self.num_classes
+            tp = torch.bincount(y[guess == y], minlength=k)
+            out.update({f"tp_{c}": float(v) for c, v in enumerate(tp[:k])})
+            out.update({f"true_{c}": float(v) for c, v in enumerate(torch.bincount(y, minlength=k)[:k])})
+            out.update({f"pred_{c}": float(v) for c, v in enumerate(torch.bincount(guess, minlength=k)[:k])})
+            return out
         if self.kind == "binary":
-            correct = float(((pred.reshape(-1) > 0).long() == y.reshape(-1).long()).sum())
-            return {"n": n, "loss": loss_sum, "correct": correct}
+            z = pred.reshape(-1)
+            yb = y.reshape(-1).long()
+            guess = (z > 0).long()
+            out = {"n": n, "loss": loss_sum, "correct": float((guess == yb).sum())}
+            out.update(tp=float((guess & yb).sum()), pred_pos=float(guess.sum()), true_pos=float(yb.sum()))
+            # ROC-AUC from additive score histograms: the sigmoid's range cut into AUC_BINS bins per label
+            b = (torch.sigmoid(z.float()) * AUC_BINS).long().clamp(max=AUC_BINS - 1)
+            pos = torch.bincount(b[yb == 1], minlength=AUC_BINS)
+            neg = torch.bincount(b[yb == 0], minlength=AUC_BINS)
+            out.update({f"pos_{i}": float(v) for i, v in enumerate(pos) if v})
+            out.update({f"neg_{i}": float(v) for i, v in enumerate(neg) if v})
+            return out
         yf = y.reshape(-1).float()
         return {
             "n": n,
@@ -110,15 +129,33 @@ class Task:
         }
 
     def finalize(self, sums: dict[str, float]) -> dict[str, float]:
-        """Metrics from summed statistics: loss and accuracy, or loss (MSE), MAE and R^2."""
+        """Metrics from summed statistics: loss, accuracy and macro-F1 (multiclass); loss, accuracy, F1 and
+        ROC-AUC (binary; the AUC from score histograms, exact up to ties within 1/AUC_BINS of the sigmoid's
+        range); loss (MSE), RMSE, MAE and R^2 (regression, in the units the model was trained in)."""
         n = max(sums.get("n", 0.0), 1.0)
         out = {"loss": sums["loss"] / n}
-        if self.is_classification:
+        if self.kind == "multiclass":
             out["accuracy"] = sums["correct"] / n
+            f1s = []
+            for c in range(self.num_classes):
+                tp, true, guessed = (sums.get(f"{k}_{c}", 0.0) for k in ("tp", "true", "pred"))
+                if true + guessed > 0:  # a class neither present nor predicted has no F1 (sklearn's labels)
+                    f1s.append(2 * tp / (true + guessed))
+            if f1s:
+                out["macro_f1"] = sum(f1s) / len(f1s)
+        elif self.kind == "binary":
+            out["accuracy"] = sums["correct"] / n
+            if "tp" in sums:
+                denom = sums["pred_pos"] + sums["true_pos"]
+                out["f1"] = 2 * sums["tp"] / denom if denom > 0 else 0.0
+                auc = _binned_auc([sums.get(f"pos_{i}", 0.0) for i in range(AUC_BINS)], [sums.get(f"neg_{i}", 0.0) for i in range(AUC_BINS)])
+                if auc is not None:
+                    out["auc"] = auc
         else:
             mse = sums["loss"] / n
             mean = sums["y_sum"] / n
             var = sums["y_sq"] / n - mean * mean
+            out["rmse"] = mse**0.5
             out["mae"] = sums["abs_err"] / n
             out["r2"] = 1.0 - mse / var if var > 1e-12 else 0.0
         return out
@@ -132,3 +169,15 @@ def add_sums(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     """Add two metric-statistics dicts key by key."""
     keys = set(a) | set(b)
     return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in keys}
+
+
+def _binned_auc(pos: list[float], neg: list[float]) -> float | None:
+    """P(score of a positive > score of a negative), ties within a bin counted half; ``None`` without both labels."""
+    n_pos, n_neg = sum(pos), sum(neg)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    below, wins = 0.0, 0.0
+    for p, q in zip(pos, neg):
+        wins += p * (below + 0.5 * q)
+        below += q
+    return wins / (n_pos * n_neg)

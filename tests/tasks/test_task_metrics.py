@@ -1,0 +1,54 @@
+"""Per-kind metrics from additive sums equal scikit-learn's on the pooled rows (however the rows are split)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.metrics import f1_score, mean_squared_error, roc_auc_score
+
+from fedmtl.tasks import MISSING_CLASS, Task, add_sums
+from fedmtl.tasks.task import AUC_BINS, _binned_auc
+
+
+def _pooled(task: Task, pred: torch.Tensor, y: torch.Tensor, cuts: list[int]) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for lo, hi in zip([0, *cuts], [*cuts, len(y)]):  # as if from several clients
+        sums = add_sums(sums, task.metric_sums(pred[lo:hi], y[lo:hi]))
+    return task.finalize(sums)
+
+
+def test_multiclass_macro_f1_matches_sklearn_and_ignores_missing_labels() -> None:
+    g = torch.Generator().manual_seed(1)
+    task = Task("d", "multiclass", 6)
+    logits, y = torch.randn(400, 6, generator=g), torch.randint(0, 5, (400,), generator=g)  # class 5 never true
+    m = _pooled(task, logits, y, [50, 260])
+    assert m["macro_f1"] == pytest.approx(f1_score(y.numpy(), logits.argmax(1).numpy(), average="macro"), abs=1e-12)
+    y_missing = y.clone()
+    y_missing[::4] = MISSING_CLASS
+    keep = y_missing != MISSING_CLASS
+    m = _pooled(task, logits, y_missing, [123])
+    assert m["macro_f1"] == pytest.approx(f1_score(y[keep].numpy(), logits[keep].argmax(1).numpy(), average="macro"), abs=1e-12)
+
+
+def test_binary_f1_and_auc_match_sklearn() -> None:
+    g = torch.Generator().manual_seed(2)
+    task = Task("p", "binary")
+    z = torch.randn(600, 1, generator=g) * 2
+    y = (torch.rand(600, generator=g) < torch.sigmoid(z[:, 0])).float()
+    m = _pooled(task, z, y, [100, 350])
+    assert m["f1"] == pytest.approx(f1_score(y.numpy(), (z[:, 0] > 0).numpy()), abs=1e-12)
+    assert m["auc"] == pytest.approx(roc_auc_score(y.numpy(), z[:, 0].numpy()), abs=2e-3)  # binned scores
+
+
+def test_binned_auc_by_hand() -> None:
+    pos, neg = [0.0] * AUC_BINS, [0.0] * AUC_BINS
+    pos[150], neg[50], neg[150] = 2, 1, 1  # each positive beats one negative and ties one
+    assert _binned_auc(pos, neg) == pytest.approx(0.75)
+    assert _binned_auc(pos, [0.0] * AUC_BINS) is None  # undefined with one label only
+
+
+def test_regression_rmse() -> None:
+    task = Task("r", "regression")
+    pred, y = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([1.0, 3.0, 2.0])
+    m = _pooled(task, pred, y, [1])
+    assert m["rmse"] == pytest.approx(mean_squared_error(y.numpy(), pred[:, 0].numpy()) ** 0.5)
