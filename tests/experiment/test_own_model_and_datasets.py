@@ -231,3 +231,18 @@ def test_a_run_with_a_user_module_resumes_exactly(tmp_path) -> None:  # noqa: AN
     resumed = fedmtl.Experiment(_config(tmp_path / "b", algorithm={"name": "ditto", "lam": 0.2}), model=Net).run(resume=part.run_dir, progress=False)
     assert resumed.summary["rounds_completed"] == 2
     assert all(bool((full.params[k] == resumed.params[k]).all()) for k in full.params)
+
+
+def test_forward_gets_the_tasks_only_when_it_names_them() -> None:
+    class WithTasks(Net):
+        def forward(self, x, tasks):  # noqa: ANN001, ANN201
+            assert tasks == ["parity"]
+            return {t: v for t, v in super().forward(x).items() if t in tasks}
+
+    class WithMask(Net):
+        def forward(self, x, mask=None):  # noqa: ANN001, ANN201 - a second argument of the user's own
+            assert mask is None
+            return super().forward(x)
+
+    assert list(ModuleModel(WithTasks(), TASKS)(torch.zeros(2, 40), ["parity"])) == ["parity"]
+    assert list(ModuleModel(WithMask(), TASKS)(torch.zeros(2, 40), ["parity"])) == ["parity"]

@@ -34,9 +34,9 @@ class ModuleModel(MultiTaskModel):
     """A user's module, with its parameters grouped into shared and per-task ones.
 
     Args:
-        module: the user's model; ``forward(x)`` (or ``forward(x, tasks)``) returns ``{task: prediction}``:
-            ``[B, classes]`` logits for a multiclass task, ``[B]`` or ``[B, 1]`` for a binary logit or a
-            regression value.
+        module: the user's model; ``forward(x)`` (or ``forward(x, tasks)``, a parameter named ``tasks``) returns
+            ``{task: prediction}``: ``[B, classes]`` logits for a multiclass task, ``[B]`` or ``[B, 1]`` for a
+            binary logit or a regression value.
         tasks: the experiment's tasks (the keys the module must return).
         task_params: task -> module-name prefixes of its own parameters; default: the ``heads`` ModuleDict.
     """
@@ -65,13 +65,12 @@ class ModuleModel(MultiTaskModel):
 
 
 def _forward_takes_tasks(module: nn.Module) -> bool:
-    """Whether ``module.forward`` accepts a second positional argument (the tasks to predict)."""
+    """Whether ``module.forward`` takes the tasks to predict: a parameter named ``tasks`` (a second positional
+    parameter under another name, ``mask`` say, is the user's own and is left alone)."""
     try:
-        params = list(inspect.signature(module.forward).parameters.values())
+        return "tasks" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 def _groups(module: nn.Module, tasks: Sequence[str], task_params: Mapping[str, Sequence[str]] | None) -> dict[str, str]:
