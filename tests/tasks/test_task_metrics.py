@@ -52,3 +52,11 @@ def test_regression_rmse() -> None:
     pred, y = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([1.0, 3.0, 2.0])
     m = _pooled(task, pred, y, [1])
     assert m["rmse"] == pytest.approx(mean_squared_error(y.numpy(), pred[:, 0].numpy()) ** 0.5)
+
+
+def test_non_finite_predictions_still_give_metrics() -> None:
+    """A broken model (NaN / Inf logits) is scored, not a crash: NaN scores rank in the middle."""
+    task = Task("p", "binary")
+    z = torch.tensor([[float("nan")], [float("inf")], [-float("inf")], [0.3]])
+    m = task.finalize(task.metric_sums(z, torch.tensor([1.0, 1.0, 0.0, 0.0])))
+    assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["f1"] <= 1.0

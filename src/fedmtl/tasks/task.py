@@ -113,7 +113,8 @@ class Task:
             out = {"n": n, "loss": loss_sum, "correct": float((guess == yb).sum())}
             out.update(tp=float((guess & yb).sum()), pred_pos=float(guess.sum()), true_pos=float(yb.sum()))
             # ROC-AUC from additive score histograms: the sigmoid's range cut into AUC_BINS bins per label
-            b = (torch.sigmoid(z.float()) * AUC_BINS).long().clamp(max=AUC_BINS - 1)
+            score = torch.sigmoid(z.float()).nan_to_num(nan=0.5)  # a broken model's NaN scores rank as a coin toss
+            b = (score * AUC_BINS).long().clamp(0, AUC_BINS - 1)
             pos = torch.bincount(b[yb == 1], minlength=AUC_BINS)
             neg = torch.bincount(b[yb == 0], minlength=AUC_BINS)
             out.update({f"pos_{i}": float(v) for i, v in enumerate(pos) if v})
