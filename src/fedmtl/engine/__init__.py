@@ -22,7 +22,7 @@ def build_engine(cfg: object, device: str = "cpu") -> Engine:
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
 
-def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
+def make_federation(cfg, data, model, device: str | None = None):  # type: ignore[no-untyped-def]
     """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
 
     * ``vectorized`` / ``sequential``: :class:`~fedmtl.engine.reducing.ReducingFederation` (the plain round's
@@ -34,7 +34,7 @@ def make_federation(cfg, data, model):  # type: ignore[no-untyped-def]
     from fedmtl.engine.device import resolve_device
     from fedmtl.engine.reducing import ReducingFederation
 
-    device = str(resolve_device(cfg.runtime.device))
+    device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
     if isinstance(cfg.engine, ecfg.DistributedEngine):
         from fedmtl.engine.distributed import init_distributed
 

@@ -204,7 +204,7 @@ class Experiment:
         run_dir = self._run_dir(resume)
         data = self.data
         model = self.build_model()
-        fed = make_federation(cfg, data, model)
+        fed = make_federation(cfg, data, model, str(device))
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         metrics = MetricsLog(run_dir / "metrics.jsonl")
