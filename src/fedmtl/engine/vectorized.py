@@ -6,7 +6,7 @@ requests are answered a chunk of clients at a time by :class:`~fedmtl.engine.sta
 The maths is :meth:`fedmtl.fl.client.LocalTrainer.train`'s, so results match the sequential engine.
 
 What it cannot batch runs on the sequential engine, with the reason logged once and counted in
-``engine_clients``: sample-level DP-SGD (Opacus' own loop), balancing on the shared *representation*
+``engine_clients``: balancing on the shared *representation*
 (the model hands its representation out of the forward pass), and a model whose operations have no
 ``vmap`` rule (found by a probe the first time the engine sees the model).
 """
@@ -72,8 +72,6 @@ class VectorizedEngine:
     # -- support -------------------------------------------------------------------------------
     def unsupported(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
         """Why this cohort cannot be batched (named for the user), or ``None`` when it can."""
-        if getattr(trainer, "dp_sgd", None) is not None:
-            return "sample-level DP-SGD (privacy.dp_sgd runs Opacus' own training loop)"
         if sample is None:
             return None
         objective = build_objective(trainer.mtl_cfg, sample.client.tasks)
@@ -147,8 +145,8 @@ class VectorizedEngine:
 
         For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
         """
-        if type(algorithm).local_train is not FedAvg.local_train or not jobs:
-            return None
+        if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
+            return None  # DP-SGD's results carry each client's accounting: they are unstacked
         if self.unsupported(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
             return None  # BatchNorm or a forward-reading penalty: clients are grouped, so the result is not one stack
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
@@ -158,7 +156,7 @@ class VectorizedEngine:
 
     def _stacked(self, trainer: LocalTrainer) -> StackedTraining:
         if self._training is None or self._training[0] is not trainer:
-            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg, self.device))
+            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg, self.device, trainer.dp_sgd))
         return self._training[1]
 
     def _announce(self, clients: int, chunk: int) -> None:

@@ -161,7 +161,7 @@ class LocalTrainer:
         self.model = model
         self.cfg = client_cfg
         self.mtl_cfg = mtl_cfg
-        #: sample-level DP-SGD settings; when set, :meth:`train` runs through Opacus
+        #: sample-level DP-SGD settings; when set, :meth:`train` clips and noises each example's gradient
         self.dp_sgd = dp_sgd
 
     def grads(
@@ -227,13 +227,9 @@ class LocalTrainer:
             epochs: local epochs instead of ``client.epochs``.
         """
         if self.dp_sgd is not None:
-            if prox is not None or grad_offset is not None or trainable is not None or epochs is not None:
-                raise ValueError(
-                    "privacy.dp_sgd runs plain local SGD steps; it cannot be combined with an algorithm that "
-                    "adds a proximal term, control variates or training phases (use fedavg, fedper or local)"
-                )
-            from fedmtl.fl.dp_sgd_client import train_with_dp_sgd
+            from fedmtl.fl.dp_sgd_client import refuse_changed_steps, train_with_dp_sgd
 
+            refuse_changed_steps(prox, grad_offset, trainable, epochs)
             return train_with_dp_sgd(self, start, client, state, generator, self.dp_sgd)
         model = self.model
         tasks = list(client.tasks)
