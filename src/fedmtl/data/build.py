@@ -89,6 +89,7 @@ def _holdout(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) ->
         tasks=src.tasks,
         client_ids=None if src.client_ids is None else src.client_ids[kept],
         description=src.description,
+        client_names=src.client_names,
     )
     return rest, src.x[held], {t: v[held] for t, v in src.targets.items()}
 
