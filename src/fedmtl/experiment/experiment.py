@@ -346,6 +346,7 @@ class Experiment:
             "final_global": last_eval.get("global", {}),
             "final_personalized": last_eval.get("personalized", {}),
             "data": fed.data.summary(),
+            "data_cleaning": fed.data.cleaning.as_dict() if fed.data.cleaning is not None else None,
             "seed": self.config.seed,
         }
 
