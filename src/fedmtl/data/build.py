@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -142,8 +144,13 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
     hx, hy, _ = clean(transform(hx, pre.transform), hy, src.tasks, pre.missing) if len(hx) else (hx, hy, {})
     hx, hy = finish(hx, hy, x_stats)
     holdout = _to_split(hx, hy, src.tasks)
+    # each standardised target's scale travels with its task: metrics report RMSE and MAE in original units
+    tasks = tuple(
+        replace(t, target_offset=float(y_stats[t.name][0][0]), target_scale=float(y_stats[t.name][1][0])) if t.name in y_stats else t
+        for t in src.tasks
+    )
     return FederatedData(
-        tasks=src.tasks,
+        tasks=tasks,
         input_shape=tuple(src.x.shape[1:]),
         clients=tuple(clients),
         holdout=holdout,
