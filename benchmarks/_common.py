@@ -32,7 +32,17 @@ def run(config: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
     summary = dict(res.summary)
     summary["benchmark_seconds"] = time.perf_counter() - t0
     summary["history"] = res.history
+    scores = client_accuracies(res.run_dir)
+    summary["personalised_client_mean"] = sum(scores) / len(scores) if scores else None
     return summary
+
+
+def client_accuracies(run_dir: Path) -> list[float]:
+    """Each client's final personalised accuracy, the mean over its tasks (classification tasks only), from
+    the run's clients.json: the benchmarks' per-client score (runs themselves report per task)."""
+    path = Path(run_dir) / "clients.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    return [sum(m["accuracy"] for m in row["tasks"].values()) / len(row["tasks"]) for row in rows]
 
 
 def machine() -> dict[str, Any]:
