@@ -99,7 +99,7 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     table.add_column("value", justify="right")
     s = results.summary
     if s.get("global_model"):
-        table.add_row("global model", s["global_model"])
+        table.add_row("global model", str(s["global_model"]).split(":")[0])  # "not trained" (summary.json says why)
     for task, m in s.get("final_global", {}).items():
         for k, v in m.items():
             table.add_row(f"global {task} {metric_name(k)}", _number(v))

@@ -31,8 +31,8 @@ def global_model_note(algorithm: Algorithm) -> str | None:
     if trains_global_model(algorithm):
         return None
     return (
-        f"not trained: algorithm {algorithm.name!r} never aggregates (each client trains its own model), "
-        "so no global metrics are reported; see the personalised results"
+        f"not trained: algorithm {algorithm.name!r} never aggregates (each client trains its own model); "
+        "no global metrics are reported"
     )
 
 
