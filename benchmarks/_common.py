@@ -38,11 +38,12 @@ def run(config: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
 
 
 def client_accuracies(run_dir: Path) -> list[float]:
-    """Each client's final personalised accuracy, the mean over its tasks (classification tasks only), from
-    the run's clients.json: the benchmarks' per-client score (runs themselves report per task)."""
+    """Each client's final personalised accuracy, the mean over its classification tasks (regression tasks
+    have none), from the run's clients.json: the benchmarks' per-client score (runs report per task)."""
     path = Path(run_dir) / "clients.json"
     rows = json.loads(path.read_text()) if path.exists() else []
-    return [sum(m["accuracy"] for m in row["tasks"].values()) / len(row["tasks"]) for row in rows]
+    accuracies = [[m["accuracy"] for m in row["tasks"].values() if "accuracy" in m] for row in rows]
+    return [sum(a) / len(a) for a in accuracies if a]
 
 
 def machine() -> dict[str, Any]:
