@@ -291,3 +291,13 @@ def test_dp_sgd_client_epsilon_is_reported_as_in_the_simulation(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     eps = [h["privacy"]["dp_sgd_max_client_epsilon"] for h in history]
     assert eps == pytest.approx([h["privacy"]["dp_sgd_max_client_epsilon"] for h in sim.history])
+
+
+def test_local_on_flower_reports_no_global_metrics_as_the_simulation(tmp_path):
+    """Algorithm local trains no global model: the deployment, like the simulation, scores none and says why."""
+    cfg = _config(tmp_path, algorithm={"name": "local"}, evaluation={"personalized": True})
+    _, summary, _ = _run(tmp_path, _grid(), cfg=cfg)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["global"] == {} for h in history)
+    assert summary["final_global"] == {} and "not trained" in summary["global_model"]
+    assert set(summary["final_personalized"]) == {"digit", "parity"}  # the clients' own models, per task
