@@ -83,8 +83,14 @@ def demo_help(demo: dict[str, Any]) -> tuple[str, str]:
 DEMO_HELP, DEMO_ROUNDS_HELP = demo_help(yaml.safe_load(_demo_config_path().read_text()))
 
 
+def _number(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # None: not finite
+
+
 def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     import torch.distributed as dist
+
+    from fedmtl.report.labels import metric_name, personalized_tasks, primary_metric
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return  # under torchrun, rank 0 speaks for the run
@@ -92,13 +98,18 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     table.add_column("what")
     table.add_column("value", justify="right")
     s = results.summary
+    if s.get("global_model"):
+        table.add_row("global model", str(s["global_model"]).split(":")[0])  # "not trained" (summary.json says why)
     for task, m in s.get("final_global", {}).items():
         for k, v in m.items():
-            table.add_row(f"global {task} {k}", f"{v:.4f}")
-    pers = s.get("final_personalized", {})
-    for key, label in (("mean", "personalised: mean over clients"), ("worst10", "personalised: mean of the worst 10 % of clients")):
-        if key in pers:
-            table.add_row(label, f"{pers[key]:.4f}")
+            table.add_row(f"global {task} {metric_name(k)}", _number(v))
+    for task, block in personalized_tasks(s.get("final_personalized")).items():
+        for k, v in block["pooled"].items():
+            table.add_row(f"personalised {task} {metric_name(k)}, pooled over {block['clients']} clients", _number(v))
+        key = primary_metric(block["pooled"])
+        for which, label in (("median", "median client"), ("worst10", "mean of the worst 10 % of clients")):
+            if key in block.get(which, {}):
+                table.add_row(f"personalised {task} {metric_name(key)}, {label}", _number(block[which][key]))
     table.add_row("uplink MB", f"{s['bytes_up_total'] / 1e6:.1f}")
     table.add_row("downlink MB", f"{s['bytes_down_total'] / 1e6:.1f}")
     table.add_row("engine", s["engine"])

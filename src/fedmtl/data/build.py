@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -164,8 +165,13 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
     holdout = _to_split(hx, hy, src.tasks)
     report = CleaningReport(sum((c[3] for c in raw_clients), CleaningCounts()), held_counts, small)
     log.info("%s", report.describe())
+    # each standardised target's scale travels with its task: metrics report RMSE and MAE in original units
+    tasks = tuple(
+        replace(t, target_offset=float(y_stats[t.name][0][0]), target_scale=float(y_stats[t.name][1][0])) if t.name in y_stats else t
+        for t in src.tasks
+    )
     return FederatedData(
-        tasks=src.tasks,
+        tasks=tasks,
         input_shape=tuple(src.x.shape[1:]),
         clients=tuple(clients),
         holdout=holdout,

@@ -23,6 +23,8 @@ class LocalOnly(FedAvg):
     """
 
     name = "local"
+    #: the global model stays the initial one: evaluation reports no global metrics for it
+    trains_global_model = False
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
