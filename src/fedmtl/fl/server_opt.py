@@ -23,6 +23,9 @@ from typing import Any, NamedTuple, Protocol, cast
 import torch
 from torch import Tensor
 
+from fedmtl import registry
+from fedmtl.config import training as tcfg
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 Params = Mapping[str, Tensor]
@@ -232,21 +235,14 @@ def fedyogi(
 
 FedAvg = fedavg  # the foundation's name
 
-SERVER_OPTIMIZERS: dict[str, Callable[[Any], TransformOptimizer]] = {
-    "fedavg": lambda c: fedavg(c.lr),
-    "fedavgm": lambda c: fedavgm(c.lr, c.momentum, c.nesterov),
-    "fedadagrad": lambda c: fedadagrad(c.lr, c.b1, c.tau, c.initial_accumulator),
-    "fedadam": lambda c: fedadam(c.lr, c.b1, c.b2, c.tau, c.initial_accumulator),
-    "fedyogi": lambda c: fedyogi(c.lr, c.b1, c.b2, c.tau, c.initial_accumulator),
-}
+register("server_optimizer", "fedavg", lambda cfg: fedavg(cfg.lr), tcfg.FedAvgServer)
+register("server_optimizer", "fedavgm", lambda cfg: fedavgm(cfg.lr, cfg.momentum, cfg.nesterov), tcfg.FedAvgMServer)
+register("server_optimizer", "fedadagrad", lambda cfg: fedadagrad(cfg.lr, cfg.b1, cfg.tau, cfg.initial_accumulator), tcfg.FedAdagradServer)
+register("server_optimizer", "fedadam", lambda cfg: fedadam(cfg.lr, cfg.b1, cfg.b2, cfg.tau, cfg.initial_accumulator), tcfg.FedAdamServer)
+register("server_optimizer", "fedyogi", lambda cfg: fedyogi(cfg.lr, cfg.b1, cfg.b2, cfg.tau, cfg.initial_accumulator), tcfg.FedYogiServer)
 
 
 def build_server_optimizer(cfg: Any) -> TransformOptimizer:
-    """The server optimiser a ``server.optimizer`` config describes (looked up by its ``name``)."""
-    try:
-        factory = SERVER_OPTIMIZERS[cfg.name]
-    except (KeyError, AttributeError):
-        raise TypeError(
-            f"unknown server optimizer config {cfg!r}; known: {sorted(SERVER_OPTIMIZERS)}"
-        ) from None
-    return factory(cfg)
+    """The server optimiser a ``server.optimizer`` config describes (any registered one, by ``cfg.name``)."""
+    optimizer: TransformOptimizer = registry.build("server_optimizer", cfg)
+    return optimizer

@@ -10,12 +10,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective, is_local
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -83,3 +85,6 @@ class APFL(FedAvg):
             for n, v in state["apfl_v"].items():  # type: ignore[union-attr]
                 out[n] = a * v + (1 - a) * out[n]  # type: ignore[operator]
         return out
+
+
+register("algorithm", "apfl", lambda cfg, make_model: APFL(cfg.alpha, cfg.alpha_lr), acfg.APFLAlgorithm)

@@ -10,10 +10,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
 from fedmtl.fl.personalization._common import drop, fork, start_from
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -47,3 +49,6 @@ class Ditto(FedAvg):
         pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
         personal = {n: pers.params[n] for n in names}
         return LocalResult(glob.params, glob.metrics, {**glob.state, "personal": personal, "personal_objective": pers.state["objective"]})
+
+
+register("algorithm", "ditto", lambda cfg, make_model: Ditto(cfg.lam, cfg.personal_epochs), acfg.DittoAlgorithm)

@@ -40,12 +40,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ModelBuilder, ServerContext
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective, average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -229,3 +231,10 @@ def _weights(w: Tensor) -> Tensor:
     w = w.clamp_min(1e-12)
     return w / w.sum()
 
+
+register(
+    "algorithm",
+    "fedem",
+    lambda cfg, make_model: FedEM(cfg.components, build_gate(make_model, cfg.components) if cfg.gate else None),
+    acfg.FedEMAlgorithm,
+)

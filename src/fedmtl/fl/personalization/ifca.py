@@ -10,11 +10,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import average_members, client_loss, drop, shuffled
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -83,3 +85,6 @@ class IFCA(FedAvg):
             j = self.choose(model, clusters, client)
             return {**base, **{n: clusters[str(j)][n] for n in held_parameter_names(model, client.tasks)}}
         return base
+
+
+register("algorithm", "ifca", lambda cfg, make_model: IFCA(cfg.clusters, cfg.personal_model), acfg.IFCAAlgorithm)

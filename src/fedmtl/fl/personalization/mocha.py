@@ -12,10 +12,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
 from fedmtl.fl.personalization._common import drop, start_from
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -123,3 +125,6 @@ class Mocha(FedAvg):
             omega[known[:, None], known[None, :]] = omega_update(w[known], self.eps)
             tasks[task] = {"W": w, "seen": seen, "omega": omega}
         return dict(ctx.after), {"clients": ctx.state["clients"], "tasks": tasks}
+
+
+register("algorithm", "mocha", lambda cfg, make_model: Mocha(cfg.lam, cfg.eps), acfg.MochaAlgorithm)

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.config.training import SGD
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.personalization._common import drop
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -67,3 +69,6 @@ class Scaffold(FedAvg):
         for n, s in sums.items():
             c[n] = c[n] + s / max(ctx.population.get(n, 1), 1)  # type: ignore[operator]
         return dict(ctx.after), {"c": c}
+
+
+register("algorithm", "scaffold", lambda cfg, make_model: Scaffold(), acfg.ScaffoldAlgorithm)
