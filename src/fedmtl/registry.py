@@ -35,8 +35,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import MappingProxyType
-from typing import Any, Literal, get_args, get_origin
+from types import MappingProxyType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -102,6 +102,8 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     ),
 })
 
+#: the settings of every configuration section (fedmtl.config.base.StrictModel's), imposed on registered config models
+_STRICT: dict[str, Any] = {"frozen": True, "extra": "forbid", "allow_inf_nan": False}
 _NAME = re.compile(r"^[a-z][a-z0-9_.+-]{0,63}$")
 
 
@@ -123,10 +125,37 @@ class Component:
         for key, info in self.config_model.model_fields.items():
             if key == "name":
                 continue
-            shown = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
-            default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+            kind = next((m.kind for m in info.metadata if type(m).__name__ == "Registered"), None)
+            shown = f"a registered {kind}" if kind else type_name(info.annotation)
+            value = None if info.is_required() else info.get_default(call_default_factory=True)
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            default = "required" if info.is_required() else repr(value)
             out[key] = f"{shown} = {default}"
         return out
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
+def type_name(annotation: Any) -> str:
+    """A type as a user reads it in a config: ``float``, ``list[int]``, ``2 | 4 | 8``, ``str | None``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is Union or origin is UnionType:
+        return " | ".join(type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 _lock = threading.RLock()
@@ -149,7 +178,7 @@ def _config_model_for(kind: str, name: str, config_model: type[BaseModel] | None
     if config_model is None:
         model: type[BaseModel] = create_model(
             f"{name.title().replace('_', '')}Config",
-            __config__=ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False),
+            __config__=ConfigDict(**_STRICT),
             name=(Literal[name], name),  # type: ignore[valid-type]
         )
         return model
@@ -161,7 +190,15 @@ def _config_model_for(kind: str, name: str, config_model: type[BaseModel] | None
             f"{kind} {name!r}: {config_model.__name__} must declare `name: Literal[{name!r}] = {name!r}` "
             "(the configuration selects the component by that field)"
         )
-    return config_model
+    if all(config_model.model_config.get(k) == v for k, v in _STRICT.items()):
+        return config_model
+    # like every section of the configuration: frozen, unknown keys and non-finite numbers refused
+    strict: type[BaseModel] = type(
+        config_model.__name__,
+        (config_model,),
+        {"model_config": ConfigDict(**{**config_model.model_config, **_STRICT}), "__module__": config_model.__module__, "__doc__": config_model.__doc__},
+    )
+    return strict
 
 
 def _check_traits(kind: str, name: str, traits: Mapping[str, Any]) -> None:
@@ -219,7 +256,7 @@ def register(
     model = _config_model_for(kind, name, config_model)
     _check_traits(kind, name, traits)
     doc = (config_model.__doc__ if config_model is not None else None) or factory.__doc__ or ""
-    line = description if description is not None else (doc.strip().splitlines() or [""])[0]
+    line = description if description is not None else first_sentence(doc)
     origin = getattr(factory, "__module__", None) or "?"
     component = Component(kind, name, factory, model, line.strip(), origin, MappingProxyType(dict(traits)))
     global _version
