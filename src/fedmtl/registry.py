@@ -103,7 +103,7 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
 })
 
 #: the settings of every configuration section (fedmtl.config.base.StrictModel's), imposed on registered config models
-_STRICT: dict[str, Any] = {"frozen": True, "extra": "forbid", "allow_inf_nan": False}
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 _NAME = re.compile(r"^[a-z][a-z0-9_.+-]{0,63}$")
 
 
@@ -178,8 +178,8 @@ def _config_model_for(kind: str, name: str, config_model: type[BaseModel] | None
     if config_model is None:
         model: type[BaseModel] = create_model(
             f"{name.title().replace('_', '')}Config",
-            __config__=ConfigDict(**_STRICT),
-            name=(Literal[name], name),  # type: ignore[valid-type]
+            __config__=_STRICT,
+            name=(Literal.__getitem__(name), name),  # type: ignore[arg-type]  # Literal[name], name known at run time
         )
         return model
     if not (isinstance(config_model, type) and issubclass(config_model, BaseModel)):
@@ -190,13 +190,13 @@ def _config_model_for(kind: str, name: str, config_model: type[BaseModel] | None
             f"{kind} {name!r}: {config_model.__name__} must declare `name: Literal[{name!r}] = {name!r}` "
             "(the configuration selects the component by that field)"
         )
-    if all(config_model.model_config.get(k) == v for k, v in _STRICT.items()):
+    if all(config_model.model_config.get(k) == v for k, v in _STRICT.items()):  # type: ignore[misc]
         return config_model
     # like every section of the configuration: frozen, unknown keys and non-finite numbers refused
     strict: type[BaseModel] = type(
         config_model.__name__,
         (config_model,),
-        {"model_config": ConfigDict(**{**config_model.model_config, **_STRICT}), "__module__": config_model.__module__, "__doc__": config_model.__doc__},
+        {"model_config": ConfigDict(**config_model.model_config) | _STRICT, "__module__": config_model.__module__, "__doc__": config_model.__doc__},
     )
     return strict
 

@@ -69,7 +69,7 @@ class Link:
         self.error_feedback = any(getattr(c, "error_feedback", False) for c in self.codecs)
         #: codecs with per-tensor sender memory (DGC's momentum, PowerSGD's warm-start Q): ``prepare`` /
         #: ``after`` hooks around the encoding, memory kept in the state under ``"memory"``
-        self.memory_codecs = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
+        self.memory_codecs: list[Any] = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
         self._chain_spec = [c.model_dump(mode="json") for c in self.codecs]
         if role:
             self._chain_spec = [{"role": role}, *self._chain_spec]

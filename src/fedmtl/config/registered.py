@@ -34,8 +34,11 @@ def union_of(kind: str) -> TypeAdapter[Any]:
     cached = _adapters.get(kind)
     if cached is not None and cached[0] == registry.version():
         return cached[1]
-    members: Any = Union[models] if len(models) > 1 else models[0]  # noqa: UP007 - built at run time
-    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[members, Field(discriminator="name")] if len(models) > 1 else members)
+    if not models:
+        raise registry.RegistryError(f"no {kind} is registered")
+    members: Any = Union.__getitem__(models) if len(models) > 1 else models[0]  # the union of what is registered now
+    annotated: Any = Annotated.__class_getitem__((members, Field(discriminator="name"))) if len(models) > 1 else members  # type: ignore[attr-defined]
+    adapter: TypeAdapter[Any] = TypeAdapter(annotated)
     _adapters[kind] = (registry.version(), adapter)
     return adapter
 

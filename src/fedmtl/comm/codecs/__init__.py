@@ -40,7 +40,7 @@ register("codec", "zstd", lambda cfg: Zstd(cfg.level, cfg.dictionary), cc.ZstdCo
 register("codec", "lz4", lambda cfg: LZ4(), cc.LZ4Codec, stage="byte")
 
 
-def build_codec(cfg: Any) -> object:
+def build_codec(cfg: Any) -> Any:
     """The codec a chain entry describes (any registered codec, by ``cfg.name``)."""
     return registry.build("codec", cfg)
 
