@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import fedmtl
+from fedmtl._version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -35,7 +35,7 @@ def error(message: object) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"fedmtl {fedmtl.__version__} (Python {sys.version.split()[0]})\n")
+        sys.stdout.write(f"fedmtl {__version__} (Python {sys.version.split()[0]})\n")
         raise typer.Exit()
 
 

@@ -15,12 +15,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.data.dataset import ClientData
+from fedmtl.fl.local_parts import (
+    LocalResult,
+    finish_local,
+    held_parameter_names,
+    load_parameters,
+    make_optimizer,
+)
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
 from fedmtl.privacy.dp.dpsgd import make_private_client
 from fedmtl.tree import TensorTree
 
 if TYPE_CHECKING:
-    from fedmtl.fl.client import LocalResult, LocalTrainer
+    from fedmtl.fl.client import LocalTrainer
 
 
 def _history(tree: object, mechanism: str) -> PrivacyAccountant | None:
@@ -38,7 +45,6 @@ def train_with_dp_sgd(
     cfg: DPSGDConfig,
 ) -> LocalResult:
     """DP-SGD local training; same inputs and outputs as :meth:`LocalTrainer.train`."""
-    from fedmtl.fl.client import finish_local, held_parameter_names, load_parameters, make_optimizer
     from fedmtl.mtl import build_objective
 
     model = trainer.model
