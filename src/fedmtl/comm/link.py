@@ -154,6 +154,7 @@ class Link:
         memory: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         mem = {"memory": memory or {}}
+        out: dict[str, Tensor]
         if self.sparsifier is not None:
             out, values = self.sparsifier.select(
                 x, g, **(mem if self.sparsifier in self.memory_codecs else {})
@@ -174,7 +175,8 @@ class Link:
         values = self.quantiser.decode(dict(parts), n, shape)
         if self.sparsifier is not None:
             values = self.sparsifier.expand(dict(parts), values, numel)
-        return values.reshape(shape)
+        decoded: Tensor = values.reshape(shape)
+        return decoded
 
     # ------------------------------------------------------------------ decoding
     def decode(

@@ -22,14 +22,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fedmtl.data.dataset import ClientData
+from fedmtl.config import ExperimentConfig
+from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.engine.distributed import gathered_round, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.update import ClientUpdate
-from fedmtl.mtl import LOCAL
+from fedmtl.mtl import LOCAL, MultiTaskModel
 
 log = logging.getLogger("fedmtl")
 
@@ -82,7 +83,7 @@ class RoundSums:
         on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
         flat = flat.cuda() if on_gpu else flat
         dist.all_reduce(flat)  # every rank gets the cohort's sums
-        parts = flat.cpu().split([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
+        parts = flat.cpu().split_with_sizes([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
         self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
         self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
         gathered: list[tuple[dict[int, object], dict[int, str]]] = [({}, {})] * world
@@ -127,8 +128,14 @@ class ReducingFederation:
     _OWN = frozenset({"federation", "chunk_clients", "distributed", "reduces", "_fast", "_bytes_cache"})
 
     def __init__(
-        self, cfg, data, model, engine: Engine, chunk_clients: int = 1024, distributed: bool = False
-    ):  # type: ignore[no-untyped-def]
+        self,
+        cfg: ExperimentConfig,
+        data: FederatedData,
+        model: MultiTaskModel,
+        engine: Engine,
+        chunk_clients: int = 1024,
+        distributed: bool = False,
+    ) -> None:
         self.federation = Federation(cfg, data, model, engine)
         self.chunk_clients = chunk_clients
         self.distributed = distributed and dist.is_available() and dist.is_initialized()

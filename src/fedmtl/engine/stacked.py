@@ -360,7 +360,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
-        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
         rows = _padded_rows(chunk, plans)
@@ -455,8 +455,9 @@ def _has_penalty(model: MultiTaskModel) -> bool:
 
 def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     local = req.state.get("local", {})
-    if name in local:  # type: ignore[operator]
-        return local[name].detach()  # type: ignore[index, union-attr]
+    if name in local:
+        value: Tensor = local[name].detach()
+        return value
     if name in req.start:
         return req.start[name].detach()
     return default.detach()
@@ -513,7 +514,7 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
         live[n] = (g * _bcast(m, g), m)
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
-        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
     for n, (g, m) in live.items():
         if n in offsets:
@@ -569,7 +570,7 @@ class StackedResult:
             state["local"] = local
         if self.buffers:
             state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
-        return state  # type: ignore[return-value]
+        return state
 
     def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
         """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""

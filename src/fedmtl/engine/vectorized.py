@@ -120,7 +120,7 @@ class VectorizedEngine:
         if reason is not None:
             self._warn(reason)
             self.last_run = {"vectorized": 0, "sequential": len(jobs)}
-            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined]
+            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined, no-any-return]
         training = self._stacked(trainer)
         chunk = self.chunk_size(trainer)
 

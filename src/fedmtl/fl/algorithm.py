@@ -128,7 +128,7 @@ class FedAvg:
     ) -> dict[str, Tensor]:
         """The global model with the client's own parameters over it: its ``local`` ones, then the
         ``personal`` copies a method keeps (FedPer's heads, Ditto's v_k, pFedMe's theta, ...)."""
-        return {**global_params, **state.get("local", {}), **state.get("personal", {})}  # type: ignore[dict-item]
+        return {**global_params, **state.get("local", {}), **state.get("personal", {})}
 
     def personal_mixture(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree

@@ -170,7 +170,7 @@ class LocalTrainer:
         load_parameters(model, {n: v for n, v in start.items() if n in known})
         local_saved = state.get("local", {})
         if local_saved:
-            load_parameters(model, local_saved)  # type: ignore[arg-type]
+            load_parameters(model, local_saved)
         has_bn = bool(norm_buffer_names(model))
         if has_bn:  # the one model instance serves every client: never train on another client's statistics
             load_buffers(model, client_buffers(model, state))
@@ -210,4 +210,4 @@ class LocalTrainer:
                 for t in tasks:
                     loss_sums[t] += losses[t].detach()  # a tensor sum: no device sync per step
                 steps += 1
-        return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]
+        return finish_local(model, names, loss_sums, steps, {"objective": ostate})

@@ -82,7 +82,7 @@ def train_with_dp_sgd(
                 preds = session.module(x, tasks)
                 losses = {t: model.tasks[t].loss(preds[t], y) for t, y in zip(tasks, ys)}
                 session.optimizer.zero_grad(set_to_none=True)
-                ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch)  # type: ignore[arg-type]
+                ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch)
                 session.optimizer.step()
                 for t in tasks:
                     loss_sums[t] += float(losses[t].detach())
@@ -93,6 +93,6 @@ def train_with_dp_sgd(
     finally:
         for p in named.values():
             p.requires_grad_(True)
-    result = finish_local(model, names, loss_sums, steps, {"objective": ostate, "dp_sgd_history": history.history_tensor()})  # type: ignore[dict-item]
+    result = finish_local(model, names, loss_sums, steps, {"objective": ostate, "dp_sgd_history": history.history_tensor()})
     result.metrics["dp_sgd_epsilon"] = epsilon
     return result

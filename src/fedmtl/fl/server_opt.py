@@ -147,7 +147,7 @@ def chain(*transforms: Transform) -> Transform:
     def update(u: Updates, state: TensorTree, params: Params) -> tuple[Updates, TensorTree]:
         new: TensorTree = {}
         for i, t in enumerate(transforms):
-            u, new[str(i)] = t.update(u, state[str(i)], params)  # type: ignore[arg-type]
+            u, new[str(i)] = t.update(u, state[str(i)], params)
         return u, new
 
     return Transform(init, update)
@@ -200,13 +200,13 @@ def fedavgm(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False) -> T
 
 def _adaptive(
     name: str, rule: SecondMomentRule, lr: float, b1: float, b2: float, tau: float, v0: float | None
-):
+) -> TransformOptimizer:
     return TransformOptimizer(
         chain(scale_by_adaptive(rule, b1, b2, tau, v0), scale(_positive("lr", lr))), name
     )
 
 
-def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accumulator: float | None = None):
+def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accumulator: float | None = None) -> TransformOptimizer:
     """FedAdagrad (Reddi et al., 2021)."""
     return _adaptive("fedadagrad", adagrad_rule, lr, b1, 0.0, tau, initial_accumulator)
 
@@ -217,7 +217,7 @@ def fedadam(
     b2: float = 0.99,
     tau: float = 1e-3,
     initial_accumulator: float | None = None,
-):
+) -> TransformOptimizer:
     """FedAdam (Reddi et al., 2021)."""
     return _adaptive("fedadam", adam_rule, lr, b1, b2, tau, initial_accumulator)
 
@@ -228,7 +228,7 @@ def fedyogi(
     b2: float = 0.99,
     tau: float = 1e-3,
     initial_accumulator: float | None = None,
-):
+) -> TransformOptimizer:
     """FedYogi (Reddi et al., 2021)."""
     return _adaptive("fedyogi", yogi_rule, lr, b1, b2, tau, initial_accumulator)
 

@@ -43,7 +43,7 @@ class Ditto(FedAvg):
     ) -> LocalResult:
         glob = trainer.train(start, client, drop(state, "personal", "personal_objective"), generator)
         names = self.uploaded_names(trainer.model, client)
-        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}  # type: ignore[misc]
+        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}
         begin = start_from(start, state)
         prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
         pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
