@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import fedmtl
+from fedmtl._version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -35,7 +35,7 @@ def error(message: object) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"fedmtl {fedmtl.__version__} (Python {sys.version.split()[0]})\n")
+        sys.stdout.write(f"fedmtl {__version__} (Python {sys.version.split()[0]})\n")
         raise typer.Exit()
 
 
@@ -232,6 +232,35 @@ def schema() -> None:
     from fedmtl.config import ExperimentConfig
 
     sys.stdout.write(json.dumps(ExperimentConfig.model_json_schema(), indent=2) + "\n")
+
+
+@app.command("list")
+def list_components(
+    kind: Annotated[Optional[str], typer.Argument(help="One kind (model, trunk, balancer, scheme, algorithm, aggregator, server_optimizer, codec); default all.")] = None,
+) -> None:
+    """List every registered component (built-in and plugin): its name, one line on what it is, and its options."""
+    from fedmtl import registry
+
+    if kind is not None and kind not in registry.KINDS:
+        error(f"unknown kind {kind!r}; allowed: {', '.join(registry.KINDS)}")
+        raise typer.Exit(2)
+    try:
+        found = registry.components(kind)
+    except registry.PluginError as exc:
+        error(exc)
+        raise typer.Exit(2) from None
+    for k in [kind] if kind else list(registry.KINDS):
+        spec = registry.KINDS[k]
+        sys.stdout.write(f"{k} ({spec.section}): {spec.summary}\n")
+        members = [c for c in found if c.kind == k]
+        width = max((len(c.name) for c in members), default=0) + 2
+        for c in members:
+            origin = "" if c.origin.startswith("fedmtl.") else f" [{c.origin}]"
+            sys.stdout.write(f"  {c.name:<{width}}{c.description}{origin}\n")
+            opts = ", ".join(f"{key}: {value}" for key, value in c.options().items())
+            if opts:
+                sys.stdout.write(f"  {'':<{width}}options: {opts}\n")
+        sys.stdout.write("\n")
 
 
 # -- fedmtl flower ...: deployment on Flower's runtime (needs the flower extra) ---------------------

@@ -376,7 +376,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
-        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
         rows = _padded_rows(chunk, plans)
@@ -438,7 +438,7 @@ class StackedTraining:
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
-        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
         drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
         plans: list[Plan] = [([idx for _, idx in p], [e for e, _ in p]) for p in drawn_plans]
@@ -500,7 +500,7 @@ class StackedTraining:
         out = result.unstack(model)
         for r, res, schedule in zip(requests, out, schedules):
             history = schedule.account(prior_accountant(r.state, dp))
-            res.state[HISTORY_KEY] = history.history_tensor()  # type: ignore[index]
+            res.state[HISTORY_KEY] = history.history_tensor()
             res.metrics["dp_sgd_epsilon"] = history.epsilon(dp.delta)
         return out
 
@@ -560,8 +560,9 @@ def _has_penalty(model: MultiTaskModel) -> bool:
 
 def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     local = req.state.get("local", {})
-    if name in local:  # type: ignore[operator]
-        return local[name].detach()  # type: ignore[index, union-attr]
+    if name in local:
+        value: Tensor = local[name].detach()
+        return value
     if name in req.start:
         return req.start[name].detach()
     return default.detach()
@@ -618,7 +619,7 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
         live[n] = (g * _bcast(m, g), m)
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
-        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
     for n, (g, m) in live.items():
         if n in offsets:
@@ -674,7 +675,7 @@ class StackedResult:
             state["local"] = local
         if self.buffers:
             state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
-        return state  # type: ignore[return-value]
+        return state
 
     def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
         """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""

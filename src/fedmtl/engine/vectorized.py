@@ -70,7 +70,7 @@ class VectorizedEngine:
         self.last_run: dict[str, int] = {}
 
     # -- support -------------------------------------------------------------------------------
-    def unsupported(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
+    def supports(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
         """Why this cohort cannot be batched (named for the user), or ``None`` when it can."""
         if sample is None:
             return None
@@ -114,11 +114,11 @@ class VectorizedEngine:
 
     # -- the protocol --------------------------------------------------------------------------
     def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
-        reason = self.unsupported(algorithm, trainer, jobs[0] if jobs else None)
+        reason = self.supports(algorithm, trainer, jobs[0] if jobs else None)
         if reason is not None:
             self._warn(reason)
             self.last_run = {"vectorized": 0, "sequential": len(jobs)}
-            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined]
+            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined, no-any-return]
         training = self._stacked(trainer)
         chunk = self.chunk_size(trainer)
 
@@ -147,7 +147,7 @@ class VectorizedEngine:
         """
         if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
             return None  # DP-SGD's results carry each client's accounting: they are unstacked
-        if self.unsupported(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
+        if self.supports(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
             return None  # BatchNorm or a forward-reading penalty: clients are grouped, so the result is not one stack
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         self._announce(len(jobs), len(jobs))

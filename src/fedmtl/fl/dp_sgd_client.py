@@ -22,6 +22,14 @@ from torch.func import functional_call, grad, vmap
 
 from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.data.dataset import ClientData
+from fedmtl.fl.local_parts import (
+    LocalResult,
+    finish_local,
+    held_parameter_names,
+    load_parameters,
+    make_optimizer,
+    norm_buffer_names,
+)
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
 from fedmtl.privacy.dp.dpsgd import DPSGDSchedule, clip_and_noise, dp_batches
@@ -29,7 +37,7 @@ from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
 if TYPE_CHECKING:
-    from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
+    from fedmtl.fl.client import LocalTrainer, Prox
 
 #: the state key of a client's accounting history (a ``[k, 3]`` tensor of ``(sigma, q, steps)``)
 HISTORY_KEY = "dp_sgd_history"
@@ -72,8 +80,6 @@ def refuse_changed_steps(prox: Prox | None, grad_offset: object, trainable: obje
 
 def refuse_unprivatisable(model: MultiTaskModel, balancer_requires: str, balancer_name: str) -> None:
     """BatchNorm mixes examples (no per-example gradient exists); a gradient balancer needs per-task gradients."""
-    from fedmtl.fl.client import norm_buffer_names
-
     if norm_buffer_names(model):
         raise ValueError(f"privacy.dp_sgd needs per-example gradients; model {type(model).__name__} normalises with batch statistics (BatchNorm), which mixes the examples of a batch: use LayerNorm or GroupNorm")
     if balancer_requires != "losses":
@@ -100,7 +106,6 @@ def train_with_dp_sgd(
     cfg: DPSGDConfig,
 ) -> LocalResult:
     """DP-SGD local training of one client; same inputs and outputs as :meth:`LocalTrainer.train`."""
-    from fedmtl.fl.client import finish_local, held_parameter_names, load_parameters, make_optimizer
     from fedmtl.mtl import build_objective
 
     model = trainer.model
@@ -111,7 +116,7 @@ def train_with_dp_sgd(
     known = dict(model.named_parameters())
     load_parameters(model, {n: v for n, v in start.items() if n in known})
     if state.get("local"):
-        load_parameters(model, state["local"])  # type: ignore[arg-type]
+        load_parameters(model, state["local"])
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
     opt = make_optimizer(trainer.cfg.optimizer, params)
@@ -148,7 +153,7 @@ def train_with_dp_sgd(
         opt.step()
     history = schedule.account(prior_accountant(state, cfg))
     sums = {t: float(loss_sums[i]) for i, t in enumerate(tasks)}  # mean losses over the steps that drew rows
-    result = finish_local(model, names, sums, batches_with_rows, {"objective": ostate, HISTORY_KEY: history.history_tensor()})  # type: ignore[dict-item]
+    result = finish_local(model, names, sums, batches_with_rows, {"objective": ostate, HISTORY_KEY: history.history_tensor()})
     result.metrics["steps"] = float(len(plan))
     result.metrics["dp_sgd_epsilon"] = history.epsilon(cfg.delta)
     return result
