@@ -1,0 +1,217 @@
+"""FedBuff: asynchronous buffered aggregation on the simulated clock (Nguyen et al. 2022, Algorithm 1).
+
+``concurrency`` clients train at once, each on the model version it received. Whenever one's update
+arrives (or it goes offline and drops out), its slot goes to a client sampled from the online, idle
+ones. The server takes a step whenever ``buffer_size`` (K) updates have arrived: each update's delta
+is multiplied by the staleness weight of its age ``s`` (server steps since its version), then the
+round's own machinery aggregates them (per parameter group, robustly or privately as configured) and
+steps the server optimiser (:meth:`Federation.conclude`). With ``max_staleness``, older updates are
+dropped.
+
+Clients dispatched together start from the same model version, so the driver trains each such batch
+as one cohort on the engine (the vectorised engine batches it); their updates are held, encoded, until
+their simulated arrival. Everything between two server steps (the clock, the clients in flight and
+their replies, the buffer) is a tensor tree in ``ServerState.systems_state``: a checkpoint holds it
+and a resumed run continues exactly.
+
+One call of :meth:`FedBuff.round` runs the events up to and including the next server step, so
+``server.rounds`` counts server steps and metrics.jsonl has one line per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from fedmtl.config.systems import FedBuffMode, SystemsConfig
+from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.privacy_step import PrivacyStep
+from fedmtl.fl.sampling import sample_among
+from fedmtl.fl.seeding import generator
+from fedmtl.fl.systems.driver import Driver
+from fedmtl.fl.systems.queue import InFlight, entries_from_tree, entries_to_tree
+from fedmtl.fl.systems.staleness import build_staleness
+from fedmtl.tree import TensorTree
+
+#: dispatches in a row whose clients all drop out before the driver gives up on this server step
+STALL_FACTOR = 10
+
+
+@dataclass
+class AsyncState:
+    """The driver's state between two server steps (``systems_state`` decoded)."""
+
+    clock: float
+    in_flight: list[InFlight]
+    buffer: list[InFlight]
+    #: dispatch batches sent at the current model version (keys the cohort generator)
+    batch: int
+    #: per client: the version it was last dispatched at, and how often at that version before (keys its training generator)
+    last_version: torch.Tensor
+    repeats: torch.Tensor
+    #: totals over the run: dispatches, dropouts, stale updates dropped
+    totals: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.int64))
+
+    @classmethod
+    def fresh(cls, num_clients: int) -> AsyncState:
+        return cls(0.0, [], [], 0, torch.full((num_clients,), -1, dtype=torch.int64), torch.zeros(num_clients, dtype=torch.int64))
+
+    @classmethod
+    def from_tree(cls, tree: TensorTree, num_clients: int) -> AsyncState:
+        if "last_version" not in tree:  # a new run (or one checkpointed before its first step)
+            return replace(cls.fresh(num_clients), clock=float(tree.get("clock", 0.0)))
+        return cls(
+            float(tree["clock"]),
+            entries_from_tree(tree.get("in_flight", {})),
+            entries_from_tree(tree.get("buffer", {})),
+            int(tree["batch"]),
+            tree["last_version"].clone(),
+            tree["repeats"].clone(),
+            tree["totals"].clone(),
+        )
+
+    def to_tree(self) -> TensorTree:
+        return {
+            "clock": torch.tensor(self.clock, dtype=torch.float64),
+            "in_flight": entries_to_tree(self.in_flight),
+            "buffer": entries_to_tree(self.buffer),
+            "batch": torch.tensor(self.batch),
+            "last_version": self.last_version,
+            "repeats": self.repeats,
+            "totals": self.totals,
+        }
+
+
+class FedBuff(Driver):
+    """Asynchronous buffered aggregation over a :class:`Federation`'s steps."""
+
+    def __init__(self, cfg: SystemsConfig, fed: Federation):
+        super().__init__(cfg, fed)
+        assert isinstance(cfg.mode, FedBuffMode)
+        self.mode: FedBuffMode = cfg.mode
+        n = fed.data.num_clients
+        if self.mode.concurrency > n:
+            raise ValueError(f"systems.mode.concurrency={self.mode.concurrency} exceeds the {n} clients; allowed: 1..{n}")
+        self.weight = build_staleness(self.mode.staleness)
+        if fed.privacy is not None:  # a server step aggregates buffer_size updates: the accountant's cohort
+            cap = max(c.num_train for c in fed.data.clients)
+            fed.privacy = PrivacyStep(fed.cfg.privacy, n, self.mode.buffer_size, fed.cfg.server.rounds, cap)
+
+    def idle(self, state: ServerState) -> bool:
+        tree = state.systems_state
+        return not tree.get("in_flight") and len(tree.get("buffer", {})) < self.mode.buffer_size
+
+    def _dispatch(self, state: ServerState, sim: AsyncState, clients: list[int]) -> tuple[list[InFlight], int, int]:
+        """Send the current model to ``clients`` and train them as one cohort; returns their entries and the
+        bytes sent (all, and the algorithm's part)."""
+        fed = self.fed
+        v = state.round
+        gens = {}
+        for c in clients:
+            n = int(sim.repeats[c]) + 1 if int(sim.last_version[c]) == v else 0
+            sim.last_version[c], sim.repeats[c] = v, n
+            gens[c] = generator(fed.cfg.seed, "client", v, c) if n == 0 else generator(fed.cfg.seed, "client", v, c, n)
+        plan = fed.plan(state, clients)
+        replies, states = fed.local_round(state, plan, gens)
+        out = []
+        for reply in replies:
+            c = reply.client_id
+            down = len(plan.payloads[c]) + len(plan.state_payloads.get(c, b""))
+            finish = sim.clock + self.duration(c, down, len(reply.payload) + len(reply.outbox))
+            offline = self.availability.offline_at(c, sim.clock)
+            drops = offline < finish
+            out.append(InFlight(c, v, sim.clock, offline if drops else finish, drops, down, reply, states[c]))
+        sim.totals[0] += len(clients)
+        return out, plan.bytes_down, plan.algorithm_bytes_down
+
+    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
+        fed, mode = self.fed, self.mode
+        t0 = time.perf_counter()
+        v = state.round
+        sim = AsyncState.from_tree(state.systems_state, fed.data.num_clients)
+        client_states = dict(state.client_states)
+        dropped: dict[int, str] = {}
+        bytes_down = alg_down = 0
+        counts = {"dropped_offline": 0, "dropped_stale": 0, "dispatched": 0}
+        stall, stall_limit = 0, max(100, STALL_FACTOR * mode.concurrency)
+        stuck = ""
+        while True:
+            # an update may have aged past max_staleness while it waited in the buffer
+            for e in [e for e in sim.buffer if self._too_stale(v - e.version)]:
+                sim.buffer.remove(e)
+                dropped[e.client] = f"stale: trained on version {e.version}, {v - e.version} server steps old (max_staleness {mode.max_staleness})"
+                counts["dropped_stale"] += 1
+            if len(sim.buffer) >= mode.buffer_size:
+                break
+            busy = {e.client for e in sim.in_flight} | {e.client for e in sim.buffer}
+            free = mode.concurrency - len(sim.in_flight)
+            if free > 0:
+                idle = [c for c in self.availability.online(sim.clock) if c not in busy]
+                if idle:
+                    key = (v,) if sim.batch == 0 else (v, sim.batch)
+                    chosen = sample_among(idle, free, generator(fed.cfg.seed, "cohort", *key))
+                    sim.batch += 1
+                    entries, down, alg = self._dispatch(replace(state, client_states=client_states), sim, chosen)
+                    sim.in_flight += entries
+                    bytes_down += down
+                    alg_down += alg
+                    counts["dispatched"] += len(chosen)
+                    busy |= set(chosen)
+            if stall >= stall_limit:
+                stuck = f"{stall} dispatched clients in a row went offline before finishing (availability too short for their round time?)"
+                break
+            wake = self.availability.next_online(sim.clock, busy) if mode.concurrency - len(sim.in_flight) > 0 else math.inf
+            if wake <= sim.clock:  # an idle client is online yet none was dispatched: cannot happen with free slots
+                wake = math.inf
+            nxt = min([e.end for e in sim.in_flight] + [wake])
+            if math.isinf(nxt):
+                stuck = f"no client is in flight or online at or after simulated time {sim.clock:.6g}s"
+                break
+            sim.clock = nxt
+            for e in sorted((e for e in sim.in_flight if e.end <= nxt), key=lambda e: (e.end, e.client)):
+                sim.in_flight.remove(e)
+                if e.drops:
+                    dropped[e.client] = f"went offline at t={e.end:.6g}s before finishing"
+                    counts["dropped_offline"] += 1
+                    stall += 1
+                elif self._too_stale(v - e.version):
+                    dropped[e.client] = f"stale: trained on version {e.version}, {v - e.version} server steps old (max_staleness {mode.max_staleness})"
+                    counts["dropped_stale"] += 1
+                else:
+                    sim.buffer.append(e)
+                    client_states[e.client] = e.state
+                    stall = 0
+        batch, sim.buffer = sim.buffer[: mode.buffer_size], sim.buffer[mode.buffer_size :]
+        if stuck:  # no server step: the buffer waits for the next call (the run stops when nothing can ever arrive)
+            sim.buffer = batch + sim.buffer
+            batch = []
+        ages = [v - e.version for e in batch]
+        sim.totals[1] += counts["dropped_offline"]
+        sim.totals[2] += counts["dropped_stale"]
+        sim.batch = 0
+        new_state, report = fed.conclude(
+            state,
+            [e.reply for e in batch],
+            client_states,
+            cohort=[e.client for e in batch],
+            bytes_down=bytes_down,
+            algorithm_bytes_down=alg_down,
+            started=t0,
+            dropped=dropped,
+            scale={e.client: self.weight(s) for e, s in zip(batch, ages)},
+        )
+        new_state = replace(new_state, systems_state=sim.to_tree())
+        systems: dict[str, object] = {
+            "virtual_time": sim.clock,
+            "staleness": {"mean": sum(ages) / len(ages), "max": max(ages)} if ages else {},
+            **counts,
+            "in_flight": len(sim.in_flight),
+        }
+        report = replace(report, systems=systems, skipped=report.skipped or stuck)
+        return new_state, report
+
+    def _too_stale(self, age: int) -> bool:
+        return self.mode.max_staleness is not None and age > self.mode.max_staleness
