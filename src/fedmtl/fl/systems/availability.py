@@ -59,9 +59,7 @@ class Daily:
 
     def __init__(self, num_clients: int, period: float, on_fraction: float, seed: int):
         self.period = period
-        # a hair short of the boundary, so that at its computed offline time a client reads as offline
-        # whatever the rounding of ``(t + phase) mod period``
-        self.on = on_fraction * period * (1 - 1e-9) if on_fraction < 1 else period
+        self.on = on_fraction * period
         self.phase = [
             float(torch.rand((), generator=generator(seed, "systems", PHASE, c), dtype=torch.float64)) * period
             for c in range(num_clients)
@@ -70,18 +68,34 @@ class Daily:
     def _position(self, client: int, t: float) -> float:
         return math.fmod(t + self.phase[client], self.period)
 
+    def _is_online(self, client: int, t: float) -> bool:
+        return self._position(client, t) < self.on
+
+    def _settle(self, client: int, t: float, online: bool) -> float:
+        """``t``, moved up by a few ulps until ``client`` reads as ``online`` there: a boundary computed in
+        floating point may land a hair before the switch."""
+        for _ in range(64):
+            if self._is_online(client, t) == online:
+                return t
+            t = math.nextafter(t, INF)
+        return t
+
     def online(self, t: float) -> list[int]:
-        return [c for c in range(len(self.phase)) if self._position(c, t) < self.on]
+        return [c for c in range(len(self.phase)) if self._is_online(c, t)]
 
     def offline_at(self, client: int, t: float) -> float:
         if self.on >= self.period:
             return INF
-        return t + (self.on - self._position(client, t))
+        return self._settle(client, t + (self.on - self._position(client, t)), online=False)
 
     def next_online(self, t: float, exclude: Collection[int] = ()) -> float:
         skip = set(exclude)
-        waits = [0.0 if (p := self._position(c, t)) < self.on else self.period - p for c in range(len(self.phase)) if c not in skip]
-        return t + min(waits) if waits else INF
+        times = [
+            t if self._is_online(c, t) else self._settle(c, t + self.period - self._position(c, t), online=True)
+            for c in range(len(self.phase))
+            if c not in skip
+        ]
+        return min(times, default=INF)
 
 
 class Trace:
