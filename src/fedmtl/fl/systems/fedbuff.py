@@ -105,27 +105,47 @@ class FedBuff(Driver):
         return not tree.get("in_flight") and len(tree.get("buffer", {})) < self.mode.buffer_size
 
     def _dispatch(self, state: ServerState, sim: AsyncState, clients: list[int]) -> tuple[list[InFlight], int, int]:
-        """Send the current model to ``clients`` and train them as one cohort; returns their entries and the
-        bytes sent (all, and the algorithm's part)."""
-        fed = self.fed
+        """Send the current model to ``clients``; returns their entries (not trained yet) and the bytes sent
+        (all, and the algorithm's part).
+
+        Training waits until an entry's time is needed (:meth:`_train`), so that every client dispatched at
+        one model version trains in one batch: they all start from the same model, and a busy client's own
+        state cannot change, so the result is what training at dispatch would give. A client that goes
+        offline before even its download and computation are done is never trained.
+        """
         v = state.round
-        gens = {}
+        plan = self.fed.plan(state, clients)
+        out = []
         for c in clients:
             n = int(sim.repeats[c]) + 1 if int(sim.last_version[c]) == v else 0
             sim.last_version[c], sim.repeats[c] = v, n
-            gens[c] = generator(fed.cfg.seed, "client", v, c) if n == 0 else generator(fed.cfg.seed, "client", v, c, n)
-        plan = fed.plan(state, clients)
-        replies, states = fed.local_round(state, plan, gens)
-        out = []
-        for reply in replies:
-            c = reply.client_id
             down = len(plan.payloads[c]) + len(plan.state_payloads.get(c, b""))
-            finish = sim.clock + self.duration(c, down, len(reply.payload) + len(reply.outbox))
+            earliest = sim.clock + self.duration(c, down, 0)
             offline = self.availability.offline_at(c, sim.clock)
-            drops = offline < finish
-            out.append(InFlight(c, v, sim.clock, offline if drops else finish, drops, down, reply, states[c]))
+            drops = offline < earliest
+            out.append(InFlight(c, v, sim.clock, offline if drops else earliest, drops, down, repeat=n))
         sim.totals[0] += len(clients)
         return out, plan.bytes_down, plan.algorithm_bytes_down
+
+    def _train(self, state: ServerState, entries: list[InFlight]) -> list[InFlight]:
+        """Train the pending entries (all dispatched at ``state.round``) as one cohort on the engine and
+        settle each one's arrival time with its real upload size (or its dropout, when it goes offline first)."""
+        pending = [e for e in entries if e.pending]
+        if not pending:
+            return entries
+        seed, v = self.fed.cfg.seed, state.round
+        gens = {e.client: generator(seed, "client", v, e.client, *((e.repeat,) if e.repeat else ())) for e in pending}
+        plan = self.fed.plan(state, [e.client for e in pending])
+        replies, states = self.fed.local_round(state, plan, gens)
+        done = {}
+        for e, reply in zip(pending, replies):
+            finish = e.start + self.duration(e.client, e.bytes_down, len(reply.payload) + len(reply.outbox))
+            offline = self.availability.offline_at(e.client, e.start)
+            if offline < finish:
+                done[e.client] = replace(e, end=offline, drops=True)
+            else:
+                done[e.client] = replace(e, end=finish, reply=reply, state=states[e.client])
+        return [done.get(e.client, e) if e.pending else e for e in entries]
 
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
         fed, mode = self.fed, self.mode
@@ -167,6 +187,9 @@ class FedBuff(Driver):
             if wake <= sim.clock:  # an idle client is online yet none was dispatched: cannot happen with free slots
                 wake = math.inf
             nxt = min([e.end for e in sim.in_flight] + [wake])
+            if any(e.pending and e.end <= nxt for e in sim.in_flight):  # its real arrival time is needed now
+                sim.in_flight = self._train(replace(state, client_states=client_states), sim.in_flight)
+                continue
             if math.isinf(nxt):
                 stuck = f"no client is in flight or online at or after simulated time {sim.clock:.6g}s"
                 break
@@ -182,8 +205,10 @@ class FedBuff(Driver):
                     counts["dropped_stale"] += 1
                 else:
                     sim.buffer.append(e)
-                    client_states[e.client] = e.state
+                    client_states[e.client] = e.state or {}
                     stall = 0
+        # the model moves on: whoever was dispatched on this version trains now (a checkpoint holds no pending one)
+        sim.in_flight = self._train(replace(state, client_states=client_states), sim.in_flight)
         batch, sim.buffer = sim.buffer[: mode.buffer_size], sim.buffer[mode.buffer_size :]
         if stuck:  # no server step: the buffer waits for the next call (the run stops when nothing can ever arrive)
             sim.buffer = batch + sim.buffer
@@ -194,7 +219,7 @@ class FedBuff(Driver):
         sim.batch = 0
         new_state, report = fed.conclude(
             state,
-            [e.reply for e in batch],
+            [e.reply for e in batch if e.reply is not None],
             client_states,
             cohort=[e.client for e in batch],
             bytes_down=bytes_down,

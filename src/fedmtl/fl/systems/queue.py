@@ -29,6 +29,9 @@ class InFlight:
         start: when it was dispatched; ``end``: when it arrives, or, when ``drops``, when it goes offline.
         bytes_down: what it received (the model and the algorithm's state), for its timing.
         reply: what it uploads; ``state``: its next state, which it keeps only if its update arrives.
+            Both ``None`` while it is not trained yet: then ``end`` is a lower bound (its time without the
+            upload), unless ``drops`` (it goes offline before even that, and is never trained).
+        repeat: how often it was dispatched at this version before (keys its training generator).
     """
 
     client: int
@@ -37,11 +40,19 @@ class InFlight:
     end: float
     drops: bool
     bytes_down: int
-    reply: ClientReply
-    state: TensorTree
+    reply: ClientReply | None = None
+    state: TensorTree | None = None
+    repeat: int = 0
+
+    @property
+    def pending(self) -> bool:
+        """Dispatched but not trained yet (and not a certain dropout)."""
+        return self.reply is None and not self.drops
 
     def to_tree(self) -> TensorTree:
-        r = self.reply
+        if self.pending:
+            raise ValueError(f"client {self.client}'s update is not trained yet: a pending dispatch is never checkpointed")
+        r = self.reply or ClientReply(self.client, b"", 0, {})
         return {
             "client": torch.tensor(self.client),
             "version": torch.tensor(self.version),
@@ -54,7 +65,7 @@ class InFlight:
             "task_samples": {t: torch.tensor(n) for t, n in r.task_samples.items()},
             # metric names hold "/" (loss/<task>): stored as the nested tree they flatten from
             "metrics": unflatten({k: torch.tensor(v, dtype=torch.float64) for k, v in r.metrics.items()}),
-            "state": self.state,
+            "state": self.state or {},
         }
 
     @classmethod
@@ -69,7 +80,8 @@ class InFlight:
             bytes(tree["outbox"].numpy().tobytes()),
         )
         start, end = (float(x) for x in tree["times"])
-        return cls(cid, int(tree["version"]), start, end, bool(int(tree["drops"])), int(tree["bytes_down"]), reply, tree["state"])
+        drops = bool(int(tree["drops"]))
+        return cls(cid, int(tree["version"]), start, end, drops, int(tree["bytes_down"]), None if drops else reply, None if drops else tree["state"])
 
 
 def entries_to_tree(entries: list[InFlight]) -> TensorTree:
