@@ -137,3 +137,16 @@ def test_a_run_stops_when_nobody_will_come_online_again(tmp_path: Path) -> None:
     res = Experiment(config_from_dict(cfg)).run(progress=False)
     assert "no client is online" in res.summary["stopped_early"]
     assert res.history[0]["dropped_offline"] == 2 and res.history[0]["skipped"]
+
+
+def test_fedbuff_dispatches_only_online_clients(build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    trace = tmp_path / "avail.csv"
+    trace.write_text("client,start,end\n" + "".join(f"{c},0,1000000\n" for c in (1, 2, 5, 7)))
+    driver, _ = build({"availability": {"name": "trace", "path": str(trace)}, "mode": {"name": "fedbuff", "buffer_size": 2, "concurrency": 3}})
+    state = driver.init_state()
+    seen: set[int] = set()
+    for _ in range(4):
+        state, report = driver.round(state)
+        seen |= set(report.cohort)
+        assert report.systems["in_flight"] <= 3
+    assert seen <= {1, 2, 5, 7} and len(seen) > 2
