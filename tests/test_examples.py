@@ -35,7 +35,7 @@ def test_engines_doc_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("name", ["stragglers", "fedbuff"])
 def test_systems_example_configs_run(name: str, tmp_path: Path) -> None:
     """examples/configs/{stragglers,fedbuff}.yaml through `fedmtl run`, shortened to 3 rounds (the full
-    20 take about 16 s and 22 s of CPU)."""
+    20 take about 15 s of CPU each)."""
     import json
 
     from typer.testing import CliRunner
