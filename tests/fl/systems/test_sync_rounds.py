@@ -111,3 +111,28 @@ def test_only_online_clients_are_sampled_and_dropouts_counted(build, tmp_path: P
     assert list(report.dropped) == [6] and "went offline at t=0.5s" in report.dropped[6]
     state, report = driver.round(state)
     assert report.cohort == [1, 3, 5] and report.dropped == {}
+
+
+def test_an_interrupted_sync_run_resumes_on_the_same_clock(tmp_path: Path) -> None:
+    from conftest import small_config
+
+    from fedmtl.config import config_from_dict
+    from fedmtl.experiment import Experiment
+
+    systems = {
+        "clients": {"speed": {"name": "lognormal", "median": 50, "sigma": 1.0}},
+        "availability": {"name": "daily", "period": 20, "on_fraction": 0.6},
+        "mode": {"name": "sync", "deadline": 3, "over_selection": 0.5},
+    }
+
+    def run(name: str, rounds: int, resume: bool = False):  # type: ignore[no-untyped-def]
+        cfg = small_config(tmp_path, systems, server={"rounds": rounds}, output={"name": name})
+        return Experiment(config_from_dict(cfg)).run(resume=str(tmp_path / "runs" / name) if resume else None, progress=False)
+
+    whole = run("whole", 4)
+    run("cut", 2)
+    resumed = run("cut", 4, resume=True)
+    assert [r["virtual_time"] for r in resumed.history] == [r["virtual_time"] for r in whole.history]
+    assert [r["dropped"] for r in resumed.history] == [r["dropped"] for r in whole.history]
+    for n, p in whole.params.items():
+        assert torch.equal(p, resumed.params[n]), n
