@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import small_config
+from _systems_helpers import small_config
 
 from fedmtl.config import ConfigError, config_from_dict
 from fedmtl.experiment import Experiment

@@ -114,7 +114,7 @@ def test_only_online_clients_are_sampled_and_dropouts_counted(build, tmp_path: P
 
 
 def test_an_interrupted_sync_run_resumes_on_the_same_clock(tmp_path: Path) -> None:
-    from conftest import small_config
+    from _systems_helpers import small_config
 
     from fedmtl.config import config_from_dict
     from fedmtl.experiment import Experiment
