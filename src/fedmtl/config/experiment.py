@@ -12,6 +12,7 @@ from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
 from fedmtl.config.mtl import MTLConfig, loss_balancers
 from fedmtl.config.privacy import PrivacyConfig
+from fedmtl.config.systems import FedBuffMode, SystemsConfig
 from fedmtl.config.tracking import Tracker
 from fedmtl.config.training import SGD, ClientConfig, ServerConfig
 
@@ -72,6 +73,10 @@ class ExperimentConfig(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: list[Tracker] = Field(default_factory=list, description="Backends each round is logged to: tensorboard, mlflow, wandb.")
+    systems: SystemsConfig | None = Field(
+        default=None,
+        description="Simulated client speeds, availability and asynchrony on a virtual clock (docs/systems.md); None: every client answers at once.",
+    )
 
     @model_validator(mode="after")
     def _cohort_fits(self) -> ExperimentConfig:
@@ -81,6 +86,29 @@ class ExperimentConfig(StrictModel):
                 f"server.clients_per_round={n} exceeds data.num_clients={self.data.num_clients}; "
                 f"allowed: 1..{self.data.num_clients}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _systems_fit(self) -> ExperimentConfig:
+        """The simulated clock drives the in-process round; FedBuff steps without a cohort-wide server step."""
+        if self.systems is None:
+            return self
+        if self.engine.name == "distributed":
+            raise ValueError("systems cannot be combined with engine 'distributed': the simulated clock runs in one process; use 'vectorized'")
+        mode = self.systems.mode
+        if isinstance(mode, FedBuffMode):
+            if self.algorithm.name in READS_EACH_UPLOAD:
+                raise ValueError(
+                    f"systems.mode 'fedbuff' cannot run algorithm {self.algorithm.name!r}: its server state is broadcast "
+                    f"and updated per round from {READS_EACH_UPLOAD[self.algorithm.name]}, which asynchronous clients on "
+                    f"older model versions would mix up; allowed: algorithms without a server step (not {', '.join(sorted(READS_EACH_UPLOAD))})"
+                )
+            fixed = not isinstance(self.data.source, (TableSource, ArraysSource))
+            if fixed and mode.concurrency > self.data.num_clients:
+                raise ValueError(
+                    f"systems.mode.concurrency={mode.concurrency} exceeds data.num_clients={self.data.num_clients}; "
+                    f"allowed: 1..{self.data.num_clients}"
+                )
         return self
 
     @model_validator(mode="after")

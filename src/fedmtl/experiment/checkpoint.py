@@ -124,6 +124,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
         "clients": {str(k): v for k, v in state.client_states.items()},
         "privacy": state.privacy_state,
         "algorithm": state.algorithm_state,
+        "systems": state.systems_state,
     }
     flat = unshared(flatten(tree))
     metadata = {"format": FORMAT_VERSION, "round": str(state.round), "meta": json.dumps(meta)}
@@ -178,6 +179,7 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
             client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
             privacy_state=tree.get("privacy", {}),  # type: ignore[arg-type]
             algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
+            systems_state=tree.get("systems", {}),  # type: ignore[arg-type]
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unreadable metadata or layout ({exc!r})") from None

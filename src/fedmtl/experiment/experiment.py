@@ -38,6 +38,7 @@ from fedmtl.experiment.checkpoint import (
 from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized, global_model_note
 from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.systems import Rounds, build_systems
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.mtl.factory import as_model
 from fedmtl.report import MetricsLog, render_report
@@ -205,6 +206,7 @@ class Experiment:
         data = self.data
         model = self.build_model()
         fed = make_federation(cfg, data, model, str(device))
+        rounds: Rounds = fed if cfg.systems is None else build_systems(cfg.systems, fed)  # the simulated clock drives the rounds
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -212,14 +214,14 @@ class Experiment:
             remove_stale_temps(run_dir / "checkpoints")
         if resume is not None and list_checkpoints(run_dir):
             state, meta = load_latest(run_dir)
-            check_algorithm_state(state, fed.init_state().algorithm_state, cfg.algorithm.name)
+            check_algorithm_state(state, rounds.init_state().algorithm_state, cfg.algorithm.name)
             metrics.truncate_after(state.round)
             elapsed = float(meta.get("elapsed", 0.0))
             log.info("resuming %s from round %d", run_dir, state.round)
         else:  # a new run, or one killed before its first checkpoint: round 0 is where it resumes
             if resume is not None:
                 log.info("resuming %s: no checkpoint was written yet, starting from round 0", run_dir)
-            state = fed.init_state()
+            state = rounds.init_state()
             metrics.truncate_after(0)
             elapsed = 0.0
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -234,12 +236,12 @@ class Experiment:
         stopped = ""
         try:
             while state.round < cfg.server.rounds:
-                stopped = fed.stop_reason(state)
+                stopped = rounds.stop_reason(state)
                 if stopped:
                     log.warning("stopping after round %d: %s", state.round, stopped)
                     break
                 t0 = time.perf_counter()
-                state, report = fed.round(state)
+                state, report = rounds.round(state)
                 record = self._record(fed, state, report)
                 elapsed += time.perf_counter() - t0
                 record["elapsed"] = elapsed
@@ -247,7 +249,7 @@ class Experiment:
                     metrics.append(record)
                     self.tracking.on_round(run_dir, cfg, record)
                 due = state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds
-                if writes and (due or not fed.can_run_round(state)):
+                if writes and (due or not rounds.can_run_round(state)):
                     save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
                 if bar is not None:
                     if record.get("global") is not None:
@@ -285,6 +287,7 @@ class Experiment:
             "train_loss": report.train_loss,
             "round_seconds": report.seconds,
             "engine": engine_name,
+            **report.systems,  # virtual_time (simulated seconds) beside round_seconds; FedBuff's staleness
         }
         last_run = getattr(fed.engine, "last_run", None)
         if last_run:
@@ -343,6 +346,7 @@ class Experiment:
             "engine_clients": counts,
             "engine_fallback": fallback,
             "wall_seconds": elapsed,
+            **({"virtual_time": history[-1]["virtual_time"]} if history and "virtual_time" in history[-1] else {}),
             "bytes_down_total": sum(r.get("bytes_down", 0) for r in history),
             "bytes_up_total": sum(r.get("bytes_up", 0) for r in history),
             "final_global": last_eval.get("global", {}),

@@ -61,6 +61,8 @@ class ServerState:
     algorithm_state: TensorTree = field(default_factory=dict)
     #: the privacy layer's state (adaptive clip norm, accountant history); {} without DP
     privacy_state: TensorTree = field(default_factory=dict)
+    #: the simulated system's state (clock, clients in flight; fedmtl.fl.systems); {} without one
+    systems_state: TensorTree = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class RoundReport:
     algorithm_bytes_up: int = 0
     #: why the round left the model unchanged although updates arrived ("" when it did not)
     skipped: str = ""
+    #: what the simulated system did (``virtual_time``, staleness; fedmtl.fl.systems); {} without one
+    systems: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -423,31 +427,40 @@ class Federation:
         return honest_view(honest, len(deltas), sum(c in self.byzantine for c in deltas))
 
     # -- the simulated round -------------------------------------------------------------------
-    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
-        """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
+    def local_round(
+        self, state: ServerState, plan: RoundPlan, generators: Mapping[int, torch.Generator] | None = None
+    ) -> tuple[list[ClientReply], dict[int, TensorTree]]:
+        """The clients' side of ``plan`` in process: decode, train the cohort on the engine (one batch), upload.
+
+        Args:
+            generators: client id -> its training generator (default ``(seed, "client", round, client)``);
+                the asynchronous driver keys them by model version and dispatch.
+
+        Returns:
+            Each client's reply (in the cohort's order) and each one's next state.
+        """
         if self.engine is None:
             raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
-        t0 = time.perf_counter()
         r = state.round
-        plan = self.plan(state)
         starts = self.receive_all(plan, plan.cohort)
         decoded: dict[bytes, TensorTree] = {}  # clients with equal task sets receive equal bytes: decode once
         for payload in plan.state_payloads.values():
             if payload not in decoded:
                 decoded[payload] = self.node.receive_state(payload)
         byz = self.cfg.server.byzantine
+        gens = generators or {}
         jobs = [
             CohortJob(
                 start={**state.params, **start},
                 client=poison_client(self.data.clients[cid], byz, self.data.tasks) if cid in self.byzantine else self.data.clients[cid],
                 state=self.client_view(state, cid, decoded.get(plan.state_payloads.get(cid, b""))),
-                generator=generator(self.cfg.seed, "client", r, cid),
+                generator=gens[cid] if cid in gens else generator(self.cfg.seed, "client", r, cid),
             )
             for cid, start in zip(plan.cohort, starts)
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
-        client_states = dict(state.client_states)
+        client_states: dict[int, TensorTree] = {}
         replies = []
         for job, start, res in zip(jobs, starts, results):
             cid = job.client.client_id
@@ -459,21 +472,66 @@ class Federation:
             if cid in self.byzantine:
                 reply = tamper_reply(reply, byz, self.up, self.algorithm.uploaded_names(self.model, job.client))
             replies.append(reply)
-        updates, dropped = self.collect(replies)
+        return replies, client_states
+
+    def conclude(
+        self,
+        state: ServerState,
+        replies: Sequence[ClientReply],
+        client_states: Mapping[int, TensorTree],
+        *,
+        cohort: Sequence[int],
+        bytes_down: int,
+        algorithm_bytes_down: int = 0,
+        started: float | None = None,
+        dropped: Mapping[int, str] | None = None,
+        scale: Mapping[int, float] | None = None,
+    ) -> tuple[ServerState, RoundReport]:
+        """The server's side of the replies that arrived: collect, apply, report.
+
+        Args:
+            client_states: every client's state after the round (those that did not take part: as they were).
+            cohort, bytes_down, algorithm_bytes_down: what the round sent, for its report.
+            started: ``time.perf_counter()`` when the round began (the report's ``seconds``).
+            dropped: clients already left out before their reply was read (a simulated deadline), with why.
+            scale: client id -> factor its decoded update is multiplied by before aggregation (FedBuff's
+                staleness weight); 1 for a client not named.
+        """
+        t0 = time.perf_counter() if started is None else started
+        updates, bad = self.collect(replies)
+        if scale:
+            updates = [replace(u, delta={n: d * scale.get(u.client_id, 1.0) for n, d in u.delta.items()}) for u in updates]
         new_state, applied = self.apply(state, updates, client_states)
-        dropped = {**dropped, **applied.dropped}
+        all_dropped = {**(dropped or {}), **bad, **applied.dropped}
         updates = [u for u in updates if u.client_id not in applied.dropped]
         report = RoundReport(
-            round=r,
-            cohort=plan.cohort,
-            dropped=dropped,
-            bytes_down=plan.bytes_down,
+            round=state.round,
+            cohort=list(cohort),
+            dropped=all_dropped,
+            bytes_down=bytes_down,
             bytes_up=sum(len(x.payload) + len(x.outbox) for x in replies),
             train_loss=mean_train_loss(updates),
             seconds=time.perf_counter() - t0,
             privacy={**applied.privacy, **max_client_epsilon(replies)},
-            algorithm_bytes_down=plan.algorithm_bytes_down,
+            algorithm_bytes_down=algorithm_bytes_down,
             algorithm_bytes_up=sum(len(x.outbox) for x in replies),
             skipped=applied.skipped,
         )
         return new_state, report
+
+    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
+        """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
+        if self.engine is None:
+            raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
+        t0 = time.perf_counter()
+        plan = self.plan(state)
+        replies, states = self.local_round(state, plan)
+        return self.conclude(
+            state,
+            replies,
+            {**state.client_states, **states},
+            cohort=plan.cohort,
+            bytes_down=plan.bytes_down,
+            algorithm_bytes_down=plan.algorithm_bytes_down,
+            started=t0,
+        )

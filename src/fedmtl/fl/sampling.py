@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -20,6 +21,14 @@ def cohort_size(num_clients: int, clients_per_round: int | None, fraction: float
 
 def sample_cohort(num_clients: int, size: int, generator: torch.Generator) -> list[int]:
     """``size`` distinct clients uniformly at random, in increasing order."""
-    if size >= num_clients:
-        return list(range(num_clients))
-    return sorted(torch.randperm(num_clients, generator=generator)[:size].tolist())
+    return sample_among(range(num_clients), size, generator)
+
+
+def sample_among(candidates: Sequence[int], size: int, generator: torch.Generator) -> list[int]:
+    """``size`` distinct clients of ``candidates`` (the online ones, say) uniformly at random, in increasing
+    order; all of them when there are no more than ``size``. Over ``range(n)`` it draws what
+    :func:`sample_cohort` draws."""
+    pool = list(candidates)
+    if size >= len(pool):
+        return sorted(pool)
+    return sorted(pool[i] for i in torch.randperm(len(pool), generator=generator)[:size].tolist())

@@ -12,7 +12,7 @@ import hashlib
 
 import torch
 
-PURPOSES = {"cohort": 1, "client": 2, "codec": 3, "byzantine": 4, "privacy": 5, "init": 6, "eval": 7, "down": 8, "codec-outbox": 9, "down-state": 10}
+PURPOSES = {"cohort": 1, "client": 2, "codec": 3, "byzantine": 4, "privacy": 5, "init": 6, "eval": 7, "down": 8, "codec-outbox": 9, "down-state": 10, "systems": 11}
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:
