@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedmtl.integrations.flower.launch import LocalFederation, copy_app  # noqa: E402
+from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_until  # noqa: E402
 
 APP = ROOT / "examples" / "flower_app"
 
@@ -79,11 +79,8 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
                 "wait-for-nodes": timeout,
             },
         )
-        deadline = time.monotonic() + timeout
-        while not (run_dir / "summary.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if not (run_dir / "summary.json").exists():
-            raise RuntimeError(f"run did not finish in {timeout:.0f} s:\n{fed.run_log(run_id)[-4000:]}")
+        if not wait_until((run_dir / "summary.json").exists, timeout, workdir):
+            raise RuntimeError(f"run wrote nothing for {timeout:.0f} s:\n{fed.run_log(run_id)[-4000:]}")
     wall = time.monotonic() - t0
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [h["round_seconds"] for h in history[1:]] or [history[0]["round_seconds"]]

@@ -10,7 +10,6 @@ import copy
 import json
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import yaml
 from _flower_fakes import SMALL
 
 from fedmtl.experiment import Experiment
-from fedmtl.integrations.flower.launch import LocalFederation, copy_app
+from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_until
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
 APP = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
@@ -37,33 +36,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _activity(root: Path) -> int:
-    """Bytes written under ``root`` so far (the federation's process logs, the run folder): grows while the run works."""
-    total = 0
-    for path in root.rglob("*"):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except OSError:  # a file replaced while we looked
-            pass
-    return total
-
-
-def _wait(predicate, quiet: float, fed: LocalFederation, run_id: int, what: str, root: Path | None = None) -> None:
-    """Wait for ``predicate``; fail only when nothing under ``root`` (default: the federation's folder and its
-    parent, where the runs go) has been written for ``quiet`` seconds. A loaded machine makes the run slower,
-    never this wait red; a hung run still fails, after ``quiet`` seconds of silence."""
-    root = root or fed.workdir.parent
-    seen, last_change = -1, time.monotonic()
-    while True:
-        if predicate():
-            return
-        now = _activity(root)
-        if now != seen:
-            seen, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change > quiet:
-            break
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what} (nothing written for {quiet:.0f} s)\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
+def _wait(predicate, quiet: float, fed: LocalFederation, run_id: int, what: str) -> None:
+    """Wait for an event (a file, a line in metrics.jsonl); fail only after ``quiet`` seconds (stretched by the
+    machine's load) in which nothing was written under the test's folder: slow is never red, hung is."""
+    if not wait_until(predicate, quiet, fed.workdir.parent):
+        pytest.fail(f"timed out waiting for {what} (nothing written for {quiet:.0f} s x load)\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
 
 
 def _assert_tls(fed: LocalFederation) -> None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def machine_slowness() -> float:
+    """How many times slower than an idle machine this one runs now (at least 1).
+
+    The run queue per core (1-minute load average / cores): on a machine shared by other work every
+    wait here is stretched by it, so a loaded machine makes a federation slower, never a wait time out.
+    """
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 def _bin(name: str) -> str:
@@ -236,7 +245,7 @@ class LocalFederation:
         else:
             args.append("--insecure")
         self._start("superlink", args)
-        self._wait_port(self.port, 60.0, "superlink")
+        self._wait_port(self.port, 60.0 * machine_slowness(), "superlink")
         self.write_flower_config()
 
     def start_supernode(self, index: int) -> None:
@@ -296,11 +305,16 @@ class LocalFederation:
     def submit(
         self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None, timeout: float = 120.0
     ) -> int:
-        """``flwr run <app_dir> fedmtl`` with run-config overrides; returns the run id."""
+        """``flwr run <app_dir> fedmtl`` with run-config overrides; returns the run id.
+
+        ``timeout`` is for an idle machine; it is stretched by :func:`machine_slowness`.
+        """
         args = [_bin("flwr"), "run", str(app_dir), "fedmtl", "--format", "json"]
         if run_config:
             args += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
-        res = subprocess.run(args, capture_output=True, env=self.env(), timeout=timeout, cwd=self.workdir)
+        res = subprocess.run(
+            args, capture_output=True, env=self.env(), timeout=timeout * machine_slowness(), cwd=self.workdir
+        )
         out = res.stdout.decode()
         try:
             data = json.loads(out[out.index("{") :])
@@ -317,7 +331,7 @@ class LocalFederation:
                 [_bin("flwr"), "log", str(run_id), "fedmtl", "--show"],
                 capture_output=True,
                 env=self.env(),
-                timeout=timeout,
+                timeout=timeout * machine_slowness(),
                 cwd=self.workdir,
             )
         except subprocess.TimeoutExpired:
@@ -329,7 +343,7 @@ class LocalFederation:
         proc = self.procs[f"supernode-{index}"]
         pids = [proc.pid, *descendants(proc.pid)]
         _kill(pids)
-        proc.wait(timeout=10)
+        proc.wait(timeout=10 * machine_slowness())
 
     def stop(self) -> None:
         """Kill every process of this federation (and their descendants), then wait for them."""
@@ -373,14 +387,36 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def wait_for_file(path: Path, timeout: float, fed: LocalFederation | None = None, poll: float = 0.5) -> bool:
-    """Wait until ``path`` exists (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
+def activity(root: Path) -> int:
+    """Bytes written under ``root`` so far (process logs, run folders): grows while a federation works."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # a file replaced while we looked
+            pass
+    return total
+
+
+def wait_until(
+    predicate: Callable[[], bool], quiet: float, watch: Path, poll: float = 0.5
+) -> bool:
+    """Wait for ``predicate``: True when it holds, False once nothing under ``watch`` has been written for
+    ``quiet`` seconds (stretched by :func:`machine_slowness`, read afresh at every poll).
+
+    There is no overall deadline: a federation that keeps working (logs, metrics) is slow, not stuck,
+    so a loaded machine makes the wait longer, never failed; a hung one fails after ``quiet`` silent seconds.
+    """
+    seen, last_change = -1, time.monotonic()
+    while True:
+        if predicate():
             return True
+        now = activity(watch)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > quiet * machine_slowness():
+            return predicate()
         time.sleep(poll)
-    return path.exists()
 
 
 def copy_app(template: str | Path, dest: str | Path, experiment: str | None = None) -> Path:
@@ -399,5 +435,7 @@ __all__ = [
     "descendants",
     "free_port",
     "generate_certificates",
-    "wait_for_file",
+    "machine_slowness",
+    "activity",
+    "wait_until",
 ]
