@@ -1,6 +1,8 @@
 """End to end on Flower's runtime: a real SuperLink and SuperNodes as processes on 127.0.0.1.
 
 Slow (about a minute each on 2 cores); select with ``-m flower`` or leave out with ``-m "not slow"``.
+The SuperNodes run warm ClientApp workers (``fedmtl.integrations.flower.worker``) except in the resume
+test, which keeps Flower's stock path (a fresh ``flwr-clientapp`` per message) covered.
 Every process runs under a hard time limit and is killed at the end, pass or fail.
 """
 
@@ -57,7 +59,7 @@ def test_tls_federation_of_three_supernodes_matches_the_simulation(tmp_path):
     cfg = _experiment(rounds=3)
     app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "flower"
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=1800) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=1800, idle_poll=0.2) as fed:
         run_id = fed.submit(
             app,
             {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0},
@@ -80,7 +82,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(tmp_path):
     app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "flower"
     metrics = run_dir / "metrics.jsonl"
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800, idle_poll=0.2) as fed:
         run_id = fed.submit(
             app,
             {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 2, "round-timeout": 40.0},
@@ -113,7 +115,8 @@ def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
         path = run_dir / "summary.json"
         return json.loads(path.read_text())["rounds_completed"] if path.exists() else 0
 
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800) as fed:
+    # Flower's stock path: a fresh flwr-clientapp process per message, the SuperNode's own 3 s idle wait
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800, warm=False) as fed:
         first = fed.submit(app, settings)
         _wait(lambda: rounds_done() == 2, 80, fed, first, "the first run")
         # a new ServerApp process (a restarted server) with a longer schedule picks up the checkpoint
