@@ -64,11 +64,11 @@ def experiment(nodes: int, rounds: int, codec: list | None) -> dict:
     return cfg
 
 
-def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, warm: bool) -> dict:
+def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, mode: str) -> dict:
     app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec)))
     run_dir = workdir / "runs" / "flower"
     t0 = time.monotonic()
-    with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=4 * timeout, warm=warm) as fed:
+    with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=4 * timeout, **MODES[mode]) as fed:
         run_id = fed.submit(
             app,
             {
@@ -87,7 +87,7 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "nodes": nodes,
-        "clientapp": "warm" if warm else "fresh",
+        "clientapp": mode,
         "rounds": rounds,
         "tls": tls,
         "codec": codec or [{"name": "identity"}],
@@ -103,7 +103,13 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
     }
 
 
-CLIENTAPP = {"fresh": "fresh process per message", "warm": "one warm process per node"}
+#: how the SuperNodes run the ClientApp: LocalFederation's arguments and the table's words
+MODES = {"fresh": {"warm": False}, "warm": {"warm": True}, "warm-poll": {"warm": True, "idle_poll": 0.2}}
+CLIENTAPP = {
+    "fresh": "fresh process per message (Flower's default)",
+    "warm": "one warm process per node",
+    "warm-poll": "warm, SuperNode idle wait 0.2 s (--idle-poll)",
+}
 
 
 def table(rows: list[dict]) -> str:
@@ -130,10 +136,11 @@ def main() -> None:
     ap.add_argument(
         "--clientapp",
         nargs="+",
-        choices=["fresh", "warm"],
-        default=["fresh", "warm"],
+        choices=list(MODES),
+        default=list(MODES),
         help="fresh: Flower's default isolation (a new flwr-clientapp process per message); "
-        "warm: --isolation process with one fedmtl worker per SuperNode (fedmtl.integrations.flower.worker)",
+        "warm: --isolation process with one fedmtl worker per SuperNode (fedmtl.integrations.flower.worker); "
+        "warm-poll: warm, and the SuperNodes started through fedmtl.integrations.flower.supernode --idle-poll 0.2",
     )
     ap.add_argument("--append", action="store_true", help="add the rows to those already in --out")
     ap.add_argument("--timeout", type=float, default=400.0, help="seconds without anything written before a run is failed")
@@ -145,7 +152,7 @@ def main() -> None:
     for n in args.nodes:
         for mode in args.clientapp:
             with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-{mode}-") as tmp:
-                row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout, mode == "warm")
+                row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout, mode)
             print(json.dumps(row), flush=True)
             rows.append(row)
     import flwr
@@ -163,7 +170,7 @@ def main() -> None:
         },
         "note": "loopback, all processes on one machine shared with other work; 'fresh': Flower's default subprocess "
         "isolation (a fresh Python process per message); 'warm': --isolation process with one long-running fedmtl "
-        "ClientApp worker per SuperNode",
+        "ClientApp worker per SuperNode; 'warm-poll': warm, SuperNodes' idle wait capped at 0.2 s (Flower's is a fixed 3 s)",
         "rows": rows,
     }
     if args.append and args.out.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from _flower_fakes import SMALL
 
+from fedmtl.checked_file import read_checked
 from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_until
 
@@ -125,3 +127,34 @@ def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
         log = fed.run_log(second)
     assert "resuming" in log and "from round 2" in log
     assert [h["round"] for h in _read(run_dir / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_restarted_supernode_carries_on_with_its_saved_state(tmp_path):
+    """Node 1 (Ditto's personal model, top-k with an error-feedback residual) is killed after round 1 and started
+    again: it comes back under a new Flower node id, restores exactly the state it had saved (same SHA-256) and
+    takes part in every later round; rounds wait for it (min-replies 3) instead of going on without it."""
+    cfg = _experiment(rounds=4)
+    cfg["algorithm"] = {"name": "ditto", "lam": 0.1}
+    cfg["comm"] = {"uplink": [{"name": "topk", "fraction": 0.1}]}
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    metrics = run_dir / "metrics.jsonl"
+    state_dir = Path(os.environ["FEDMTL_FLOWER_STATE"])  # the nodes inherit it (tests/integrations/conftest.py)
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800, idle_poll=0.2) as fed:
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 40.0, "max-retries": 60},
+        )
+        _wait(lambda: len(_read(metrics)) >= 1, 80, fed, run_id, "round 1")
+        fed.kill_node(1)
+        (saved,) = state_dir.glob("*/client-1.safetensors")
+        tensors, meta = read_checked(saved)
+        fed.start_supernode(1)
+        _wait(lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish with node 1 back")
+        log = fed.log("worker-1")
+    assert any(k.startswith("personal/") for k in tensors) and any(k.startswith("codec/") for k in tensors), sorted(tensors)
+    assert f"client 1: restored its state after {meta['rounds']} round(s)" in log and meta["sha256"] in log
+    history = _read(metrics)
+    assert [h["round"] for h in history] == [1, 2, 3, 4] and all(h["replies"] == 3 for h in history)
+    _, final = read_checked(saved)
+    assert final["rounds"] == "4"
