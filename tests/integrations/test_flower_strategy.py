@@ -14,10 +14,10 @@ from _flower_fakes import SMALL, FakeClock, FakeGrid
 from fedmtl.checked_file import read_checked
 from fedmtl.config import config_from_dict
 from fedmtl.experiment import Experiment
-from fedmtl.experiment.checkpoint import load_latest
 from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
 from fedmtl.integrations.flower.node_state import experiment_key
 from fedmtl.integrations.flower.server_app import server_for
+from fedmtl.runloop.checkpoint import load_latest
 
 pytestmark = pytest.mark.flower
 
@@ -185,7 +185,7 @@ def test_below_the_minimum_the_round_is_retried_then_the_run_stops_and_resumes(t
     state = server.fed.init_state()
     server.wait_for_nodes()
     state, _ = server.run_round(state)  # round 1 with everyone
-    from fedmtl.experiment.checkpoint import save_checkpoint
+    from fedmtl.runloop.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "flower", state, {})
     (tmp_path / "flower" / "metrics.jsonl").write_text("")

@@ -37,6 +37,7 @@ from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.node_state import NodeStateStore, experiment_key, state_folder
 from fedmtl.mtl import MultiTaskModel, build_model
+from fedmtl.runloop.evaluation import personal_metric_sums
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -129,8 +130,6 @@ def make_client_app() -> ClientApp:
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
-        from fedmtl.experiment.evaluation import personal_metric_sums
-
         cfg, pid, part, model, node, init, state, payload, _ = _node_for(message, context)
         params = {**init, **node.receive(payload, part.client)}
         sums = personal_metric_sums(

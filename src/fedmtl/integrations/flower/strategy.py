@@ -31,14 +31,6 @@ from flwr.app import Message, MessageType, RecordDict
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.experiment.checkpoint import (
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.experiment.evaluation import evaluate_global, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
@@ -46,6 +38,14 @@ from fedmtl.fl.seeding import generator
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.report import MetricsLog
+from fedmtl.runloop.checkpoint import (
+    check_algorithm_state,
+    check_resumable,
+    list_checkpoints,
+    load_latest,
+    save_checkpoint,
+)
+from fedmtl.runloop.evaluation import evaluate_global, summarize_personalized
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
