@@ -43,16 +43,23 @@ def _read(path: Path) -> list[dict]:
 def _wait(predicate, quiet: float, fed: LocalFederation, run_id: int, what: str) -> None:
     """Wait for an event (a file, a line in metrics.jsonl); fail only after ``quiet`` seconds (stretched by the
     machine's load) in which nothing was written under the test's folder: slow is never red, hung is."""
-    if not wait_until(predicate, quiet, fed.workdir.parent):
-        pytest.fail(f"timed out waiting for {what} (nothing written for {quiet:.0f} s x load)\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
+    ended: list[str] = []
+
+    def run_ended() -> str:
+        ended.append(fed.run_ended(run_id))
+        return ended[-1]
+
+    if not wait_until(predicate, quiet, fed.workdir.parent, ended=run_ended):
+        why = f"the run ended ({ended[-1][:2000]})" if ended and ended[-1] else f"nothing written for {quiet:.0f} s x load"
+        pytest.fail(f"no {what}: {why}\n--- run log ---\n{fed.run_log(run_id)[-6000:]}")
 
 
 def _assert_tls(fed: LocalFederation) -> None:
     """The SuperLink's port speaks TLS with the generated certificate (and the nodes were not insecure)."""
     assert fed.certs is not None
     ctx = ssl.create_default_context(cafile=str(fed.certs.ca))
-    with socket.create_connection(("127.0.0.1", fed.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with socket.create_connection((fed.server_host, fed.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=fed.server_host) as tls:
             assert tls.version() is not None
     assert "--insecure" not in fed.log("supernode-0")
 
@@ -158,3 +165,42 @@ def test_a_restarted_supernode_carries_on_with_its_saved_state(tmp_path):
     assert [h["round"] for h in history] == [1, 2, 3, 4] and all(h["replies"] == 3 for h in history)
     _, final = read_checked(saved)
     assert final["rounds"] == "4"
+
+
+def test_scaffold_with_personalised_evaluation_across_hosts_with_tls_matches_the_simulation(tmp_path):
+    """docs/deployment.md's multi-machine procedure on loopback addresses standing for machines: the SuperLink
+    on 127.0.0.2 only (its certificate names that address), three client machines 127.0.0.3-5 each with its
+    SuperNode and warm ClientApp. SCAFFOLD (its control variates travel in the messages) with personalised
+    evaluation on the nodes ends where the simulation ends."""
+    cfg = _experiment(rounds=3)
+    cfg["algorithm"] = {"name": "scaffold"}
+    cfg["client"]["optimizer"]["momentum"] = 0.0  # SCAFFOLD's control variates correct plain SGD steps
+    cfg["evaluation"]["personalized"] = True
+    app = copy_app(APP, tmp_path / "app", yaml.safe_dump(cfg))
+    run_dir = tmp_path / "runs" / "flower"
+    hosts = ("127.0.0.3", "127.0.0.4", "127.0.0.5")
+    fed_args = {"server_host": "127.0.0.2", "node_hosts": hosts, "idle_poll": 0.2}
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=1800, **fed_args) as fed:
+        run_id = fed.submit(
+            app,
+            {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 90.0},
+        )
+        _wait(lambda: (run_dir / "summary.json").exists(), 130, fed, run_id, "the run to finish")
+        _assert_tls(fed)
+        with socket.socket() as s:  # the SuperLink listens on the server's address only
+            assert s.connect_ex(("127.0.0.1", fed.port)) != 0
+        for i, host in enumerate(hosts):
+            assert f"--host {host}" in " ".join(fed.procs[f"supernode-{i}"].args)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    cfg["output"] = {"dir": str(tmp_path / "sim"), "name": "sim", "plots": False}
+    sim = Experiment(cfg).run(progress=False).summary
+    for task in ("digit", "parity"):
+        got, want = summary["final_global"][task]["accuracy"], sim["final_global"][task]["accuracy"]
+        assert got == pytest.approx(want, abs=0.02), task
+        # personalised: each client's model on its own test split, evaluated on its node (accuracy per task)
+        got, want = summary["final_personalized"]["per_task"][task], sim["final_personalized"]["per_task"][task]
+        assert got == pytest.approx(want, abs=0.02), task
+    history = _read(run_dir / "metrics.jsonl")
+    assert all(h["algorithm_bytes_down"] > 0 and h["algorithm_bytes_up"] > 0 for h in history)  # c and delta c
+    assert all(h["personalized_evaluation"]["missing"] == {} for h in history)

@@ -45,3 +45,17 @@ def test_a_silent_wait_gives_up_after_quiet_times_slowness(tmp_path, monkeypatch
     t0 = time.monotonic()
     assert not launch.wait_until(lambda: False, quiet=0.1, watch=tmp_path, poll=0.01)
     assert time.monotonic() - t0 >= 0.2
+
+
+def test_a_run_that_ended_without_the_event_stops_the_wait_at_once(tmp_path, monkeypatch):
+    """A ServerApp that failed (bad config, crash) is reported by Flower as finished: no need to wait for silence."""
+    monkeypatch.setattr(launch, "machine_slowness", lambda: 1.0)
+    asked: list[float] = []
+
+    def ended() -> str:
+        asked.append(time.monotonic())
+        return "finished:failed: ServerApp failed with exception" if len(asked) >= 2 else ""
+
+    t0 = time.monotonic()
+    assert not launch.wait_until(lambda: False, quiet=60.0, watch=tmp_path, poll=0.01, ended=ended, check_every=0.05)
+    assert len(asked) == 2 and time.monotonic() - t0 < 30.0

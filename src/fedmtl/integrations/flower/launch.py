@@ -27,9 +27,9 @@ from typing import Any
 MARKER = "FEDMTL_FLOWER_SESSION"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -162,7 +162,12 @@ def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
 
 @dataclass
 class LocalFederation:
-    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, as processes, cleaned up on exit.
+    """A SuperLink and ``num_nodes`` SuperNodes on this machine, as processes, cleaned up on exit.
+
+    By default everything listens on 127.0.0.1. ``server_host`` and ``node_hosts`` put the SuperLink and
+    each SuperNode (its Runtime API, and its warm ClientApp's connection to it) on other loopback addresses
+    (127.0.0.2, ...): each stands for a machine, the certificates name the server's address, and the
+    nodes reach the SuperLink only through that address, as in docs/deployment.md's multi-machine procedure.
 
     Args:
         workdir: logs, certificates, Flower's home (``FLWR_HOME``) and the node caches go here.
@@ -183,6 +188,8 @@ class LocalFederation:
     num_partitions: int | None = None
     warm: bool = True
     idle_poll: float | None = None
+    server_host: str = "127.0.0.1"
+    node_hosts: tuple[str, ...] = ("127.0.0.1",)
     env_extra: Mapping[str, str] = field(default_factory=dict)
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     port: int = 0
@@ -225,21 +232,21 @@ class LocalFederation:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.server_host}:{self.port}"
 
     # -- processes ------------------------------------------------------------------------------
     def start_superlink(self) -> None:
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(self.server_host)
         args = [
             _bin("flower-superlink"),
             "--host",
-            "127.0.0.1",
+            self.server_host,
             "--port",
             str(self.port),
             "--disable-runtime-dependency-installation",
         ]
         if self.tls:
-            self.certs = self.certs or generate_certificates(self.workdir / "certs")
+            self.certs = self.certs or generate_certificates(self.workdir / "certs", (self.server_host, "localhost"))
             args += [
                 "--ssl-ca-certfile",
                 str(self.certs.ca),
@@ -251,11 +258,16 @@ class LocalFederation:
         else:
             args.append("--insecure")
         self._start("superlink", args)
-        self._wait_port(self.port, 60.0 * machine_slowness(), "superlink")
+        self._wait_port(self.server_host, self.port, 60.0 * machine_slowness(), "superlink")
         self.write_flower_config()
 
+    def node_host(self, index: int) -> str:
+        """The loopback address standing for node ``index``'s machine."""
+        return self.node_hosts[index % len(self.node_hosts)]
+
     def start_supernode(self, index: int) -> None:
-        port = free_port()
+        host = self.node_host(index)
+        port = free_port(host)
         n = self.num_partitions or self.num_nodes
         launcher = [_bin("flower-supernode")]
         if self.idle_poll is not None:
@@ -264,6 +276,8 @@ class LocalFederation:
             *launcher,
             "--superlink",
             self.address,
+            "--host",
+            host,
             "--port",
             str(port),
             "--node-config",
@@ -281,7 +295,7 @@ class LocalFederation:
         node = self._start(f"supernode-{index}", args)
         if self.warm:
             worker = [sys.executable, "-m", "fedmtl.integrations.flower.worker"]
-            worker += ["--runtime-api-address", f"127.0.0.1:{port}", "--parent-pid", str(node.pid)]
+            worker += ["--runtime-api-address", f"{host}:{port}", "--parent-pid", str(node.pid)]
             self._start(f"worker-{index}", worker)
 
     def start(self) -> LocalFederation:
@@ -290,7 +304,7 @@ class LocalFederation:
             self.start_supernode(i)
         return self
 
-    def _wait_port(self, port: int, timeout: float, name: str) -> None:
+    def _wait_port(self, host: str, port: int, timeout: float, name: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.procs[name]
@@ -299,7 +313,7 @@ class LocalFederation:
                     f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}"
                 )
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((host, port)) == 0:
                     return
             time.sleep(0.2)
         raise TimeoutError(f"{name} did not open port {port} within {timeout:.0f} s")
@@ -352,6 +366,23 @@ class LocalFederation:
         except subprocess.TimeoutExpired:
             return "(flwr log timed out)"
         return res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
+
+    def run_ended(self, run_id: int) -> str:
+        """``"status: details"`` once the run has finished (completed, failed or stopped), else ``""``."""
+        try:
+            res = subprocess.run(
+                [_bin("flwr"), "ls", "fedmtl", "--run-id", str(run_id), "--format", "json"],
+                capture_output=True,
+                env=self.env(),
+                timeout=60 * machine_slowness(),
+                cwd=self.workdir,
+            )
+            out = res.stdout.decode()
+            run = json.loads(out[out.index("{") :])["runs"][0]
+        except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError):
+            return ""  # not known yet: ask again later
+        status = str(run.get("status", ""))
+        return f"{status}: {run.get('status-details', '')}" if status.startswith("finished") else ""
 
     def kill_node(self, index: int) -> None:
         """SIGKILL a SuperNode, everything it started and its warm ClientApp process: a machine that dies."""
@@ -416,18 +447,28 @@ def activity(root: Path) -> int:
 
 
 def wait_until(
-    predicate: Callable[[], bool], quiet: float, watch: Path, poll: float = 0.5
+    predicate: Callable[[], bool],
+    quiet: float,
+    watch: Path,
+    poll: float = 0.5,
+    ended: Callable[[], str] | None = None,
+    check_every: float = 10.0,
 ) -> bool:
     """Wait for ``predicate``: True when it holds, False once nothing under ``watch`` has been written for
-    ``quiet`` seconds (stretched by :func:`machine_slowness`, read afresh at every poll).
+    ``quiet`` seconds (stretched by :func:`machine_slowness`, read afresh at every poll), or once ``ended()``
+    (asked every ``check_every`` s, e.g. :meth:`LocalFederation.run_ended`) says the run is over without it.
 
     There is no overall deadline: a federation that keeps working (logs, metrics) is slow, not stuck,
     so a loaded machine makes the wait longer, never failed; a hung one fails after ``quiet`` silent seconds.
     """
-    seen, last_change = -1, time.monotonic()
+    seen, last_change, last_check = -1, time.monotonic(), time.monotonic()
     while True:
         if predicate():
             return True
+        if ended is not None and time.monotonic() - last_check > check_every:
+            last_check = time.monotonic()
+            if ended():
+                return predicate()
         now = activity(watch)
         if now != seen:
             seen, last_change = now, time.monotonic()
