@@ -32,7 +32,18 @@ def run(config: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
     summary = dict(res.summary)
     summary["benchmark_seconds"] = time.perf_counter() - t0
     summary["history"] = res.history
+    scores = client_accuracies(res.run_dir)
+    summary["personalised_client_mean"] = sum(scores) / len(scores) if scores else None
     return summary
+
+
+def client_accuracies(run_dir: Path) -> list[float]:
+    """Each client's final personalised accuracy, the mean over its classification tasks (regression tasks
+    have none), from the run's clients.json: the benchmarks' per-client score (runs report per task)."""
+    path = Path(run_dir) / "clients.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    accuracies = [[m["accuracy"] for m in row["tasks"].values() if "accuracy" in m] for row in rows]
+    return [sum(a) / len(a) for a in accuracies if a]
 
 
 def machine() -> dict[str, Any]:

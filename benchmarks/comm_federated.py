@@ -214,7 +214,7 @@ def main() -> None:
 
     for name, opt in optimizers.items():
         s = run(merge(non_iid, {"server": {"optimizer": opt}}), out, f"opt-{name}")
-        results["optimizers"][name] = {"digit": accuracy(s), "parity": accuracy(s, "parity"), "personalized_mean": s["final_personalized"].get("mean")}
+        results["optimizers"][name] = {"digit": accuracy(s), "parity": accuracy(s, "parity"), "personalized_mean": s["personalised_client_mean"]}
         print(f"optimizer {name}: {results['optimizers'][name]}", flush=True)
     opt_table = markdown_table(
         ["server optimiser", "digit accuracy", "parity accuracy", "personalised mean"],

@@ -9,6 +9,8 @@ Run as a script (not a test)::
   30 clients a round): vectorised vs sequential engine vs a bare PyTorch loop doing the same arithmetic
   (a Conv1d trunk and the client's heads, SGD with momentum, the same batches per client).
 * **W4**: Ditto + PCGrad + MMoE on the demo's data: vectorised vs sequential.
+* **DP-SGD**: W3 with sample-level DP-SGD (noise multiplier 1, clip 1): vectorised (per-example gradients
+  under a second ``vmap``) vs sequential.
 * **user module**: a model written here, not in fedmtl (depthwise-separable Conv1d blocks with LayerNorm and a
   `heads` ModuleDict), given to ``Experiment``-style construction as any user would: vectorised vs sequential.
 * **scale**: one round of 2,500 / 5,000 / 10,000 clients (all in the cohort) with the MLP: seconds and peak memory.
@@ -57,6 +59,7 @@ WORKLOADS = {
     "W3": DEMO,
     "W4": _merge(DEMO, {"model": {"name": "mmoe", "trunk": None}, "algorithm": {"name": "ditto", "lam": 0.1}, "mtl": {"balancer": {"name": "pcgrad"}}}),
     "user module": DEMO,
+    "DP-SGD": _merge(DEMO, {"privacy": {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}}),
 }
 del WORKLOADS["W4"]["model"]["trunk"]
 
@@ -242,7 +245,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 timed rounds, scale up to 2,500 clients")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per run (default 5; --quick 2)")
-    ap.add_argument("--only", default="", help="comma-separated subset: W3,W4,user module,scale")
+    ap.add_argument("--only", default="", help="comma-separated subset: W3,W4,user module,DP-SGD,scale")
     ap.add_argument("--out", default=str(HERE / "results" / "general_engine.json"))
     ap.add_argument("--worker", default=None)
     ap.add_argument("--workload", default="W3")

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import client_accuracies
 
 import fedmtl
 from fedmtl.fl.evaluation import evaluate, summarize_clients
@@ -95,21 +96,17 @@ def run_method(partition: str, method: str, seed: int, rounds: int) -> dict[str,
     res = fedmtl.Experiment(cfg).run(progress=False)
     pers = res.summary["final_personalized"]
     glob = res.summary["final_global"]
+    scores = client_accuracies(res.run_dir)
+    s = summarize_clients([{"score": v} for v in scores])
     return {
-        "mean": pers["mean"],
-        "worst10": pers["worst10"],
-        "median": pers["median"],
-        "per_task": pers["per_task"],
+        "mean": s["mean"],
+        "worst10": s["worst10"],
+        "median": s["median"],
+        "per_task_pooled": {t: block["pooled"]["accuracy"] for t, block in pers.items()},
         "global": {t: m["accuracy"] for t, m in glob.items()},
-        "scores": client_scores(res.run_dir),
+        "scores": scores,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def client_scores(run_dir: Path) -> list[float]:
-    """Each client's final personalised score, from the run's clients.json."""
-    path = Path(run_dir) / "clients.json"
-    return [row["score"] for row in json.loads(path.read_text())] if path.exists() else []
 
 
 def run_centralised(partition: str, seed: int, rounds: int) -> dict[str, Any]:

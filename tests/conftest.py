@@ -23,3 +23,20 @@ def tiny_config(tmp_path):
         "server": {"rounds": 3, "clients_per_round": 5},
         "output": {"dir": str(tmp_path / "runs"), "name": "tiny", "plots": False},
     }
+
+
+@pytest.fixture
+def clean_registry():
+    """The component registry as it is, restored after the test (registrations and plugin loading)."""
+    from fedmtl import registry
+
+    for kind in registry.KINDS:
+        registry.names(kind)  # the built-ins, loaded before the snapshot
+    saved = {kind: dict(members) for kind, members in registry._registry.items()}
+    plugins_loaded = registry._plugins_loaded
+    yield registry
+    for kind, members in saved.items():
+        registry._registry[kind].clear()
+        registry._registry[kind].update(members)
+    registry._plugins_loaded = plugins_loaded
+    registry._version += 1

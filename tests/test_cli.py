@@ -24,7 +24,9 @@ def test_demo_runs_and_writes_a_report(tmp_path):
     assert result.exit_code == 0, result.output
     (run,) = list(tmp_path.iterdir())
     assert (run / "report.html").exists() and (run / "plots" / "task_metrics.png").exists()
-    assert "global digit accuracy" in result.output
+    assert "global digit accuracy" in result.output and "global digit macro-F1" in result.output
+    assert "personalised digit accuracy" in result.output and "personalised parity ROC-AUC" in result.output
+    assert "mean over clients" not in result.output  # no score averaged over tasks
 
 
 def test_run_resume_and_report(tmp_path):

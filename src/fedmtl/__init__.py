@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fedmtl._version import __version__ as __version__
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -26,21 +26,23 @@ _EXPORTS = {
     "Experiment": "fedmtl.experiment",
     "Results": "fedmtl.experiment",
     "render_report": "fedmtl.report",
+    "register": "fedmtl.registry",
 }
 _SUBPACKAGES = (
-    "atomic", "cli", "comm", "config", "data", "engine", "experiment", "fl", "integrations",
+    "atomic", "cli", "registry", "comm", "config", "data", "engine", "experiment", "fl", "integrations",
     "mtl", "privacy", "report", "tasks", "tracking", "tree",
 )
 
 __all__ = [
     "ConfigError", "DataError", "Experiment", "ExperimentConfig", "Results", "from_arrays", "from_datasets", "load_config",
-    "render_report",
+    "register", "render_report",
 ]
 
 if TYPE_CHECKING:
     from fedmtl.config import ConfigError, ExperimentConfig, load_config
     from fedmtl.data import DataError, from_arrays, from_datasets
     from fedmtl.experiment import Experiment, Results
+    from fedmtl.registry import register
     from fedmtl.report import render_report
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import fedmtl
+from fedmtl._version import __version__
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -35,7 +35,7 @@ def error(message: object) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"fedmtl {fedmtl.__version__} (Python {sys.version.split()[0]})\n")
+        sys.stdout.write(f"fedmtl {__version__} (Python {sys.version.split()[0]})\n")
         raise typer.Exit()
 
 
@@ -83,8 +83,14 @@ def demo_help(demo: dict[str, Any]) -> tuple[str, str]:
 DEMO_HELP, DEMO_ROUNDS_HELP = demo_help(yaml.safe_load(_demo_config_path().read_text()))
 
 
+def _number(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # None: not finite
+
+
 def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     import torch.distributed as dist
+
+    from fedmtl.report.labels import metric_name, personalized_tasks, primary_metric
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return  # under torchrun, rank 0 speaks for the run
@@ -92,13 +98,18 @@ def _print_summary(results) -> None:  # type: ignore[no-untyped-def]
     table.add_column("what")
     table.add_column("value", justify="right")
     s = results.summary
+    if s.get("global_model"):
+        table.add_row("global model", str(s["global_model"]).split(":")[0])  # "not trained" (summary.json says why)
     for task, m in s.get("final_global", {}).items():
         for k, v in m.items():
-            table.add_row(f"global {task} {k}", f"{v:.4f}")
-    pers = s.get("final_personalized", {})
-    for key, label in (("mean", "personalised: mean over clients"), ("worst10", "personalised: mean of the worst 10 % of clients")):
-        if key in pers:
-            table.add_row(label, f"{pers[key]:.4f}")
+            table.add_row(f"global {task} {metric_name(k)}", _number(v))
+    for task, block in personalized_tasks(s.get("final_personalized")).items():
+        for k, v in block["pooled"].items():
+            table.add_row(f"personalised {task} {metric_name(k)}, pooled over {block['clients']} clients", _number(v))
+        key = primary_metric(block["pooled"])
+        for which, label in (("median", "median client"), ("worst10", "mean of the worst 10 % of clients")):
+            if key in block.get(which, {}):
+                table.add_row(f"personalised {task} {metric_name(key)}, {label}", _number(block[which][key]))
     table.add_row("uplink MB", f"{s['bytes_up_total'] / 1e6:.1f}")
     table.add_row("downlink MB", f"{s['bytes_down_total'] / 1e6:.1f}")
     table.add_row("engine", s["engine"])
@@ -221,6 +232,35 @@ def schema() -> None:
     from fedmtl.config import ExperimentConfig
 
     sys.stdout.write(json.dumps(ExperimentConfig.model_json_schema(), indent=2) + "\n")
+
+
+@app.command("list")
+def list_components(
+    kind: Annotated[Optional[str], typer.Argument(help="One kind (model, trunk, balancer, scheme, algorithm, aggregator, server_optimizer, codec); default all.")] = None,
+) -> None:
+    """List every registered component (built-in and plugin): its name, one line on what it is, and its options."""
+    from fedmtl import registry
+
+    if kind is not None and kind not in registry.KINDS:
+        error(f"unknown kind {kind!r}; allowed: {', '.join(registry.KINDS)}")
+        raise typer.Exit(2)
+    try:
+        found = registry.components(kind)
+    except registry.PluginError as exc:
+        error(exc)
+        raise typer.Exit(2) from None
+    for k in [kind] if kind else list(registry.KINDS):
+        spec = registry.KINDS[k]
+        sys.stdout.write(f"{k} ({spec.section}): {spec.summary}\n")
+        members = [c for c in found if c.kind == k]
+        width = max((len(c.name) for c in members), default=0) + 2
+        for c in members:
+            origin = "" if c.origin.startswith("fedmtl.") else f" [{c.origin}]"
+            sys.stdout.write(f"  {c.name:<{width}}{c.description}{origin}\n")
+            opts = ", ".join(f"{key}: {value}" for key, value in c.options().items())
+            if opts:
+                sys.stdout.write(f"  {'':<{width}}options: {opts}\n")
+        sys.stdout.write("\n")
 
 
 # -- fedmtl flower ...: deployment on Flower's runtime (needs the flower extra) ---------------------

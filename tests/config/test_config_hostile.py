@@ -21,9 +21,13 @@ import fedmtl
 from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from fedmtl.config.base import MAX_SEED, MAX_SIZE, StrictModel
 from fedmtl.config.loading import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from fedmtl.config.registered import models_of, registered_kind
 
 
-def _members(annotation: Any) -> list[Any]:
+def _members(annotation: Any, metadata: Any = ()) -> list[Any]:
+    kind = registered_kind(metadata) or registered_kind(getattr(annotation, "__metadata__", ()))
+    if kind is not None:  # a section that selects a registered component: every registered kind's model
+        return models_of(kind)
     if typing.get_origin(annotation) is typing.Annotated:
         return _members(typing.get_args(annotation)[0])
     args = typing.get_args(annotation)
@@ -38,7 +42,7 @@ Step = tuple[str, "str | None"]  # a section's field name and the kind (``name``
 def numeric_fields(model: type[BaseModel] = ExperimentConfig, path: tuple[Step, ...] = ()) -> Iterator[tuple[tuple[Step, ...], str, type]]:
     """``(section path with each section's kind, field, int | float)`` for every numeric field of every section kind."""
     for field, info in model.model_fields.items():
-        for member in _members(info.annotation):
+        for member in _members(info.annotation, info.metadata):
             if isinstance(member, type) and issubclass(member, BaseModel):
                 kind = member.model_fields["name"].default if "name" in member.model_fields else None
                 yield from numeric_fields(member, (*path, (field, kind)))
@@ -252,15 +256,18 @@ def test_an_ordinary_config_is_well_within_the_yaml_bounds(tmp_path):
 
 
 def test_the_config_knows_which_balancers_need_gradients_as_the_balancers_say():
-    from fedmtl.config.mtl import LOSS_BALANCERS, PARAMETER_GRADIENT_BALANCERS
-    from fedmtl.mtl.factory import BALANCERS, build_balancer
+    from fedmtl import registry
+    from fedmtl.config.mtl import loss_balancers, parameter_gradient_balancers
+    from fedmtl.mtl.factory import build_balancer
 
     built = {}
-    for cls in BALANCERS:
-        cfg = cls(weights={"a": 1.0}) if cls.model_fields["name"].default == "static" else cls()
+    for component in registry.components("balancer"):
+        cls = component.config_model
+        cfg = cls(weights={"a": 1.0}) if component.name == "static" else cls()
         built[cfg.name] = build_balancer(cfg, ["a", "b"])
-    assert LOSS_BALANCERS == {n for n, b in built.items() if b.requires == "losses"}
-    assert PARAMETER_GRADIENT_BALANCERS == {n for n, b in built.items() if not getattr(b, "representation_ok", True)}
+    assert len(built) >= 27
+    assert loss_balancers() == {n for n, b in built.items() if b.requires == "losses"}
+    assert parameter_gradient_balancers() == {n for n, b in built.items() if not getattr(b, "representation_ok", True)}
 
 
 def test_balancer_preconditions_at_config_time():

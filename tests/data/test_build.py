@@ -84,10 +84,12 @@ def test_cleaning_counts_what_it_drops_and_imputes():
     y = {"c": np.array([0, 1, 1, np.nan], dtype=np.float32)}
     tasks = [Task("c", "multiclass", 2)]
     xd, yd, counts = clean(x, y, tasks, "drop")
-    assert counts == {"dropped_label": 1, "dropped_feature": 2, "imputed_values": 0}
+    assert counts.as_dict() == {
+        "rows": 4, "dropped_no_label": 1, "dropped_invalid_label": 0, "dropped_feature": 2, "imputed_rows": 0, "imputed_values": 0
+    }
     assert xd.tolist() == [[1.0, 2.0]]
     xi, _, counts = clean(x, y, tasks, "impute_mean")
-    assert counts["imputed_values"] == 2
+    assert (counts.imputed_rows, counts.imputed_values, counts.dropped) == (2, 2, 1)
     assert xi[1, 0] == pytest.approx(2.0)  # mean of the finite 1 and 3 in column 0 (row 3 dropped for its label)
     assert xi[2, 1] == pytest.approx(1.5)
 

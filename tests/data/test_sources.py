@@ -77,7 +77,8 @@ def test_table_with_natural_clients(tmp_path, fmt):
     assert fed.num_clients == 5
     assert [t.kind for t in fed.tasks] == ["multiclass", "binary", "regression"]
     assert fed.input_shape == (4,)  # a, b and the one-hot 'kind' column
-    dropped = sum(c.cleaning["dropped_label"] + c.cleaning["dropped_feature"] for c in fed.clients)
+    dropped = sum(c.cleaning["dropped_no_label"] + c.cleaning["dropped_invalid_label"] + c.cleaning["dropped_feature"] for c in fed.clients)
+    assert dropped == fed.cleaning.clients.dropped
     rows = sum(len(c.train) + len(c.test) for c in fed.clients) + len(fed.holdout)
     assert rows + dropped >= 198 and dropped >= 1  # the NaN rows are dropped and counted (one may sit in the hold-out)
 

@@ -97,3 +97,20 @@ def test_every_model_family_matches_sequential(name: str) -> None:
 def test_methods_compose_on_the_fast_path() -> None:
     """Ditto + PCGrad + MMoE (the W4 workload's combination), Adam and clipping."""
     _compare(HETERO + ALGORITHMS["ditto"] + ["mtl.balancer.name=pcgrad", "model.name=mmoe", "client.optimizer.name=adam", "client.optimizer.lr=0.01", "client.max_grad_norm=0.5"])
+
+
+DP_SGD = ["privacy.dp_sgd.noise_multiplier=0.8", "privacy.dp_sgd.max_grad_norm=0.5"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param([], id="fedavg-poisson"),
+        pytest.param(["privacy.dp_sgd.poisson_sampling=false", "algorithm.name=fedper", "client.optimizer.name=adam", "client.optimizer.lr=0.01"], id="fedper-adam-shuffled"),
+        pytest.param(["privacy.dp_sgd.noise_multiplier=null", "privacy.dp_sgd.target_epsilon=4.0", "model.name=soft_sharing", "mtl.balancer.name=uw"], id="target-epsilon-soft-sharing-uw"),
+    ],
+)
+def test_dp_sgd_is_batched_and_matches_sequential(extra: list[str]) -> None:
+    """DP-SGD runs on the fast path: the same Poisson batches, clipped example gradients and noise draws per
+    client as the one-client trainer, and the same accounting (each client's history and epsilon)."""
+    _compare(HETERO + DP_SGD + extra)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pytest
 
@@ -18,7 +21,7 @@ def synthetic_hospitals(n=1200, seed=0):
     return x, risk, cost, site
 
 
-def test_own_arrays_with_natural_clients_learn_both_tasks(tmp_path):
+def test_own_arrays_with_natural_clients_learn_both_tasks(tmp_path, caplog):
     x, risk, cost, site = synthetic_hospitals()
     source = fedmtl.from_arrays(x, {"risk": risk, "cost": cost}, {"risk": "binary", "cost": "regression"}, client_ids=site)
     cfg = {
@@ -28,8 +31,18 @@ def test_own_arrays_with_natural_clients_learn_both_tasks(tmp_path):
         "server": {"rounds": 10},
         "output": {"dir": str(tmp_path), "name": "own", "plots": False},
     }
-    res = fedmtl.Experiment(cfg, source=source).run(progress=False)
+    with caplog.at_level(logging.INFO, logger="fedmtl"):
+        res = fedmtl.Experiment(cfg, source=source).run(progress=False)
     assert res.summary["data"]["clients"] == 6
+    # cleaning is counted, in summary.json and the log: every row with a NaN feature was imputed, none dropped
+    cleaning = json.loads((res.run_dir / "summary.json").read_text())["data_cleaning"]
+    nan_rows = int(np.isnan(x).any(axis=1).sum())
+    assert nan_rows > 10
+    assert cleaning["clients"]["imputed_rows"] + cleaning["holdout"]["imputed_rows"] == nan_rows
+    assert cleaning["clients"]["rows"] + cleaning["holdout"]["rows"] == len(x)
+    assert cleaning["clients"]["dropped_feature"] == cleaning["holdout"]["dropped_feature"] == 0
+    assert cleaning["small_clients"] == {"min_rows": 2, "action": "drop", "clients": [], "rows": 0, "merged_into": None}
+    assert f"{cleaning['clients']['imputed_rows']} imputed" in caplog.text
     assert res.summary["final_global"]["risk"]["accuracy"] > 0.85
     assert res.summary["final_global"]["cost"]["r2"] > 0.8
 

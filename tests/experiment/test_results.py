@@ -21,7 +21,8 @@ def test_to_pandas_has_a_row_per_round_and_a_column_per_metric(finished):
     pytest.importorskip("pandas")
     table = finished.to_pandas()
     assert list(table.index) == [1, 2, 3] and table.index.name == "round"
-    for column in ("bytes_up", "bytes_down", "train_loss.digit", "global.digit.accuracy", "global.parity.loss", "personalized.mean"):
+    for column in ("bytes_up", "bytes_down", "train_loss.digit", "global.digit.accuracy", "global.parity.loss", "personalized.digit.pooled.accuracy",
+                   "personalized.parity.worst10.f1"):
         assert column in table.columns, column
     # evaluated every 2 rounds and at the last: round 1 has no global metrics
     assert math.isnan(table.loc[1, "global.digit.accuracy"])

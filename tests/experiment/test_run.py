@@ -9,6 +9,7 @@ import torch
 
 import fedmtl
 from fedmtl.config import ConfigError
+from fedmtl.report.metrics_log import flatten
 from fedmtl.runloop.checkpoint import CheckpointError, list_checkpoints
 
 
@@ -20,7 +21,9 @@ def test_short_run_learns_every_task_and_writes_its_folder(tiny_config):
     final = res.summary["final_global"]
     assert final["digit"]["accuracy"] > 0.3  # chance: 0.1
     assert final["parity"]["accuracy"] > 0.6  # chance: 0.5
-    assert res.summary["final_personalized"]["mean"] > 0.4
+    pers = res.summary["final_personalized"]
+    assert pers["digit"]["pooled"]["accuracy"] > 0.3 and pers["parity"]["pooled"]["accuracy"] > 0.6
+    assert pers["digit"]["worst10"]["accuracy"] <= pers["digit"]["median"]["accuracy"] <= 1
     run = res.run_dir
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "plots/task_metrics.png", "plots/bytes.png"):
         assert (run / name).exists(), name
@@ -29,10 +32,14 @@ def test_short_run_learns_every_task_and_writes_its_folder(tiny_config):
     first = lines[0]
     assert set(first["global"]) == {"digit", "parity"} and "accuracy" in first["global"]["digit"]
     assert first["bytes_up"] > 0 and first["bytes_down"] > 0 and first["round_seconds"] > 0
-    assert {"mean", "worst10", "per_task"} <= set(first["personalized"])
+    assert set(first["personalized"]) == {"digit", "parity"}  # per task, never one score mixing them
+    assert {"pooled", "median", "worst10", "clients"} <= set(first["personalized"]["digit"])
+    assert {"accuracy", "macro_f1"} <= set(first["personalized"]["digit"]["pooled"])
+    assert {"accuracy", "f1", "auc"} <= set(first["personalized"]["parity"]["pooled"])
     clients = json.loads((run / "clients.json").read_text())
-    assert len(clients) == 10 and all(0 <= c["score"] <= 1 for c in clients)
-    assert (run / "plots/client_scores.png").exists()
+    assert len(clients) == 10 and all(0 <= m["accuracy"] <= 1 for c in clients for m in c["tasks"].values())
+    assert all(c["rows"][t] > 0 for c in clients for t in c["tasks"])
+    assert (run / "plots/client_metrics.png").exists()
     assert "<img" in (run / "report.html").read_text()
 
 
@@ -114,9 +121,9 @@ def test_fedbn_with_a_batch_norm_trunk_runs_and_resumes(tiny_config, tmp_path):
     """The experiment path: default engine (falls back from vectorised), evaluation with per-client statistics, resume."""
     cfg = {**tiny_config, "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [64], "norm": "batch"}}, "algorithm": {"name": "fedbn"}}
     full = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "bn-full"}}).run(progress=False)
-    assert full.summary["final_personalized"]["mean"] > 0.2
+    assert full.summary["final_personalized"]["digit"]["pooled"]["accuracy"] > 0.2
     assert full.summary["final_global"]["digit"]["accuracy"] >= 0
     part = {**cfg, "server": {**cfg["server"], "rounds": 2}, "output": {**cfg["output"], "name": "bn-part"}}
     first = fedmtl.Experiment(part).run(progress=False)
     resumed = fedmtl.Experiment({**cfg, "output": {**cfg["output"], "name": "bn-part"}}).run(resume=first.run_dir, progress=False)
-    assert resumed.summary["final_personalized"]["mean"] == pytest.approx(full.summary["final_personalized"]["mean"])
+    assert flatten(resumed.summary["final_personalized"]) == pytest.approx(flatten(full.summary["final_personalized"]))

@@ -6,19 +6,18 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
+from fedmtl import registry
 from fedmtl.config.training import Aggregator as AggregatorConfig
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator, weighted_mean
 from fedmtl.fl.robust import CoordinateMedian, Krum, NormBoundedMean, TrimmedMean
 from fedmtl.fl.update import ClientUpdate
 
+#: options the property tests give a registered aggregator instead of its defaults (none: the defaults)
+OPTIONS = {"trimmed_mean": {"beta": 0.2}, "norm_bounded": {"max_norm": 100.0}}
+#: every registered aggregator (a new one is picked up here), plus Multi-Krum
 AGGREGATORS = {
-    "mean": weighted_mean,
-    "median": CoordinateMedian(),
-    "trimmed_mean": TrimmedMean(0.2),
-    "krum": Krum(f=1),
-    "multi_krum": Krum(f=1, m=3),
-    "norm_bounded": NormBoundedMean(100.0),
-}
+    c.name: build_aggregator(c.config_model(**OPTIONS.get(c.name, {}))) for c in registry.components("aggregator")
+} | {"multi_krum": Krum(f=1, m=3)}
 
 
 def _stack(n=7, p=11, seed=0):

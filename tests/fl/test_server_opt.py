@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
+from fedmtl import registry
 from fedmtl.config.training import ServerConfig, ServerOptimizer
 from fedmtl.fl.server_opt import (
     build_server_optimizer,
@@ -71,13 +72,8 @@ def test_adaptive_hand_computed(name):
     assert math.isclose(float(params["w"][0]), x, rel_tol=1e-5)
 
 
-OPTIMIZERS = {
-    "fedavg": lambda: fedavg(1.0),
-    "fedavgm": lambda: fedavgm(1.0, 0.9),
-    "fedadagrad": lambda: fedadagrad(),
-    "fedadam": lambda: fedadam(),
-    "fedyogi": lambda: fedyogi(),
-}
+#: every registered server optimiser at its default options (a new one is picked up here)
+OPTIMIZERS = {c.name: (lambda c=c: build_server_optimizer(c.config_model())) for c in registry.components("server_optimizer")}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -17,6 +17,7 @@ from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
 from fedmtl.integrations.flower.node_state import experiment_key
 from fedmtl.integrations.flower.server_app import server_for
+from fedmtl.report.metrics_log import flatten as flatten_record
 from fedmtl.runloop.checkpoint import load_latest
 
 pytestmark = pytest.mark.flower
@@ -248,15 +249,12 @@ def test_personalised_evaluation_on_the_nodes_matches_the_simulation(tmp_path, a
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     assert [m.metadata.message_type for m in grid.sent].count("evaluate") == 3 * 3  # every node, every round
     for h, s in zip(history, sim.history, strict=True):
-        assert set(h["personalized"]) == set(s["personalized"])
-        assert h["personalized"]["per_task"] == pytest.approx(s["personalized"]["per_task"], abs=1e-6)
-        for key in ("mean", "worst10"):
-            assert h["personalized"][key] == pytest.approx(s["personalized"][key], abs=1e-6)
+        assert set(h["personalized"]) == set(s["personalized"]) == {"digit", "parity"}
+        assert flatten_record(h["personalized"]) == pytest.approx(flatten_record(s["personalized"]), abs=1e-6)  # pooled, median, worst 10 %
         assert h["personalized_evaluation"]["missing"] == {}
         assert h["personalized_evaluation"]["wire_bytes_up"] > 0
     final, sim_final = summary["final_personalized"], sim.summary["final_personalized"]
-    assert final["mean"] == pytest.approx(sim_final["mean"], abs=1e-6)
-    assert final["per_task"] == pytest.approx(sim_final["per_task"], abs=1e-6)
+    assert flatten_record(final) == pytest.approx(flatten_record(sim_final), abs=1e-6)
     assert json.loads((tmp_path / "flower" / "clients.json").read_text())[0]["client"] == 0
 
 
@@ -268,7 +266,7 @@ def test_a_node_that_fails_evaluation_is_left_out_of_the_personalised_block(tmp_
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     for h in history:
         assert "injected failure" in h["personalized_evaluation"]["missing"]["2"]
-        assert set(h["personalized"]["per_task"]) == {"digit", "parity"}  # client 0 still reports parity
+        assert set(h["personalized"]) == {"digit", "parity"}  # client 0 still reports parity
     rows = json.loads((tmp_path / "flower" / "clients.json").read_text())
     assert [r["client"] for r in rows] == [0, 1]
 
@@ -283,7 +281,7 @@ def test_an_offline_node_is_named_missing_in_the_personalised_evaluation(tmp_pat
     grid.behaviour[102] = "offline"
     summary, rows, info = server.evaluate_personalized(state)
     assert info["missing"] == {"1": "node offline"}
-    assert [r["client"] for r in rows] == [0, 2] and summary["per_task"]
+    assert [r["client"] for r in rows] == [0, 2] and summary["digit"]["pooled"]
 
 
 def test_the_privacy_budget_stops_the_deployment_as_it_stops_the_simulation(tmp_path, monkeypatch):
@@ -328,3 +326,11 @@ def test_the_server_leaves_the_federation_it_was_given_unchanged(tmp_path):
     # the heads' population follows the reported task sets: each head is uploaded by the two clients holding it
     heads = {n: k for n, k in server.fed.population.items() if n.startswith("heads.")}
     assert heads and set(heads.values()) == {2}
+def test_local_on_flower_reports_no_global_metrics_as_the_simulation(tmp_path):
+    """Algorithm local trains no global model: the deployment, like the simulation, scores none and says why."""
+    cfg = _config(tmp_path, algorithm={"name": "local"}, evaluation={"personalized": True})
+    _, summary, _ = _run(tmp_path, _grid(), cfg=cfg)
+    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["global"] == {} for h in history)
+    assert summary["final_global"] == {} and "not trained" in summary["global_model"]
+    assert set(summary["final_personalized"]) == {"digit", "parity"}  # the clients' own models, per task

@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedmtl import registry
 from fedmtl.config import model as model_cfg
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.mtl import build_model, build_objective
-from fedmtl.mtl.factory import MODELS
 from fedmtl.mtl.models import DistillationModel, LTBModel, MTRLModel, SoftSharingModel
 from fedmtl.mtl.models.dselect_k import DSelectKGate, smooth_step
 from fedmtl.mtl.models.mtrl import closed_form_omega
 from fedmtl.mtl.models.trunks import MLPTrunk
 
 from .conftest import TASKS, synthetic
+
+#: every registered model's config model: a new model is picked up here without editing this file
+MODELS = [c.config_model for c in registry.components('model')]
 
 SMALL = {
     model_cfg.HardSharing: dict(trunk=model_cfg.MLPTrunk(hidden=[32])),

@@ -23,7 +23,9 @@ def make_run(folder, accuracy, codec="identity", rounds=4):
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {"rounds_completed": rounds, "wall_seconds": 12.5,
                "bytes_down_total": sum(r["bytes_down"] for r in records), "bytes_up_total": sum(r["bytes_up"] for r in records),
-               "final_global": records[-1]["global"], "final_personalized": {"mean": 0.6, "worst10": 0.3}}
+               "final_global": records[-1]["global"],
+               "final_personalized": {"y": {"pooled": {"accuracy": 0.65}, "clients": 4, "median": {"accuracy": 0.6}, "worst10": {"accuracy": 0.3}},
+                                      "z": {"pooled": {"rmse": 2.0, "r2": 0.25}, "clients": 4, "median": {"r2": 0.2}, "worst10": {"r2": -0.5}}}}
     (folder / "summary.json").write_text(json.dumps(summary))
     config = {"algorithm": {"name": "fedavg"}, "comm": {"uplink": [{"name": codec}], "downlink": [{"name": "identity"}]},
               "model": {"name": "hard_sharing"}, "mtl": {"balancer": {"name": "equal"}}}
@@ -41,7 +43,9 @@ def test_compare_writes_a_page_and_a_plot_per_task(tmp_path):
     assert "<td>80.0 %</td>" in page and "<td>60.0 %</td>" in page  # y's final accuracy, in %
     assert "<td>0.4</td>" in page  # z is a regression task: R², not %
     assert "<td>6.0 MB</td>" in page and "<td>4.2 MB</td>" in page  # both directions, 4 rounds
-    assert "uplink topk" in page and "<td>30.0 %</td>" in page
+    assert "uplink topk" in page and "<td>65.0 %</td>" in page and "<td>30.0 %</td>" in page  # y personalised: pooled, worst 10 %
+    assert "<td>0.25</td>" in page and "<td>-0.5</td>" in page  # z personalised: R² pooled, worst 10 %
+    assert "y (personalised, pooled)" in page and "personalised mean" not in page
 
 
 def test_megabytes_sent_accumulate_both_directions(tmp_path):

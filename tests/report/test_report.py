@@ -16,7 +16,12 @@ RECORDS = [
         **(
             {
                 "global": {"digit": {"loss": 1.9 / r, "accuracy": 0.2 * r}, "parity": {"loss": 0.69 / r, "accuracy": 0.5 + 0.1 * r}},
-                "personalized": {"mean": 0.5, "worst10": 0.2, "per_task": {"digit": 0.3, "parity": 0.6}},
+                "personalized": {
+                    "digit": {"pooled": {"loss": 1.5, "accuracy": 0.3, "macro_f1": 0.25}, "clients": 3,
+                              "median": {"accuracy": 0.3}, "worst10": {"accuracy": 0.1}},
+                    "parity": {"pooled": {"loss": 0.6, "accuracy": 0.6, "f1": 0.5, "auc": 0.7}, "clients": 3,
+                               "median": {"accuracy": 0.6}, "worst10": {"accuracy": 0.4}},
+                },
             }
             if r % 2 == 0
             else {}
@@ -31,10 +36,21 @@ SUMMARY = {
     "bytes_down_total": 276_214_820,
     "bytes_up_total": 4_000_000,
     "final_global": {"digit": {"loss": 0.475, "accuracy": 0.8}},
-    "final_personalized": {"mean": 0.5, "worst10": 0.25, "median": 0.5, "per_task": {"digit": 0.3}},
+    "final_personalized": {
+        "digit": {"pooled": {"loss": 1.2, "accuracy": 0.5, "macro_f1": 0.42}, "clients": 10,
+                  "median": {"loss": 1.1, "accuracy": 0.5, "macro_f1": 0.4}, "worst10": {"loss": 2.5, "accuracy": 0.25, "macro_f1": 0.2}},
+        "size": {"pooled": {"loss": 0.3, "rmse": 12.5, "mae": 9.75, "r2": 0.7}, "clients": 10,
+                 "median": {"rmse": 11.0, "mae": 9.0, "r2": 0.72}, "worst10": {"rmse": 30.0, "mae": 25.0, "r2": 0.1},
+                 "undefined": {"r2": 2}},
+    },
     "privacy": {"epsilon": 3.2, "delta": 1e-5},
     "data": {"clients": 10},
 }
+CLIENTS = [  # clients.json
+    {"client": 0, "rows": {"digit": 5, "size": 2}, "tasks": {"digit": {"accuracy": 0.2}, "size": {"rmse": 3.0, "mae": 2.0}}},
+    {"client": 1, "rows": {"digit": 9, "size": 9}, "tasks": {"digit": {"accuracy": 0.5}, "size": {"rmse": 2.0, "mae": 1.0, "r2": 0.5}}},
+    {"client": 2, "rows": {"parity": 7}, "tasks": {"parity": {"accuracy": 0.9, "f1": 0.9}}},
+]
 CONFIG = """
 data: {source: {name: mnist1d, tasks: [digit, parity]}, num_clients: 10, partition: {name: dirichlet, alpha: 0.5}}
 model: {name: hard_sharing, trunk: {name: mlp}}
@@ -56,7 +72,11 @@ def test_units_are_readable():
 def test_summary_rows_use_names_and_units():
     rows = dict(labels.summary_rows(SUMMARY))
     assert rows["downlink, total"] == "276.2 MB" and rows["training time"] == "1 min 23 s"
-    assert rows["personalised · worst 10 % of clients"] == "25.0 %"
+    assert rows["personalised · digit · pooled over 10 clients' test rows"] == "loss 1.2, accuracy 50.0 %, macro-F1 0.42"
+    assert rows["personalised · digit · worst 10 % of clients"] == "accuracy 25.0 %, macro-F1 0.2"  # no loss
+    assert rows["personalised · size · median client"] == "RMSE 11, MAE 9, R² 0.72"
+    assert rows["personalised · size · undefined"] == "R² for 2 clients"
+    assert not any("mean over" in k for k in rows)  # no score averaged over tasks
     assert rows["global model · digit"] == "loss 0.475, accuracy 80.0 %"
     assert rows["privacy · ε spent"] == "3.2 at δ = 1e-05"
     assert not any("_" in k for k in rows)  # no raw keys
@@ -77,7 +97,7 @@ def test_a_task_has_one_colour_in_every_plot(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    plots.draw_all(RECORDS, [0.2, 0.5, 0.9], tmp_path)
+    plots.draw_all(RECORDS, CLIENTS, tmp_path)
     seen: dict[str, set[str]] = {}
     for fig in figures:
         for ax in fig.axes:
@@ -97,7 +117,7 @@ def test_report_has_versions_date_headline_captions_and_glossary(tmp_path):
 
     import fedmtl
 
-    made = plots.draw_all(RECORDS, [0.2, 0.5, 0.9], tmp_path / "plots")
+    made = plots.draw_all(RECORDS, CLIENTS, tmp_path / "plots")
     assert sorted(p.stem for p in made) == sorted(plots.CAPTIONS)
     page = write_report(tmp_path, CONFIG, SUMMARY, made).read_text()
     assert f"fedmtl {fedmtl.__version__}" in page and f"torch {torch.__version__}" in page
@@ -128,7 +148,7 @@ def test_report_renders_in_a_headless_browser(tmp_path):
         pytest.skip("no headless browser (apt-get install chromium-headless-shell)")
     import matplotlib.image
 
-    made = plots.draw_all(RECORDS, [0.2, 0.5, 0.9], tmp_path / "plots")
+    made = plots.draw_all(RECORDS, CLIENTS, tmp_path / "plots")
     page = write_report(tmp_path, CONFIG, SUMMARY, made)
     image = matplotlib.image.imread(shot.screenshot(page, tmp_path / "report.png", width=1200, height=2600))
     assert image.shape[:2] == (2600, 1200)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sklearn.metrics import f1_score, mean_squared_error, roc_auc_score
+from sklearn.metrics import f1_score, mean_absolute_error, mean_squared_error, r2_score, roc_auc_score
 
 from fedmtl.tasks import MISSING_CLASS, Task, add_sums
 from fedmtl.tasks.task import AUC_BINS, _binned_auc
@@ -52,6 +52,45 @@ def test_regression_rmse() -> None:
     pred, y = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([1.0, 3.0, 2.0])
     m = _pooled(task, pred, y, [1])
     assert m["rmse"] == pytest.approx(mean_squared_error(y.numpy(), pred[:, 0].numpy()) ** 0.5)
+
+
+def test_regression_metrics_in_original_units_match_sklearn() -> None:
+    """The model works in standard units; RMSE and MAE come back in the target's own, R^2 is unchanged."""
+    g = torch.Generator().manual_seed(3)
+    offset, scale = 250.0, 40.0
+    task = Task("cost", "regression", target_offset=offset, target_scale=scale)
+    y = torch.randn(300, generator=g)
+    y[::7] = float("nan")  # partial labels
+    pred = (y.nan_to_num(0.0) + 0.5 * torch.randn(300, generator=g)).reshape(-1, 1)
+    m = _pooled(task, pred, y, [40, 41, 200])  # one client with a single row
+    keep = ~torch.isnan(y)
+    y_orig = task.to_original_units(y[keep]).double().numpy()
+    p_orig = task.to_original_units(pred[keep, 0]).double().numpy()
+    assert m["rmse"] == pytest.approx(mean_squared_error(y_orig, p_orig) ** 0.5, rel=1e-5)
+    assert m["mae"] == pytest.approx(mean_absolute_error(y_orig, p_orig), rel=1e-5)
+    assert m["r2"] == pytest.approx(r2_score(y_orig, p_orig), rel=1e-5)
+    assert m["loss"] == pytest.approx(mean_squared_error(y[keep].numpy(), pred[keep, 0].numpy()), rel=1e-5)  # standard units
+
+
+def test_r2_undefined_on_one_row_or_equal_targets() -> None:
+    """The issue's bad client: 2 test rows with the same target gave R^2 = -8e6 from float32 rounding
+    (float32 sums of these two equal standardised scores left a variance of ~1e-8: R^2 = -2.07e6)."""
+    task = Task("score", "regression", target_offset=60.0, target_scale=12.0)
+    y = ((torch.tensor([72.5, 72.5]) - 60.0) / 12.0).float()  # two equal exam scores, standardised as the data path does
+    m = task.metrics(torch.tensor([[0.7], [0.9]]), y)
+    assert "r2" not in m and m["rmse"] > 0 and m["mae"] > 0
+    assert "r2" not in task.metrics(torch.tensor([[0.7]]), y[:1])  # one row
+    assert "r2" not in task.metrics(torch.zeros(3, 1), torch.zeros(3))  # all zero
+    assert task.metrics(torch.tensor([[0.0], [1.0]]), torch.tensor([0.0, 1.0]))["r2"] == pytest.approx(1.0)
+    big = torch.tensor([2000.0, 2001.0, 2003.0])  # unstandardised targets far from 0 keep their R^2
+    assert task.metrics(big.reshape(-1, 1) + 0.5, big)["r2"] == pytest.approx(r2_score(big.numpy(), big.numpy() + 0.5))
+
+
+def test_target_scale_is_validated() -> None:
+    with pytest.raises(ValueError, match="target_scale"):
+        Task("r", "regression", target_scale=0.0)
+    with pytest.raises(ValueError, match="regression only"):
+        Task("b", "binary", target_scale=2.0)
 
 
 def test_non_finite_predictions_still_give_metrics() -> None:

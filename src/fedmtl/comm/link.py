@@ -22,7 +22,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from fedmtl.comm.codecs import CODECS
+from fedmtl import registry
+from fedmtl.comm.codecs import build_codec
 from fedmtl.comm.wire import PayloadError, pack, unpack
 from fedmtl.config import comm as comm_cfg
 from fedmtl.tree import TensorTree
@@ -60,20 +61,15 @@ class Link:
             raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
         self.max_payload_bytes = int(max_payload_bytes)
         self.sparsifier: Any = None
-        self.quantiser: Any = CODECS["identity"](None)
+        self.quantiser: Any = build_codec(comm_cfg.IdentityCodec())
         self.byte_codec: Any = None
         for c in self.codecs:
-            built = CODECS[c.name](c)
-            if c.name in comm_cfg.SPARSIFIERS:
-                self.sparsifier = built
-            elif c.name in comm_cfg.QUANTISERS:
-                self.quantiser = built
-            else:
-                self.byte_codec = built
+            stage = registry.get("codec", c.name).traits["stage"]
+            setattr(self, {"sparsifier": "sparsifier", "quantiser": "quantiser", "byte": "byte_codec"}[stage], build_codec(c))
         self.error_feedback = any(getattr(c, "error_feedback", False) for c in self.codecs)
         #: codecs with per-tensor sender memory (DGC's momentum, PowerSGD's warm-start Q): ``prepare`` /
         #: ``after`` hooks around the encoding, memory kept in the state under ``"memory"``
-        self.memory_codecs = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
+        self.memory_codecs: list[Any] = [c for c in (self.sparsifier, self.quantiser) if getattr(c, "stateful", False)]
         self._chain_spec = [c.model_dump(mode="json") for c in self.codecs]
         if role:
             self._chain_spec = [{"role": role}, *self._chain_spec]
@@ -158,6 +154,7 @@ class Link:
         memory: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         mem = {"memory": memory or {}}
+        out: dict[str, Tensor]
         if self.sparsifier is not None:
             out, values = self.sparsifier.select(
                 x, g, **(mem if self.sparsifier in self.memory_codecs else {})
@@ -178,7 +175,8 @@ class Link:
         values = self.quantiser.decode(dict(parts), n, shape)
         if self.sparsifier is not None:
             values = self.sparsifier.expand(dict(parts), values, numel)
-        return values.reshape(shape)
+        decoded: Tensor = values.reshape(shape)
+        return decoded
 
     # ------------------------------------------------------------------ decoding
     def decode(

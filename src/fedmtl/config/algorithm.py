@@ -5,27 +5,28 @@ Each method is a small model tagged by ``name``; ``algorithm: {name: ditto, lam:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, SerializeAsAny
 
-from fedmtl.config.base import Count, StrictModel, Width
+from fedmtl.config.base import Count, Width
+from fedmtl.config.registered import ComponentConfig, Registered
 
 
-class FedAvgAlgorithm(StrictModel):
+class FedAvgAlgorithm(ComponentConfig):
     """Plain federated averaging: every client trains the global model on its own tasks."""
 
     name: Literal["fedavg"] = "fedavg"
 
 
-class FedProxAlgorithm(StrictModel):
+class FedProxAlgorithm(ComponentConfig):
     """FedProx (Li et al., 2020): local loss plus ``mu/2 ||w - w_global||^2``; ``mu=0`` is FedAvg."""
 
     name: Literal["fedprox"] = "fedprox"
     mu: float = Field(default=0.01, ge=0, description="Proximal weight.")
 
 
-class ScaffoldAlgorithm(StrictModel):
+class ScaffoldAlgorithm(ComponentConfig):
     """SCAFFOLD (Karimireddy et al., 2020), option II control variates; needs ``client.optimizer: sgd``.
 
     The global step size is ``server.optimizer.lr``.
@@ -34,32 +35,32 @@ class ScaffoldAlgorithm(StrictModel):
     name: Literal["scaffold"] = "scaffold"
 
 
-class LocalOnlyAlgorithm(StrictModel):
+class LocalOnlyAlgorithm(ComponentConfig):
     """Reference point: each client trains only on its own data; nothing is sent or aggregated."""
 
     name: Literal["local"] = "local"
 
 
-class FedPerAlgorithm(StrictModel):
+class FedPerAlgorithm(ComponentConfig):
     """FedPer (Arivazhagan et al., 2019): global trunk, task heads kept on the client, never uploaded."""
 
     name: Literal["fedper"] = "fedper"
 
 
-class FedRepAlgorithm(StrictModel):
+class FedRepAlgorithm(ComponentConfig):
     """FedRep (Collins et al., 2021): local heads trained ``head_epochs`` with the trunk frozen, then the trunk."""
 
     name: Literal["fedrep"] = "fedrep"
     head_epochs: Count = Field(default=5, description="Head-only epochs before the trunk's client.epochs.")
 
 
-class FedBNAlgorithm(StrictModel):
+class FedBNAlgorithm(ComponentConfig):
     """FedBN (Li et al., 2021): normalisation-layer parameters stay local (a no-op on trunks without them)."""
 
     name: Literal["fedbn"] = "fedbn"
 
 
-class DittoAlgorithm(StrictModel):
+class DittoAlgorithm(ComponentConfig):
     """Ditto (Li et al., 2021): a personal model pulled to the global one by ``lam/2 ||v - w||^2``."""
 
     name: Literal["ditto"] = "ditto"
@@ -67,7 +68,7 @@ class DittoAlgorithm(StrictModel):
     personal_epochs: Count | None = Field(default=None, description="Epochs on the personal model (default client.epochs).")
 
 
-class APFLAlgorithm(StrictModel):
+class APFLAlgorithm(ComponentConfig):
     """APFL (Deng et al., 2020): personal model ``alpha * v + (1 - alpha) * w``, ``alpha`` fixed or learned.
 
     Fixed by default: ``alpha`` learned on the training loss drifts towards 1 (the local model fits its
@@ -80,7 +81,7 @@ class APFLAlgorithm(StrictModel):
     alpha_lr: float = Field(default=0.0, ge=0, description="Step size of alpha (0 keeps it fixed; Deng et al.'s adaptive alpha: > 0).")
 
 
-class PFedMeAlgorithm(StrictModel):
+class PFedMeAlgorithm(ComponentConfig):
     """pFedMe (Dinh et al., 2020): personal models as Moreau envelopes of the local loss around the global model."""
 
     name: Literal["pfedme"] = "pfedme"
@@ -89,7 +90,7 @@ class PFedMeAlgorithm(StrictModel):
     personal_lr: PositiveFloat = Field(default=0.05, description="Step size of those inner steps.")
 
 
-class IFCAAlgorithm(StrictModel):
+class IFCAAlgorithm(ComponentConfig):
     """IFCA (Ghosh et al., 2020): clients pick the best of ``clusters`` models by local loss."""
 
     name: Literal["ifca"] = "ifca"
@@ -103,7 +104,7 @@ class IFCAAlgorithm(StrictModel):
     )
 
 
-class FedEMAlgorithm(StrictModel):
+class FedEMAlgorithm(ComponentConfig):
     """FedEM (Marfoq et al., 2021): each client's distribution a mixture of ``components`` shared models."""
 
     name: Literal["fedem"] = "fedem"
@@ -119,7 +120,7 @@ class FedEMAlgorithm(StrictModel):
     )
 
 
-class MochaAlgorithm(StrictModel):
+class MochaAlgorithm(ComponentConfig):
     """MOCHA-style federated MTL (Smith et al., 2017): personal heads coupled by a learned Omega."""
 
     name: Literal["mocha"] = "mocha"
@@ -127,21 +128,5 @@ class MochaAlgorithm(StrictModel):
     eps: float = Field(default=0.1, gt=0, description="Ridge added to W W^T, relative to its mean diagonal, before the square root.")
 
 
-Algorithm = Annotated[
-    Union[
-        FedAvgAlgorithm,
-        FedProxAlgorithm,
-        ScaffoldAlgorithm,
-        LocalOnlyAlgorithm,
-        FedPerAlgorithm,
-        FedRepAlgorithm,
-        FedBNAlgorithm,
-        DittoAlgorithm,
-        APFLAlgorithm,
-        PFedMeAlgorithm,
-        IFCAAlgorithm,
-        FedEMAlgorithm,
-        MochaAlgorithm,
-    ],
-    Field(discriminator="name"),
-]
+#: ``Algorithm``: any registered algorithm (``fedmtl list algorithm``), chosen by ``name``
+Algorithm = Annotated[SerializeAsAny[ComponentConfig], Registered("algorithm")]

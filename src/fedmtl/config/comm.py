@@ -16,30 +16,32 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SerializeAsAny, field_validator
 
+from fedmtl import registry
 from fedmtl.config.base import Size, StrictModel, Width
+from fedmtl.config.registered import ComponentConfig, Registered
 
 
-class IdentityCodec(StrictModel):
+class IdentityCodec(ComponentConfig):
     """float32, unchanged."""
 
     name: Literal["identity"] = "identity"
 
 
-class FP16Codec(StrictModel):
+class FP16Codec(ComponentConfig):
     """IEEE half precision (values beyond +-65504 are clamped)."""
 
     name: Literal["fp16"] = "fp16"
 
 
-class BF16Codec(StrictModel):
+class BF16Codec(ComponentConfig):
     """bfloat16: float32's range, 8 bits of mantissa."""
 
     name: Literal["bf16"] = "bf16"
 
 
-class Int8Codec(StrictModel):
+class Int8Codec(ComponentConfig):
     """Symmetric uniform 8-bit quantisation with a float32 scale per tensor or per output channel."""
 
     name: Literal["int8"] = "int8"
@@ -48,7 +50,7 @@ class Int8Codec(StrictModel):
     )
 
 
-class QSGDCodec(StrictModel):
+class QSGDCodec(ComponentConfig):
     """QSGD stochastic quantisation to ``levels`` levels per sign, unbiased (Alistarh et al., 2017)."""
 
     name: Literal["qsgd"] = "qsgd"
@@ -56,7 +58,7 @@ class QSGDCodec(StrictModel):
     bucket_size: Size = Field(default=512, description="Coordinates sharing one norm.")
 
 
-class SignCodec(StrictModel):
+class SignCodec(ComponentConfig):
     """Scaled sign: one bit per coordinate times the mean magnitude (EF-signSGD, Karimireddy et al., 2019)."""
 
     name: Literal["sign"] = "sign"
@@ -67,7 +69,7 @@ class SignCodec(StrictModel):
     error_feedback: bool = True
 
 
-class TopKCodec(StrictModel):
+class TopKCodec(ComponentConfig):
     """Keep the ``fraction`` largest-magnitude coordinates of each tensor (Stich et al., 2018)."""
 
     name: Literal["topk"] = "topk"
@@ -75,7 +77,7 @@ class TopKCodec(StrictModel):
     error_feedback: bool = True
 
 
-class RandKCodec(StrictModel):
+class RandKCodec(ComponentConfig):
     """Keep a random ``fraction`` of each tensor's coordinates; only a seed travels for the indices."""
 
     name: Literal["randk"] = "randk"
@@ -83,7 +85,7 @@ class RandKCodec(StrictModel):
     error_feedback: bool = True
 
 
-class DGCCodec(StrictModel):
+class DGCCodec(ComponentConfig):
     """Top-k with Deep Gradient Compression's momentum correction, masking and warm-up (Lin et al., 2018)."""
 
     name: Literal["dgc"] = "dgc"
@@ -95,7 +97,7 @@ class DGCCodec(StrictModel):
     error_feedback: bool = True
 
 
-class SketchCodec(StrictModel):
+class SketchCodec(ComponentConfig):
     """Count sketch of each tensor, unsketched to its top-k by the receiver (FetchSGD, Rothchild et al., 2020)."""
 
     name: Literal["sketch"] = "sketch"
@@ -106,7 +108,7 @@ class SketchCodec(StrictModel):
     error_feedback: bool = True
 
 
-class PowerSGDCodec(StrictModel):
+class PowerSGDCodec(ComponentConfig):
     """Rank-r power iteration warm-started from the previous Q (Vogels et al., 2019)."""
 
     name: Literal["powersgd"] = "powersgd"
@@ -114,7 +116,7 @@ class PowerSGDCodec(StrictModel):
     error_feedback: bool = True
 
 
-class BlockQCodec(StrictModel):
+class BlockQCodec(ComponentConfig):
     """b-bit stochastic rounding with one float32 scale per block: unbiased (e.g. 4-bit, blocks of 64)."""
 
     name: Literal["blockq"] = "blockq"
@@ -122,7 +124,7 @@ class BlockQCodec(StrictModel):
     block_size: Size = Field(default=64, description="Coordinates sharing one scale.")
 
 
-class ZstdCodec(StrictModel):
+class ZstdCodec(ComponentConfig):
     """Lossless Zstandard compression of the serialised payload."""
 
     name: Literal["zstd"] = "zstd"
@@ -133,41 +135,32 @@ class ZstdCodec(StrictModel):
     )
 
 
-class LZ4Codec(StrictModel):
+class LZ4Codec(ComponentConfig):
     """Lossless LZ4 block compression of the serialised payload."""
 
     name: Literal["lz4"] = "lz4"
 
 
-Codec = Annotated[
-    IdentityCodec
-    | FP16Codec
-    | BF16Codec
-    | Int8Codec
-    | QSGDCodec
-    | SignCodec
-    | TopKCodec
-    | RandKCodec
-    | DGCCodec
-    | SketchCodec
-    | PowerSGDCodec
-    | BlockQCodec
-    | ZstdCodec
-    | LZ4Codec,
-    Field(discriminator="name"),
-]
+#: ``Codec``: any registered codec (``fedmtl list codec``), chosen by ``name``
+Codec = Annotated[SerializeAsAny[ComponentConfig], Registered("codec")]
 
-SPARSIFIERS = frozenset({"topk", "randk", "dgc", "sketch"})
-QUANTISERS = frozenset({"identity", "fp16", "bf16", "int8", "qsgd", "sign", "powersgd", "blockq"})
-BYTE_CODECS = frozenset({"zstd", "lz4"})
-#: meaningful for updates (with error feedback) only
-UPDATE_ONLY = frozenset({"topk", "randk", "sign", "dgc", "sketch", "powersgd"})
-_STAGE = {**{n: 0 for n in SPARSIFIERS}, **{n: 1 for n in QUANTISERS}, **{n: 2 for n in BYTE_CODECS}}
-_STAGE_NAME = (
-    "sparsifier (topk, randk, dgc, sketch)",
-    "quantiser (identity, fp16, bf16, int8, qsgd, sign, powersgd, blockq)",
-    "byte codec (zstd, lz4)",
-)
+#: the stages of a chain, in encoding order (a codec registers its ``stage``)
+STAGES = ("sparsifier", "quantiser", "byte")
+_STAGE_LABEL = {"sparsifier": "sparsifier", "quantiser": "quantiser", "byte": "byte codec"}
+
+
+def codecs_of_stage(stage: str) -> frozenset[str]:
+    """The registered codecs of one stage (``sparsifier``, ``quantiser`` or ``byte``)."""
+    return frozenset(c.name for c in registry.components("codec") if c.traits["stage"] == stage)
+
+
+def update_only_codecs() -> frozenset[str]:
+    """Codecs meaningful for updates (with error feedback) only: registered with ``update_only=True``."""
+    return frozenset(c.name for c in registry.components("codec") if c.traits.get("update_only"))
+
+
+def _stage_name(stage: int) -> str:
+    return f"{_STAGE_LABEL[STAGES[stage]]} ({', '.join(sorted(codecs_of_stage(STAGES[stage])))})"
 
 
 def check_chain(names: list[str]) -> None:
@@ -178,18 +171,19 @@ def check_chain(names: list[str]) -> None:
     """
     last = -1
     for i, name in enumerate(names):
-        if name not in _STAGE:
-            raise ValueError(f"unknown codec {name!r} at position {i}")
-        stage = _STAGE[name]
+        try:
+            stage = STAGES.index(registry.get("codec", name).traits["stage"])
+        except registry.RegistryError:
+            raise ValueError(f"unknown codec {name!r} at position {i}; allowed: {', '.join(registry.names('codec'))}") from None
         if stage == last:
             raise ValueError(
-                f"codec chain {names} has two {_STAGE_NAME[stage]} stages ({names[i - 1]!r} and {name!r}); "
+                f"codec chain {names} has two {_stage_name(stage)} stages ({names[i - 1]!r} and {name!r}); "
                 "use at most one of each"
             )
         if stage < last:
             raise ValueError(
-                f"codec chain {names}: {name!r} (a {_STAGE_NAME[stage]}) cannot follow {names[i - 1]!r} "
-                f"(a {_STAGE_NAME[last]}); order is sparsifier -> quantiser -> byte codec"
+                f"codec chain {names}: {name!r} (a {_stage_name(stage)}) cannot follow {names[i - 1]!r} "
+                f"(a {_stage_name(last)}); order is sparsifier -> quantiser -> byte codec"
             )
         last = stage
 
@@ -219,7 +213,7 @@ class CommConfig(StrictModel):
     @field_validator("downlink")
     @classmethod
     def _downlink_sends_parameters(cls, chain: list[Codec]) -> list[Codec]:
-        update_only = [c.name for c in chain if c.name in UPDATE_ONLY]
+        update_only = [c.name for c in chain if c.name in update_only_codecs()]
         if update_only:
             raise ValueError(
                 f"comm.downlink carries the global parameters, not updates: {update_only} would zero or "

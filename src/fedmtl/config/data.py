@@ -78,11 +78,32 @@ class TableSource(StrictModel):
     """
 
     name: Literal["table"] = "table"
-    path: str
-    tasks: list[TaskSpec] = Field(min_length=1)
-    features: list[str] | None = None
-    client_column: str | None = Field(default=None, description="Column that names each row's client.")
-    holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    path: str = Field(min_length=1, description="The file: .csv / .txt, .parquet / .pq (extra parquet) or .npz.")
+    tasks: list[TaskSpec] = Field(min_length=1, description="One entry per task: its name, kind and target column.")
+    features: list[str] | None = Field(
+        default=None,
+        description="Feature columns (numeric or categorical); default: every column that is not a task or client column.",
+    )
+    client_column: str | None = Field(
+        default=None, description="Column that names each row's client; used by partition natural (ignored, with a warning, by the others)."
+    )
+    holdout_fraction: float = Field(default=0.2, ge=0, lt=1, description="Share of the rows held out for the server's global evaluation.")
+
+    @model_validator(mode="after")
+    def _no_label_leak(self) -> TableSource:
+        targets = {t.column or t.name: t.name for t in self.tasks}
+        if len(targets) < len(self.tasks):
+            columns = [t.column or t.name for t in self.tasks]
+            raise ValueError(f"two tasks read the same target column: {sorted({c for c in columns if columns.count(c) > 1})}")
+        leaks = [c for c in self.features or [] if c in targets]
+        if leaks:
+            raise ValueError(
+                f"features list the target column(s) {leaks} of task(s) {[targets[c] for c in leaks]}: "
+                "a label among the features leaks it into the model; remove it from features"
+            )
+        if self.client_column is not None and self.client_column in targets:
+            raise ValueError(f"client_column {self.client_column!r} is also the target column of task {targets[self.client_column]!r}")
+        return self
 
 
 class ArraysSource(StrictModel):
@@ -177,6 +198,17 @@ class Preprocessing(StrictModel):
     normalize: Literal["none", "client", "federated"] = "federated"
 
 
+class SmallClients(StrictModel):
+    """Clients with fewer than ``min_rows`` usable rows (labelled for a task they hold, and with
+    ``missing: drop`` without a missing feature) are reported in the log and ``summary.json``, then
+    ``drop``: left out; ``merge``: pooled into one client (into the smallest other client when the pool
+    is still below ``min_rows``); ``keep``: kept as they are. Applied after task assignment, so
+    ``task_assignment: explicit`` indices refer to the partition's clients."""
+
+    min_rows: Size = Field(default=2, description="Smallest usable client; a 1-row client has no local test row.")
+    action: Literal["drop", "merge", "keep"] = "drop"
+
+
 class DataConfig(StrictModel):
     """Where data comes from and how it is split among clients."""
 
@@ -186,6 +218,7 @@ class DataConfig(StrictModel):
     task_assignment: TaskAssignment = Field(default_factory=AllTasks)
     test_fraction: float = Field(default=0.2, ge=0, lt=1, description="Share of each client's rows kept for its local test split.")
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    small_clients: SmallClients = Field(default_factory=SmallClients)
 
     @model_validator(mode="after")
     def _natural_needs_natural_source(self) -> DataConfig:

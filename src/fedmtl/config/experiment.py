@@ -10,7 +10,7 @@ from fedmtl.config.comm import CommConfig
 from fedmtl.config.data import ArraysSource, DataConfig, TableSource
 from fedmtl.config.engine import DefaultEngine, Engine, RuntimeConfig
 from fedmtl.config.model import Architecture, HardSharing
-from fedmtl.config.mtl import LOSS_BALANCERS, MTLConfig
+from fedmtl.config.mtl import MTLConfig, loss_balancers
 from fedmtl.config.privacy import PrivacyConfig
 from fedmtl.config.tracking import Tracker
 from fedmtl.config.training import SGD, ClientConfig, ServerConfig
@@ -138,9 +138,9 @@ class ExperimentConfig(StrictModel):
                 f"privacy.dp_sgd privatises the local trainer's plain steps, which algorithm {name!r} changes or "
                 f"goes around; allowed: {', '.join(DP_SGD_ALGORITHMS)}"
             )
-        if self.privacy.dp_sgd is not None and self.mtl.balancer.name not in LOSS_BALANCERS:
+        if self.privacy.dp_sgd is not None and self.mtl.balancer.name not in loss_balancers():
             raise ValueError(
                 f"privacy.dp_sgd needs a balancer that only weights losses; mtl.balancer {self.mtl.balancer.name!r} "
-                f"needs per-task gradients, which per-sample clipping does not provide; allowed: {', '.join(sorted(LOSS_BALANCERS))}"
+                f"needs per-task gradients, which per-sample clipping does not provide; allowed: {', '.join(sorted(loss_balancers()))}"
             )
         return self

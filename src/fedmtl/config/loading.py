@@ -11,8 +11,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from fedmtl.config.experiment import ExperimentConfig
+from fedmtl.config.registered import models_of, registered_kind
 
 
 class ConfigError(ValueError):
@@ -82,7 +84,7 @@ def _model_of(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         if model is None or isinstance(part, int) or part.startswith("function-"):
             continue
         info = model.model_fields.get(part)
-        members = _models_in(info.annotation) if info is not None else []
+        members = _field_models(info) if info is not None else []
         model = members[0] if len(members) == 1 else None
         members = [] if len(members) == 1 else members
     return model
@@ -215,16 +217,25 @@ def kind_sections() -> frozenset[str]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for field_name, info in model.model_fields.items():
             path = f"{prefix}{field_name}"
-            if info.discriminator is not None:
+            if info.discriminator is not None or registered_kind(info.metadata) is not None:
                 found.add(path)
-            for member in _models_in(info.annotation):
+            for member in _field_models(info):
                 walk(member, path + ".")
 
     walk(ExperimentConfig, "")
     return frozenset(found)
 
 
+def _field_models(info: FieldInfo) -> list[type[BaseModel]]:
+    """The config models a field may hold: its union's members, or every model registered for its kind."""
+    kind = registered_kind(info.metadata)
+    return models_of(kind) if kind is not None else _models_in(info.annotation)
+
+
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    kind = registered_kind(getattr(annotation, "__metadata__", ()))
+    if kind is not None:
+        return models_of(kind)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     out: list[type[BaseModel]] = []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, SerializeAsAny, model_validator
 
-from fedmtl.config.base import StrictModel, Width
+from fedmtl.config.base import Width
+from fedmtl.config.registered import ComponentConfig, Registered
 
 #: the most layers a trunk, head, tower or expert may stack
 MAX_LAYERS = 64
@@ -16,7 +17,7 @@ Layers = Annotated[list[Width], Field(max_length=MAX_LAYERS)]
 Hidden = Annotated[list[Width], Field(min_length=1, max_length=MAX_LAYERS)]
 
 
-class MLPTrunk(StrictModel):
+class MLPTrunk(ComponentConfig):
     """A multilayer perceptron on flattened inputs."""
 
     name: Literal["mlp"] = "mlp"
@@ -30,7 +31,7 @@ class MLPTrunk(StrictModel):
     )
 
 
-class CNN1DTrunk(StrictModel):
+class CNN1DTrunk(ComponentConfig):
     """A 1-D convolutional trunk for signals such as MNIST-1D."""
 
     name: Literal["cnn1d"] = "cnn1d"
@@ -39,7 +40,7 @@ class CNN1DTrunk(StrictModel):
     hidden: Width = 128
 
 
-class CNN2DTrunk(StrictModel):
+class CNN2DTrunk(ComponentConfig):
     """A 2-D convolutional trunk for images such as Fashion-MNIST."""
 
     name: Literal["cnn2d"] = "cnn2d"
@@ -47,10 +48,11 @@ class CNN2DTrunk(StrictModel):
     hidden: Width = 128
 
 
-Trunk = Annotated[MLPTrunk | CNN1DTrunk | CNN2DTrunk, Field(discriminator="name")]
+#: ``Trunk``: any registered trunk (``fedmtl list trunk``), chosen by ``name``
+Trunk = Annotated[SerializeAsAny[ComponentConfig], Registered("trunk")]
 
 
-class HardSharing(StrictModel):
+class HardSharing(ComponentConfig):
     """Hard parameter sharing: one shared trunk, one head per task."""
 
     name: Literal["hard_sharing"] = "hard_sharing"
@@ -58,7 +60,7 @@ class HardSharing(StrictModel):
     head_hidden: Layers = Field(default=[], description="Hidden layers of each task head.")
 
 
-class SharedEncoder(StrictModel):
+class SharedEncoder(ComponentConfig):
     """Feature sharing: a shared encoder feeding one tower (MLP) per task."""
 
     name: Literal["shared_encoder"] = "shared_encoder"
@@ -66,7 +68,7 @@ class SharedEncoder(StrictModel):
     tower_hidden: Hidden = Field(default=[64])
 
 
-class SoftSharing(StrictModel):
+class SoftSharing(ComponentConfig):
     """One model per task, coupled by ``strength * sum_t ||theta_t - mean||^2``."""
 
     name: Literal["soft_sharing"] = "soft_sharing"
@@ -75,7 +77,7 @@ class SoftSharing(StrictModel):
     strength: NonNegativeFloat = 1e-3
 
 
-class CrossStitch(StrictModel):
+class CrossStitch(ComponentConfig):
     """Cross-stitch networks: one MLP column per task mixed by learned units after every layer."""
 
     name: Literal["cross_stitch"] = "cross_stitch"
@@ -83,14 +85,14 @@ class CrossStitch(StrictModel):
     self_weight: float = Field(default=0.9, gt=0, le=1)
 
 
-class MTAN(StrictModel):
+class MTAN(ComponentConfig):
     """Multi-task attention network: shared MLP backbone, per-task attention masks."""
 
     name: Literal["mtan"] = "mtan"
     hidden: Hidden = Field(default=[128, 64])
 
 
-class MMoE(StrictModel):
+class MMoE(ComponentConfig):
     """Multi-gate mixture of experts."""
 
     name: Literal["mmoe"] = "mmoe"
@@ -99,7 +101,7 @@ class MMoE(StrictModel):
     tower_hidden: Layers = Field(default=[])
 
 
-class CGC(StrictModel):
+class CGC(ComponentConfig):
     """Customised gate control (single-level PLE)."""
 
     name: Literal["cgc"] = "cgc"
@@ -109,7 +111,7 @@ class CGC(StrictModel):
     tower_hidden: Layers = Field(default=[])
 
 
-class PLE(StrictModel):
+class PLE(ComponentConfig):
     """Progressive layered extraction (stacked CGC layers)."""
 
     name: Literal["ple"] = "ple"
@@ -120,7 +122,7 @@ class PLE(StrictModel):
     tower_hidden: Layers = Field(default=[])
 
 
-class DSelectK(StrictModel):
+class DSelectK(ComponentConfig):
     """Mixture of experts with DSelect-k gates."""
 
     name: Literal["dselect_k"] = "dselect_k"
@@ -137,7 +139,7 @@ class DSelectK(StrictModel):
         return self
 
 
-class LTB(StrictModel):
+class LTB(ComponentConfig):
     """Learning to branch: a tree-structured MLP with learned parent choices."""
 
     name: Literal["ltb"] = "ltb"
@@ -152,7 +154,7 @@ class LTB(StrictModel):
         return self
 
 
-class MTRL(StrictModel):
+class MTRL(ComponentConfig):
     """Multi-task relationship learning: task adapters coupled by a learned task covariance."""
 
     name: Literal["mtrl"] = "mtrl"
@@ -161,7 +163,7 @@ class MTRL(StrictModel):
     strength: NonNegativeFloat = 1e-3
 
 
-class Distillation(StrictModel):
+class Distillation(ComponentConfig):
     """Per-task students distilled to and from a shared multi-task teacher (Distral)."""
 
     name: Literal["distillation"] = "distillation"
@@ -170,7 +172,7 @@ class Distillation(StrictModel):
     temperature: PositiveFloat = 2.0
 
 
-class ImportedModel(StrictModel):
+class ImportedModel(ComponentConfig):
     """Your own model, built by a factory you name by import path (so the CLI, torchrun workers and Flower
     ClientApps can build it): ``factory(**kwargs)`` returns a ``torch.nn.Module`` whose ``forward(x)`` (or
     ``forward(x, tasks)``) returns ``{task: prediction}``. The factory also receives ``input_shape`` and
@@ -185,7 +187,5 @@ class ImportedModel(StrictModel):
     )
 
 
-Architecture = Annotated[
-    HardSharing | SharedEncoder | SoftSharing | CrossStitch | MTAN | MMoE | CGC | PLE | DSelectK | LTB | MTRL | Distillation | ImportedModel,
-    Field(discriminator="name"),
-]
+#: ``Architecture``: any registered model (``fedmtl list model``), chosen by ``name``
+Architecture = Annotated[SerializeAsAny[ComponentConfig], Registered("model")]

@@ -9,47 +9,49 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, SerializeAsAny, model_validator
 
+from fedmtl import registry
 from fedmtl.config.base import Count, StrictModel
+from fedmtl.config.registered import ComponentConfig, Registered
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
-class EqualWeighting(StrictModel):
+class EqualWeighting(ComponentConfig):
     """Sum of the task losses, each with weight 1."""
 
     name: Literal["equal"] = "equal"
 
 
-class StaticWeighting(StrictModel):
+class StaticWeighting(ComponentConfig):
     """Fixed weights: f1 + lambda * f2, and so on. Tasks not listed get weight 1."""
 
     name: Literal["static"] = "static"
     weights: dict[str, PositiveFloat]
 
 
-class RLW(StrictModel):
+class RLW(ComponentConfig):
     """Random loss weighting (Lin et al., 2022)."""
 
     name: Literal["rlw"] = "rlw"
 
 
-class DWA(StrictModel):
+class DWA(ComponentConfig):
     """Dynamic weight average (Liu et al., 2019)."""
 
     name: Literal["dwa"] = "dwa"
     temperature: PositiveFloat = 2.0
 
 
-class UncertaintyWeighting(StrictModel):
+class UncertaintyWeighting(ComponentConfig):
     """Homoscedastic uncertainty weighting (Kendall et al., 2018)."""
 
     name: Literal["uw"] = "uw"
     lr: PositiveFloat = 0.05
 
 
-class GradNorm(StrictModel):
+class GradNorm(ComponentConfig):
     """Gradient normalisation (Chen et al., 2018)."""
 
     name: Literal["gradnorm"] = "gradnorm"
@@ -57,13 +59,13 @@ class GradNorm(StrictModel):
     lr: PositiveFloat = 0.025
 
 
-class GLS(StrictModel):
+class GLS(ComponentConfig):
     """Geometric loss strategy (Chennupati et al., 2019)."""
 
     name: Literal["gls"] = "gls"
 
 
-class FAMO(StrictModel):
+class FAMO(ComponentConfig):
     """Fast adaptive multitask optimisation (Liu et al., 2023)."""
 
     name: Literal["famo"] = "famo"
@@ -71,7 +73,7 @@ class FAMO(StrictModel):
     gamma: NonNegativeFloat = 0.001
 
 
-class STCH(StrictModel):
+class STCH(ComponentConfig):
     """Smooth Tchebycheff scalarisation (Lin et al., 2024)."""
 
     name: Literal["stch"] = "stch"
@@ -79,21 +81,21 @@ class STCH(StrictModel):
     warmup_steps: Count = 20
 
 
-class ExcessMTL(StrictModel):
+class ExcessMTL(ComponentConfig):
     """Excess-risk weighting (He et al., 2024)."""
 
     name: Literal["excess_mtl"] = "excess_mtl"
     robust_step_size: PositiveFloat = 0.01
 
 
-class FairGrad(StrictModel):
+class FairGrad(ComponentConfig):
     """Alpha-fair gradient aggregation (Ban & Ji, 2024)."""
 
     name: Literal["fairgrad"] = "fairgrad"
     alpha: PositiveFloat = 1.0
 
 
-class MoCo(StrictModel):
+class MoCo(ComponentConfig):
     """Momentum-corrected MGDA (Fernando et al., 2023)."""
 
     name: Literal["moco"] = "moco"
@@ -104,20 +106,20 @@ class MoCo(StrictModel):
     rho: NonNegativeFloat = 0.0
 
 
-class PCGrad(StrictModel):
+class PCGrad(ComponentConfig):
     """Projecting conflicting gradients (Yu et al., 2020)."""
 
     name: Literal["pcgrad"] = "pcgrad"
 
 
-class GradVac(StrictModel):
+class GradVac(ComponentConfig):
     """Gradient vaccine (Wang et al., 2021)."""
 
     name: Literal["gradvac"] = "gradvac"
     beta: Fraction = 0.5
 
 
-class GradDrop(StrictModel):
+class GradDrop(ComponentConfig):
     """Gradient sign dropout (Chen et al., 2020)."""
 
     name: Literal["graddrop"] = "graddrop"
@@ -127,28 +129,28 @@ class GradDrop(StrictModel):
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 
-class MGDA(StrictModel):
+class MGDA(ComponentConfig):
     """Multiple-gradient descent (Sener & Koltun, 2018) on parameter gradients."""
 
     name: Literal["mgda"] = "mgda"
     normalization: Normalization = "none"
 
 
-class MGDAUB(StrictModel):
+class MGDAUB(ComponentConfig):
     """MGDA-UB: MGDA on gradients of the shared representation (needs a hard-sharing-like model)."""
 
     name: Literal["mgda_ub"] = "mgda_ub"
     normalization: Normalization = "none"
 
 
-class CAGrad(StrictModel):
+class CAGrad(ComponentConfig):
     """Conflict-averse gradient descent (Liu et al., 2021)."""
 
     name: Literal["cagrad"] = "cagrad"
     c: NonNegativeFloat = 0.4
 
 
-class IMTL(StrictModel):
+class IMTL(ComponentConfig):
     """Impartial MTL (Liu et al., 2021): IMTL-G, plus IMTL-L when ``loss_scaling``."""
 
     name: Literal["imtl"] = "imtl"
@@ -156,7 +158,7 @@ class IMTL(StrictModel):
     lr: PositiveFloat = 0.025
 
 
-class NashMTL(StrictModel):
+class NashMTL(ComponentConfig):
     """Nash bargaining (Navon et al., 2022). ``solver: cvxpy`` needs the ``solvers`` extra."""
 
     name: Literal["nash_mtl"] = "nash_mtl"
@@ -164,13 +166,13 @@ class NashMTL(StrictModel):
     update_every: Count = 1
 
 
-class AlignedMTL(StrictModel):
+class AlignedMTL(ComponentConfig):
     """Aligned-MTL (Senushkin et al., 2023)."""
 
     name: Literal["aligned_mtl"] = "aligned_mtl"
 
 
-class DBMTL(StrictModel):
+class DBMTL(ComponentConfig):
     """Dual balancing (Lin et al., 2023)."""
 
     name: Literal["db_mtl"] = "db_mtl"
@@ -181,7 +183,7 @@ class DBMTL(StrictModel):
 PrefWeight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class UPGrad(StrictModel):
+class UPGrad(ComponentConfig):
     """Unconflicting projection of gradients (Quinton & Rey, 2024). ``pref_vector``: a weight per task
     (TorchJD's preference vector; every task of the objective must be listed), default ``1/T``."""
 
@@ -189,14 +191,14 @@ class UPGrad(StrictModel):
     pref_vector: dict[str, PrefWeight] | None = None
 
 
-class DualProj(StrictModel):
+class DualProj(ComponentConfig):
     """Dual-cone projection of the mean gradient, or of ``sum_t p_t g_t`` with ``pref_vector`` (Quinton & Rey, 2024)."""
 
     name: Literal["dualproj"] = "dualproj"
     pref_vector: dict[str, PrefWeight] | None = None
 
 
-class MoDo(StrictModel):
+class MoDo(ComponentConfig):
     """Multi-objective gradient with double sampling (Chen et al., 2023), single-sample form."""
 
     name: Literal["modo"] = "modo"
@@ -204,39 +206,37 @@ class MoDo(StrictModel):
     rho: NonNegativeFloat = 0.1
 
 
-class SDMGrad(StrictModel):
+class SDMGrad(ComponentConfig):
     """Direction-oriented multi-objective gradient (Xiao et al., 2023): the subproblem solved exactly, one minibatch."""
 
     name: Literal["sdmgrad"] = "sdmgrad"
     lam: NonNegativeFloat = 0.3
 
 
-class ConFIG(StrictModel):
+class ConFIG(ComponentConfig):
     """Conflict-free inverse gradients (Liu et al., 2025)."""
 
     name: Literal["config"] = "config"
 
 
-Balancer = Annotated[
-    EqualWeighting | StaticWeighting | RLW | DWA | UncertaintyWeighting | GradNorm | GLS | FAMO | STCH | ExcessMTL | FairGrad | MoCo | PCGrad | GradVac | GradDrop | MGDA | MGDAUB | CAGrad | IMTL | NashMTL | AlignedMTL | DBMTL | UPGrad | DualProj | ConFIG | MoDo | SDMGrad,
-    Field(discriminator="name"),
-]
+#: ``mtl.balancer``: any registered balancer (``fedmtl list balancer``), chosen by ``name``
+Balancer = Annotated[SerializeAsAny[ComponentConfig], Registered("balancer")]
 
 
-class WeightedSum(StrictModel):
+class WeightedSum(ComponentConfig):
     """Joint optimisation of the weighted sum of task losses, weights from the balancer."""
 
     name: Literal["weighted_sum"] = "weighted_sum"
 
 
-class Alternating(StrictModel):
+class Alternating(ComponentConfig):
     """One task at a time, switching every step or every epoch (other tasks' heads fixed)."""
 
     name: Literal["alternating"] = "alternating"
     every: Literal["step", "epoch"] = "step"
 
 
-class Lagrangian(StrictModel):
+class Lagrangian(ComponentConfig):
     """Minimise ``main``'s loss s.t. ``f_t <= eps_t`` (``constraints``); projected dual ascent with ``dual_lr``."""
 
     name: Literal["lagrangian"] = "lagrangian"
@@ -252,7 +252,8 @@ class Lagrangian(StrictModel):
         return self
 
 
-Scheme = Annotated[WeightedSum | Alternating | Lagrangian, Field(discriminator="name")]
+#: ``mtl.scheme``: any registered scheme (``fedmtl list scheme``), chosen by ``name``
+Scheme = Annotated[SerializeAsAny[ComponentConfig], Registered("scheme")]
 
 
 class Gradients(StrictModel):
@@ -262,10 +263,15 @@ class Gradients(StrictModel):
     jacobian: Literal["batched", "loop"] = "batched"
 
 
-#: balancers that weight the task losses only (no per-task gradients); the others need per-task gradients
-LOSS_BALANCERS = frozenset({"equal", "static", "rlw", "dwa", "uw", "gls", "famo", "stch"})
-#: balancers whose state is per parameter, so their per-task gradients must be taken on the parameters
-PARAMETER_GRADIENT_BALANCERS = frozenset({"db_mtl", "moco", "excess_mtl"})
+def loss_balancers() -> frozenset[str]:
+    """Balancers that weight the task losses only (no per-task gradients): registered with ``loss_only=True``."""
+    return frozenset(c.name for c in registry.components("balancer") if c.traits.get("loss_only"))
+
+
+def parameter_gradient_balancers() -> frozenset[str]:
+    """Balancers whose state is per parameter, so their per-task gradients must be taken on the parameters
+    (registered with ``per_parameter_state=True``)."""
+    return frozenset(c.name for c in registry.components("balancer") if c.traits.get("per_parameter_state"))
 
 
 class MTLConfig(StrictModel):
@@ -286,7 +292,7 @@ class MTLConfig(StrictModel):
 
     @model_validator(mode="after")
     def _per_parameter_state_needs_parameter_gradients(self) -> MTLConfig:
-        if self.gradients.source == "representation" and self.balancer.name in PARAMETER_GRADIENT_BALANCERS:
+        if self.gradients.source == "representation" and self.balancer.name in parameter_gradient_balancers():
             raise ValueError(
                 f"mtl.balancer {self.balancer.name!r} keeps state per parameter and needs mtl.gradients.source "
                 "'parameters', got 'representation'"

@@ -8,7 +8,8 @@ Three independent switches, all off by default:
   (Andrew et al., NeurIPS 2021); accounting with Opacus' RDP or PRV accountant.
 * ``secure_aggregation``: the Bonawitz et al. (CCS 2017) masking protocol, optionally over a sparse
   neighbour graph (SecAgg+, Bell et al., CCS 2020).
-* ``dp_sgd``: sample-level DP-SGD on each client through Opacus (Abadi et al., CCS 2016).
+* ``dp_sgd``: sample-level DP-SGD on each client (Abadi et al., CCS 2016): per-example gradients by
+  ``torch.func``, accounting by Opacus.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class SecureAggregationConfig(StrictModel):
 
 
 class DPSGDConfig(StrictModel):
-    """Sample-level DP-SGD on each client through Opacus (Abadi et al., 2016)."""
+    """Sample-level DP-SGD on each client (Abadi et al., 2016): Poisson lots, per-example clipping, Gaussian noise."""
 
     max_grad_norm: PositiveFloat = Field(default=1.0, description="Per-sample gradient clip norm.")
     noise_multiplier: float | None = Field(default=None, ge=0)

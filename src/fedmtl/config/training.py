@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, SerializeAsAny, model_validator
 
 from fedmtl.config.base import MAX_SIZE, Count, Size, StrictModel
+from fedmtl.config.registered import ComponentConfig, Registered
 
 
-class SGD(StrictModel):
+class SGD(ComponentConfig):
     """Minibatch SGD on the client."""
 
     name: Literal["sgd"] = "sgd"
@@ -18,7 +19,7 @@ class SGD(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
 
 
-class Adam(StrictModel):
+class Adam(ComponentConfig):
     """Adam on the client (its moments restart each round: they are not part of the global model)."""
 
     name: Literal["adam"] = "adam"
@@ -40,14 +41,14 @@ class ClientConfig(StrictModel):
     max_grad_norm: PositiveFloat | None = Field(default=None, description="Clip each step's gradient norm.")
 
 
-class FedAvgServer(StrictModel):
+class FedAvgServer(ComponentConfig):
     """FedAvg: the global model moves by the weighted mean update times ``lr`` (1 = plain averaging)."""
 
     name: Literal["fedavg"] = "fedavg"
     lr: PositiveFloat = 1.0
 
 
-class FedAvgMServer(StrictModel):
+class FedAvgMServer(ComponentConfig):
     """FedAvgM: server momentum ``m = momentum * m + Δ``, ``x += lr * m`` (Hsu et al., 2019)."""
 
     name: Literal["fedavgm"] = "fedavgm"
@@ -56,7 +57,7 @@ class FedAvgMServer(StrictModel):
     nesterov: bool = False
 
 
-class _AdaptiveServer(StrictModel):
+class _AdaptiveServer(ComponentConfig):
     """Reddi et al. (2021) adaptive server optimiser: ``x += lr * m / (sqrt(v) + tau)``."""
 
     lr: PositiveFloat = 0.01
@@ -85,32 +86,30 @@ class FedYogiServer(_AdaptiveServer):
     name: Literal["fedyogi"] = "fedyogi"
 
 
-ServerOptimizer = Annotated[
-    Union[FedAvgServer, FedAvgMServer, FedAdagradServer, FedAdamServer, FedYogiServer],
-    Field(discriminator="name"),
-]
+#: ``ServerOptimizer``: any registered server_optimizer (``fedmtl list server_optimizer``), chosen by ``name``
+ServerOptimizer = Annotated[SerializeAsAny[ComponentConfig], Registered("server_optimizer")]
 
 
-class WeightedMean(StrictModel):
+class WeightedMean(ComponentConfig):
     """Sample-count weighted mean (FedAvg's aggregation)."""
 
     name: Literal["mean"] = "mean"
 
 
-class CoordinateMedian(StrictModel):
+class CoordinateMedian(ComponentConfig):
     """Coordinate-wise median of the updates (Yin et al., 2018)."""
 
     name: Literal["median"] = "median"
 
 
-class TrimmedMean(StrictModel):
+class TrimmedMean(ComponentConfig):
     """Coordinate-wise mean after dropping the ``beta`` share largest and smallest values (Yin et al., 2018)."""
 
     name: Literal["trimmed_mean"] = "trimmed_mean"
     beta: float = Field(default=0.1, ge=0, lt=0.5)
 
 
-class KrumAggregator(StrictModel):
+class KrumAggregator(ComponentConfig):
     """(Multi-)Krum: mean of the ``m`` updates closest to their neighbours, tolerating ``f`` attackers (Blanchard et al., 2017)."""
 
     name: Literal["krum"] = "krum"
@@ -118,17 +117,15 @@ class KrumAggregator(StrictModel):
     m: Size = Field(default=1, description="Updates averaged (1 = Krum, >1 = Multi-Krum).")
 
 
-class NormBoundedMean(StrictModel):
+class NormBoundedMean(ComponentConfig):
     """Clip each update to ``max_norm`` (L2, per parameter group), then the weighted mean (Sun et al., 2019)."""
 
     name: Literal["norm_bounded"] = "norm_bounded"
     max_norm: PositiveFloat = 1.0
 
 
-Aggregator = Annotated[
-    Union[WeightedMean, CoordinateMedian, TrimmedMean, KrumAggregator, NormBoundedMean],
-    Field(discriminator="name"),
-]
+#: ``Aggregator``: any registered aggregator (``fedmtl list aggregator``), chosen by ``name``
+Aggregator = Annotated[SerializeAsAny[ComponentConfig], Registered("aggregator")]
 
 
 class ByzantineConfig(StrictModel):

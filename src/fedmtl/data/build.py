@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from fedmtl.config import data as dcfg
 from fedmtl.data import assignment, partition
+from fedmtl.data.cleaning import CleaningCounts, CleaningReport, SmallClients
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.data.preprocessing import Moments, clean, normalize, transform
+from fedmtl.data.preprocessing import Moments, clean, normalize, rows_by_features, transform
+from fedmtl.data.small_clients import apply_min_size
 from fedmtl.data.source import DataError, SourceData
 from fedmtl.data.sources import load_source
 from fedmtl.tasks import MISSING_CLASS, Task
+
+log = logging.getLogger("fedmtl")
 
 
 def _streams(seed: int, n: int) -> list[np.random.Generator]:
@@ -40,6 +47,15 @@ def split_rows(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) 
         if src.client_ids is None:
             raise DataError("partition 'natural' needs client ids in the data (a client column)")
         return partition.natural(src.client_ids)
+    if src.client_ids is not None:
+        given = (
+            f"data.source.client_column {cfg.source.client_column!r}" if isinstance(cfg.source, dcfg.TableSource) else "the source's client ids"
+        )
+        log.warning(
+            "%s ignored: data.partition is %r, which deals rows to data.num_clients=%d clients by its own rule; "
+            "use data.partition {name: natural} to keep the data's own clients",
+            given, p.name, cfg.num_clients,
+        )
     if isinstance(p, dcfg.IIDPartition):
         return partition.iid(n, cfg.num_clients, rng)
     if isinstance(p, dcfg.QuantitySkewPartition):
@@ -74,6 +90,7 @@ def _holdout(cfg: dcfg.DataConfig, src: SourceData, rng: np.random.Generator) ->
         tasks=src.tasks,
         client_ids=None if src.client_ids is None else src.client_ids[kept],
         description=src.description,
+        client_names=src.client_names,
     )
     return rest, src.x[held], {t: v[held] for t, v in src.targets.items()}
 
@@ -100,6 +117,7 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
     pre = cfg.preprocessing
     per_feature = src.x.ndim <= 2
     task_by_name = {t.name: t for t in src.tasks}
+    rows, task_sets, targets, small = _min_size(cfg, src, rows, task_sets)
 
     raw_clients = []
     for cid, (idx, held) in enumerate(zip(rows, task_sets)):
@@ -107,13 +125,16 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
         n_test = int(round(cfg.test_fraction * len(idx))) if len(idx) > 1 else 0
         parts = {"test": idx[:n_test], "train": idx[n_test:]}
         tasks = tuple(task_by_name[t] for t in held)
-        cleaned, counts = {}, {"dropped_label": 0, "dropped_feature": 0, "imputed_values": 0}
+        cleaned, counts = {}, CleaningCounts()
         for which, ix in parts.items():
-            x, y, c = clean(src.x[ix], {t: src.targets[t][ix] for t in held}, tasks, pre.missing)
+            x, y, c = clean(src.x[ix], {t: targets[t][ix] for t in held}, tasks, pre.missing)
             cleaned[which] = (transform(x, pre.transform), y)
-            counts = {k: counts[k] + c[k] for k in counts}
+            counts += c
         if len(cleaned["train"][0]) == 0:
-            raise DataError(f"client {cid} has no usable training rows after cleaning ({counts}); check the data or the partition")
+            raise DataError(
+                f"client {cid} has no usable training rows after cleaning ({counts.describe()}); "
+                "check the data or the partition, or raise data.small_clients.min_rows"
+            )
         raw_clients.append((cid, tasks, cleaned, counts))
 
     # each client's feature moments, computed once: summed for federated statistics, alone for per-client ones
@@ -137,18 +158,58 @@ def build_federated_data(cfg: dcfg.DataConfig, seed: int, source: SourceData | N
         stats = moments[i].mean_std() if pre.normalize == "client" else x_stats
         tr = finish(*cleaned["train"], stats)
         te = finish(*cleaned["test"], stats)
-        clients.append(ClientData(cid, tuple(t.name for t in tasks), _to_split(*tr, tasks), _to_split(*te, tasks), counts))
+        clients.append(ClientData(cid, tuple(t.name for t in tasks), _to_split(*tr, tasks), _to_split(*te, tasks), counts.as_dict()))
 
-    hx, hy, _ = clean(transform(hx, pre.transform), hy, src.tasks, pre.missing) if len(hx) else (hx, hy, {})
+    hx, hy, held_counts = clean(transform(hx, pre.transform), hy, src.tasks, pre.missing) if len(hx) else (hx, hy, CleaningCounts())
     hx, hy = finish(hx, hy, x_stats)
     holdout = _to_split(hx, hy, src.tasks)
+    report = CleaningReport(sum((c[3] for c in raw_clients), CleaningCounts()), held_counts, small)
+    log.info("%s", report.describe())
+    # each standardised target's scale travels with its task: metrics report RMSE and MAE in original units
+    tasks = tuple(
+        replace(t, target_offset=float(y_stats[t.name][0][0]), target_scale=float(y_stats[t.name][1][0])) if t.name in y_stats else t
+        for t in src.tasks
+    )
     return FederatedData(
-        tasks=src.tasks,
+        tasks=tasks,
         input_shape=tuple(src.x.shape[1:]),
         clients=tuple(clients),
         holdout=holdout,
         description=src.description,
+        cleaning=report,
     )
+
+
+def _min_size(
+    cfg: dcfg.DataConfig, src: SourceData, rows: list[np.ndarray], task_sets: list[tuple[str, ...]]
+) -> tuple[list[np.ndarray], list[tuple[str, ...]], dict[str, np.ndarray], SmallClients]:
+    """Apply ``data.small_clients`` to the partition; returns the clients afterwards, the targets to
+    clean them with (a merged client's rows keep only the labels of the tasks their own client held)
+    and the report."""
+    complete = np.ones(src.x.shape[0], dtype=bool)
+    if cfg.preprocessing.missing == "drop":
+        complete = np.isfinite(rows_by_features(src.x)).all(axis=1)
+    labelled = {t: ~np.isnan(v.astype(np.float64)) for t, v in src.targets.items()}
+    sizes = [
+        int((complete[idx] & np.logical_or.reduce([labelled[t][idx] for t in held])).sum()) if held and len(idx) else 0
+        for idx, held in zip(rows, task_sets)
+    ]
+    names: list[str | None] | None = None
+    if isinstance(cfg.partition, dcfg.NaturalPartition) and src.client_names is not None and src.client_ids is not None:
+        names = [src.client_names[int(c)] for c in np.unique(src.client_ids)]
+    policy = cfg.small_clients
+    order = [t.name for t in src.tasks]
+    new_rows, new_sets, small = apply_min_size(rows, task_sets, sizes, policy.min_rows, policy.action, order, names)
+    if small.clients:
+        log.warning("%s", small.describe())
+    targets = src.targets
+    if small.merged_into is not None:  # rows of different clients now share one: mask the tasks their client did not hold
+        targets = {t: v.astype(np.float32) for t, v in src.targets.items()}
+        for idx, held in zip(rows, task_sets):
+            for t in order:
+                if t not in held:
+                    targets[t][idx] = np.nan
+    return new_rows, new_sets, targets, small
 
 
 def _labelled(y: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedmtl.data.cleaning import CleaningReport
 from fedmtl.tasks import Task
 
 
@@ -44,6 +45,7 @@ class ClientData:
     train: Split
     test: Split
     cleaning: Mapping[str, int] = field(default_factory=dict)
+    """this client's :class:`~fedmtl.data.cleaning.CleaningCounts` as a dict (rows, dropped per reason, imputed)"""
 
     @property
     def num_train(self) -> int:
@@ -59,6 +61,8 @@ class FederatedData:
     clients: tuple[ClientData, ...]
     holdout: Split
     description: str = ""
+    cleaning: CleaningReport | None = None
+    """what cleaning and the minimum client size did (None for data built outside :func:`build_federated_data`)"""
 
     @property
     def task_names(self) -> list[str]:

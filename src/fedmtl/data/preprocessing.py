@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmtl.data.cleaning import CleaningCounts
 from fedmtl.data.source import DataError
 from fedmtl.tasks import Task
 
@@ -49,16 +50,18 @@ class Moments:
 
 def clean(
     x: np.ndarray, targets: Mapping[str, np.ndarray], tasks: Sequence[Task], missing: str
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], CleaningCounts]:
     """Drop rows with an invalid label or with no label at all; drop or impute rows with non-finite features.
 
     A label that is missing (NaN) for some of a row's tasks is kept as missing (partial labels: that row
-    enters only the other tasks' losses and metrics); a row missing every label is dropped.
+    enters only the other tasks' losses and metrics); a row missing every label is dropped. A row with
+    an invalid label counts as ``dropped_invalid_label`` even when other labels are missing.
 
-    Returns the cleaned features, targets and counts: ``dropped_label``, ``dropped_feature``, ``imputed_values``.
+    Returns the cleaned features, targets and what was dropped and imputed, per reason.
     """
-    keep = np.ones(x.shape[0], dtype=bool)
-    any_label = np.zeros(x.shape[0], dtype=bool)
+    n = x.shape[0]
+    valid = np.ones(n, dtype=bool)
+    any_label = np.zeros(n, dtype=bool)
     for task in tasks:
         y = targets[task.name]
         present = ~np.isnan(y.astype(np.float64))
@@ -67,30 +70,39 @@ def clean(
             ok &= ~present | ((y >= 0) & (y < task.num_classes) & (np.mod(np.nan_to_num(y), 1) == 0))
         elif task.kind == "binary":
             ok &= ~present | np.isin(y, (0, 1))
-        keep &= ok
+        valid &= ok
         any_label |= present
-    keep &= any_label | (len(tasks) == 0)
-    counts = {"dropped_label": int((~keep).sum()), "dropped_feature": 0, "imputed_values": 0}
+    no_label = valid & ~any_label & (len(tasks) > 0)
+    keep = valid & ~no_label
     x, targets = x[keep], {k: v[keep] for k, v in targets.items()}
     flat = rows_by_features(x)
     bad = ~np.isfinite(flat)
+    dropped_feature = imputed_rows = imputed_values = 0
+    if missing not in ("drop", "impute_mean", "impute_zero"):
+        raise DataError(f"missing={missing!r} not in drop, impute_mean, impute_zero")
     if bad.any():
+        rows = bad.any(axis=1)
         if missing == "drop":
-            rows = bad.any(axis=1)
-            counts["dropped_feature"] = int(rows.sum())
+            dropped_feature = int(rows.sum())
             x, targets = x[~rows], {k: v[~rows] for k, v in targets.items()}
         else:
-            counts["imputed_values"] = int(bad.sum())
+            imputed_rows, imputed_values = int(rows.sum()), int(bad.sum())
             if missing == "impute_mean":
                 masked = np.where(bad, 0.0, flat)
                 seen = (~bad).sum(0)
                 fill = np.divide(masked.sum(0), seen, out=np.zeros(flat.shape[1]), where=seen > 0)
-            elif missing == "impute_zero":
-                fill = np.zeros(flat.shape[1])
             else:
-                raise DataError(f"missing={missing!r} not in drop, impute_mean, impute_zero")
+                fill = np.zeros(flat.shape[1])
             flat = np.where(bad, fill[None, :], flat)
             x = flat.reshape(x.shape).astype(np.float32)
+    counts = CleaningCounts(
+        rows=n,
+        dropped_no_label=int(no_label.sum()),
+        dropped_invalid_label=int((~valid).sum()),
+        dropped_feature=dropped_feature,
+        imputed_rows=imputed_rows,
+        imputed_values=imputed_values,
+    )
     return x, targets, counts
 
 

@@ -23,6 +23,7 @@ class SourceData:
         tasks: the tasks, in order.
         client_ids: ``[N]`` natural client of each row, or None.
         holdout_x / holdout_targets: the source's own test split, when it has one.
+        client_names: the natural clients' own ids (``client_ids`` indexes them), for reports.
     """
 
     x: np.ndarray
@@ -32,6 +33,7 @@ class SourceData:
     holdout_x: np.ndarray | None = None
     holdout_targets: dict[str, np.ndarray] | None = None
     description: str = ""
+    client_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]

@@ -3,44 +3,8 @@
 from __future__ import annotations
 
 from fedmtl.engine.base import CohortJob, Engine
+from fedmtl.engine.build import build_engine, make_federation
 from fedmtl.engine.sequential import SequentialEngine
 from fedmtl.engine.vectorized import VectorizedEngine
-
-
-def build_engine(cfg: object, device: str = "cpu") -> Engine:
-    """The engine an ``engine`` config describes, computing on ``device`` (``runtime.device``, resolved)."""
-    from fedmtl.config import engine as ecfg
-
-    if isinstance(cfg, ecfg.SequentialEngine):
-        return SequentialEngine()
-    if isinstance(cfg, ecfg.VectorizedEngine):
-        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device)
-    if isinstance(cfg, ecfg.DistributedEngine):
-        from fedmtl.engine.distributed import DistributedEngine
-
-        return DistributedEngine(local=build_engine(cfg.local, device), backend=cfg.backend)
-    raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
-
-
-def make_federation(cfg, data, model, device: str | None = None):  # type: ignore[no-untyped-def]
-    """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
-
-    * ``vectorized`` / ``sequential``: :class:`~fedmtl.engine.reducing.ReducingFederation` (the plain round's
-      steps, streamed in chunks; bounded memory; stacked reduction with the vectorised engine).
-    * ``distributed``: joins torchrun's process group and returns a ReducingFederation over this rank's
-      slice, with one all-reduce per round (all-gather for non-mean aggregators).
-    """
-    from fedmtl.config import engine as ecfg
-    from fedmtl.engine.device import resolve_device
-    from fedmtl.engine.reducing import ReducingFederation
-
-    device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
-    if isinstance(cfg.engine, ecfg.DistributedEngine):
-        from fedmtl.engine.distributed import init_distributed
-
-        _, world = init_distributed(cfg.engine.backend)
-        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local, device), distributed=world > 1)
-    return ReducingFederation(cfg, data, model, build_engine(cfg.engine, device))
-
 
 __all__ = ["CohortJob", "Engine", "SequentialEngine", "VectorizedEngine", "build_engine", "make_federation"]

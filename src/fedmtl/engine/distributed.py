@@ -5,7 +5,7 @@ Two ways to use it, both launched the way torchrun launches anything (one node o
     torchrun --nproc_per_node=2 -m fedmtl.engine.distributed --config exp.yaml --rounds 5
     torchrun --nnodes=4 --node_rank=$R --master_addr=$HEAD --nproc_per_node=8 -m fedmtl.engine.distributed ...
 
-* :class:`fedmtl.engine.reducing.ReducingFederation` with ``distributed=True`` (what ``main`` uses):
+* :class:`fedmtl.engine.reducing.ReducingFederation` with ``distributed=True`` (what :mod:`fedmtl.engine.torchrun` uses):
   each rank trains its slice, reduces its clients' weighted updates locally, and one ``all_reduce``
   adds the sums of all ranks (weighted-mean aggregators). Other aggregators all-gather the trained
   results and every rank runs the plain round on the whole cohort (:func:`gathered_round`).
@@ -18,7 +18,6 @@ ends each round with the same global model. Collectives use gloo on CPU and NCCL
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -27,13 +26,19 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from fedmtl.engine.reducing import ReducingFederation, rank_slice
 from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 
 log = logging.getLogger("fedmtl")
+
+
+def rank_slice(items: Sequence[int], rank: int, world: int) -> list[int]:
+    """A contiguous, near-equal share of ``items`` for ``rank`` (the first ranks take one more)."""
+    q, r = divmod(len(items), world)
+    lo = rank * q + min(rank, r)
+    return list(items[lo : lo + q + (1 if rank < r else 0)])
 
 
 def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> tuple[int, int]:
@@ -62,6 +67,10 @@ class DistributedEngine:
         self.local = local
         self.backend = backend
 
+    def supports(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
+        """What the local engine supports: each rank runs its slice there."""
+        return self.local.supports(algorithm, trainer, sample)
+
     def run_cohort(
         self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]
     ) -> list[LocalResult]:
@@ -87,61 +96,7 @@ def gathered_round(fed: Federation, state: ServerState) -> tuple[ServerState, Ro
         fed.engine = local
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``torchrun ... -m fedmtl.engine.distributed --config exp.yaml [--set k=v ...] --rounds N``."""
-    from fedmtl.config import load_config
-    from fedmtl.data.build import build_federated_data
-    from fedmtl.engine import build_engine
-    from fedmtl.mtl import build_model
+if __name__ == "__main__":  # torchrun ... -m fedmtl.engine.distributed: the entry point lives above this module
+    import runpy
 
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--save", default=None, help="rank 0 writes the final global parameters here (torch.save)")
-    p.add_argument(
-        "--aggregate",
-        choices=["reduce", "gather"],
-        default="reduce",
-        help="reduce: all-reduce of weighted sums (weighted mean); gather: all-gather results into the plain round",
-    )
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    engine_cfg = cfg.engine
-    backend = getattr(engine_cfg, "backend", "auto")
-    rank, world = init_distributed(backend)
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s"
-    )
-    local_cfg = getattr(engine_cfg, "local", engine_cfg)
-    data = build_federated_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.tasks)
-    local_engine = build_engine(local_cfg)
-    if args.aggregate == "gather":
-        fed: Federation = Federation(cfg, data, model, DistributedEngine(local_engine, backend))
-    else:
-        fed = ReducingFederation(cfg, data, model, local_engine, distributed=world > 1)
-    log.info(
-        "engine: distributed (%d ranks, backend %s, local engine %s)",
-        world,
-        dist.get_backend() if world > 1 else "-",
-        local_cfg.name,
-    )
-    state = fed.init_state()
-    for _ in range(args.rounds or cfg.server.rounds):
-        state, rep = fed.round(state)
-        log.info(
-            "round %d: %.3fs, train loss %s",
-            rep.round,
-            rep.seconds,
-            {k: round(v, 4) for k, v in rep.train_loss.items()},
-        )
-    if rank == 0 and args.save:
-        torch.save(state.params, args.save)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    runpy.run_module("fedmtl.engine.torchrun", run_name="__main__", alter_sys=True)

@@ -40,7 +40,8 @@ class BatchingTrainer:
         return getattr(self._trainer, name)
 
     def train(self, start, client, state, generator, *, prox=None, grad_offset=None, trainable=None, epochs=None) -> LocalResult:  # type: ignore[no-untyped-def]
-        return _ask(TrainRequest(start, client, state, generator, prox, grad_offset, trainable, epochs))
+        result: LocalResult = _ask(TrainRequest(start, client, state, generator, prox, grad_offset, trainable, epochs))
+        return result
 
     def grads(self, params, client, idx, objective, ostate, generator, epoch=0, weights=None):  # type: ignore[no-untyped-def]
         return _ask(GradRequest(params, client, idx, objective, ostate, generator, epoch, weights))
@@ -75,7 +76,7 @@ def run_lockstep(
     """
     proxy = BatchingTrainer(trainer)
     lets = [
-        greenlet(lambda j=j: algorithm.local_train(proxy, j.start, j.client, j.state, j.generator))  # type: ignore[arg-type, misc]
+        greenlet(lambda j=j: algorithm.local_train(proxy, j.start, j.client, j.state, j.generator))  # type: ignore[arg-type]
         for j in jobs
     ]
     results: list[LocalResult | None] = [None] * len(jobs)

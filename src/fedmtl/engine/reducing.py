@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,22 +22,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fedmtl.data.dataset import ClientData
+from fedmtl.config import ExperimentConfig
+from fedmtl.data.dataset import ClientData, FederatedData
+from fedmtl.engine.distributed import gathered_round, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.update import ClientUpdate
-from fedmtl.mtl import LOCAL
+from fedmtl.mtl import LOCAL, MultiTaskModel
 
 log = logging.getLogger("fedmtl")
-
-
-def rank_slice(items: Sequence[int], rank: int, world: int) -> list[int]:
-    """A contiguous, near-equal share of ``items`` for ``rank`` (the first ranks take one more)."""
-    q, r = divmod(len(items), world)
-    lo = rank * q + min(rank, r)
-    return list(items[lo : lo + q + (1 if rank < r else 0)])
 
 
 @dataclass
@@ -88,7 +83,7 @@ class RoundSums:
         on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
         flat = flat.cuda() if on_gpu else flat
         dist.all_reduce(flat)  # every rank gets the cohort's sums
-        parts = flat.cpu().split([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
+        parts = flat.cpu().split_with_sizes([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
         self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
         self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
         gathered: list[tuple[dict[int, object], dict[int, str]]] = [({}, {})] * world
@@ -116,8 +111,11 @@ class RoundSums:
         return {t: float(self.loss_sum[i] / self.loss_count[i]) for i, t in enumerate(self.tasks) if self.loss_count[i] > 0}
 
 
-class ReducingFederation(Federation):
-    """:class:`Federation` whose round streams the cohort in chunks and reduces updates on the fly.
+class ReducingFederation:
+    """A round driver over a :class:`Federation` (composition, not a subclass): its round streams the cohort
+    in chunks and reduces updates on the fly with the federation's own steps (plan, receive, collect),
+    and hands every other round to the federation's. The rest of the federation's interface (``init_state``,
+    ``evaluate``, its attributes) is the federation's, reached through this object.
 
     Args:
         chunk_clients: clients trained, encoded and reduced at a time (bounds the round's memory).
@@ -126,15 +124,35 @@ class ReducingFederation(Federation):
             the same global model and the same client states.
     """
 
+    #: this driver's own attributes; every other attribute is the federation's (read and written there)
+    _OWN = frozenset({"federation", "chunk_clients", "distributed", "reduces", "_fast", "_bytes_cache"})
+
     def __init__(
-        self, cfg, data, model, engine: Engine, chunk_clients: int = 1024, distributed: bool = False
-    ):  # type: ignore[no-untyped-def]
-        super().__init__(cfg, data, model, engine)
+        self,
+        cfg: ExperimentConfig,
+        data: FederatedData,
+        model: MultiTaskModel,
+        engine: Engine,
+        chunk_clients: int = 1024,
+        distributed: bool = False,
+    ) -> None:
+        self.federation = Federation(cfg, data, model, engine)
         self.chunk_clients = chunk_clients
         self.distributed = distributed and dist.is_available() and dist.is_initialized()
         self.reduces = self.aggregator is weighted_mean
         self._fast: bool | None = None  # _stacked_path(), decided on the first round (its inputs never change)
         self._bytes_cache: dict[tuple[str, ...], int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ReducingFederation._OWN:  # not set yet (during __init__): never the federation's
+            raise AttributeError(name)
+        return getattr(self.federation, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ReducingFederation._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.federation, name, value)
 
     @property
     def stepping_engine(self) -> Any:
@@ -163,10 +181,8 @@ class ReducingFederation(Federation):
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
         if not self.streams():
             if self.distributed:
-                from fedmtl.engine.distributed import gathered_round
-
-                return gathered_round(self, state)
-            return super().round(state)
+                return gathered_round(self.federation, state)
+            return self.federation.round(state)
         t0 = time.perf_counter()
         r = state.round
         cohort = self.cohort(r)

@@ -10,11 +10,17 @@ from fedmtl.fl.cohort import CohortJob
 
 
 class SequentialEngine:
+    """Each client's step in turn, through the algorithm's own ``local_train``."""
+
     name = "sequential"
 
     def __init__(self) -> None:
         #: client trainings of the last cohort, by engine (what metrics.jsonl reports per round)
         self.last_run: dict[str, int] = {}
+
+    def supports(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
+        """The reference runs everything."""
+        return None
 
     def run_cohort(
         self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]

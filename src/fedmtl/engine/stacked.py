@@ -17,6 +17,9 @@ optimiser: the model's modules, the tasks' own losses, the objective's scheme an
   ``trainable`` subsets (FedRep's phases), per-client BatchNorm statistics, dropout drawn independently
   per client (``vmap(randomness="different")``, seeded from the clients' generators).
 
+Under ``privacy.dp_sgd`` every request runs :meth:`StackedTraining.train_private`: the one-client DP-SGD
+trainer's per-example gradients under a second ``vmap`` (over clients), with its lots, clipping and noise.
+
 A parameter a client does not train (a head of a task it lacks, a frozen phase) is masked: its gradient
 is zero and its value and optimiser state are restored after the step.
 """
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import (
@@ -41,8 +45,16 @@ from fedmtl.fl.client import (
     make_optimizer,
     norm_buffer_names,
 )
+from fedmtl.fl.dp_sgd_client import (
+    HISTORY_KEY,
+    example_gradients,
+    prior_accountant,
+    refuse_changed_steps,
+    refuse_unprivatisable,
+)
 from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective
 from fedmtl.mtl.objective import MultiTaskObjective
+from fedmtl.privacy.dp.dpsgd import DPSGDSchedule, clip_and_noise, dp_batches
 from fedmtl.tree import TensorTree
 
 
@@ -276,7 +288,7 @@ def draw_plan(req: TrainRequest, batch_size: int, epochs: int, skip_single: bool
 def _padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
     """The plans as padded rows of :attr:`Chunk.x`, ``[S, C, B]`` (padding: :attr:`Chunk.padding_row`)."""
     S = max((len(b) for b, _ in plans), default=0)
-    B = max((len(i) for b, _ in plans for i in b), default=1)
+    B = max(1, max((len(i) for b, _ in plans for i in b), default=1))  # at least one (padding) column
     rows = torch.full((S, len(plans), B), chunk.padding_row, dtype=torch.long)
     for c, ((batches, _), off) in enumerate(zip(plans, chunk.offsets)):
         for s, idx in enumerate(batches):
@@ -329,8 +341,10 @@ class StackedTraining:
         mtl_cfg: the multi-task objective's config.
     """
 
-    def __init__(self, model: MultiTaskModel, client_cfg, mtl_cfg, device: torch.device | None = None):  # type: ignore[no-untyped-def]
+    def __init__(self, model: MultiTaskModel, client_cfg, mtl_cfg, device: torch.device | None = None, dp_sgd: DPSGDConfig | None = None):  # type: ignore[no-untyped-def]
         self.device = device or torch.device("cpu")
+        #: sample-level DP-SGD: when set, every training request runs :meth:`train_private`
+        self.dp_sgd = dp_sgd
         # the module structure that functional_call runs: a copy on the device (its own values are never used)
         self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
         self.cfg = client_cfg
@@ -345,6 +359,8 @@ class StackedTraining:
     def train_results(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
         """Every request's :class:`LocalResult`, batched with the requests it can share a computation with
         (:func:`batch_key`)."""
+        if self.dp_sgd is not None:
+            return self._train_private_grouped(requests)
         plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
         out: list[LocalResult | None] = [None] * len(requests)
         for members in _groups([batch_key(self.model, r.client.tasks, [len(b) for b in p[0]]) for r, p in zip(requests, plans)]):
@@ -360,7 +376,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
-        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)  # type: ignore[arg-type]
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
         rows = _padded_rows(chunk, plans)
@@ -398,6 +414,95 @@ class StackedTraining:
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
         chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
+
+    def _train_private_grouped(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
+        out: list[LocalResult | None] = [None] * len(requests)
+        for members in _groups([batch_key(self.model, r.client.tasks, []) for r in requests]):
+            for i, res in zip(members, self.train_private([requests[i] for i in members])):
+                out[i] = res
+        return out  # type: ignore[return-value]
+
+    def train_private(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
+        """DP-SGD local training of a chunk, as :func:`fedmtl.fl.dp_sgd_client.train_with_dp_sgd` trains one client.
+
+        Every client's Poisson batches are drawn first, then per step: the task losses (for the objective's
+        loss weights), every example's gradient (:func:`~fedmtl.fl.dp_sgd_client.example_gradients` under a
+        second ``vmap``, over clients), clipping and noise per client
+        (:func:`~fedmtl.privacy.dp.dpsgd.clip_and_noise`), the penalty's gradient, one optimiser step.
+        """
+        model, cfg, dp = self.model, self.cfg, self.dp_sgd
+        assert dp is not None
+        for r in requests:
+            refuse_changed_steps(r.prox, r.grad_offset, r.trainable, r.epochs)
+        C = len(requests)
+        objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
+        refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
+        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
+        schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
+        drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
+        plans: list[Plan] = [([idx for _, idx in p], [e for e, _ in p]) for p in drawn_plans]
+        rows = _padded_rows(chunk, plans)
+        dev = self.device
+        named = dict(model.named_parameters())
+        names = chunk.names
+        held = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
+        mask = {n: torch.tensor([float(n in h) for h in held], device=dev) for n in names}
+        leaves = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
+        buffers = chunk.buffers([r.state for r in requests])
+        opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
+        sigmas = torch.tensor([s.noise_multiplier for s in schedules])
+        expected = torch.tensor([s.expected_batch_size for s in schedules], device=dev)
+        steps = torch.tensor([len(p[0]) for p in plans])
+        gens = [r.generator for r in requests]
+        task_objs = [model.tasks[t] for t in chunk.tasks]
+        col = {t: i for i, t in enumerate(chunk.tasks)}
+        loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
+        with_rows = torch.zeros(C)
+        no_pull = torch.zeros(C, device=dev)
+        plain = _plain_sgd(cfg.optimizer)
+
+        def per_client(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, ys: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
+            return example_gradients(model, p, b, x, ys, task_objs, w)
+
+        model.train()
+        for s in range(rows.shape[0]):
+            active = steps > s
+            step_rows = rows[s].to(dev)
+            drawn = (step_rows != chunk.padding_row).to(torch.float32)
+            step_rows = step_rows[:, : max(1, int(drawn.sum(1).max()))]
+            drawn = drawn[:, : step_rows.shape[1]]
+            with torch.set_grad_enabled(chunk.has_penalty):  # the losses only weigh tasks; the penalty is differentiated
+                loss_mat, penalty = chunk.losses(leaves, buffers, step_rows, None, None)
+            detached = loss_mat.detach()
+            W = torch.zeros(C, len(chunk.tasks), device=dev)
+            for c in range(C):
+                if bool(active[c]) and bool(drawn[c].any()):
+                    cols = [col[t] for t in objectives[c].tasks]
+                    w, chunk.ostates[c] = objectives[c].plan(detached[c, cols], chunk.ostates[c], gens[c], plans[c][1][s])
+                    assert w is not None  # a loss-weighting balancer (refused otherwise)
+                    W[c, cols] = w.to(W)
+                    loss_sums[c, cols] += detached[c, cols].double().cpu()
+                    with_rows[c] += 1
+            values = {n: v.detach() for n, v in leaves.items()}
+            per_row = vmap(per_client, randomness="different")(values, buffers, chunk.x[step_rows], {t: y[step_rows] for t, y in chunk.y.items()}, W)
+            act = active.to(torch.float32).to(dev)
+            private = clip_and_noise(per_row, drawn, {n: m * act for n, m in mask.items()}, dp.max_grad_norm, sigmas, expected, [g if bool(a) else None for g, a in zip(gens, active)])
+            grads: dict[str, Tensor | None] = dict(private)
+            if chunk.has_penalty:
+                pulls = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
+                grads = {n: (private[n] if p is None else private[n] + p) for n, p in zip(names, pulls)}
+            with torch.no_grad():
+                _step(opt, leaves, grads, mask, act, {}, {}, no_pull, {}, None, plain, float(cfg.optimizer.lr))
+        params = {n: v.detach().cpu() for n, v in leaves.items()}
+        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        result = StackedResult(params, chunk.tasks, chunk.held, loss_sums / with_rows.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, {}, requests)
+        out = result.unstack(model)
+        for r, res, schedule in zip(requests, out, schedules):
+            history = schedule.account(prior_accountant(r.state, dp))
+            res.state[HISTORY_KEY] = history.history_tensor()
+            res.metrics["dp_sgd_epsilon"] = history.epsilon(dp.delta)
+        return out
 
     def grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         """One minibatch's balanced gradients per request (APFL, pFedMe, FedEM's own steps), as :meth:`LocalTrainer.grads`."""
@@ -455,8 +560,9 @@ def _has_penalty(model: MultiTaskModel) -> bool:
 
 def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     local = req.state.get("local", {})
-    if name in local:  # type: ignore[operator]
-        return local[name].detach()  # type: ignore[index, union-attr]
+    if name in local:
+        value: Tensor = local[name].detach()
+        return value
     if name in req.start:
         return req.start[name].detach()
     return default.detach()
@@ -513,7 +619,7 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
         live[n] = (g * _bcast(m, g), m)
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
-        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # type: ignore[union-attr]
+        coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
     for n, (g, m) in live.items():
         if n in offsets:
@@ -569,7 +675,7 @@ class StackedResult:
             state["local"] = local
         if self.buffers:
             state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
-        return state  # type: ignore[return-value]
+        return state
 
     def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
         """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""

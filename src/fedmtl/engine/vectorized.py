@@ -6,7 +6,7 @@ requests are answered a chunk of clients at a time by :class:`~fedmtl.engine.sta
 The maths is :meth:`fedmtl.fl.client.LocalTrainer.train`'s, so results match the sequential engine.
 
 What it cannot batch runs on the sequential engine, with the reason logged once and counted in
-``engine_clients``: sample-level DP-SGD (Opacus' own loop), balancing on the shared *representation*
+``engine_clients``: balancing on the shared *representation*
 (the model hands its representation out of the forward pass), and a model whose operations have no
 ``vmap`` rule (found by a probe the first time the engine sees the model).
 """
@@ -70,10 +70,8 @@ class VectorizedEngine:
         self.last_run: dict[str, int] = {}
 
     # -- support -------------------------------------------------------------------------------
-    def unsupported(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
+    def supports(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
         """Why this cohort cannot be batched (named for the user), or ``None`` when it can."""
-        if getattr(trainer, "dp_sgd", None) is not None:
-            return "sample-level DP-SGD (privacy.dp_sgd runs Opacus' own training loop)"
         if sample is None:
             return None
         objective = build_objective(trainer.mtl_cfg, sample.client.tasks)
@@ -116,11 +114,11 @@ class VectorizedEngine:
 
     # -- the protocol --------------------------------------------------------------------------
     def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]:
-        reason = self.unsupported(algorithm, trainer, jobs[0] if jobs else None)
+        reason = self.supports(algorithm, trainer, jobs[0] if jobs else None)
         if reason is not None:
             self._warn(reason)
             self.last_run = {"vectorized": 0, "sequential": len(jobs)}
-            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined]
+            return self.fallback.run_cohort(algorithm, trainer, jobs)  # type: ignore[attr-defined, no-any-return]
         training = self._stacked(trainer)
         chunk = self.chunk_size(trainer)
 
@@ -147,9 +145,9 @@ class VectorizedEngine:
 
         For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
         """
-        if type(algorithm).local_train is not FedAvg.local_train or not jobs:
-            return None
-        if self.unsupported(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
+        if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
+            return None  # DP-SGD's results carry each client's accounting: they are unstacked
+        if self.supports(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
             return None  # BatchNorm or a forward-reading penalty: clients are grouped, so the result is not one stack
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         self._announce(len(jobs), len(jobs))
@@ -158,7 +156,7 @@ class VectorizedEngine:
 
     def _stacked(self, trainer: LocalTrainer) -> StackedTraining:
         if self._training is None or self._training[0] is not trainer:
-            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg, self.device))
+            self._training = (trainer, StackedTraining(trainer.model, trainer.cfg, trainer.mtl_cfg, self.device, trainer.dp_sgd))
         return self._training[1]
 
     def _announce(self, clients: int, chunk: int) -> None:

@@ -41,7 +41,7 @@ from fedmtl.runloop.checkpoint import (
     load_latest,
     save_checkpoint,
 )
-from fedmtl.runloop.evaluation import evaluate_global, evaluate_personalized
+from fedmtl.runloop.evaluation import evaluate_global, evaluate_personalized, global_model_note
 from fedmtl.tracking import Callback, Tracking, build_callbacks
 
 log = logging.getLogger("fedmtl")
@@ -72,7 +72,7 @@ class Results:
     def to_pandas(self) -> Any:
         """The history as a ``pandas.DataFrame``: one row per round (the index), one column per metric.
 
-        Nested records are flattened with dots (``global.digit.accuracy``, ``personalized.mean``,
+        Nested records are flattened with dots (``global.digit.accuracy``, ``personalized.digit.pooled.accuracy``,
         ``train_loss.parity``); a metric a round did not compute (evaluation every k rounds) is NaN.
         Needs pandas (the ``tables`` extra).
         """
@@ -300,7 +300,7 @@ class Experiment:
         due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
         if due:
             bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
-            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size, bn)
+            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size, bn, fed.algorithm)
             if cfg.evaluation.personalized:
                 # each client's own state plus the server state it would receive now (IFCA re-picks its cluster)
                 views = fed.server_views(state, range(fed.data.num_clients))
@@ -319,9 +319,11 @@ class Experiment:
         for task, m in (record.get("global") or {}).items():
             key = "accuracy" if "accuracy" in m else "r2"
             parts.append(f"{task}={m[key]:.3f}" if m.get(key) is not None else f"{task}=n/a")  # None: not finite
-        pers = record.get("personalized") or {}
-        if "mean" in pers:
-            parts.append(f"pers={pers['mean']:.3f}")
+        if not record.get("global"):  # no global model (local): the personalised models' pooled scores
+            for task, p in (record.get("personalized") or {}).items():
+                m = p.get("pooled") or {}
+                key = "accuracy" if "accuracy" in m else "r2"
+                parts.append(f"{task}={m[key]:.3f} (pers)" if m.get(key) is not None else f"{task}=n/a (pers)")
         if "epsilon" in (record.get("privacy") or {}):
             parts.append(f"ε={record['privacy']['epsilon']:.2f}")
         return " ".join(parts)
@@ -334,7 +336,7 @@ class Experiment:
             for name, n in (r.get("engine_clients") or {}).items():
                 counts[name] = counts.get(name, 0) + int(n)
         fallback = sorted(getattr(fed.engine, "fallback_reasons", ()))
-        return {
+        out: dict[str, Any] = {
             "privacy": privacy,
             "rounds_completed": state.round,
             "engine": engine_summary(engine, counts),
@@ -346,8 +348,13 @@ class Experiment:
             "final_global": last_eval.get("global", {}),
             "final_personalized": last_eval.get("personalized", {}),
             "data": fed.data.summary(),
+            "data_cleaning": fed.data.cleaning.as_dict() if fed.data.cleaning is not None else None,
             "seed": self.config.seed,
         }
+        note = global_model_note(fed.algorithm)
+        if note:
+            out["global_model"] = note
+        return out
 
 
 def engine_summary(label: str, counts: Mapping[str, int]) -> str:

@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedmtl import registry
+from fedmtl.config import training as tcfg
 from fedmtl.fl.update import ClientUpdate
+from fedmtl.registry import register
 
 Aggregator = Callable[[Tensor, Tensor], Tensor]
 
@@ -73,18 +76,9 @@ def aggregate_by_group(
 
 
 def build_aggregator(cfg: Any) -> Aggregator:
-    """The aggregator a ``server.aggregator`` config describes (looked up by its ``name``)."""
-    from fedmtl.fl import robust
+    """The aggregator a ``server.aggregator`` config describes (any registered aggregator, by ``cfg.name``)."""
+    aggregator: Aggregator = registry.build("aggregator", cfg)
+    return aggregator
 
-    factories: dict[str, Callable[[Any], Aggregator]] = {
-        "mean": lambda c: weighted_mean,
-        "median": lambda c: robust.CoordinateMedian(),
-        "trimmed_mean": lambda c: robust.TrimmedMean(c.beta),
-        "krum": lambda c: robust.Krum(c.f, c.m),
-        "norm_bounded": lambda c: robust.NormBoundedMean(c.max_norm),
-    }
-    try:
-        factory = factories[cfg.name]
-    except (KeyError, AttributeError):
-        raise TypeError(f"unknown aggregator config {cfg!r}; known: {sorted(factories)}") from None
-    return factory(cfg)
+
+register("aggregator", "mean", lambda cfg: weighted_mean, tcfg.WeightedMean)

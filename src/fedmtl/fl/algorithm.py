@@ -29,10 +29,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from fedmtl import registry
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -125,7 +128,7 @@ class FedAvg:
     ) -> dict[str, Tensor]:
         """The global model with the client's own parameters over it: its ``local`` ones, then the
         ``personal`` copies a method keeps (FedPer's heads, Ditto's v_k, pFedMe's theta, ...)."""
-        return {**global_params, **state.get("local", {}), **state.get("personal", {})}  # type: ignore[dict-item]
+        return {**global_params, **state.get("local", {}), **state.get("personal", {})}
 
     def personal_mixture(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
@@ -161,34 +164,14 @@ def without_server(state: TensorTree) -> TensorTree:
 ModelBuilder = Callable[[Sequence[Task]], MultiTaskModel]
 
 
-def _registry() -> dict[type, Callable[[object, ModelBuilder | None], Algorithm]]:
-    from fedmtl.config import algorithm as acfg
-    from fedmtl.fl import personalization as p
-
-    return {
-        acfg.FedAvgAlgorithm: lambda c, m: FedAvg(),
-        acfg.FedProxAlgorithm: lambda c, m: p.FedProx(c.mu),  # type: ignore[attr-defined]
-        acfg.ScaffoldAlgorithm: lambda c, m: p.Scaffold(),
-        acfg.LocalOnlyAlgorithm: lambda c, m: p.LocalOnly(),
-        acfg.FedPerAlgorithm: lambda c, m: p.FedPer(),
-        acfg.FedRepAlgorithm: lambda c, m: p.FedRep(c.head_epochs),  # type: ignore[attr-defined]
-        acfg.FedBNAlgorithm: lambda c, m: p.FedBN(),
-        acfg.DittoAlgorithm: lambda c, m: p.Ditto(c.lam, c.personal_epochs),  # type: ignore[attr-defined]
-        acfg.APFLAlgorithm: lambda c, m: p.APFL(c.alpha, c.alpha_lr),  # type: ignore[attr-defined]
-        acfg.PFedMeAlgorithm: lambda c, m: p.PFedMe(c.lam, c.inner_steps, c.personal_lr),  # type: ignore[attr-defined]
-        acfg.IFCAAlgorithm: lambda c, m: p.IFCA(c.clusters, c.personal_model),  # type: ignore[attr-defined]
-        acfg.FedEMAlgorithm: lambda c, m: p.FedEM(c.components, p.fedem.build_gate(m, c.components) if c.gate else None),  # type: ignore[attr-defined]
-        acfg.MochaAlgorithm: lambda c, m: p.Mocha(c.lam, c.eps),  # type: ignore[attr-defined]
-    }
-
-
 def build_algorithm(cfg: object, make_model: ModelBuilder | None = None) -> Algorithm:
     """The algorithm an ``algorithm`` config describes.
 
     ``make_model`` builds models of the experiment's architecture; only methods that train a network
     of their own next to the model need it (FedEM's gate), and they say so when it is missing.
     """
-    factory = _registry().get(type(cfg))
-    if factory is None:
-        raise TypeError(f"unknown algorithm config {cfg!r}")  # pragma: no cover
-    return factory(cfg, make_model)
+    algorithm: Algorithm = registry.build("algorithm", cfg, make_model)
+    return algorithm
+
+
+register("algorithm", "fedavg", lambda cfg, make_model: FedAvg(), acfg.FedAvgAlgorithm)

@@ -60,7 +60,8 @@ def _config(cfg: Any) -> ByzantineConfig | None:
     if cfg is None or isinstance(cfg, ByzantineConfig):
         return cfg
     if hasattr(cfg, "byzantine"):
-        return cfg.byzantine
+        found: ByzantineConfig | None = cfg.byzantine
+        return found
     raise TypeError(f"expected a ByzantineConfig, a ServerConfig or None, got {type(cfg).__name__}")
 
 

@@ -6,34 +6,47 @@ This is the sequential reference implementation; other engines must reproduce it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fedmtl.config.mtl import MTLConfig
 from fedmtl.config.privacy import DPSGDConfig
-from fedmtl.config.training import SGD, Adam, ClientConfig
+from fedmtl.config.training import ClientConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
-from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective, task_group
+from fedmtl.fl.dp_sgd_client import refuse_changed_steps, train_with_dp_sgd
+from fedmtl.fl.local_parts import (  # re-exported: fedmtl.fl.client is where callers find them
+    LocalResult,
+    client_buffers,
+    default_buffers,
+    finish_local,
+    held_parameter_names,
+    load_buffers,
+    load_parameters,
+    make_optimizer,
+    mean_buffers,
+    norm_buffer_names,
+)
+from fedmtl.mtl import MultiTaskModel, build_objective
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.tree import TensorTree
 
-
-@dataclass(frozen=True)
-class LocalResult:
-    """What local training produced.
-
-    Attributes:
-        params: the trained values of every parameter this client holds (shared, its task heads, local).
-        metrics: mean training loss per task (``loss/<task>``) and the number of steps.
-        state: the client's persistent state for its next participation (objective state, local parameters).
-    """
-
-    params: dict[str, Tensor]
-    metrics: dict[str, float]
-    state: TensorTree = field(default_factory=dict)
+__all__ = [
+    "LocalResult",
+    "LocalTrainer",
+    "Prox",
+    "client_buffers",
+    "default_buffers",
+    "finish_local",
+    "held_parameter_names",
+    "load_buffers",
+    "load_parameters",
+    "make_optimizer",
+    "mean_buffers",
+    "norm_buffer_names",
+]
 
 
 @dataclass(frozen=True)
@@ -61,97 +74,11 @@ class Prox:
         return float(self.weight[name]) if isinstance(self.weight, Mapping) else float(self.weight)
 
 
-def held_parameter_names(model: MultiTaskModel, tasks: tuple[str, ...] | list[str]) -> list[str]:
-    """The parameters a client with these tasks trains: shared, its tasks' own, and local ones."""
-    keep = {SHARED, LOCAL} | {task_group(t) for t in tasks}
-    return [n for n, _ in model.named_parameters() if model.group_of(n) in keep]
-
-
-def load_parameters(model: MultiTaskModel, values: Mapping[str, Tensor]) -> None:
-    """Copy values into the model's parameters in place (no new tensors, no autograd history)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, v in values.items():
-            params[name].copy_(v)
-
-
-def norm_buffer_names(model: torch.nn.Module) -> list[str]:
-    """The running statistics of the model's BatchNorm layers (``running_mean``, ``running_var``, ``num_batches_tracked``).
-
-    They are client state, never federated: each client trains and evaluates with its own (FedBN).
-    """
-    out = []
-    for prefix, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            out += [f"{prefix}.{n}" if prefix else n for n, b in module.named_buffers(recurse=False) if b is not None]
-    return out
-
-
-def default_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
-    """Freshly initialised running statistics (mean 0, variance 1, no batches seen): a client's before it trains."""
-    out: dict[str, Tensor] = {}
-    buffers = dict(model.named_buffers())
-    for n in norm_buffer_names(model):
-        b = buffers[n]
-        out[n] = torch.ones_like(b) if n.endswith("running_var") else torch.zeros_like(b)
-    return out
-
-
-def client_buffers(model: torch.nn.Module, state: Mapping[str, object]) -> dict[str, Tensor]:
-    """The running statistics a client uses: its own (``state["buffers"]``), else the initial ones."""
-    return {**default_buffers(model), **state.get("buffers", {})}  # type: ignore[dict-item]
-
-
-def load_buffers(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
-    """Copy values into the model's buffers in place."""
-    buffers = dict(model.named_buffers())
-    with torch.no_grad():
-        for name, v in values.items():
-            buffers[name].copy_(v)
-
-
-def mean_buffers(model: torch.nn.Module, states: Sequence[Mapping[str, object]]) -> dict[str, Tensor]:
-    """The mean of the clients' running statistics (``num_batches_tracked`` summed); the initial ones if none has any."""
-    own = [s["buffers"] for s in states if s.get("buffers")]
-    out = default_buffers(model)
-    if not own:
-        return out
-    for n in out:
-        stacked = torch.stack([b[n] for b in own])  # type: ignore[index]
-        out[n] = stacked.sum(0) if n.endswith("num_batches_tracked") else stacked.float().mean(0).to(out[n].dtype)
-    return out
-
-
-def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if isinstance(cfg, SGD):
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
 def _add_grad(named: Mapping[str, torch.nn.Parameter], names: Sequence[str], term) -> None:  # type: ignore[no-untyped-def]
     for n in names:
         p = named[n]
         extra = term(n).to(p)
         p.grad = extra.clone() if p.grad is None else p.grad + extra
-
-
-def finish_local(
-    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, Tensor | float], steps: int, state: TensorTree
-) -> LocalResult:
-    """The result of local training: trained values, mean losses, and the next state (with local parameters)."""
-    named = dict(model.named_parameters())
-    trained = {n: named[n].detach().clone() for n in names}
-    metrics = {f"loss/{t}": float(s) / max(steps, 1) for t, s in loss_sums.items()}
-    metrics["steps"] = float(steps)
-    new_state = dict(state)
-    local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
-    if local:
-        new_state["local"] = local
-    bn = norm_buffer_names(model)
-    if bn:  # the client's own running statistics (FedBN): persisted, never uploaded
-        buffers = dict(model.named_buffers())
-        new_state["buffers"] = {n: buffers[n].detach().clone() for n in bn}
-    return LocalResult(trained, metrics, new_state)
 
 
 class LocalTrainer:
@@ -161,7 +88,7 @@ class LocalTrainer:
         self.model = model
         self.cfg = client_cfg
         self.mtl_cfg = mtl_cfg
-        #: sample-level DP-SGD settings; when set, :meth:`train` runs through Opacus
+        #: sample-level DP-SGD settings; when set, :meth:`train` clips and noises each example's gradient
         self.dp_sgd = dp_sgd
 
     def grads(
@@ -227,13 +154,7 @@ class LocalTrainer:
             epochs: local epochs instead of ``client.epochs``.
         """
         if self.dp_sgd is not None:
-            if prox is not None or grad_offset is not None or trainable is not None or epochs is not None:
-                raise ValueError(
-                    "privacy.dp_sgd runs plain local SGD steps; it cannot be combined with an algorithm that "
-                    "adds a proximal term, control variates or training phases (use fedavg, fedper or local)"
-                )
-            from fedmtl.fl.dp_sgd_client import train_with_dp_sgd
-
+            refuse_changed_steps(prox, grad_offset, trainable, epochs)
             return train_with_dp_sgd(self, start, client, state, generator, self.dp_sgd)
         model = self.model
         tasks = list(client.tasks)
@@ -244,7 +165,7 @@ class LocalTrainer:
         load_parameters(model, {n: v for n, v in start.items() if n in known})
         local_saved = state.get("local", {})
         if local_saved:
-            load_parameters(model, local_saved)  # type: ignore[arg-type]
+            load_parameters(model, local_saved)
         has_bn = bool(norm_buffer_names(model))
         if has_bn:  # the one model instance serves every client: never train on another client's statistics
             load_buffers(model, client_buffers(model, state))
@@ -284,4 +205,4 @@ class LocalTrainer:
                 for t in tasks:
                     loss_sums[t] += losses[t].detach()  # a tensor sum: no device sync per step
                 steps += 1
-        return finish_local(model, names, loss_sums, steps, {"objective": ostate})  # type: ignore[dict-item]
+        return finish_local(model, names, loss_sums, steps, {"objective": ostate})

@@ -29,8 +29,17 @@ class CohortJob:
 
 
 class Engine(Protocol):
-    """Runs local training for every job of a cohort and returns results in the jobs' order."""
+    """Runs local training for every job of a cohort and returns results in the jobs' order.
+
+    An engine declares what it can run itself: :meth:`supports` says why not (for the user), or None. The
+    round never asks which engine it has; an engine that cannot run a cohort itself hands it to its
+    fallback inside :meth:`run_cohort` (the vectorised engine to the sequential one).
+    """
 
     name: str
+
+    def supports(self, algorithm: Algorithm, trainer: LocalTrainer, sample: CohortJob | None = None) -> str | None:
+        """Why this engine cannot run such a cohort itself (``sample``: one of its jobs), or None when it can."""
+        ...
 
     def run_cohort(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> list[LocalResult]: ...

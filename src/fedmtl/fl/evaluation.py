@@ -36,16 +36,28 @@ def evaluate(
     return {t: model.tasks[t].finalize(s) for t, s in sums.items() if s.get("n", 0) > 0}
 
 
+def worst_mean(values: Sequence[float] | np.ndarray, higher_is_better: bool = True, worst_fraction: float = 0.1) -> float:
+    """Mean of the worst ``worst_fraction`` of ``values`` (at least one): the lowest for a score, the highest
+    for an error (``higher_is_better=False``). How well the federation serves the clients it serves worst."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if not higher_is_better:
+        ordered = ordered[::-1]
+    k = max(1, int(np.ceil(worst_fraction * ordered.size)))
+    return float(ordered[:k].mean())
+
+
 def summarize_clients(per_client: Sequence[Mapping[str, float]], worst_fraction: float = 0.1) -> dict[str, float]:
-    """Mean, worst-10 % mean, median and spread of a per-client score."""
+    """Mean, worst-10 % mean, median and spread of one per-client score (``row["score"]``, higher is better).
+
+    Only for a score of one kind (accuracy of classification tasks, say); the run's personalised results
+    are per task (:func:`fedmtl.runloop.evaluation.summarize_personalized`).
+    """
     values = np.array([v["score"] for v in per_client], dtype=float)
     if values.size == 0:
         return {}
-    k = max(1, int(np.ceil(worst_fraction * values.size)))
-    worst = np.sort(values)[:k]
     return {
         "mean": float(values.mean()),
-        "worst10": float(worst.mean()),
+        "worst10": worst_mean(values, True, worst_fraction),
         "median": float(np.median(values)),
         "std": float(values.std()),
         "min": float(values.min()),

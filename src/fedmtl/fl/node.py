@@ -103,16 +103,16 @@ class ClientNode:
             delta = tamper(delta)
         state = {k: v for k, v in {**(prior or {}), **result.state}.items() if k not in (SERVER_KEY, OUTBOX_KEY)}
         gen = generator(self.seed, "codec", round_index, client.client_id)
-        payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)  # type: ignore[arg-type]
+        payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)
         if self.up.stateful:
             state["codec"] = codec_state
         if self.down_delta is not None:  # the copy the next difference will be taken against
             state[COPY_KEY] = {n: start[n] for n in names}
         outbox_bytes = b""
-        outbox = flatten(result.state.get(OUTBOX_KEY, {}))  # type: ignore[arg-type]
+        outbox = flatten(result.state.get(OUTBOX_KEY, {}))
         if outbox:
             gen = generator(self.seed, "codec-outbox", round_index, client.client_id)
-            outbox_bytes, outbox_codec = encode_tree(self.up, outbox, state.get("codec_outbox", {}), gen)  # type: ignore[arg-type]
+            outbox_bytes, outbox_codec = encode_tree(self.up, outbox, state.get("codec_outbox", {}), gen)
             if self.up.stateful:
                 state["codec_outbox"] = outbox_codec
         task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}

@@ -85,4 +85,4 @@ class PrivacyStep:
         if not tree:
             return self.dp.init()
         accountant = PrivacyAccountant.from_history_tensor(self.dp.accountant, tree["history"])  # type: ignore[arg-type]
-        return DPFedAvgState(float(tree["clip_norm"]), accountant, int(tree["rounds"]))  # type: ignore[arg-type]
+        return DPFedAvgState(float(tree["clip_norm"]), accountant, int(tree["rounds"]))

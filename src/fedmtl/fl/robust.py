@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fedmtl.config import training as tcfg
 from fedmtl.fl.aggregation import check_stack, weighted_mean
+from fedmtl.registry import register
 
 
 def _active(updates: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,3 +121,9 @@ class NormBoundedMean:
             norms > self.max_norm, self.max_norm / norms.clamp(min=1e-30), torch.ones_like(norms)
         )
         return weighted_mean(rows * factor, w)
+
+
+register("aggregator", "median", lambda cfg: CoordinateMedian(), tcfg.CoordinateMedian)
+register("aggregator", "trimmed_mean", lambda cfg: TrimmedMean(cfg.beta), tcfg.TrimmedMean)
+register("aggregator", "krum", lambda cfg: Krum(cfg.f, cfg.m), tcfg.KrumAggregator)
+register("aggregator", "norm_bounded", lambda cfg: NormBoundedMean(cfg.max_norm), tcfg.NormBoundedMean)

@@ -23,6 +23,9 @@ from typing import Any, NamedTuple, Protocol, cast
 import torch
 from torch import Tensor
 
+from fedmtl import registry
+from fedmtl.config import training as tcfg
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 Params = Mapping[str, Tensor]
@@ -144,7 +147,7 @@ def chain(*transforms: Transform) -> Transform:
     def update(u: Updates, state: TensorTree, params: Params) -> tuple[Updates, TensorTree]:
         new: TensorTree = {}
         for i, t in enumerate(transforms):
-            u, new[str(i)] = t.update(u, state[str(i)], params)  # type: ignore[arg-type]
+            u, new[str(i)] = t.update(u, state[str(i)], params)
         return u, new
 
     return Transform(init, update)
@@ -197,13 +200,13 @@ def fedavgm(lr: float = 1.0, momentum: float = 0.9, nesterov: bool = False) -> T
 
 def _adaptive(
     name: str, rule: SecondMomentRule, lr: float, b1: float, b2: float, tau: float, v0: float | None
-):
+) -> TransformOptimizer:
     return TransformOptimizer(
         chain(scale_by_adaptive(rule, b1, b2, tau, v0), scale(_positive("lr", lr))), name
     )
 
 
-def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accumulator: float | None = None):
+def fedadagrad(lr: float = 0.1, b1: float = 0.9, tau: float = 1e-3, initial_accumulator: float | None = None) -> TransformOptimizer:
     """FedAdagrad (Reddi et al., 2021)."""
     return _adaptive("fedadagrad", adagrad_rule, lr, b1, 0.0, tau, initial_accumulator)
 
@@ -214,7 +217,7 @@ def fedadam(
     b2: float = 0.99,
     tau: float = 1e-3,
     initial_accumulator: float | None = None,
-):
+) -> TransformOptimizer:
     """FedAdam (Reddi et al., 2021)."""
     return _adaptive("fedadam", adam_rule, lr, b1, b2, tau, initial_accumulator)
 
@@ -225,28 +228,21 @@ def fedyogi(
     b2: float = 0.99,
     tau: float = 1e-3,
     initial_accumulator: float | None = None,
-):
+) -> TransformOptimizer:
     """FedYogi (Reddi et al., 2021)."""
     return _adaptive("fedyogi", yogi_rule, lr, b1, b2, tau, initial_accumulator)
 
 
 FedAvg = fedavg  # the foundation's name
 
-SERVER_OPTIMIZERS: dict[str, Callable[[Any], TransformOptimizer]] = {
-    "fedavg": lambda c: fedavg(c.lr),
-    "fedavgm": lambda c: fedavgm(c.lr, c.momentum, c.nesterov),
-    "fedadagrad": lambda c: fedadagrad(c.lr, c.b1, c.tau, c.initial_accumulator),
-    "fedadam": lambda c: fedadam(c.lr, c.b1, c.b2, c.tau, c.initial_accumulator),
-    "fedyogi": lambda c: fedyogi(c.lr, c.b1, c.b2, c.tau, c.initial_accumulator),
-}
+register("server_optimizer", "fedavg", lambda cfg: fedavg(cfg.lr), tcfg.FedAvgServer)
+register("server_optimizer", "fedavgm", lambda cfg: fedavgm(cfg.lr, cfg.momentum, cfg.nesterov), tcfg.FedAvgMServer)
+register("server_optimizer", "fedadagrad", lambda cfg: fedadagrad(cfg.lr, cfg.b1, cfg.tau, cfg.initial_accumulator), tcfg.FedAdagradServer)
+register("server_optimizer", "fedadam", lambda cfg: fedadam(cfg.lr, cfg.b1, cfg.b2, cfg.tau, cfg.initial_accumulator), tcfg.FedAdamServer)
+register("server_optimizer", "fedyogi", lambda cfg: fedyogi(cfg.lr, cfg.b1, cfg.b2, cfg.tau, cfg.initial_accumulator), tcfg.FedYogiServer)
 
 
 def build_server_optimizer(cfg: Any) -> TransformOptimizer:
-    """The server optimiser a ``server.optimizer`` config describes (looked up by its ``name``)."""
-    try:
-        factory = SERVER_OPTIMIZERS[cfg.name]
-    except (KeyError, AttributeError):
-        raise TypeError(
-            f"unknown server optimizer config {cfg!r}; known: {sorted(SERVER_OPTIMIZERS)}"
-        ) from None
-    return factory(cfg)
+    """The server optimiser a ``server.optimizer`` config describes (any registered one, by ``cfg.name``)."""
+    optimizer: TransformOptimizer = registry.build("server_optimizer", cfg)
+    return optimizer

@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from fedmtl.config import mtl as mtl_cfg
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -100,3 +102,13 @@ class Lagrangian:
                 log[f"multiplier/{t}"] = float(lam[i])
                 log[f"violation/{t}"] = float(viol[i])
         return w.to(losses), {"multipliers": new}, log
+
+
+register("scheme", "weighted_sum", lambda cfg, tasks: WeightedSum(), mtl_cfg.WeightedSum)
+register("scheme", "alternating", lambda cfg, tasks: Alternating(tasks, cfg.every), mtl_cfg.Alternating)
+register(
+    "scheme",
+    "lagrangian",
+    lambda cfg, tasks: Lagrangian(tasks, cfg.main, cfg.constraints, cfg.dual_lr, cfg.init_multiplier),
+    mtl_cfg.Lagrangian,
+)

@@ -10,7 +10,7 @@ import base64
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fedmtl.report.html import CSS, versions
-from fedmtl.report.labels import headline, megabytes, metric, seconds
+from fedmtl.report.labels import headline, megabytes, metric, personalized_tasks, primary_metric, seconds
 from fedmtl.report.metrics_log import read_metrics
 from fedmtl.report.plots import _legend_outside, _round_axis, _save, log_axis, pyplot
 
@@ -101,28 +101,38 @@ def plot_task(runs: Sequence[Run], task: str, path: Path) -> Path:
 
 
 def summary_table(runs: Sequence[Run], tasks: Sequence[str]) -> str:
-    """The runs as rows: what ran, final global score per task, personalised mean and worst 10 %, traffic, time."""
+    """The runs as rows: what ran; per task the final global score, the personalised score pooled over the
+    clients' test rows and that of the worst 10 % of clients (each task's primary metric); traffic, time."""
     head = ["run", "algorithm", "model · balancer", "compression", "privacy", "rounds"]
-    head += [f"{t} (global)" for t in tasks] + ["personalised mean", "worst 10 %", "MB sent", "training time"]
+    head += [f"{t} ({what})" for t in tasks for what in ("global", "personalised, pooled", "personalised, worst 10 %")]
+    head += ["MB sent", "training time"]
     rows = []
     for run in runs:
         what = dict(headline(run.config))
         s = run.summary
         final = s.get("final_global") or {}
-        pers = s.get("final_personalized") or {}
+        pers = personalized_tasks(s.get("final_personalized"))
         cells = [run.label, what["algorithm"], f"{what['model']} · {what['multi-task']}", what["compression"], what["privacy"]]
         cells.append(str(s.get("rounds_completed", len(run.records))))
         for task in tasks:
             values = final.get(task) or {}
-            cells.append(metric("accuracy", values["accuracy"]) if "accuracy" in values else metric("r2", values.get("r2", "–")))
-        for key in ("mean", "worst10"):
-            cells.append(metric("accuracy", pers[key]) if key in pers else "–")
+            cells.append(_cell(values) if values else "not trained" if s.get("global_model") else "–")
+            block = pers.get(task) or {}
+            key = primary_metric(block.get("pooled") or values)
+            cells.append(_cell(block.get("pooled") or {}, key))
+            cells.append(_cell(block.get("worst10") or {}, key))
         sent = s.get("bytes_down_total", 0) + s.get("bytes_up_total", 0)
         cells.append(megabytes(sent) if sent else "–")
         cells.append(seconds(s["wall_seconds"]) if "wall_seconds" in s else "–")
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     header = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     return f"<table>{header}{''.join(rows)}</table>"
+
+
+def _cell(values: Mapping[str, Any], key: str | None = None) -> str:
+    """A task's primary metric (or ``key``) for a table cell: accuracy in %, R² as a number, – when absent."""
+    key = key or primary_metric(values)
+    return metric(key, values[key]) if key in values else "–"
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -154,8 +164,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 <h1>fedmtl: {len(runs)} runs compared</h1>
 <p class="meta">Written {written} with {html.escape(versions())}. Runs: {html.escape(', '.join(str(p) for p in paths))}.</p>
 <h2>Summary</h2>{summary_table(runs, tasks)}
-<p class="meta">Global scores are the global model's on each run's held-out data after its last evaluated round;
-worst 10 % is the mean personalised score of the lowest-scoring tenth of clients; MB sent counts both directions.</p>
+<p class="meta">Scores are each task's accuracy (R² for regression) after the last evaluated round. Global: the global
+model on the run's held-out data (not trained: algorithm local has none). Personalised, pooled: every client's own
+model on its own test rows, counted together. Worst 10 %: the mean over the tenth of clients the task serves worst.
+MB sent counts both directions.</p>
 <h2>Per task</h2><div class="plots">{''.join(figures) or '<p>No evaluated rounds to plot.</p>'}</div>
 </body></html>
 """

@@ -37,9 +37,9 @@ def versions() -> str:
     """``fedmtl 0.1.0 · torch 2.13.0 · Python 3.11.7``: what rendered the report."""
     import torch
 
-    import fedmtl
+    from fedmtl._version import __version__
 
-    return f"fedmtl {fedmtl.__version__} · torch {torch.__version__} · Python {platform.python_version()}"
+    return f"fedmtl {__version__} · torch {torch.__version__} · Python {platform.python_version()}"
 
 
 def _figure(path: Path) -> str:

@@ -8,16 +8,40 @@ from typing import Any
 #: what the report's terms mean (shown as its glossary)
 GLOSSARY = {
     "global model": "the one model the server holds after a round, scored on the server's held-out data "
-    "(rows no client trains on).",
+    "(rows no client trains on). Algorithm local trains none: it reports no global metrics.",
     "personalised": "each client's own model (the global model adapted by the algorithm: its own heads, "
-    "fine-tuning, a mixture, ...), scored on that client's own test split; a client's score is the mean "
-    "primary metric (accuracy, or R²) over its tasks.",
-    "worst 10 %": "the mean personalised score of the 10 % of clients that score lowest (at least one "
-    "client): how well the federation serves the clients it serves worst.",
+    "fine-tuning, a mixture, ...), scored on that client's own test split, task by task (scores of "
+    "different tasks are never averaged together).",
+    "pooled": "a personalised metric over every client's test rows together: each client's models score "
+    "its own rows, and the counts are added before the metric is computed (a client weighs its rows).",
+    "median client": "the median over clients of a task's personalised metric. A client whose metric is "
+    "undefined (R² on fewer than 2 rows or equal targets, ROC-AUC with one label) is left out.",
+    "worst 10 %": "the mean of a task's personalised metric over the 10 % of clients it serves worst (at least "
+    "one client; the highest values for loss, RMSE and MAE): how well the federation serves them.",
+    "accuracy, macro-F1": "multiclass: the share of rows classified right; the F1 score of each class "
+    "present or predicted, averaged over classes with equal weight.",
+    "F1, ROC-AUC": "binary: the F1 score of the positive class (threshold 0.5); the probability that a "
+    "positive row scores above a negative one (from 200-bin score histograms, so it adds across clients).",
+    "RMSE, MAE, R²": "regression: root mean squared and mean absolute error, in the target's original units "
+    "(the data path standardises targets for training and scales these back); R² = 1 - SSE / SST.",
+    "loss": "the training objective per row: cross-entropy (classification) or mean squared error in "
+    "standardised units (regression).",
     "downlink / uplink": "bytes the server sends to the round's clients / the clients send back, after "
     "compression, secure aggregation and wire framing included (1 MB = 10⁶ bytes).",
     "round": "one cycle: the server samples a cohort of clients, they train locally, the server aggregates.",
     "ε (epsilon)": "the differential-privacy budget spent so far at the configured δ (smaller is more private).",
+}
+
+#: readable metric names (the keys are those of :meth:`fedmtl.tasks.Task.finalize`)
+METRIC_NAMES = {
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "f1": "F1",
+    "auc": "ROC-AUC",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R²",
 }
 
 _SUMMARY_LABELS = {
@@ -30,8 +54,24 @@ _SUMMARY_LABELS = {
     "stopped_early": "stopped early",
 }
 
-#: the primary metric of a task kind, and whether it is a share (shown in %)
+#: metrics that are shares (shown in %)
 PERCENT_METRICS = ("accuracy",)
+
+
+def metric_name(name: str) -> str:
+    """``"macro_f1"`` -> ``"macro-F1"``, ``"r2"`` -> ``"R²"``."""
+    return METRIC_NAMES.get(name, name)
+
+
+def primary_metric(values: Mapping[str, Any]) -> str:
+    """The metric a task's results lead with: accuracy (classification), else R² (regression)."""
+    return "accuracy" if "accuracy" in values else "r2"
+
+
+def personalized_tasks(block: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """The per-task entries of a ``personalized`` block (task -> pooled, median, worst10, clients, undefined);
+    a run folder written before per-task results (a mean over tasks) gives none."""
+    return {t: v for t, v in (block or {}).items() if isinstance(v, Mapping) and isinstance(v.get("pooled"), Mapping)}
 
 
 def megabytes(n: float) -> str:
@@ -57,7 +97,9 @@ def seconds(s: float) -> str:
 
 
 def metric(name: str, value: Any) -> str:
-    """A metric value for people: accuracy in %, others to 4 significant digits."""
+    """A metric value for people: accuracy in %, others to 4 significant digits; None (not finite) as n/a."""
+    if value is None:
+        return "n/a"
     if not isinstance(value, (int, float)):
         return str(value)
     if name in PERCENT_METRICS:
@@ -67,7 +109,7 @@ def metric(name: str, value: Any) -> str:
 
 def metrics(values: Mapping[str, Any]) -> str:
     """``{"accuracy": 0.5, "loss": 1.2}`` -> ``"accuracy 50.0 %, loss 1.2"``."""
-    return ", ".join(f"{k} {metric(k, v)}" for k, v in values.items())
+    return ", ".join(f"{metric_name(k)} {metric(k, v)}" for k, v in values.items())
 
 
 def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -85,14 +127,12 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append((label, str(value)))
     for reason in summary.get("engine_fallback") or []:
         rows.append(("sequential fallback", str(reason)))
+    if summary.get("global_model"):
+        rows.append(("global model", str(summary["global_model"])))
     for task, values in (summary.get("final_global") or {}).items():
         rows.append((f"global model · {task}", metrics(values)))
-    pers = summary.get("final_personalized") or {}
-    for key, label in (("mean", "mean over clients"), ("worst10", "worst 10 % of clients"), ("median", "median client")):
-        if key in pers:
-            rows.append((f"personalised · {label}", metric("accuracy", pers[key]) if _is_share(pers) else metric("", pers[key])))
-    for task, value in (pers.get("per_task") or {}).items():
-        rows.append((f"personalised · {task} (mean over its clients)", metric("accuracy", value) if _is_share(pers) else metric("", value)))
+    for task, block in personalized_tasks(summary.get("final_personalized")).items():
+        rows.extend(personalized_rows(task, block))
     privacy = summary.get("privacy") or {}
     if "epsilon" in privacy:
         rows.append(("privacy · ε spent", f"{privacy['epsilon']:.3g}" + (f" at δ = {privacy['delta']:g}" if "delta" in privacy else "")))
@@ -101,11 +141,18 @@ def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _is_share(pers: Mapping[str, Any]) -> bool:
-    """Personalised scores are shares (accuracy) when every one lies in [0, 1]."""
-    values = [v for k, v in pers.items() if isinstance(v, (int, float)) and k in ("mean", "worst10", "median")]
-    values += [v for v in (pers.get("per_task") or {}).values() if isinstance(v, (int, float))]
-    return all(0 <= v <= 1 for v in values)
+def personalized_rows(task: str, block: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One task's personalised results as table rows: pooled metrics, then the median and worst-10 % client."""
+    clients = block.get("clients")
+    rows = [(f"personalised · {task} · pooled over {clients} clients' test rows", metrics(block["pooled"]))]
+    for key, label in (("median", "median client"), ("worst10", "worst 10 % of clients")):
+        shown = {k: v for k, v in (block.get(key) or {}).items() if k != "loss"}
+        if shown:
+            rows.append((f"personalised · {task} · {label}", metrics(shown)))
+    undefined = block.get("undefined") or {}
+    if undefined:
+        rows.append((f"personalised · {task} · undefined", ", ".join(f"{metric_name(k)} for {n} client{'' if n == 1 else 's'}" for k, n in undefined.items())))
+    return rows
 
 
 def task_colors(tasks: Iterable[str]) -> dict[str, str]:

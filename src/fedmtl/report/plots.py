@@ -6,24 +6,27 @@ outside the data, and has a caption (:data:`CAPTIONS`) that the HTML report show
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from fedmtl._extras import require
-from fedmtl.report.labels import task_colors
+from fedmtl.fl.evaluation import worst_mean
+from fedmtl.report.labels import metric_name, personalized_tasks, primary_metric, task_colors
 
 #: what each plot shows, by file stem (the report's captions)
 CAPTIONS = {
-    "task_metrics": "Per-task score of the global model on the server's held-out data (solid) and of the "
-    "personalised models, averaged over the clients holding the task (dashed), by round. Accuracy in %, R² for regression.",
+    "task_metrics": "Per-task score by round: the global model on the server's held-out data (solid) and the "
+    "personalised models pooled over all clients' test rows (dashed). Accuracy in %, R² for regression.",
     "loss": "Per-task loss by round (log scale): training loss averaged over the round's cohort (solid) and "
     "the global model's held-out loss (dotted).",
     "bytes": "Traffic by round: megabytes the server sent to the cohort (downlink) and the cohort sent back "
     "(uplink), per round (left) and accumulated (right).",
-    "client_scores": "Final personalised score of each client (mean primary metric over its tasks); "
-    "the dashed line is the mean, the dotted one the mean of the worst 10 %.",
+    "client_metrics": "Final personalised score of each client, one panel per task (accuracy in %, R² for "
+    "regression; clients whose R² is undefined are left out); the dashed line is the median client, "
+    "the dotted one the mean of the worst 10 %.",
 }
 UP, DOWN = "#b5651d", "#333333"  # not task colours: traffic is not a task
 
@@ -70,30 +73,29 @@ def run_tasks(records: Sequence[dict[str, Any]]) -> list[str]:
     names: set[str] = set()
     for r in records:
         names |= set(r.get("global") or {}) | set(r.get("train_loss") or {})
-        names |= set((r.get("personalized") or {}).get("per_task") or {})
+        names |= set(personalized_tasks(r.get("personalized")))
     return sorted(names)
 
 
 def plot_task_metrics(records: Sequence[dict[str, Any]], path: Path, colors: Mapping[str, str] | None = None) -> Path | None:
-    """Per-task primary metric (accuracy in %, or R²) vs round: global model solid, personalised dashed."""
-    evals = _rounds(records, "global")
+    """Per-task primary metric (accuracy in %, or R²) vs round: global model solid, personalised (pooled) dashed."""
+    evals = [r for r in records if r.get("global") or personalized_tasks(r.get("personalized"))]
     if not evals:
         return None
     colors = colors or task_colors(run_tasks(records))
     fig, ax = pyplot().subplots(figsize=(8, 4.2))
     percent = True
-    for task in sorted(evals[-1]["global"]):
-        metric = "accuracy" if "accuracy" in evals[-1]["global"][task] else "r2"
+    for task in sorted({t for r in evals for t in (r.get("global") or {}) | personalized_tasks(r.get("personalized"))}):
+        glob = [(r["round"], r["global"][task]) for r in evals if task in (r.get("global") or {})]
+        pers = [(r["round"], p[task]["pooled"]) for r in evals if task in (p := personalized_tasks(r.get("personalized")))]
+        metric = primary_metric((glob or pers)[-1][1])
         scale = 100.0 if metric == "accuracy" else 1.0
         percent = percent and metric == "accuracy"
-        xs = [r["round"] for r in evals if task in r["global"]]
-        ys = [scale * r["global"][task][metric] for r in evals if task in r["global"]]
-        label = "accuracy" if metric == "accuracy" else "R²"
-        ax.plot(xs, ys, color=colors[task], marker="o", ms=3, label=f"{task}: {label}, global model")
-        pers = [(r["round"], r["personalized"]["per_task"].get(task)) for r in evals if r.get("personalized")]
-        pers = [(x, scale * y) for x, y in pers if y is not None]
-        if pers:
-            ax.plot(*zip(*pers), color=colors[task], linestyle="--", label=f"{task}: personalised (client mean)")
+        for points, style, what in ((glob, "-", "global model"), (pers, "--", "personalised (pooled)")):
+            points = [(x, scale * m[metric]) for x, m in points if m.get(metric) is not None]
+            if points:
+                marker = "o" if style == "-" else None
+                ax.plot(*zip(*points), color=colors[task], linestyle=style, marker=marker, ms=3, label=f"{task}: {metric_name(metric)}, {what}")
     _round_axis(ax)
     ax.set_ylabel("accuracy (%)" if percent else "accuracy (%) / R²")
     ax.set_title("Per-task performance")
@@ -148,32 +150,53 @@ def plot_loss(records: Sequence[dict[str, Any]], path: Path, colors: Mapping[str
     return _save(fig, path)
 
 
-def plot_client_histogram(scores: Sequence[float], path: Path, title: str = "Personalised score per client") -> Path | None:
-    """Distribution of the final per-client personalised score, with its mean and worst-10 % mean."""
-    if not scores:
+def plot_client_metrics(
+    clients: Sequence[Mapping[str, Any]], path: Path, colors: Mapping[str, str] | None = None
+) -> Path | None:
+    """Per task, the distribution over clients of the final personalised primary metric (accuracy in %, or
+    R²), with the median client and the mean of the worst 10 %. ``clients``: the rows of ``clients.json``."""
+    per_task: dict[str, list[Mapping[str, Any]]] = {}
+    for row in clients:
+        for task, values in (row.get("tasks") or {}).items():
+            if isinstance(values, Mapping):  # a run folder from before per-task results holds floats: skipped
+                per_task.setdefault(task, []).append(values)
+    if not per_task:
         return None
-    fig, ax = pyplot().subplots(figsize=(8, 3.8))
-    share = all(0 <= s <= 1 for s in scores)
-    values = [100 * s for s in scores] if share else list(scores)
-    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="#7f7f7f", edgecolor="white")
-    worst = sorted(values)[: max(1, -(-len(values) // 10))]
-    ax.axvline(sum(values) / len(values), color="k", linestyle="--", label="mean")
-    ax.axvline(sum(worst) / len(worst), color="k", linestyle=":", label="worst 10 % (mean)")
-    ax.set_xlabel("client score: mean accuracy over its tasks (%)" if share else "client score: mean primary metric over its tasks")
-    ax.set_ylabel("clients")
-    ax.set_title(title)
-    _legend_outside(ax)
+    colors = colors or task_colors(per_task)
+    tasks = sorted(per_task)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(max(8, 3.6 * len(tasks)), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        metric = primary_metric(per_task[task][0])
+        share = metric == "accuracy"
+        values = [(100 if share else 1) * m[metric] for m in per_task[task] if m.get(metric) is not None]
+        left_out = len(per_task[task]) - len(values)
+        title = f"{task}: {len(values)} client{'' if len(values) == 1 else 's'}" + (f" ({left_out} undefined)" if left_out else "")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"{metric_name(metric)}" + (" (%)" if share else ""))
+        if not values:
+            continue
+        ax.hist(values, bins=min(30, max(5, len(values) // 3)), color=colors[task], alpha=0.75, edgecolor="white")
+        ax.axvline(statistics.median(values), color="k", linestyle="--", label="median client")
+        ax.axvline(worst_mean(values), color="k", linestyle=":", label="worst 10 % (mean)")
+    axes[0][0].set_ylabel("clients")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.08))
+    fig.suptitle("Personalised score per client")
     return _save(fig, path)
 
 
-def draw_all(records: Sequence[dict[str, Any]], client_scores: Sequence[float], folder: Path) -> list[Path]:
-    """Every standard plot of a run, into ``folder``; returns the files written."""
+def draw_all(records: Sequence[dict[str, Any]], clients: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
+    """Every standard plot of a run, into ``folder``; returns the files written.
+
+    ``clients``: the final per-client rows (``clients.json``: ``{"client", "rows", "tasks": {task: metrics}}``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    colors = task_colors(run_tasks(records))
+    colors = task_colors(run_tasks(records) + [t for row in clients for t in (row.get("tasks") or {})])
     made = [
         plot_task_metrics(records, folder / "task_metrics.png", colors),
         plot_loss(records, folder / "loss.png", colors),
         plot_bytes(records, folder / "bytes.png"),
-        plot_client_histogram(client_scores, folder / "client_scores.png"),
+        plot_client_metrics(clients, folder / "client_metrics.png", colors),
     ]
     return [p for p in made if p is not None]

@@ -28,11 +28,11 @@ def render_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder: it has no metrics.jsonl")
     records = read_metrics(metrics_path)
     clients_path = run_dir / "clients.json"
-    scores = [row["score"] for row in json.loads(clients_path.read_text())] if clients_path.exists() else []
+    clients = json.loads(clients_path.read_text()) if clients_path.exists() else []
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     try:
-        plots = draw_all(records, scores, run_dir / "plots")
+        plots = draw_all(records, clients, run_dir / "plots")
         missing = ""
     except MissingExtraError as exc:
         log.warning("report without plots: %s", exc)

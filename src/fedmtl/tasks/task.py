@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,18 @@ AUC_BINS = 200
 #: a multiclass row without a label (binary and regression rows without one hold NaN); PyTorch's ignore_index
 MISSING_CLASS = -100
 
+#: metrics where a smaller value is better (every other metric: larger is better); decides which clients are "worst"
+LOWER_IS_BETTER = frozenset({"loss", "rmse", "mae"})
+
+#: a target variance at most this fraction of the targets' mean square is zero: what float64 rounding leaves of
+#: equal targets (float32 sums left ~1e-8, and two equal targets gave an R^2 of -8e6)
+ZERO_VARIANCE = 1e-12
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (accuracy, F1, AUC, R^2) or worse (loss, RMSE, MAE)."""
+    return metric not in LOWER_IS_BETTER
+
 
 @dataclass(frozen=True)
 class Task:
@@ -24,17 +37,30 @@ class Task:
 
     ``output_dim`` is what a head for this task must produce: the number of classes for
     multiclass, 1 for binary (a logit) and for regression (a value).
+
+    A regression target the data path standardised (federated ``Moments``) is trained and predicted in
+    standard units; ``target_offset`` and ``target_scale`` map them back (original = standard * scale +
+    offset), so RMSE and MAE are reported in the target's own units.
     """
 
     name: str
     kind: TaskKind
     num_classes: int = 0
+    target_offset: float = 0.0
+    target_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("multiclass", "binary", "regression"):
             raise ValueError(f"task {self.name!r}: kind {self.kind!r} not in multiclass, binary, regression")
         if self.kind == "multiclass" and self.num_classes < 2:
             raise ValueError(f"task {self.name!r}: multiclass needs num_classes >= 2, got {self.num_classes}")
+        if not (math.isfinite(self.target_scale) and self.target_scale > 0) or not math.isfinite(self.target_offset):
+            raise ValueError(
+                f"task {self.name!r}: target_scale must be finite and > 0 and target_offset finite, "
+                f"got {self.target_scale!r}, {self.target_offset!r}"
+            )
+        if self.kind != "regression" and (self.target_scale, self.target_offset) != (1.0, 0.0):
+            raise ValueError(f"task {self.name!r}: target_scale / target_offset apply to regression only, not {self.kind}")
 
     @property
     def output_dim(self) -> int:
@@ -48,6 +74,10 @@ class Task:
     def primary_metric(self) -> str:
         """The metric plots and summaries lead with: accuracy, or R^2 for regression."""
         return "accuracy" if self.is_classification else "r2"
+
+    def to_original_units(self, value: Tensor) -> Tensor:
+        """A regression prediction (or target) in the target's original units (identity for classification)."""
+        return value * self.target_scale + self.target_offset if self.kind == "regression" else value
 
     def target_dtype(self) -> torch.dtype:
         return torch.long if self.kind == "multiclass" else torch.float32
@@ -120,19 +150,25 @@ class Task:
             out.update({f"pos_{i}": float(v) for i, v in enumerate(pos) if v})
             out.update({f"neg_{i}": float(v) for i, v in enumerate(neg) if v})
             return out
-        yf = y.reshape(-1).float()
+        # float64: the variance comes from y_sq / n - mean^2, which float32 sums leave with a rounding residue
+        yd, err = y.reshape(-1).double(), pred.reshape(-1).double() - y.reshape(-1).double()
         return {
             "n": n,
-            "loss": loss_sum,
-            "abs_err": float((pred.reshape(-1) - yf).abs().sum()),
-            "y_sum": float(yf.sum()),
-            "y_sq": float((yf * yf).sum()),
+            "loss": float((err * err).sum()),
+            "abs_err": float(err.abs().sum()),
+            "y_sum": float(yd.sum()),
+            "y_sq": float((yd * yd).sum()),
         }
 
     def finalize(self, sums: dict[str, float]) -> dict[str, float]:
         """Metrics from summed statistics: loss, accuracy and macro-F1 (multiclass); loss, accuracy, F1 and
         ROC-AUC (binary; the AUC from score histograms, exact up to ties within 1/AUC_BINS of the sigmoid's
-        range); loss (MSE), RMSE, MAE and R^2 (regression, in the units the model was trained in)."""
+        range); loss (MSE in the standard units the model is trained in), RMSE and MAE (in the target's
+        original units: times ``target_scale``) and R^2 (scale-free) for regression.
+
+        A metric that is undefined on these rows is absent: ROC-AUC with one label only, R^2 on fewer than
+        2 rows or targets without variance (all equal), macro-F1 with no class present or predicted.
+        """
         n = max(sums.get("n", 0.0), 1.0)
         out = {"loss": sums["loss"] / n}
         if self.kind == "multiclass":
@@ -154,11 +190,11 @@ class Task:
                     out["auc"] = auc
         else:
             mse = sums["loss"] / n
-            mean = sums["y_sum"] / n
-            var = sums["y_sq"] / n - mean * mean
-            out["rmse"] = mse**0.5
-            out["mae"] = sums["abs_err"] / n
-            out["r2"] = 1.0 - mse / var if var > 1e-12 else 0.0
+            out["rmse"] = mse**0.5 * self.target_scale
+            out["mae"] = sums["abs_err"] / n * self.target_scale
+            r2 = _r_squared(sums)
+            if r2 is not None:
+                out["r2"] = r2
         return out
 
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
@@ -170,6 +206,18 @@ def add_sums(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     """Add two metric-statistics dicts key by key."""
     keys = set(a) | set(b)
     return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in keys}
+
+
+def _r_squared(sums: dict[str, float]) -> float | None:
+    """1 - SSE / SST from sums; ``None`` (undefined) on fewer than 2 rows or targets with no variance."""
+    n = sums.get("n", 0.0)
+    if n < 2:
+        return None
+    mean_sq = sums["y_sq"] / n
+    var = mean_sq - (sums["y_sum"] / n) ** 2
+    if not var > ZERO_VARIANCE * mean_sq:  # also NaN, and all-zero targets
+        return None
+    return 1.0 - (sums["loss"] / n) / var
 
 
 def _binned_auc(pos: list[float], neg: list[float]) -> float | None:

@@ -64,7 +64,8 @@ class BlockQuantiser:
         padded = torch.zeros(self._blocks(n) * self.block_size)
         padded[:n] = codes.float() - self.levels
         out = padded.reshape(-1, self.block_size) * (scale / self.levels)[:, None]
-        return out.reshape(-1)[:n]
+        values: Tensor = out.reshape(-1)[:n]
+        return values
 
     def _pack(self, codes: Tensor) -> Tensor:
         k = self.per_byte

@@ -56,11 +56,12 @@ class LZ4:
     wire_id = 2
 
     def compress(self, data: bytes) -> bytes:
-        return lz4.block.compress(data, store_size=False)
+        out: bytes = lz4.block.compress(data, store_size=False)
+        return out
 
     def decompress(self, data: bytes, raw_size: int) -> bytes:
         try:
-            out = lz4.block.decompress(data, uncompressed_size=raw_size)
+            out: bytes = lz4.block.decompress(data, uncompressed_size=raw_size)
         except lz4.block.LZ4BlockError as exc:
             raise PayloadError(f"lz4 body does not decompress ({exc})") from None
         if len(out) != raw_size:

@@ -16,13 +16,22 @@ from fedmtl.config.data import TableSource, TaskSpec
 from fedmtl.data.source import DataError, SourceData
 from fedmtl.tasks import Task, TaskKind
 
+#: most distinct values a multiclass target may have without ``num_classes``: more looks like a number
+MAX_INFERRED_CLASSES = 100
+KINDS = ("multiclass", "binary", "regression")
+
 
 def encode_target(name: str, kind: TaskKind, values: np.ndarray, num_classes: int | None = None) -> tuple[np.ndarray, Task]:
     """Targets as numbers (NaN = missing) and the task they define.
 
     Multiclass labels are coded 0..K-1 in sorted order of the distinct values; binary labels must
     take exactly two distinct values (coded 0/1 in sorted order); regression targets must be numeric.
+    A multiclass column with more distinct values than ``num_classes``, or than
+    :data:`MAX_INFERRED_CLASSES` when ``num_classes`` is not given, is refused: it is most likely a
+    continuous target (one output per distinct value would train thousands of near-empty classes).
     """
+    if kind not in KINDS:
+        raise DataError(f"task {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
     values = np.asarray(values)
     if kind == "regression":
         try:
@@ -39,7 +48,15 @@ def encode_target(name: str, kind: TaskKind, values: np.ndarray, num_classes: in
         if k < 2:
             raise DataError(f"task {name!r} is multiclass but has {len(classes)} distinct label(s)")
         if num_classes is not None and len(classes) > num_classes:
-            raise DataError(f"task {name!r} declares num_classes={num_classes} but has {len(classes)} distinct labels")
+            raise DataError(
+                f"task {name!r} declares num_classes={num_classes} but has {len(classes)} distinct labels "
+                f"(e.g. {classes[:5].tolist()}){_continuous_hint(present)}"
+            )
+        if num_classes is None and len(classes) > MAX_INFERRED_CLASSES:
+            raise DataError(
+                f"task {name!r} is multiclass but has {len(classes)} distinct labels (more than {MAX_INFERRED_CLASSES}; "
+                f"e.g. {classes[:5].tolist()}){_continuous_hint(present)}; if it really has that many classes, set its num_classes"
+            )
         if num_classes is not None and np.issubdtype(present.dtype, np.integer) and len(present):
             if present.min() < 0 or present.max() >= num_classes:
                 raise DataError(f"task {name!r}: labels must lie in 0..{num_classes - 1}, found {present.min()}..{present.max()}")
@@ -52,6 +69,14 @@ def encode_target(name: str, kind: TaskKind, values: np.ndarray, num_classes: in
     coded[~missing] = [lookup[v] for v in keys.tolist()]
     task = Task(name, "binary") if kind == "binary" else Task(name, "multiclass", max(num_classes or 0, len(classes)))
     return coded, task
+
+
+def _continuous_hint(present: np.ndarray) -> str:
+    """Advice for a multiclass column with too many values: numeric ones look like a regression target."""
+    if present.dtype.kind in "iuf" or (present.dtype == object and all(isinstance(v, (int, float, np.number)) for v in present[:1000])):
+        fractional = present.dtype.kind == "f" and bool(np.any(np.mod(present.astype(np.float64), 1) != 0))
+        return f": it looks continuous{' (fractional values)' if fractional else ''}, use kind regression"
+    return ""
 
 
 def _is_missing(values: np.ndarray) -> np.ndarray:
@@ -87,6 +112,9 @@ def from_arrays(
     unknown = sorted(set(targets) ^ set(kinds))
     if unknown:
         raise DataError(f"targets and kinds must name the same tasks; mismatched: {unknown}")
+    bad = {name: kind for name, kind in kinds.items() if kind not in KINDS}
+    if bad:
+        raise DataError(f"unknown task kind(s) {bad}; allowed: {', '.join(KINDS)}")
     coded: dict[str, np.ndarray] = {}
     tasks: list[Task] = []
     for name in targets:
@@ -95,14 +123,20 @@ def from_arrays(
             raise DataError(f"target {name!r} has {values.shape[0]} rows, features have {x.shape[0]}")
         coded[name] = values
         tasks.append(task)
-    ids = None
+    ids, names = None, None
     if client_ids is not None:
         raw = np.asarray(client_ids)
         if raw.shape[0] != x.shape[0]:
             raise DataError(f"client ids have {raw.shape[0]} rows, features have {x.shape[0]}")
-        _, ids = np.unique(raw.astype(str), return_inverse=True)
+        unique, ids = np.unique(raw.astype(str), return_inverse=True)
+        names = tuple(unique.tolist())
     return SourceData(
-        x=x.astype(np.float32), targets=coded, tasks=tuple(tasks), client_ids=ids, description=description
+        x=x.astype(np.float32),
+        targets=coded,
+        tasks=tuple(tasks),
+        client_ids=ids,
+        description=description,
+        client_names=names,
     )
 
 
@@ -139,19 +173,27 @@ def load_table(cfg: TableSource, seed: int) -> SourceData:
     features = list(cfg.features) if cfg.features is not None else [c for c in frame.columns if c not in used]
     if not features:
         raise DataError(f"{str(path)!r} has no feature columns left after the task and client columns")
-    pd = require("pandas", "tables", "reading a CSV or Parquet table")
-
     feats = frame[features]
     categorical = [c for c in features if feats[c].dtype == object or str(feats[c].dtype) in ("category", "string", "str", "bool")]
-    if categorical:
-        feats = pd.get_dummies(feats, columns=categorical, dummy_na=False)
+    numeric = feats[[c for c in features if c not in categorical]]
     try:
-        x = feats.to_numpy(dtype=np.float32, na_value=np.nan)
+        x = numeric.to_numpy(dtype=np.float32, na_value=np.nan)
     except (TypeError, ValueError) as exc:
         raise DataError(f"feature columns of {str(path)!r} must be numeric or categorical: {exc}") from None
+    x = np.concatenate([x, *(one_hot(feats[c]) for c in categorical)], axis=1)
     targets = {name: frame[col].to_numpy() for name, col in columns.items()}
     ids = frame[cfg.client_column].to_numpy() if cfg.client_column else None
     return from_arrays(x, targets, kinds, ids, classes, description=f"table {path.name}, {len(frame)} rows")
+
+
+def one_hot(column) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A categorical column as one-hot columns (categories in sorted order); a missing value (NaN, None,
+    an empty CSV cell) is missing in every one of them, so that ``data.preprocessing.missing`` drops or
+    imputes it like a missing number (``impute_mean`` gives the client's category frequencies)."""
+    pd = require("pandas", "tables", "reading a CSV or Parquet table")
+    codes = np.array(pd.get_dummies(column, dummy_na=False).to_numpy(dtype=np.float32))
+    codes[column.isna().to_numpy()] = np.nan
+    return codes
 
 
 def _load_npz(path: Path, specs: Sequence[TaskSpec], client_key: str | None, kinds, classes) -> SourceData:  # type: ignore[no-untyped-def]

@@ -107,4 +107,5 @@ def from_datasets(
         holdout_x=src.x[n_train:],
         holdout_targets={t: v[n_train:] for t, v in src.targets.items()},
         description=description,
+        client_names=src.client_names,
     )

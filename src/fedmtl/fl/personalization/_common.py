@@ -131,7 +131,7 @@ class KeepPrivate(FedAvg, abc.ABC):
 
 def start_from(start: Mapping[str, Tensor], state: TensorTree) -> dict[str, Tensor]:
     """Where a client's local training begins: the broadcast model with its own ``personal`` copies over it."""
-    return {**start, **state.get("personal", {})}  # type: ignore[dict-item]
+    return {**start, **state.get("personal", {})}
 
 
 def is_local(model: MultiTaskModel, name: str) -> bool:

@@ -10,12 +10,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective, is_local
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -48,10 +50,10 @@ class APFL(FedAvg):
         model, cfg = trainer.model, trainer.cfg
         names = held_parameter_names(model, client.tasks)
         own_local = state.get("local", {})
-        w = {n: own_local.get(n, start[n]).detach().clone() for n in names}  # type: ignore[union-attr]
+        w = {n: own_local.get(n, start[n]).detach().clone() for n in names}
         saved = state.get("apfl_v", {})
-        v = {n: saved.get(n, w[n]).detach().clone() for n in names}  # type: ignore[union-attr]
-        alpha = state["apfl_alpha"].clone() if "apfl_alpha" in state else torch.tensor(self.alpha)  # type: ignore[union-attr]
+        v = {n: saved.get(n, w[n]).detach().clone() for n in names}
+        alpha = state["apfl_alpha"].clone() if "apfl_alpha" in state else torch.tensor(self.alpha)
         lr = cfg.optimizer.lr
         obj_w = LocalObjective(trainer, client, state, "objective")
         obj_mixed = LocalObjective(trainer, client, state, "apfl_objective")
@@ -71,7 +73,7 @@ class APFL(FedAvg):
         new_state: TensorTree = {"apfl_v": v, "apfl_alpha": alpha, "objective": obj_w.state, "apfl_objective": obj_mixed.state}
         local = {n: t for n, t in w.items() if is_local(model, n)}
         if local:
-            new_state["local"] = local  # type: ignore[assignment]
+            new_state["local"] = local
         return LocalResult(w, {"loss/apfl": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def personal_params(
@@ -80,6 +82,9 @@ class APFL(FedAvg):
         out = super().personal_params(model, global_params, client, state)
         if "apfl_v" in state:
             a = state["apfl_alpha"]
-            for n, v in state["apfl_v"].items():  # type: ignore[union-attr]
-                out[n] = a * v + (1 - a) * out[n]  # type: ignore[operator]
+            for n, v in state["apfl_v"].items():
+                out[n] = a * v + (1 - a) * out[n]
         return out
+
+
+register("algorithm", "apfl", lambda cfg, make_model: APFL(cfg.alpha, cfg.alpha_lr), acfg.APFLAlgorithm)

@@ -10,10 +10,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
 from fedmtl.fl.personalization._common import drop, fork, start_from
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -41,9 +43,12 @@ class Ditto(FedAvg):
     ) -> LocalResult:
         glob = trainer.train(start, client, drop(state, "personal", "personal_objective"), generator)
         names = self.uploaded_names(trainer.model, client)
-        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}  # type: ignore[misc]
+        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}
         begin = start_from(start, state)
         prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
         pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
         personal = {n: pers.params[n] for n in names}
         return LocalResult(glob.params, glob.metrics, {**glob.state, "personal": personal, "personal_objective": pers.state["objective"]})
+
+
+register("algorithm", "ditto", lambda cfg, make_model: Ditto(cfg.lam, cfg.personal_epochs), acfg.DittoAlgorithm)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.fl.personalization._common import KeepPrivate
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -40,3 +42,6 @@ class FedBN(KeepPrivate):
         if self._seen is None or self._seen[0] is not model:
             self._seen = (model, norm_parameter_names(model))
         return name in self._seen[1]
+
+
+register("algorithm", "fedbn", lambda cfg, make_model: FedBN(), acfg.FedBNAlgorithm)

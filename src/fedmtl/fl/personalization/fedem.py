@@ -40,12 +40,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ModelBuilder, ServerContext
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective, average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -123,7 +125,8 @@ class FedEM(FedAvg):
         """``[K, n]`` ``s_m(x) = log p_m(x)`` up to a constant per input, from gate parameters ``gate`` (prefixed names)."""
         assert self.gate is not None
         params = {n[len(GATE_PREFIX) :]: v for n, v in gate.items()}
-        return functional_call(self.gate, params, (x, [GATE_TASK]))[GATE_TASK].T
+        scores: Tensor = functional_call(self.gate, params, (x, [GATE_TASK]))[GATE_TASK].T
+        return scores
 
     def log_posterior(self, gate: Mapping[str, Tensor], pi: Tensor, x: Tensor) -> Tensor:
         """``[n, K]`` a client's ``log p_t(m | x) = log_softmax_m(log pi_m + s_m(x))``."""
@@ -153,9 +156,9 @@ class FedEM(FedAvg):
 
     # -- the rounds -----------------------------------------------------------------------------
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
-        state: TensorTree = {"components": {str(k): shuffled(params, generator) for k in range(1, self.k)}}  # type: ignore[dict-item]
+        state: TensorTree = {"components": {str(k): shuffled(params, generator) for k in range(1, self.k)}}
         if self.gate is not None:
-            state["gate"] = shuffled({GATE_PREFIX + n: p.detach() for n, p in self.gate.named_parameters()}, generator)  # type: ignore[assignment]
+            state["gate"] = shuffled({GATE_PREFIX + n: p.detach() for n, p in self.gate.named_parameters()}, generator)
         return state
 
     def local_train(
@@ -165,20 +168,20 @@ class FedEM(FedAvg):
         names = held_parameter_names(model, client.tasks)
         tasks = list(client.tasks)
         server = state[SERVER_KEY]
-        served = server["components"]  # type: ignore[index]
-        comps = [{n: start[n].detach().clone() for n in names}] + [{n: served[str(k)][n].clone() for n in names} for k in range(1, self.k)]  # type: ignore[index]
+        served = server["components"]
+        comps = [{n: start[n].detach().clone() for n in names}] + [{n: served[str(k)][n].clone() for n in names} for k in range(1, self.k)]
         pi = state["fedem_pi"] if "fedem_pi" in state else torch.full((self.k,), 1.0 / self.k)
         gate, log_ratio = None, None
         with torch.no_grad():
             losses = torch.stack([client_loss(model, c, client.train, tasks, per_sample=True) for c in comps])
             if self.gate is not None:
-                gate = dict(server["gate"])  # type: ignore[index, call-overload]
-                log_ratio = self.gate_scores(gate, client.train.x)  # type: ignore[arg-type]
-        q, pi = e_step(losses, pi, log_ratio)  # type: ignore[arg-type]
+                gate = dict(server["gate"])
+                log_ratio = self.gate_scores(gate, client.train.x)
+        q, pi = e_step(losses, pi, log_ratio)
         lr = cfg.optimizer.lr
         plan = batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)
         saved = state.get("fedem_objective", {})
-        objectives = [LocalObjective(trainer, client, saved, str(k)) for k in range(self.k)]  # type: ignore[arg-type]
+        objectives = [LocalObjective(trainer, client, saved, str(k)) for k in range(self.k)]
         total, steps = torch.zeros(()), 0
         for k in range(self.k):
             for epoch, batches in enumerate(plan):
@@ -187,27 +190,27 @@ class FedEM(FedAvg):
                     comps[k] = {n: comps[k][n] - lr * grads[n] for n in names}
                     total += loss
                     steps += 1
-        outbox: TensorTree = {"components": {str(k): comps[k] for k in range(1, self.k)}}  # type: ignore[dict-item]
+        outbox: TensorTree = {"components": {str(k): comps[k] for k in range(1, self.k)}}
         new_state: TensorTree = {
             "fedem_pi": pi,
             "fedem_objective": {str(k): o.state for k, o in enumerate(objectives)},
-            "fedem_components": {str(k): c for k, c in enumerate(comps)},  # type: ignore[dict-item]
+            "fedem_components": {str(k): c for k, c in enumerate(comps)},
         }
         if gate is not None:
             gate = self.fit_gate(gate, pi, client.train.x, q, plan, lr)
-            new_state["fedem_gate"] = gate  # type: ignore[assignment]
-            outbox["gate"] = gate  # type: ignore[assignment]
+            new_state["fedem_gate"] = gate
+            outbox["gate"] = gate
         new_state[OUTBOX_KEY] = outbox
         return LocalResult(comps[0], {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         members = [(u, ctx.outboxes[u.client_id]) for u in ctx.updates if u.client_id in ctx.outboxes]
         comps = ctx.state["components"]
-        out = {key: average_members(cmodel, [(u, box["components"][key]) for u, box in members], ctx.groups) for key, cmodel in comps.items()}  # type: ignore[union-attr, index, arg-type]
-        new: TensorTree = {"components": out}  # type: ignore[dict-item]
+        out = {key: average_members(cmodel, [(u, box["components"][key]) for u, box in members], ctx.groups) for key, cmodel in comps.items()}
+        new: TensorTree = {"components": out}
         if self.gate is not None:
             gate = ctx.state["gate"]
-            new["gate"] = average_members(gate, [(u, box["gate"]) for u, box in members], {"gate": list(gate)})  # type: ignore[arg-type, index]
+            new["gate"] = average_members(gate, [(u, box["gate"]) for u, box in members], {"gate": list(gate)})
         return dict(ctx.after), new
 
     def personal_mixture(
@@ -215,12 +218,12 @@ class FedEM(FedAvg):
     ) -> Mixture | None:
         if "fedem_components" not in state:
             return None
-        pi: Tensor = state["fedem_pi"]  # type: ignore[assignment]
-        comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]  # type: ignore[index, dict-item]
+        pi: Tensor = state["fedem_pi"]
+        comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]
         if self.gate is None or "fedem_gate" not in state:
             return Mixture(comps, lambda x: pi.expand(len(x), -1))
         gate = state["fedem_gate"]
-        return Mixture(comps, lambda x: self.posterior(gate, pi, x))  # type: ignore[arg-type]
+        return Mixture(comps, lambda x: self.posterior(gate, pi, x))
 
 
 def _weights(w: Tensor) -> Tensor:
@@ -229,3 +232,10 @@ def _weights(w: Tensor) -> Tensor:
     w = w.clamp_min(1e-12)
     return w / w.sum()
 
+
+register(
+    "algorithm",
+    "fedem",
+    lambda cfg, make_model: FedEM(cfg.components, build_gate(make_model, cfg.components) if cfg.gate else None),
+    acfg.FedEMAlgorithm,
+)

@@ -5,8 +5,10 @@ Arivazhagan, Aggarwal, Singh, Choudhary. "Federated Learning with Personalizatio
 
 from __future__ import annotations
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.fl.personalization._common import KeepPrivate
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 
 
 class FedPer(KeepPrivate):
@@ -16,3 +18,6 @@ class FedPer(KeepPrivate):
 
     def private(self, model: MultiTaskModel, name: str) -> bool:
         return model.group_of(name).startswith("task:")
+
+
+register("algorithm", "fedper", lambda cfg, make_model: FedPer(), acfg.FedPerAlgorithm)

@@ -10,9 +10,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg, without_server
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -35,3 +37,6 @@ class FedProx(FedAvg):
     ) -> LocalResult:
         center = {n: start[n] for n in self.uploaded_names(trainer.model, client)}
         return trainer.train(start, client, without_server(state), generator, prox=Prox(center, self.mu))
+
+
+register("algorithm", "fedprox", lambda cfg, make_model: FedProx(cfg.mu), acfg.FedProxAlgorithm)

@@ -11,10 +11,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.personalization._common import drop, fork, start_from
 from fedmtl.fl.personalization.fedper import FedPer
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -45,3 +47,6 @@ class FedRep(FedPer):
         body = trainer.train({**begin, **head.params}, client, head.state, fork(generator), trainable=body_names)
         metrics = {**body.metrics, "steps": head.metrics["steps"] + body.metrics["steps"]}
         return self.keep(model, LocalResult(body.params, metrics, body.state))
+
+
+register("algorithm", "fedrep", lambda cfg, make_model: FedRep(cfg.head_epochs), acfg.FedRepAlgorithm)

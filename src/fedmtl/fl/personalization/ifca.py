@@ -10,11 +10,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import average_members, client_loss, drop, shuffled
 from fedmtl.mtl import MultiTaskModel
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -45,7 +47,7 @@ class IFCA(FedAvg):
 
     def server_init(self, params: Mapping[str, Tensor], num_clients: int, generator: torch.Generator) -> TensorTree:
         models = {str(j): (dict(params) if j == 0 else shuffled(params, generator)) for j in range(self.clusters)}
-        return {"clusters": models}  # type: ignore[dict-item]
+        return {"clusters": models}
 
     def choose(self, model: MultiTaskModel, clusters: Mapping[str, Mapping[str, Tensor]], client: ClientData) -> int:
         """The cluster whose model has the lowest training loss on the client's data."""
@@ -57,29 +59,32 @@ class IFCA(FedAvg):
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
     ) -> LocalResult:
-        clusters = state[SERVER_KEY]["clusters"]  # type: ignore[index]
-        j = self.choose(trainer.model, clusters, client)  # type: ignore[arg-type]
+        clusters = state[SERVER_KEY]["clusters"]
+        j = self.choose(trainer.model, clusters, client)
         names = held_parameter_names(trainer.model, client.tasks)
-        begin = {**start, **{n: clusters[str(j)][n] for n in names}}  # type: ignore[index]
+        begin = {**start, **{n: clusters[str(j)][n] for n in names}}
         res = trainer.train(begin, client, drop(state, "personal", "cluster"), generator)
         return LocalResult(res.params, {**res.metrics, "cluster": float(j)}, {**res.state, "personal": res.params, "cluster": torch.tensor(j)})
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         clusters = ctx.state["clusters"]
         out = {}
-        for key, cmodel in clusters.items():  # type: ignore[union-attr]
+        for key, cmodel in clusters.items():
             members = [
                 (u, {n: ctx.before[n] + d for n, d in u.delta.items()}) for u in ctx.updates if int(u.metrics.get("cluster", -1)) == int(key)
             ]
-            out[key] = average_members(cmodel, members, ctx.groups)  # type: ignore[arg-type]
-        return dict(ctx.after), {"clusters": out}  # type: ignore[dict-item]
+            out[key] = average_members(cmodel, members, ctx.groups)
+        return dict(ctx.after), {"clusters": out}
 
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
     ) -> dict[str, Tensor]:
         base = super().personal_params(model, global_params, client, state)
-        clusters = state.get(SERVER_KEY, {}).get("clusters")  # type: ignore[union-attr]
+        clusters = state.get(SERVER_KEY, {}).get("clusters")
         if self.personal_model == "cluster" and clusters:
             j = self.choose(model, clusters, client)
             return {**base, **{n: clusters[str(j)][n] for n in held_parameter_names(model, client.tasks)}}
         return base
+
+
+register("algorithm", "ifca", lambda cfg, make_model: IFCA(cfg.clusters, cfg.personal_model), acfg.IFCAAlgorithm)

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.personalization._common import drop, start_from
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -23,6 +25,8 @@ class LocalOnly(FedAvg):
     """
 
     name = "local"
+    #: the global model stays the initial one: evaluation reports no global metrics for it
+    trains_global_model = False
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
@@ -31,3 +35,6 @@ class LocalOnly(FedAvg):
         res = trainer.train(begin, client, drop(state, "personal"), generator)
         reported = {**res.params, **{n: start[n] for n in self.uploaded_names(trainer.model, client)}}
         return LocalResult(reported, res.metrics, {**res.state, "personal": res.params})
+
+
+register("algorithm", "local", lambda cfg, make_model: LocalOnly(), acfg.LocalOnlyAlgorithm)

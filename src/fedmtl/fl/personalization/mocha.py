@@ -12,10 +12,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
 from fedmtl.fl.personalization._common import drop, start_from
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -31,7 +33,8 @@ def omega_update(w: Tensor, eps: float = 0.0) -> Tensor:
         g = g + eps * g.diagonal().mean().clamp_min(1e-12) * torch.eye(g.shape[0], dtype=g.dtype)
     e, u = torch.linalg.eigh(g)
     root = (u * e.clamp_min(0).sqrt()) @ u.T
-    return (root / root.trace()).to(w.dtype)
+    omega: Tensor = (root / root.trace()).to(w.dtype)
+    return omega
 
 
 def coupling(omega: Tensor, w: Tensor, row: int) -> tuple[float, Tensor]:
@@ -78,12 +81,12 @@ class Mocha(FedAvg):
         model = trainer.model
         names = self.uploaded_names(model, client)
         begin = start_from(start, state)
-        tasks_state = state.get(SERVER_KEY, {}).get("tasks", {})  # type: ignore[union-attr]
+        tasks_state = state.get(SERVER_KEY, {}).get("tasks", {})
         center: dict[str, Tensor] = {}
         weight: dict[str, float] = {}
         t = client.client_id
         for task in client.tasks:
-            entry = tasks_state.get(task)  # type: ignore[union-attr]
+            entry = tasks_state.get(task)
             if entry is None or not bool(entry["seen"][t]):
                 continue
             known = entry["seen"].nonzero().flatten()
@@ -103,8 +106,8 @@ class Mocha(FedAvg):
         return LocalResult(res.params, res.metrics, {**res.state, "personal": personal})
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
-        n_clients = int(ctx.state["clients"])  # type: ignore[arg-type]
-        tasks = dict(ctx.state["tasks"])  # type: ignore[arg-type]
+        n_clients = int(ctx.state["clients"])
+        tasks = dict(ctx.state["tasks"])
         for group, names in ctx.groups.items():
             if not group.startswith("task:"):
                 continue
@@ -114,7 +117,7 @@ class Mocha(FedAvg):
                 continue
             d = sum(ctx.before[n].numel() for n in names)
             old = tasks.get(task) or {"W": torch.zeros(n_clients, d), "seen": torch.zeros(n_clients, dtype=torch.bool), "omega": torch.zeros(n_clients, n_clients)}
-            w, seen = old["W"].clone(), old["seen"].clone()  # type: ignore[union-attr]
+            w, seen = old["W"].clone(), old["seen"].clone()
             for u in holders:
                 w[u.client_id] = torch.cat([(ctx.before[n] + u.delta[n]).reshape(-1) for n in names])
                 seen[u.client_id] = True
@@ -123,3 +126,6 @@ class Mocha(FedAvg):
             omega[known[:, None], known[None, :]] = omega_update(w[known], self.eps)
             tasks[task] = {"W": w, "seen": seen, "omega": omega}
         return dict(ctx.after), {"clients": ctx.state["clients"], "tasks": tasks}
+
+
+register("algorithm", "mocha", lambda cfg, make_model: Mocha(cfg.lam, cfg.eps), acfg.MochaAlgorithm)

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
 from fedmtl.fl.personalization._common import LocalObjective
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -58,3 +60,6 @@ class PFedMe(FedAvg):
                 steps += 1
         metrics = {"loss/pfedme": float(total) / max(steps, 1), "steps": float(steps)}
         return LocalResult(w, metrics, {"personal": theta, "objective": objective.state})
+
+
+register("algorithm", "pfedme", lambda cfg, make_model: PFedMe(cfg.lam, cfg.inner_steps, cfg.personal_lr), acfg.PFedMeAlgorithm)

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedmtl.config import algorithm as acfg
 from fedmtl.config.training import SGD
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.personalization._common import drop
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -49,21 +51,24 @@ class Scaffold(FedAvg):
         if not isinstance(opt, SGD) or opt.momentum != 0:
             raise ValueError(f"SCAFFOLD needs client.optimizer sgd with momentum 0, got {opt!r}")
         names = self.uploaded_names(trainer.model, client)
-        c_all = state.get(SERVER_KEY, {}).get("c", {})  # type: ignore[union-attr]
-        c = {n: c_all.get(n, torch.zeros_like(start[n])) for n in names}  # type: ignore[union-attr]
+        c_all = state.get(SERVER_KEY, {}).get("c", {})
+        c = {n: c_all.get(n, torch.zeros_like(start[n])) for n in names}
         own = state.get("scaffold_c", {})
-        c_i = {n: own.get(n, torch.zeros_like(start[n])) for n in names}  # type: ignore[union-attr]
+        c_i = {n: own.get(n, torch.zeros_like(start[n])) for n in names}
         res = trainer.train(start, client, drop(state, "scaffold_c"), generator, grad_offset={n: c[n] - c_i[n] for n in names})
         c_new = control_variate_step(c, c_i, start, res.params, int(res.metrics["steps"]), opt.lr)
         delta = {n: c_new[n] - c_i[n] for n in names}
         return LocalResult(res.params, res.metrics, {**res.state, "scaffold_c": c_new, OUTBOX_KEY: {"delta_c": delta}})
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
-        c = dict(ctx.state["c"])  # type: ignore[arg-type]
+        c = dict(ctx.state["c"])
         sums: dict[str, Tensor] = {}
         for u in ctx.updates:
-            for n, d in ctx.outboxes.get(u.client_id, {}).get("delta_c", {}).items():  # type: ignore[union-attr]
-                sums[n] = d if n not in sums else sums[n] + d  # type: ignore[assignment]
+            for n, d in ctx.outboxes.get(u.client_id, {}).get("delta_c", {}).items():
+                sums[n] = d if n not in sums else sums[n] + d
         for n, s in sums.items():
-            c[n] = c[n] + s / max(ctx.population.get(n, 1), 1)  # type: ignore[operator]
+            c[n] = c[n] + s / max(ctx.population.get(n, 1), 1)
         return dict(ctx.after), {"c": c}
+
+
+register("algorithm", "scaffold", lambda cfg, make_model: Scaffold(), acfg.ScaffoldAlgorithm)

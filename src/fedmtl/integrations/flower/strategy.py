@@ -45,7 +45,7 @@ from fedmtl.runloop.checkpoint import (
     load_latest,
     save_checkpoint,
 )
-from fedmtl.runloop.evaluation import evaluate_global, summarize_personalized
+from fedmtl.runloop.evaluation import evaluate_global, global_model_note, summarize_personalized
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
@@ -527,7 +527,7 @@ class FlowerServer:
             state, record = self.run_round(state)
             if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
                 record["global"] = evaluate_global(
-                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size
+                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size, algorithm=self.fed.algorithm
                 )
                 if self.cfg.evaluation.personalized:
                     record["personalized"], rows, info = self.evaluate_personalized(state)
@@ -550,7 +550,7 @@ class FlowerServer:
                 record.get("global", ""),
             )
         history = metrics.read()
-        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global")), {})
+        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global") is not None), {})
         summary = {
             "rounds_completed": state.round,
             "engine": "flower",
@@ -564,6 +564,8 @@ class FlowerServer:
             "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
             "seed": self.cfg.seed,
         }
+        if global_model_note(self.fed.algorithm):
+            summary["global_model"] = global_model_note(self.fed.algorithm)
         if stopped:
             summary["stopped_early"] = stopped
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -30,3 +32,6 @@ class AlignedMTL(GradBalancer):
         assert inp.grads is not None
         w = aligned_weights(gramian(inp.grads).cpu())
         return Balance.for_shared(inp.losses, weights=w), state
+
+
+register("balancer", "aligned_mtl", lambda cfg, tasks: AlignedMTL(), mtl_cfg.AlignedMTL)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -164,3 +166,6 @@ class CAGrad(GradBalancer):
         assert inp.grads is not None
         a = cagrad_weights(gramian(inp.grads).cpu().numpy(), self.c)
         return Balance.for_shared(inp.losses, weights=a), state
+
+
+register("balancer", "cagrad", lambda cfg, tasks: CAGrad(**options(cfg)), mtl_cfg.CAGrad)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -40,3 +42,6 @@ class DBMTL(GradBalancer):
         norms = buf.norm(dim=1)
         alpha = norms.max() / (norms + 1e-8)
         return Balance(weights=1.0 / loss, shared_direction=(alpha[:, None] * buf).sum(0)), {"buffer": buf}
+
+
+register("balancer", "db_mtl", lambda cfg, tasks: DBMTL(**options(cfg)), mtl_cfg.DBMTL, per_parameter_state=True)

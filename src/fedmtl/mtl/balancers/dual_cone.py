@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import project_to_dual_cone
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -73,3 +75,17 @@ class DualProj(_DualCone):
         assert inp.grads is not None
         w = dualproj_weights(gramian(inp.grads).cpu().numpy(), self._pref(inp.grads.shape[0]))
         return Balance.for_shared(inp.losses, weights=w), state
+
+
+def preference(cfg: mtl_cfg.UPGrad | mtl_cfg.DualProj, tasks: Sequence[str]) -> list[float] | None:
+    """The preference vector in the objective's task order; every task must have a weight."""
+    if cfg.pref_vector is None:
+        return None
+    missing = [t for t in tasks if t not in cfg.pref_vector]
+    if missing:
+        raise ValueError(f"{cfg.name}.pref_vector has no weight for tasks {missing}; it lists {sorted(cfg.pref_vector)}")
+    return [cfg.pref_vector[t] for t in tasks]
+
+
+register("balancer", "upgrad", lambda cfg, tasks: UPGrad(preference(cfg, tasks)), mtl_cfg.UPGrad)
+register("balancer", "dualproj", lambda cfg, tasks: DualProj(preference(cfg, tasks)), mtl_cfg.DualProj)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive, leaf
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -48,3 +50,6 @@ class DWA(LossBalancer):
             "seen": torch.tensor(seen),
         }
         return Balance(weights=w.to(inp.losses)), new
+
+
+register("balancer", "dwa", lambda cfg, tasks: DWA(**options(cfg)), mtl_cfg.DWA, loss_only=True)

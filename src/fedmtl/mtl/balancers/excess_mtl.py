@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, leaf
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -37,3 +39,6 @@ class ExcessMTL(GradBalancer):
         w = state["w"] * torch.exp(self.eta * risk / initial)  # type: ignore[operator]
         w = w * len(w) / w.sum()
         return Balance(weights=w.to(inp.losses)), {"w": w, "grad_sq": acc, "initial": initial}
+
+
+register("balancer", "excess_mtl", lambda cfg, tasks: ExcessMTL(**options(cfg)), mtl_cfg.ExcessMTL, per_parameter_state=True)

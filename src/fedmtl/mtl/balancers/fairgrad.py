@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import solve_power_balance
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -24,3 +26,6 @@ class FairGrad(GradBalancer):
         w = solve_power_balance(gramian(inp.grads).cpu().numpy(), 1.0 / self.alpha)
         sw = torch.as_tensor(w, dtype=inp.losses.dtype, device=inp.losses.device)
         return Balance.for_shared(inp.losses, weights=sw), state
+
+
+register("balancer", "fairgrad", lambda cfg, tasks: FairGrad(**options(cfg)), mtl_cfg.FairGrad)

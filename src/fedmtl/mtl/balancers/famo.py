@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -43,3 +45,6 @@ class FAMO(LossBalancer):
         w = inv / inv.sum()
         new = {"xi": xi, "m": m, "v": v, "t": torch.tensor(t), "prev_log_loss": logl, "has_prev": torch.tensor(True)}
         return Balance(weights=w.to(inp.losses)), new
+
+
+register("balancer", "famo", lambda cfg, tasks: FAMO(**options(cfg)), mtl_cfg.FAMO, loss_only=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -16,3 +18,6 @@ class GLS(LossBalancer):
         logl = inp.losses.detach().clamp_min(1e-12).log()
         gm = logl.mean().exp()
         return Balance(weights=gm / (inp.losses.numel() * logl.exp())), state
+
+
+register("balancer", "gls", lambda cfg, tasks: GLS(), mtl_cfg.GLS, loss_only=True)

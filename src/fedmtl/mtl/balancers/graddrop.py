@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -31,3 +33,6 @@ class GradDrop(GradBalancer):
         mask = ((purity > u)[None] & (g > 0)) | ((purity < u)[None] & (g < 0))
         keep = mask.to(g) * (1 - self.leak) + self.leak
         return Balance.for_shared(inp.losses, direction=(g * keep).sum(0)), state
+
+
+register("balancer", "graddrop", lambda cfg, tasks: GradDrop(**options(cfg)), mtl_cfg.GradDrop)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -36,3 +38,6 @@ class GradNorm(GradBalancer):
         new_w = (w - self.lr * torch.sign(g - target) * norms).clamp_min(1e-6)  # type: ignore[operator]
         new_w = new_w * len(loss) / new_w.sum()
         return Balance(weights=w.to(inp.losses)), {"w": new_w, "initial_loss": l0, "has_initial": torch.tensor(True)}  # type: ignore[union-attr]
+
+
+register("balancer", "gradnorm", lambda cfg, tasks: GradNorm(**options(cfg)), mtl_cfg.GradNorm)

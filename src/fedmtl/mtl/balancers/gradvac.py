@@ -6,7 +6,9 @@ import math
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -46,3 +48,6 @@ class GradVac(GradBalancer):
                     )
                 phi[i, j] = (1 - self.beta) * target + self.beta * cos
         return Balance.for_shared(inp.losses, weights=c.sum(0)), {"phi": phi.float()}
+
+
+register("balancer", "gradvac", lambda cfg, tasks: GradVac(**options(cfg)), mtl_cfg.GradVac)

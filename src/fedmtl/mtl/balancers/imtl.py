@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -53,3 +55,6 @@ class IMTL(GradBalancer):
             s = s - self.lr * (torch.exp(s) * inp.losses.detach().float().cpu() - 1)  # type: ignore[operator,arg-type]
         w = scale.to(inp.losses)
         return Balance(weights=w, shared_weights=alpha.to(inp.losses)), {"s": s}
+
+
+register("balancer", "imtl", lambda cfg, tasks: IMTL(**options(cfg)), mtl_cfg.IMTL)

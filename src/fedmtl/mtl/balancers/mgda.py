@@ -6,8 +6,10 @@ from typing import Literal
 
 import numpy as np
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import min_norm_weights
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, GradSource, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -49,3 +51,7 @@ class MGDAUB(MGDA):
     """MGDA-UB: MGDA on the gradients of the shared representation (an upper bound; one trunk backward)."""
 
     forced_source: GradSource | None = "representation"
+
+
+register("balancer", "mgda", lambda cfg, tasks: MGDA(**options(cfg)), mtl_cfg.MGDA)
+register("balancer", "mgda_ub", lambda cfg, tasks: MGDAUB(**options(cfg)), mtl_cfg.MGDAUB)

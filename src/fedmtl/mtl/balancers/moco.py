@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -41,3 +43,6 @@ class MoCo(GradBalancer):
         t = len(lam)
         lam = torch.softmax(lam - (self.gamma / k**self.gamma_sigma) * (y @ y.T + self.rho * torch.eye(t, dtype=g.dtype, device=g.device)) @ lam, 0)
         return Balance.for_shared(inp.losses, direction=y.T @ lam), {"y": y, "lambd": lam.cpu()}
+
+
+register("balancer", "moco", lambda cfg, tasks: MoCo(**options(cfg)), mtl_cfg.MoCo, per_parameter_state=True)

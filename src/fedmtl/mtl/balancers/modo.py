@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import project_simplex
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian, leaf
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -38,3 +40,6 @@ class MoDo(GradBalancer):
         m = gramian(inp.grads).cpu().numpy()
         lam = project_simplex(lam - self.gamma * (m @ lam + self.rho * lam))
         return Balance.for_shared(inp.losses, weights=lam), {"lambd": torch.as_tensor(np.asarray(lam))}
+
+
+register("balancer", "modo", lambda cfg, tasks: MoDo(**options(cfg)), mtl_cfg.MoDo)

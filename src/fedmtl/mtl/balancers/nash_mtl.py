@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from fedmtl._extras import require
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import solve_power_balance
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 Solver = Literal["newton", "cvxpy"]
@@ -87,3 +89,6 @@ class NashMTL(GradBalancer):
             alpha = prev
         sw = torch.as_tensor(alpha, dtype=inp.losses.dtype, device=inp.losses.device)
         return Balance.for_shared(inp.losses, weights=sw), {"alpha": torch.as_tensor(alpha)}
+
+
+register("balancer", "nash_mtl", lambda cfg, tasks: NashMTL(**options(cfg)), mtl_cfg.NashMTL)

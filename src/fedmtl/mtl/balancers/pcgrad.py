@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -43,3 +45,6 @@ class PCGrad(GradBalancer):
         orders = [torch.randperm(t, generator=gen, device=gen.device).tolist() for _ in range(t)]
         c = pcgrad_coefficients(gramian(inp.grads).cpu(), orders)
         return Balance.for_shared(inp.losses, weights=c.sum(0)), state
+
+
+register("balancer", "pcgrad", lambda cfg, tasks: PCGrad(), mtl_cfg.PCGrad)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -18,3 +20,6 @@ class RLW(LossBalancer):
         gen = inp.generator or torch.Generator().manual_seed(inp.step)
         z = torch.randn(inp.losses.shape, generator=gen, device=gen.device)
         return Balance(weights=torch.softmax(z, 0).to(inp.losses)), state
+
+
+register("balancer", "rlw", lambda cfg, tasks: RLW(), mtl_cfg.RLW, loss_only=True)

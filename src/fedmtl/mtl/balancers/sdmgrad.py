@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import min_norm_weights
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -47,3 +49,6 @@ class SDMGrad(GradBalancer):
         assert inp.grads is not None
         a = sdmgrad_weights(gramian(inp.grads).cpu().numpy(), self.lam)
         return Balance.for_shared(inp.losses, weights=a), state
+
+
+register("balancer", "sdmgrad", lambda cfg, tasks: SDMGrad(**options(cfg)), mtl_cfg.SDMGrad)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -35,3 +37,6 @@ class STCH(LossBalancer):
             u = torch.log(loss / (nsum / count))  # type: ignore[operator]
             w = loss.numel() * torch.softmax(u / self.mu, 0) / loss
         return Balance(weights=w.to(inp.losses)), state
+
+
+register("balancer", "stch", lambda cfg, tasks: STCH(**options(cfg)), mtl_cfg.STCH, loss_only=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer, check_positive
+from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
 
@@ -26,3 +28,6 @@ class UncertaintyWeighting(LossBalancer):
         w = 0.5 * torch.exp(-s)  # type: ignore[operator]
         grad = 0.5 * (1.0 - inp.losses.detach().float().cpu() * torch.exp(-s))  # type: ignore[operator]
         return Balance(weights=w.to(inp.losses)), {"log_var": s - self.lr * grad}  # type: ignore[operator]
+
+
+register("balancer", "uw", lambda cfg, tasks: UncertaintyWeighting(**options(cfg)), mtl_cfg.UncertaintyWeighting, loss_only=True)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
+from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers.base import Balance, BalanceInput, LossBalancer
+from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
 
@@ -32,3 +34,9 @@ class StaticWeighting(LossBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         return Balance(weights=self.weights.to(inp.losses)), state
+
+
+register("balancer", "equal", lambda cfg, tasks: EqualWeighting(), mtl_cfg.EqualWeighting, loss_only=True)
+# weights naming tasks this client does not hold are simply unused here; the
+# experiment checks once that every name is a task of the federation.
+register("balancer", "static", lambda cfg, tasks: StaticWeighting([cfg.weights.get(n, 1.0) for n in tasks]), mtl_cfg.StaticWeighting, loss_only=True)

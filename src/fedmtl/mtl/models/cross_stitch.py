@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -46,3 +48,4 @@ class CrossStitchModel(MultiTaskModel):
             h = torch.einsum("ts,snd->tnd", alpha, h)
         return {t: self.heads[t](h[order.index(t)]) for t in names}
 
+register("model", "cross_stitch", lambda cfg, shape, tasks: CrossStitchModel(shape, cfg.hidden, tasks, cfg.self_weight), model_cfg.CrossStitch)

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
-from fedmtl.mtl.models.trunks import mlp
+from fedmtl.mtl.models.trunks import build_trunk, mlp
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -83,3 +85,9 @@ class DistillationModel(MultiTaskModel):
             total = total + divergence(task, teach.detach(), stud, self.temperature) + divergence(task, stud.detach(), teach, self.temperature)
         return self.strength * total
 
+register(
+    "model",
+    "distillation",
+    lambda cfg, shape, tasks: DistillationModel(lambda: build_trunk(cfg.trunk, shape), tasks, cfg.strength, cfg.temperature),
+    model_cfg.Distillation,
+)

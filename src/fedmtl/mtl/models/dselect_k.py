@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.moe import MMoEModel
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -62,3 +64,10 @@ class DSelectKModel(MMoEModel):
     def expert_weights(self, gate: nn.Module, x: Tensor) -> Tensor:
         """The DSelect-k gate's weights, already on the simplex."""
         return gate(x)
+
+register(
+    "model",
+    "dselect_k",
+    lambda cfg, shape, tasks: DSelectKModel(shape, tasks, cfg.num_experts, cfg.k, cfg.expert_hidden, cfg.tower_hidden, cfg.gamma),
+    model_cfg.DSelectK,
+)

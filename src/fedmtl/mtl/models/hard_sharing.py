@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
-from fedmtl.mtl.models.trunks import mlp
+from fedmtl.mtl.models.trunks import build_trunk, mlp
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -43,3 +45,15 @@ class HardSharingModel(MultiTaskModel):
     def task_representations(self) -> dict[str, Tensor] | None:
         return self._task_reps
 
+def _hard_sharing(cfg: model_cfg.HardSharing, shape: Sequence[int], tasks: Sequence[Task]) -> HardSharingModel:
+    trunk, dim = build_trunk(cfg.trunk, shape)
+    return HardSharingModel(trunk, dim, tasks, cfg.head_hidden)
+
+
+def _shared_encoder(cfg: model_cfg.SharedEncoder, shape: Sequence[int], tasks: Sequence[Task]) -> HardSharingModel:
+    trunk, dim = build_trunk(cfg.trunk, shape)
+    return HardSharingModel(trunk, dim, tasks, cfg.tower_hidden)
+
+
+register("model", "hard_sharing", _hard_sharing, model_cfg.HardSharing)
+register("model", "shared_encoder", _shared_encoder, model_cfg.SharedEncoder)

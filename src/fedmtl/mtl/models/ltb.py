@@ -16,7 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -64,3 +66,4 @@ class LTBModel(MultiTaskModel):
             out[t] = path[::-1]
         return out
 
+register("model", "ltb", lambda cfg, shape, tasks: LTBModel(shape, cfg.hidden, cfg.branches, tasks, cfg.temperature), model_cfg.LTB)

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import SHARED, MultiTaskModel, check_tasks, task_group
 from fedmtl.mtl.models.trunks import mlp
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -138,3 +140,27 @@ class PLEModel(MultiTaskModel):
 def CGCModel(input_shape: Sequence[int], tasks: Sequence[Task], **kwargs: object) -> PLEModel:  # noqa: N802
     """Customised gate control: a single-level PLE."""
     return PLEModel(input_shape, tasks, levels=1, **kwargs)  # type: ignore[arg-type]
+
+register(
+    "model",
+    "mmoe",
+    lambda cfg, shape, tasks: MMoEModel(shape, tasks, cfg.num_experts, cfg.expert_hidden, cfg.tower_hidden),
+    model_cfg.MMoE,
+)
+register(
+    "model",
+    "cgc",
+    lambda cfg, shape, tasks: CGCModel(
+        shape, tasks, num_shared_experts=cfg.num_shared_experts, num_task_experts=cfg.num_task_experts,
+        expert_hidden=cfg.expert_hidden, tower_hidden=cfg.tower_hidden,
+    ),
+    model_cfg.CGC,
+)
+register(
+    "model",
+    "ple",
+    lambda cfg, shape, tasks: PLEModel(
+        shape, tasks, cfg.levels, cfg.num_shared_experts, cfg.num_task_experts, cfg.expert_hidden, cfg.tower_hidden
+    ),
+    model_cfg.PLE,
+)

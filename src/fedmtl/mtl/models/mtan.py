@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -46,3 +48,4 @@ class MTANModel(MultiTaskModel):
             out[t] = self.heads[t](a)
         return out
 
+register("model", "mtan", lambda cfg, shape, tasks: MTANModel(shape, cfg.hidden, tasks), model_cfg.MTAN)

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks
+from fedmtl.mtl.models.trunks import build_trunk
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -64,3 +67,9 @@ class MTRLModel(MultiTaskModel):
         w = self.task_matrix()
         return self.strength * torch.trace(w @ inv @ w.T)
 
+def _mtrl(cfg: model_cfg.MTRL, shape: Sequence[int], tasks: Sequence[Task]) -> MTRLModel:
+    trunk, dim = build_trunk(cfg.trunk, shape)
+    return MTRLModel(trunk, dim, tasks, cfg.adapter_dim, cfg.strength)
+
+
+register("model", "mtrl", _mtrl, model_cfg.MTRL)

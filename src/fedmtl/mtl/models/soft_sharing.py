@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from fedmtl.config import model as model_cfg
 from fedmtl.mtl.models.base import MultiTaskModel, check_tasks, task_group
-from fedmtl.mtl.models.trunks import mlp
+from fedmtl.mtl.models.trunks import build_trunk, mlp
+from fedmtl.registry import register
 from fedmtl.tasks import Task
 
 
@@ -49,3 +51,10 @@ class SoftSharingModel(MultiTaskModel):
 
     def group_of(self, param_name: str) -> str:
         return task_group(param_name.split(".")[1])
+
+register(
+    "model",
+    "soft_sharing",
+    lambda cfg, shape, tasks: SoftSharingModel(lambda: build_trunk(cfg.trunk, shape), tasks, cfg.head_hidden, cfg.strength),
+    model_cfg.SoftSharing,
+)

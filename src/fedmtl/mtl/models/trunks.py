@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pydantic import BaseModel
 from torch import Tensor, nn
+
+from fedmtl import registry
+from fedmtl.config import model as model_cfg
+from fedmtl.registry import register
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -104,3 +109,17 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = ["CNN1DTrunk", "CNN2DTrunk", "MLPTrunk", "count_parameters", "mlp"]
+
+def build_trunk(cfg: BaseModel, input_shape: Sequence[int]) -> tuple[nn.Module, int]:
+    """A trunk module and the width of the representation it produces (any registered trunk, by ``cfg.name``)."""
+    trunk, width = registry.build("trunk", cfg, input_shape)
+    return trunk, int(width)
+
+
+def _sized(trunk: nn.Module) -> tuple[nn.Module, int]:
+    return trunk, int(trunk.out_dim)  # type: ignore[arg-type]
+
+
+register("trunk", "mlp", lambda cfg, shape: _sized(MLPTrunk(shape, cfg.hidden, cfg.activation, cfg.dropout, cfg.norm)), model_cfg.MLPTrunk)
+register("trunk", "cnn1d", lambda cfg, shape: _sized(CNN1DTrunk(shape, cfg.channels, cfg.kernel_size, cfg.hidden)), model_cfg.CNN1DTrunk)
+register("trunk", "cnn2d", lambda cfg, shape: _sized(CNN2DTrunk(shape, cfg.channels, cfg.hidden)), model_cfg.CNN2DTrunk)

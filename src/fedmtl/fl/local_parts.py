@@ -1,0 +1,133 @@
+"""The parts of a local step that every trainer shares (the sequential one, DP-SGD's, the vectorised
+engine's): what local training returns, which parameters a client holds, loading values into the one
+model instance, the client's own normalisation statistics, the optimiser, and the result of a step.
+
+Kept apart from :mod:`fedmtl.fl.client` so that DP-SGD's trainer (:mod:`fedmtl.fl.dp_sgd_client`) and the
+sequential trainer need not import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fedmtl.config.training import SGD, Adam
+from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, task_group
+from fedmtl.tree import TensorTree
+
+__all__ = [
+    "LocalResult",
+    "client_buffers",
+    "default_buffers",
+    "finish_local",
+    "held_parameter_names",
+    "load_buffers",
+    "load_parameters",
+    "make_optimizer",
+    "mean_buffers",
+    "norm_buffer_names",
+]
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What local training produced.
+
+    Attributes:
+        params: the trained values of every parameter this client holds (shared, its task heads, local).
+        metrics: mean training loss per task (``loss/<task>``) and the number of steps.
+        state: the client's persistent state for its next participation (objective state, local parameters).
+    """
+
+    params: dict[str, Tensor]
+    metrics: dict[str, float]
+    state: TensorTree = field(default_factory=dict)
+
+
+def held_parameter_names(model: MultiTaskModel, tasks: tuple[str, ...] | list[str]) -> list[str]:
+    """The parameters a client with these tasks trains: shared, its tasks' own, and local ones."""
+    keep = {SHARED, LOCAL} | {task_group(t) for t in tasks}
+    return [n for n, _ in model.named_parameters() if model.group_of(n) in keep]
+
+
+def load_parameters(model: MultiTaskModel, values: Mapping[str, Tensor]) -> None:
+    """Copy values into the model's parameters in place (no new tensors, no autograd history)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, v in values.items():
+            params[name].copy_(v)
+
+
+def norm_buffer_names(model: torch.nn.Module) -> list[str]:
+    """The running statistics of the model's BatchNorm layers (``running_mean``, ``running_var``, ``num_batches_tracked``).
+
+    They are client state, never federated: each client trains and evaluates with its own (FedBN).
+    """
+    out = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            out += [f"{prefix}.{n}" if prefix else n for n, b in module.named_buffers(recurse=False) if b is not None]
+    return out
+
+
+def default_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Freshly initialised running statistics (mean 0, variance 1, no batches seen): a client's before it trains."""
+    out: dict[str, Tensor] = {}
+    buffers = dict(model.named_buffers())
+    for n in norm_buffer_names(model):
+        b = buffers[n]
+        out[n] = torch.ones_like(b) if n.endswith("running_var") else torch.zeros_like(b)
+    return out
+
+
+def client_buffers(model: torch.nn.Module, state: Mapping[str, object]) -> dict[str, Tensor]:
+    """The running statistics a client uses: its own (``state["buffers"]``), else the initial ones."""
+    return {**default_buffers(model), **state.get("buffers", {})}  # type: ignore[dict-item]
+
+
+def load_buffers(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
+    """Copy values into the model's buffers in place."""
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, v in values.items():
+            buffers[name].copy_(v)
+
+
+def mean_buffers(model: torch.nn.Module, states: Sequence[Mapping[str, object]]) -> dict[str, Tensor]:
+    """The mean of the clients' running statistics (``num_batches_tracked`` summed); the initial ones if none has any."""
+    own = [s["buffers"] for s in states if s.get("buffers")]
+    out = default_buffers(model)
+    if not own:
+        return out
+    for n in out:
+        stacked = torch.stack([b[n] for b in own])  # type: ignore[index]
+        out[n] = stacked.sum(0) if n.endswith("num_batches_tracked") else stacked.float().mean(0).to(out[n].dtype)
+    return out
+
+
+def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if isinstance(cfg, SGD):
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def finish_local(
+    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, Tensor | float], steps: int, state: TensorTree
+) -> LocalResult:
+    """The result of local training: trained values, mean losses, and the next state (with local parameters)."""
+    named = dict(model.named_parameters())
+    trained = {n: named[n].detach().clone() for n in names}
+    metrics = {f"loss/{t}": float(s) / max(steps, 1) for t, s in loss_sums.items()}
+    metrics["steps"] = float(steps)
+    new_state = dict(state)
+    local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
+    if local:
+        new_state["local"] = local
+    bn = norm_buffer_names(model)
+    if bn:  # the client's own running statistics (FedBN): persisted, never uploaded
+        buffers = dict(model.named_buffers())
+        new_state["buffers"] = {n: buffers[n].detach().clone() for n in bn}
+    return LocalResult(trained, metrics, new_state)
