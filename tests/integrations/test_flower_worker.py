@@ -79,3 +79,13 @@ def test_each_fab_is_installed_and_loaded_once(monkeypatch):
     assert cache.get("fedmtl/app", "1", "a" * 64, b"A") is a
     cache.get("fedmtl/app", "2", "b" * 64, b"B")
     assert installed == [b"A", b"B"] and loaded == ["a" * 64, "b" * 64]
+
+
+def test_a_reply_that_cannot_be_pushed_fails_the_task_not_the_worker(runtime, monkeypatch):
+    def refuse(client, reply, ctx):
+        raise ConnectionError("SuperNode gone")
+
+    monkeypatch.setattr(worker, "push_message", refuse)
+    app = lambda message, context: Message(RecordDict(), reply_to=message)  # noqa: E731
+    assert worker.run_task("127.0.0.1:1", "token", _Apps(app)) == SubStatus.FAILED
+    assert runtime.outputs[0][0] == SubStatus.FAILED and "SuperNode gone" in runtime.outputs[0][1]

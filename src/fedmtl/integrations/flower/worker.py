@@ -145,6 +145,9 @@ def run_task(address: str, token: str, apps: AppCache) -> str:
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
+        except Exception as exc:  # as flwr-clientapp: logged, the task failed, the worker goes on
+            log.error("could not push the reply to the SuperNode: %s", exc, exc_info=exc)
+            status, details = SubStatus.FAILED, f"pushing the reply failed: {exc}"
         finally:
             push_task_output(client, context, status, details)
             if heartbeat.is_running:
@@ -169,6 +172,10 @@ def serve(
                 res = control.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
             except httpx.TransportError:  # the SuperNode is not listening (yet, or any more): ask again
                 sleep(max(poll, 0.5))
+                continue
+            except Exception as exc:  # an HTTP error from the Runtime API: said, and asked again
+                log.warning("asking the SuperNode for a task failed: %s", exc)
+                sleep(max(poll, 1.0))
                 continue
             if res.HasField("task") and res.token:
                 t0 = time.perf_counter()
