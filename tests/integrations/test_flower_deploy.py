@@ -137,8 +137,8 @@ def test_a_resubmitted_run_resumes_from_the_server_checkpoint(tmp_path):
 
 
 def test_a_restarted_supernode_carries_on_with_its_saved_state(tmp_path):
-    """Node 1 (Ditto's personal model, top-k with an error-feedback residual) is killed after round 1 and started
-    again: it comes back under a new Flower node id, restores exactly the state it had saved (same SHA-256) and
+    """Over TLS, node 1 (Ditto's personal model, top-k with an error-feedback residual) is killed after round 1 and
+    started again: it comes back under a new Flower node id, restores exactly the state it had saved (same SHA-256) and
     takes part in every later round; rounds wait for it (min-replies 3) instead of going on without it."""
     cfg = _experiment(rounds=4)
     cfg["algorithm"] = {"name": "ditto", "lam": 0.1}
@@ -147,7 +147,7 @@ def test_a_restarted_supernode_carries_on_with_its_saved_state(tmp_path):
     run_dir = tmp_path / "runs" / "flower"
     metrics = run_dir / "metrics.jsonl"
     state_dir = Path(os.environ["FEDMTL_FLOWER_STATE"])  # the nodes inherit it (tests/integrations/conftest.py)
-    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=False, time_limit=1800, idle_poll=0.2) as fed:
+    with LocalFederation(tmp_path / "fed", num_nodes=3, tls=True, time_limit=1800, idle_poll=0.2) as fed:
         run_id = fed.submit(
             app,
             {"output-dir": str(tmp_path / "runs"), "min-nodes": 3, "min-replies": 3, "round-timeout": 40.0, "max-retries": 60},
