@@ -12,7 +12,7 @@ submits the fedmtl app with ``flwr run`` and reads the run's metrics.jsonl:
 
 Usage::
 
-    python benchmarks/flower_deploy.py                         # 3 and 10 SuperNodes, fp32
+    python benchmarks/flower_deploy.py                         # 3 and 10 SuperNodes, fp32, fresh vs warm ClientApps
     python benchmarks/flower_deploy.py --nodes 3 --codec "[{name: topk, fraction: 0.01}, {name: int8}, {name: zstd}]" --append
 
 ``--codec`` is a YAML list used for ``comm.uplink`` (the codec chain); codecs must exist in the
@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedmtl.integrations.flower.launch import LocalFederation, copy_app  # noqa: E402
+from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_until  # noqa: E402
 
 APP = ROOT / "examples" / "flower_app"
 
@@ -64,11 +64,11 @@ def experiment(nodes: int, rounds: int, codec: list | None) -> dict:
     return cfg
 
 
-def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float) -> dict:
+def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, mode: str) -> dict:
     app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec)))
     run_dir = workdir / "runs" / "flower"
     t0 = time.monotonic()
-    with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=timeout + 60) as fed:
+    with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=4 * timeout, **MODES[mode]) as fed:
         run_id = fed.submit(
             app,
             {
@@ -79,17 +79,15 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
                 "wait-for-nodes": timeout,
             },
         )
-        deadline = time.monotonic() + timeout
-        while not (run_dir / "summary.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if not (run_dir / "summary.json").exists():
-            raise RuntimeError(f"run did not finish in {timeout:.0f} s:\n{fed.run_log(run_id)[-4000:]}")
+        if not wait_until((run_dir / "summary.json").exists, timeout, workdir):
+            raise RuntimeError(f"run wrote nothing for {timeout:.0f} s:\n{fed.run_log(run_id)[-4000:]}")
     wall = time.monotonic() - t0
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [h["round_seconds"] for h in history[1:]] or [history[0]["round_seconds"]]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "nodes": nodes,
+        "clientapp": mode,
         "rounds": rounds,
         "tls": tls,
         "codec": codec or [{"name": "identity"}],
@@ -105,15 +103,24 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
     }
 
 
+#: how the SuperNodes run the ClientApp: LocalFederation's arguments and the table's words
+MODES = {"fresh": {"warm": False}, "warm": {"warm": True}, "warm-poll": {"warm": True, "idle_poll": 0.2}}
+CLIENTAPP = {
+    "fresh": "fresh process per message (Flower's default)",
+    "warm": "one warm process per node",
+    "warm-poll": "warm, SuperNode idle wait 0.2 s (--idle-poll)",
+}
+
+
 def table(rows: list[dict]) -> str:
-    head = "| SuperNodes | codec (uplink) | TLS | wire down / round | wire up / round | payload up / round | s / round | rounds / min |\n"
-    head += "|---:|---|:-:|---:|---:|---:|---:|---:|\n"
+    head = "| SuperNodes | ClientApp | codec (uplink) | TLS | wire down / round | wire up / round | payload up / round | first round s | s / round | rounds / min |\n"
+    head += "|---:|---|---|:-:|---:|---:|---:|---:|---:|---:|\n"
     for r in rows:
         codec = "+".join(c["name"] for c in r["codec"])
         head += (
-            f"| {r['nodes']} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
+            f"| {r['nodes']} | {CLIENTAPP[r.get('clientapp', 'fresh')]} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
             f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
-            f"{r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
+            f"{r['first_round_seconds']:.1f} | {r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
         )
     return head
 
@@ -126,18 +133,28 @@ def main() -> None:
         "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
     )
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument(
+        "--clientapp",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        help="fresh: Flower's default isolation (a new flwr-clientapp process per message); "
+        "warm: --isolation process with one fedmtl worker per SuperNode (fedmtl.integrations.flower.worker); "
+        "warm-poll: warm, and the SuperNodes started through fedmtl.integrations.flower.supernode --idle-poll 0.2",
+    )
     ap.add_argument("--append", action="store_true", help="add the rows to those already in --out")
-    ap.add_argument("--timeout", type=float, default=400.0)
+    ap.add_argument("--timeout", type=float, default=400.0, help="seconds without anything written before a run is failed")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
     args = ap.parse_args()
     codec = yaml.safe_load(args.codec) if args.codec else None
     load_start = os.getloadavg()
     rows = []
     for n in args.nodes:
-        with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-") as tmp:
-            row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for mode in args.clientapp:
+            with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-{mode}-") as tmp:
+                row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout, mode)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     import flwr
     import torch
 
@@ -151,8 +168,9 @@ def main() -> None:
             "torch": torch.__version__,
             "flwr": flwr.__version__,
         },
-        "note": "loopback, all processes on one machine shared with other work; ClientApps run in Flower's default "
-        "subprocess isolation (a fresh Python process per message)",
+        "note": "loopback, all processes on one machine shared with other work; 'fresh': Flower's default subprocess "
+        "isolation (a fresh Python process per message); 'warm': --isolation process with one long-running fedmtl "
+        "ClientApp worker per SuperNode; 'warm-poll': warm, SuperNodes' idle wait capped at 0.2 s (Flower's is a fixed 3 s)",
         "rows": rows,
     }
     if args.append and args.out.exists():

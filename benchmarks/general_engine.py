@@ -113,7 +113,7 @@ def _setup(config: dict, engine: str, user: bool):  # noqa: ANN202
 
 
 def _accuracy(fed, params) -> dict[str, float]:  # noqa: ANN001
-    from fedmtl.experiment.evaluation import evaluate_global
+    from fedmtl.runloop.evaluation import evaluate_global
 
     return {t: round(m.get("accuracy", m.get("r2", float("nan"))), 4) for t, m in evaluate_global(fed.model, params, fed.data, 512).items()}
 

@@ -61,3 +61,45 @@ def test_opacus_import_through_fedmtl_adds_no_root_handler():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "0"
+
+
+FLOWER_PROBE = """
+import json, pkgutil, sys, importlib
+import fedmtl.integrations.flower as pkg
+for info in pkgutil.iter_modules(pkg.__path__):
+    importlib.import_module(f"{pkg.__name__}.{info.name}")
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("fedmtl."))))
+"""
+
+
+def _imported_names(path) -> set[str]:
+    """Every module an ``import``/``from ... import`` anywhere in the file names (inside functions too)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_flower_integration_imports_nothing_from_the_experiment_or_the_cli():
+    """What the simulation and the deployment both need lives below both (issue 16): fedmtl.runloop."""
+    pytest.importorskip("flwr")
+    from pathlib import Path
+
+    import fedmtl.integrations.flower as flower
+
+    def banned(name: str) -> bool:
+        return name in ("fedmtl.experiment", "fedmtl.cli") or name.startswith(("fedmtl.experiment.", "fedmtl.cli."))
+
+    files = sorted(Path(flower.__file__).parent.glob("*.py"))
+    assert len(files) >= 8
+    for path in files:
+        assert not {n for n in _imported_names(path) if banned(n)}, path.name
+    out = subprocess.run([sys.executable, "-c", FLOWER_PROBE], check=True, capture_output=True, text=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    assert "fedmtl.integrations.flower.client_app" in loaded and "fedmtl.runloop.checkpoint" in loaded
+    assert not [m for m in loaded if banned(m)]

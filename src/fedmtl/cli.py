@@ -325,11 +325,11 @@ def flower_local(
     tls: Annotated[bool, typer.Option("--tls/--insecure", help="TLS with generated certificates.")] = True,
     workdir: Annotated[Path, typer.Option("--workdir", help="Logs, certificates, Flower home, run folder.")] = Path("flower-local"),
     run_config: Annotated[Optional[list[str]], typer.Option("--run-config", "-c", help="key=value for the app's run config (repeatable).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds before everything is stopped.")] = 1800.0,
+    warm: Annotated[bool, typer.Option("--warm/--fresh", help="One warm ClientApp process per SuperNode, or Flower's default: a fresh process per message.")] = True,
+    idle_poll: Annotated[Optional[float], typer.Option("--idle-poll", help="Cap the SuperNodes' idle wait (Flower's is 3 s) at this many seconds.", min=0.01)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds without any log or metric written before everything is stopped (stretched on a loaded machine); every process is also killed after 2x this.")] = 900.0,
 ) -> None:
     """Start a SuperLink and N SuperNodes on 127.0.0.1, run the app with `flwr run`, wait, stop them all."""
-    import time
-
     launch = _flower()
     workdir = workdir.resolve()
     if app_dir is None:
@@ -339,13 +339,11 @@ def flower_local(
         key, _, value = item.partition("=")
         overrides[key] = yaml_value(value)
     run_dir = workdir / "runs" / str(overrides.get("run-name", "flower"))
-    with launch.LocalFederation(workdir, num_nodes=nodes, tls=tls, time_limit=timeout + 60) as fed:
+    with launch.LocalFederation(workdir, num_nodes=nodes, tls=tls, time_limit=2 * timeout + 60, warm=warm, idle_poll=idle_poll) as fed:
         run_id = fed.submit(app_dir.resolve(), overrides)
         console.print(f"run {run_id} on {fed.address} ({'TLS' if tls else 'insecure'}), {nodes} SuperNodes; logs in {workdir}")
-        deadline = time.monotonic() + timeout
-        while not (run_dir / "summary.json").exists() and time.monotonic() < deadline:
-            time.sleep(1.0)
-        if not (run_dir / "summary.json").exists():
+        # no fixed clock: the run fails when its processes have written nothing for `timeout` seconds
+        if not launch.wait_until((run_dir / "summary.json").exists, timeout, workdir, poll=1.0):
             console.print(fed.run_log(run_id)[-4000:])
             raise typer.Exit(1)
     sys.stdout.write((run_dir / "summary.json").read_text() + "\n")

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fedmtl.experiment.checkpoint import (
+from fedmtl.fl.federation import ServerState
+from fedmtl.runloop.checkpoint import (
     CheckpointError,
     content_digest,
     load_latest,
     read_checkpoint,
     save_checkpoint,
 )
-from fedmtl.fl.federation import ServerState
 
 
 def test_aliased_and_viewed_tensors_are_saved_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -170,7 +170,7 @@ def test_stale_temp_files_are_removed_on_resume_and_save(tmp_path) -> None:  # t
 
 def test_a_damaged_saved_config_stops_the_resume_with_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from fedmtl.config import ConfigError, ExperimentConfig
-    from fedmtl.experiment.checkpoint import check_resumable
+    from fedmtl.runloop.checkpoint import check_resumable
 
     (tmp_path / "config.yaml").write_bytes(b"seed: 0\n\xff\xfe\x00binary")
     with pytest.raises(ConfigError, match=r"config.yaml' is not UTF-8 text"):

@@ -9,7 +9,7 @@ import logging
 import torch
 
 import fedmtl
-from fedmtl.experiment.checkpoint import list_checkpoints
+from fedmtl.runloop.checkpoint import list_checkpoints
 
 
 def test_a_damaged_run_folder_resumes_exactly_and_keeps_what_it_set_aside(tiny_config, caplog):

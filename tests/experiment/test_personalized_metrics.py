@@ -13,9 +13,9 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 
 import fedmtl
-from fedmtl.experiment.evaluation import summarize_personalized
 from fedmtl.report.labels import summary_rows
 from fedmtl.report.metrics_log import flatten
+from fedmtl.runloop.evaluation import summarize_personalized
 from fedmtl.tasks import Task
 
 DIGIT = Task("digit", "multiclass", 3)

@@ -9,8 +9,8 @@ import torch
 
 import fedmtl
 from fedmtl.config import ConfigError
-from fedmtl.experiment.checkpoint import CheckpointError, list_checkpoints
 from fedmtl.report.metrics_log import flatten
+from fedmtl.runloop.checkpoint import CheckpointError, list_checkpoints
 
 
 def test_short_run_learns_every_task_and_writes_its_folder(tiny_config):

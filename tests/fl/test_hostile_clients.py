@@ -110,7 +110,7 @@ def test_largest_entry_ranks_updates_beyond_float32():
 def test_scaled_3e38_run_finishes_and_never_checkpoints_non_finite_params(tmp_path, tiny_config):
     """The issue's reproduction: `server.byzantine: {fraction: 0.1, attack: scaled, scale: 3e38}`."""
     import fedmtl
-    from fedmtl.experiment.checkpoint import load_latest
+    from fedmtl.runloop.checkpoint import load_latest
 
     cfg = {**tiny_config, "server": {"rounds": 3, "clients_per_round": 10, "byzantine": {"fraction": 0.1, "attack": "scaled", "scale": 3e38}}}
     res = fedmtl.Experiment(cfg).run(progress=True)

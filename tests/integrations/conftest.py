@@ -14,3 +14,9 @@ def _task_identity():
     """Flower sets these in its own processes; tests that build messages need them too."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield
+
+
+@pytest.fixture(autouse=True)
+def _node_state(tmp_path, monkeypatch):
+    """Each test's nodes keep their client state in a folder of their own (never an earlier test's)."""
+    monkeypatch.setenv("FEDMTL_FLOWER_STATE", str(tmp_path / "node-state"))

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from _flower_fakes import SMALL, FakeClock, FakeGrid
 
+from fedmtl.checked_file import read_checked
 from fedmtl.config import config_from_dict
 from fedmtl.experiment import Experiment
-from fedmtl.experiment.checkpoint import load_latest
 from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
+from fedmtl.integrations.flower.node_state import experiment_key
 from fedmtl.integrations.flower.server_app import server_for
 from fedmtl.report.metrics_log import flatten as flatten_record
+from fedmtl.runloop.checkpoint import load_latest
 
 pytestmark = pytest.mark.flower
 
@@ -116,9 +120,9 @@ def test_algorithms_with_server_state_reproduce_the_simulation(tmp_path, algorit
         for key in ("bytes_down", "bytes_up", "algorithm_bytes_down", "algorithm_bytes_up"):
             assert h[key] == s.get(key, 0), key
         assert h["wire_bytes_down"] > h["bytes_down"]
-    # what a node keeps in its Context has neither the server's state nor the outbox
-    for ctx in grid.contexts.values():
-        keys = ctx.state.array_records["fedmtl.client-state"].keys()
+    # what a node keeps on its disk has neither the server's state nor the outbox
+    for path in _state_files():
+        keys = read_checked(path)[0].keys()
         assert not any(k.startswith(("server/", "outbox/")) for k in keys)
     if algorithm["name"] == "scaffold":
         assert all(h["algorithm_bytes_up"] > 0 for h in history)  # each client's delta c
@@ -130,12 +134,24 @@ def _flat_tree(tree):
     return flatten(tree)
 
 
-def test_client_state_lives_in_the_node_context(tmp_path):
+def _state_files() -> list[Path]:
+    return sorted(Path(os.environ["FEDMTL_FLOWER_STATE"]).glob("*/client-*.safetensors"))
+
+
+def test_client_state_lives_in_a_checked_file_on_the_node_under_the_run_key(tmp_path):
     grid = _grid()
-    _run(tmp_path, grid)
+    server, _, _ = _run(tmp_path, grid)
     for ctx in grid.contexts.values():
-        assert "fedmtl.client-state" in ctx.state.array_records
         assert "fedmtl.config" in ctx.state.config_records
+        assert ctx.state.config_records["fedmtl.config"]["run-key"] == server.run_key
+    assert (tmp_path / "flower" / "run-key").read_text().strip() == server.run_key
+    files = _state_files()
+    assert [p.name for p in files] == ["client-0.safetensors", "client-1.safetensors", "client-2.safetensors"]
+    cfg = server.cfg
+    assert {p.parent.name for p in files} == {experiment_key(cfg, server.run_key)}
+    for i, path in enumerate(files):
+        _, meta = read_checked(path)
+        assert (meta["partition"], meta["rounds"]) == (str(i), "3")
 
 
 def test_a_client_that_raises_is_dropped_and_the_round_completes(tmp_path):
@@ -170,7 +186,7 @@ def test_below_the_minimum_the_round_is_retried_then_the_run_stops_and_resumes(t
     state = server.fed.init_state()
     server.wait_for_nodes()
     state, _ = server.run_round(state)  # round 1 with everyone
-    from fedmtl.experiment.checkpoint import save_checkpoint
+    from fedmtl.runloop.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "flower", state, {})
     (tmp_path / "flower" / "metrics.jsonl").write_text("")
@@ -218,6 +234,9 @@ def test_deployment_refuses_what_it_cannot_carry():
         check_deployable(fed_for({"privacy": {"secure_aggregation": {}}}))
     # algorithms with server state are carried now (the train message holds the state, the reply the outbox)
     check_deployable(fed_for({"algorithm": {"name": "scaffold"}}))
+    # the simulator's clock has no meaning on a deployment: refused, not silently ignored
+    with pytest.raises(ValueError, match="systems .*refused here"):
+        check_deployable(fed_for({"systems": {"mode": {"name": "fedbuff", "buffer_size": 2, "concurrency": 3}}}))
 
 
 @pytest.mark.parametrize(
@@ -293,6 +312,23 @@ def test_dp_sgd_client_epsilon_is_reported_as_in_the_simulation(tmp_path):
     assert eps == pytest.approx([h["privacy"]["dp_sgd_max_client_epsilon"] for h in sim.history])
 
 
+def test_the_server_leaves_the_federation_it_was_given_unchanged(tmp_path):
+    """Registration builds the server's own Federation over the reported task sets (issue 16): the one it was
+    given keeps its data, population, groups and sample bounds, and no private method of it is called."""
+    clock = FakeClock()
+    settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
+    server = server_for(_config(tmp_path), settings, _grid(), tmp_path / "flower", clock=clock, sleep=clock.sleep)
+    given = server.template
+    data, population, groups = given.data, dict(given.population), dict(given.groups)
+    server.run()
+    assert given.data is data and given.population == population and given.groups == groups
+    assert given.known_samples == {}
+    assert server.fed is not given
+    assert [c.tasks for c in server.fed.data.clients] == [("digit", "parity"), ("digit",), ("parity",)]
+    assert sorted(server.fed.known_samples) == [0, 1, 2] and all(n > 0 for n in server.fed.known_samples.values())
+    # the heads' population follows the reported task sets: each head is uploaded by the two clients holding it
+    heads = {n: k for n, k in server.fed.population.items() if n.startswith("heads.")}
+    assert heads and set(heads.values()) == {2}
 def test_local_on_flower_reports_no_global_metrics_as_the_simulation(tmp_path):
     """Algorithm local trains no global model: the deployment, like the simulation, scores none and says why."""
     cfg = _config(tmp_path, algorithm={"name": "local"}, evaluation={"personalized": True})

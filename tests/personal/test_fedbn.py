@@ -8,9 +8,9 @@ import torch
 
 from fedmtl.config import ConfigError, config_from_dict
 from fedmtl.data import from_arrays
-from fedmtl.experiment.evaluation import evaluate_personalized
 from fedmtl.fl.client import default_buffers, norm_buffer_names
 from fedmtl.fl.personalization.fedbn import norm_parameter_names
+from fedmtl.runloop.evaluation import evaluate_personalized
 
 from .conftest import config, federation
 
@@ -130,9 +130,9 @@ def test_client_without_state_is_evaluated_with_initial_statistics() -> None:
 
 @pytest.mark.parametrize("name", ["fedbn", "local"])
 def test_batch_norm_runs_end_to_end_with_checkpoints(name, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from fedmtl.experiment.checkpoint import read_checkpoint, save_checkpoint
-    from fedmtl.experiment.evaluation import evaluate_global
     from fedmtl.fl.client import mean_buffers
+    from fedmtl.runloop.checkpoint import read_checkpoint, save_checkpoint
+    from fedmtl.runloop.evaluation import evaluate_global
 
     fed = federation(config({"name": name}, model=BN_MODEL))
     state = fed.init_state()

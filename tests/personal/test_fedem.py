@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from fedmtl.config import config_from_dict
 from fedmtl.data.dataset import Split
-from fedmtl.experiment.evaluation import mixture_sums
 from fedmtl.fl.algorithm import Mixture, ServerContext
 from fedmtl.fl.personalization.fedem import GATE_PREFIX, FedEM, build_gate, e_step
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import build_model
+from fedmtl.runloop.evaluation import mixture_sums
 from fedmtl.tasks import Task
 
 from .conftest import config, federation

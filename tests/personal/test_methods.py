@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fedmtl.config import ConfigError, config_from_dict
-from fedmtl.experiment.checkpoint import read_checkpoint, save_checkpoint
-from fedmtl.experiment.evaluation import evaluate_personalized
 from fedmtl.fl.aggregation import aggregate_by_group
 from fedmtl.fl.update import ClientUpdate
+from fedmtl.runloop.checkpoint import read_checkpoint, save_checkpoint
+from fedmtl.runloop.evaluation import evaluate_personalized
 
 from .conftest import config, federation
 

@@ -48,7 +48,7 @@ def test_an_abandoned_round_is_recorded_in_metrics_and_checkpointed_past(tmp_pat
     from personal.conftest import synthetic
 
     import fedmtl
-    from fedmtl.experiment.checkpoint import load_latest
+    from fedmtl.runloop.checkpoint import load_latest
 
     cfg = config(privacy=_secagg(1.0, 0.5), server={"rounds": 4, "clients_per_round": 6})
     cfg["output"] = {"dir": str(tmp_path), "name": "secagg", "plots": False, "checkpoint_every": 1}

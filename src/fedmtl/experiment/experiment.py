@@ -27,15 +27,6 @@ from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
 from fedmtl.engine.device import DeviceError, resolve_device
-from fedmtl.experiment.checkpoint import (
-    CheckpointError,
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.experiment.evaluation import evaluate_global, evaluate_personalized, global_model_note
 from fedmtl.fl.client import load_parameters, mean_buffers
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.systems import Rounds, build_systems
@@ -43,6 +34,15 @@ from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.mtl.factory import as_model
 from fedmtl.report import MetricsLog, render_report
 from fedmtl.report.metrics_log import flatten
+from fedmtl.runloop.checkpoint import (
+    CheckpointError,
+    check_algorithm_state,
+    check_resumable,
+    list_checkpoints,
+    load_latest,
+    save_checkpoint,
+)
+from fedmtl.runloop.evaluation import evaluate_global, evaluate_personalized, global_model_note
 from fedmtl.tracking import Callback, Tracking, build_callbacks
 
 log = logging.getLogger("fedmtl")

@@ -50,7 +50,7 @@ def summarize_clients(per_client: Sequence[Mapping[str, float]], worst_fraction:
     """Mean, worst-10 % mean, median and spread of one per-client score (``row["score"]``, higher is better).
 
     Only for a score of one kind (accuracy of classification tasks, say); the run's personalised results
-    are per task (:func:`fedmtl.experiment.evaluation.summarize_personalized`).
+    are per task (:func:`fedmtl.runloop.evaluation.summarize_personalized`).
     """
     values = np.array([v["score"] for v in per_client], dtype=float)
     if values.size == 0:

@@ -4,8 +4,9 @@ The node's ``node_config`` says which client it is (``partition-id``; ``num-part
 the experiment's ``data.num_clients`` when given). At registration the server sends the resolved
 experiment config; the node builds the federation's data deterministically from it (same seed,
 same partition as the simulation), keeps only its own partition, and caches that on its disk.
-Per-client state (objective state, ``local`` parameters, codec error-feedback residuals) lives in
-the ClientApp's ``Context.state``, so it survives between rounds on that node.
+Per-client state (objective state, ``local`` and personal parameters, codec error-feedback residuals)
+lives in a file on the node's disk (:mod:`~fedmtl.integrations.flower.node_state`), written after every
+round, so it survives between rounds and across the SuperNode restarting.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower.node_state import NodeStateStore, experiment_key, state_folder
 from fedmtl.mtl import MultiTaskModel, build_model
+from fedmtl.runloop.evaluation import personal_metric_sums
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
 
@@ -109,7 +112,8 @@ def make_client_app() -> ClientApp:
         cfg = config_from_dict(json.loads(experiment))
         pid = partition_id(context, cfg)
         part = load_partition(cfg, pid, _cache_dir(context))
-        context.state[msgs.CONFIG] = ConfigRecord({"experiment": experiment})
+        run_key = str(message.content.config_records[msgs.CONFIG].get("run-key", ""))
+        context.state[msgs.CONFIG] = ConfigRecord({"experiment": experiment, "run-key": run_key})
         return Message(
             msgs.registration_reply(pid, part.client.tasks, part.client.num_train), reply_to=message
         )
@@ -119,14 +123,13 @@ def make_client_app() -> ClientApp:
         cfg, pid, part, model, node, init, state, payload, round_index = _node_for(message, context)
         server_state = msgs.read_server_state(message.content)
         reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=init)
-        context.state[msgs.STATE] = msgs.tree_to_record(new_state)
+        store = _store(context, cfg, pid)
+        _saved[store.path] = store.save(new_state, round_index + 1)
         return Message(msgs.reply_content(reply), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
-        from fedmtl.experiment.evaluation import personal_metric_sums
-
         cfg, pid, part, model, node, init, state, payload, _ = _node_for(message, context)
         params = {**init, **node.receive(payload, part.client)}
         sums = personal_metric_sums(
@@ -172,12 +175,35 @@ def _node_for(message: Message, context: Context):  # type: ignore[no-untyped-de
         raise ValueError(f"message for client {client_id} reached the node of client {pid}")
     experiment = str(context.state.config_records[msgs.CONFIG]["experiment"])
     part, model, node, init = _built(experiment, pid, _cache_dir(context))
-    state = (
-        msgs.tree_from_record(context.state.array_records[msgs.STATE])
-        if msgs.STATE in context.state.array_records
-        else {}
-    )
-    return cfg, pid, part, model, node, init, state, payload, round_index
+    return cfg, pid, part, model, node, init, _load_state(_store(context, cfg, pid)), payload, round_index
+
+
+#: the checksum of the state this process last wrote for each client: a load that finds another one
+#: (a restarted node, a resubmitted run) is logged as a restore
+_saved: dict[Path, str] = {}
+
+
+def _store(context: Context, cfg: ExperimentConfig, pid: int) -> NodeStateStore:
+    run_key = str(context.state.config_records[msgs.CONFIG].get("run-key", ""))
+    folder = state_folder(dict(context.node_config), _cache_dir(context))
+    return NodeStateStore(folder, pid, experiment_key(cfg, run_key))
+
+
+def _load_state(store: NodeStateStore) -> TensorTree:
+    restored = store.load()
+    if restored is None:
+        return {}
+    if _saved.get(store.path) != restored.checksum:
+        log.info(
+            "client %d: restored its state after %d round(s) from %s (sha256 %s; %s)",
+            store.partition,
+            restored.rounds,
+            store.path,
+            restored.checksum,
+            ", ".join(sorted(restored.state)),
+        )
+        _saved[store.path] = restored.checksum
+    return restored.state
 
 
 def build_node(cfg: ExperimentConfig, model, input_shape: Sequence[int]) -> ClientNode:  # type: ignore[no-untyped-def]

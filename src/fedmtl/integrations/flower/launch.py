@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,19 @@ from typing import Any
 MARKER = "FEDMTL_FLOWER_SESSION"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def machine_slowness() -> float:
+    """How many times slower than an idle machine this one runs now (at least 1).
+
+    The run queue per core (1-minute load average / cores): on a machine shared by other work every
+    wait here is stretched by it, so a loaded machine makes a federation slower, never a wait time out.
+    """
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 def _bin(name: str) -> str:
@@ -153,7 +162,12 @@ def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
 
 @dataclass
 class LocalFederation:
-    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, as processes, cleaned up on exit.
+    """A SuperLink and ``num_nodes`` SuperNodes on this machine, as processes, cleaned up on exit.
+
+    By default everything listens on 127.0.0.1. ``server_host`` and ``node_hosts`` put the SuperLink and
+    each SuperNode (its Runtime API, and its warm ClientApp's connection to it) on other loopback addresses
+    (127.0.0.2, ...): each stands for a machine, the certificates name the server's address, and the
+    nodes reach the SuperLink only through that address, as in docs/deployment.md's multi-machine procedure.
 
     Args:
         workdir: logs, certificates, Flower's home (``FLWR_HOME``) and the node caches go here.
@@ -161,6 +175,10 @@ class LocalFederation:
         tls: generate certificates and run the SuperLink with TLS (the nodes verify it with the CA).
         time_limit: every process is started under ``timeout`` with this many seconds.
         num_partitions: ``num-partitions`` for the nodes (default ``num_nodes``).
+        warm: run each SuperNode with ``--isolation process`` and one warm ClientApp process beside it
+            (:mod:`fedmtl.integrations.flower.worker`); False: Flower's default, a fresh process per message.
+        idle_poll: start the SuperNodes through :mod:`fedmtl.integrations.flower.supernode` with this
+            ``--idle-poll`` (seconds between a node's looks for work; Flower's own is 3 s). None: stock.
     """
 
     workdir: Path
@@ -168,6 +186,10 @@ class LocalFederation:
     tls: bool = True
     time_limit: float = 600.0
     num_partitions: int | None = None
+    warm: bool = True
+    idle_poll: float | None = None
+    server_host: str = "127.0.0.1"
+    node_hosts: tuple[str, ...] = ("127.0.0.1",)
     env_extra: Mapping[str, str] = field(default_factory=dict)
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     port: int = 0
@@ -210,21 +232,21 @@ class LocalFederation:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.server_host}:{self.port}"
 
     # -- processes ------------------------------------------------------------------------------
     def start_superlink(self) -> None:
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(self.server_host)
         args = [
             _bin("flower-superlink"),
             "--host",
-            "127.0.0.1",
+            self.server_host,
             "--port",
             str(self.port),
             "--disable-runtime-dependency-installation",
         ]
         if self.tls:
-            self.certs = self.certs or generate_certificates(self.workdir / "certs")
+            self.certs = self.certs or generate_certificates(self.workdir / "certs", (self.server_host, "localhost"))
             args += [
                 "--ssl-ca-certfile",
                 str(self.certs.ca),
@@ -236,16 +258,26 @@ class LocalFederation:
         else:
             args.append("--insecure")
         self._start("superlink", args)
-        self._wait_port(self.port, 60.0, "superlink")
+        self._wait_port(self.server_host, self.port, 60.0 * machine_slowness(), "superlink")
         self.write_flower_config()
 
+    def node_host(self, index: int) -> str:
+        """The loopback address standing for node ``index``'s machine."""
+        return self.node_hosts[index % len(self.node_hosts)]
+
     def start_supernode(self, index: int) -> None:
-        port = free_port()
+        host = self.node_host(index)
+        port = free_port(host)
         n = self.num_partitions or self.num_nodes
+        launcher = [_bin("flower-supernode")]
+        if self.idle_poll is not None:
+            launcher = [sys.executable, "-m", "fedmtl.integrations.flower.supernode", "--idle-poll", str(self.idle_poll)]
         args = [
-            _bin("flower-supernode"),
+            *launcher,
             "--superlink",
             self.address,
+            "--host",
+            host,
             "--port",
             str(port),
             "--node-config",
@@ -258,7 +290,13 @@ class LocalFederation:
             args += ["--root-certificates", str(self.certs.ca)]
         else:
             args.append("--insecure")
-        self._start(f"supernode-{index}", args)
+        if self.warm:
+            args += ["--isolation", "process"]
+        node = self._start(f"supernode-{index}", args)
+        if self.warm:
+            worker = [sys.executable, "-m", "fedmtl.integrations.flower.worker"]
+            worker += ["--runtime-api-address", f"{host}:{port}", "--parent-pid", str(node.pid)]
+            self._start(f"worker-{index}", worker)
 
     def start(self) -> LocalFederation:
         self.start_superlink()
@@ -266,7 +304,7 @@ class LocalFederation:
             self.start_supernode(i)
         return self
 
-    def _wait_port(self, port: int, timeout: float, name: str) -> None:
+    def _wait_port(self, host: str, port: int, timeout: float, name: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.procs[name]
@@ -275,7 +313,7 @@ class LocalFederation:
                     f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}"
                 )
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((host, port)) == 0:
                     return
             time.sleep(0.2)
         raise TimeoutError(f"{name} did not open port {port} within {timeout:.0f} s")
@@ -296,11 +334,16 @@ class LocalFederation:
     def submit(
         self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None, timeout: float = 120.0
     ) -> int:
-        """``flwr run <app_dir> fedmtl`` with run-config overrides; returns the run id."""
+        """``flwr run <app_dir> fedmtl`` with run-config overrides; returns the run id.
+
+        ``timeout`` is for an idle machine; it is stretched by :func:`machine_slowness`.
+        """
         args = [_bin("flwr"), "run", str(app_dir), "fedmtl", "--format", "json"]
         if run_config:
             args += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
-        res = subprocess.run(args, capture_output=True, env=self.env(), timeout=timeout, cwd=self.workdir)
+        res = subprocess.run(
+            args, capture_output=True, env=self.env(), timeout=timeout * machine_slowness(), cwd=self.workdir
+        )
         out = res.stdout.decode()
         try:
             data = json.loads(out[out.index("{") :])
@@ -317,19 +360,38 @@ class LocalFederation:
                 [_bin("flwr"), "log", str(run_id), "fedmtl", "--show"],
                 capture_output=True,
                 env=self.env(),
-                timeout=timeout,
+                timeout=timeout * machine_slowness(),
                 cwd=self.workdir,
             )
         except subprocess.TimeoutExpired:
             return "(flwr log timed out)"
         return res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace")
 
+    def run_ended(self, run_id: int) -> str:
+        """``"status: details"`` once the run has finished (completed, failed or stopped), else ``""``."""
+        try:
+            res = subprocess.run(
+                [_bin("flwr"), "ls", "fedmtl", "--run-id", str(run_id), "--format", "json"],
+                capture_output=True,
+                env=self.env(),
+                timeout=60 * machine_slowness(),
+                cwd=self.workdir,
+            )
+            out = res.stdout.decode()
+            run = json.loads(out[out.index("{") :])["runs"][0]
+        except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError):
+            return ""  # not known yet: ask again later
+        status = str(run.get("status", ""))
+        return f"{status}: {run.get('status-details', '')}" if status.startswith("finished") else ""
+
     def kill_node(self, index: int) -> None:
-        """SIGKILL a SuperNode and everything it started (its ClientApp included): a machine that dies."""
-        proc = self.procs[f"supernode-{index}"]
-        pids = [proc.pid, *descendants(proc.pid)]
-        _kill(pids)
-        proc.wait(timeout=10)
+        """SIGKILL a SuperNode, everything it started and its warm ClientApp process: a machine that dies."""
+        for name in (f"supernode-{index}", f"worker-{index}"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            _kill([proc.pid, *descendants(proc.pid)])
+            proc.wait(timeout=10 * machine_slowness())
 
     def stop(self) -> None:
         """Kill every process of this federation (and their descendants), then wait for them."""
@@ -373,14 +435,46 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def wait_for_file(path: Path, timeout: float, fed: LocalFederation | None = None, poll: float = 0.5) -> bool:
-    """Wait until ``path`` exists (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
+def activity(root: Path) -> int:
+    """Bytes written under ``root`` so far (process logs, run folders): grows while a federation works."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # a file replaced while we looked
+            pass
+    return total
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    quiet: float,
+    watch: Path,
+    poll: float = 0.5,
+    ended: Callable[[], str] | None = None,
+    check_every: float = 10.0,
+) -> bool:
+    """Wait for ``predicate``: True when it holds, False once nothing under ``watch`` has been written for
+    ``quiet`` seconds (stretched by :func:`machine_slowness`, read afresh at every poll), or once ``ended()``
+    (asked every ``check_every`` s, e.g. :meth:`LocalFederation.run_ended`) says the run is over without it.
+
+    There is no overall deadline: a federation that keeps working (logs, metrics) is slow, not stuck,
+    so a loaded machine makes the wait longer, never failed; a hung one fails after ``quiet`` silent seconds.
+    """
+    seen, last_change, last_check = -1, time.monotonic(), time.monotonic()
+    while True:
+        if predicate():
             return True
+        if ended is not None and time.monotonic() - last_check > check_every:
+            last_check = time.monotonic()
+            if ended():
+                return predicate()
+        now = activity(watch)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > quiet * machine_slowness():
+            return predicate()
         time.sleep(poll)
-    return path.exists()
 
 
 def copy_app(template: str | Path, dest: str | Path, experiment: str | None = None) -> Path:
@@ -399,5 +493,7 @@ __all__ = [
     "descendants",
     "free_port",
     "generate_certificates",
-    "wait_for_file",
+    "machine_slowness",
+    "activity",
+    "wait_until",
 ]

@@ -22,7 +22,6 @@ PAYLOAD = "fedmtl.payload"
 META = "fedmtl.meta"
 METRICS = "fedmtl.metrics"
 CONFIG = "fedmtl.config"
-STATE = "fedmtl.client-state"
 SERVER_STATE = "fedmtl.server-state"  # the client's view of the algorithm's server state, encoded (SCAFFOLD's c)
 OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step, encoded (SCAFFOLD's delta c)
 EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
@@ -184,9 +183,11 @@ def read_evaluate_reply(content: RecordDict) -> tuple[int, dict[str, dict[str, f
     return _field(content.config_records[META], "client-id", int, "evaluation meta"), sums  # type: ignore[return-value]
 
 
-def register_content(experiment_json: str) -> RecordDict:
-    """The registration query: the resolved experiment config every node builds its side from."""
-    return RecordDict({CONFIG: ConfigRecord({"experiment": experiment_json})})
+def register_content(experiment_json: str, run_key: str = "") -> RecordDict:
+    """The registration query: the resolved experiment config every node builds its side from, and the
+    run's key (the same across resumptions of one run, new for a fresh run: the clients' saved state is
+    kept under it, so a fresh run never picks up an older run's state)."""
+    return RecordDict({CONFIG: ConfigRecord({"experiment": experiment_json, "run-key": run_key})})
 
 
 def registration_reply(client_id: int, tasks: list[str] | tuple[str, ...], num_samples: int) -> RecordDict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,14 +31,6 @@ from flwr.app import Message, MessageType, RecordDict
 from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError, dump_config
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.experiment.checkpoint import (
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.experiment.evaluation import evaluate_global, global_model_note, summarize_personalized
 from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
@@ -45,6 +38,14 @@ from fedmtl.fl.seeding import generator
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.report import MetricsLog
+from fedmtl.runloop.checkpoint import (
+    check_algorithm_state,
+    check_resumable,
+    list_checkpoints,
+    load_latest,
+    save_checkpoint,
+)
+from fedmtl.runloop.evaluation import evaluate_global, global_model_note, summarize_personalized
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
@@ -146,7 +147,8 @@ def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> Client
 def check_deployable(fed: Federation) -> None:
     """Refuse, with the reason, what the deployment does not carry instead of running it wrongly.
 
-    Secure aggregation is simulated in process (the server would see plain updates). Algorithms that keep
+    Secure aggregation is simulated in process (the server would see plain updates); ``systems`` is the
+    simulator's clock (a deployment has real clients' timing). Algorithms that keep
     server state for their clients (SCAFFOLD, IFCA, FedEM, MOCHA) are carried: the train message holds that
     state and the reply the client's extra uploads (see :func:`messages.train_content`).
     """
@@ -155,6 +157,31 @@ def check_deployable(fed: Federation) -> None:
             "privacy.secure_aggregation is an in-process simulation of the protocol; on Flower the server would "
             "receive plain updates, so it is refused here. Use privacy.dp (server placement) or run it in simulation."
         )
+    if getattr(fed.cfg, "systems", None) is not None:
+        raise ValueError(
+            "systems (simulated client speeds, availability, deadlines, FedBuff) drives the simulator's clock; on "
+            "Flower the real clients' speed and availability decide, so it is refused here. Remove the systems "
+            "section to deploy, or run it in simulation."
+        )
+
+
+def run_key(run_dir: Path, fresh: bool) -> str:
+    """The run's key (``run_dir/run-key``): new for a fresh run, the saved one when it resumes.
+
+    Clients keep their state under it (:mod:`~fedmtl.integrations.flower.node_state`): a resumed run finds
+    its clients' state, a fresh one in the same place starts its clients afresh.
+    """
+    path = Path(run_dir) / "run-key"
+    if not fresh and path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+        log.warning("%s is empty: the clients start with fresh state", path)
+    elif not fresh:
+        log.warning("%s has no run-key (written by an older fedmtl): the clients start with fresh state", run_dir)
+    key = uuid.uuid4().hex
+    atomic_write_text(path, key + "\n")
+    return key
 
 
 class FlowerServer:
@@ -178,6 +205,8 @@ class FlowerServer:
         sleep: Callable[[float], None] = time.sleep,
     ):
         check_deployable(fed)
+        self.template = fed  # never changed: what the server knew before any node registered
+        #: the federation of the task sets the nodes reported (rebuilt from the template when they change)
         self.fed = fed
         self.cfg = fed.cfg
         self.settings = settings
@@ -189,6 +218,8 @@ class FlowerServer:
         self._num_clients = fed.data.num_clients
         self._template = fed.data
         self._retry_after: dict[int, float] = {}  # node id -> when a failed registration may be retried
+        self._samples: dict[int, int] = {}  # client id -> training rows its node reported: bounds its claims
+        self.run_key = ""  # set by run(): the clients keep their saved state under it (see run_key())
 
     # -- registration -------------------------------------------------------------------------
     def register(self) -> None:
@@ -198,7 +229,7 @@ class FlowerServer:
         new = [n for n in self.grid.get_node_ids() if n not in known and self._retry_after.get(n, now) <= now]
         if not new:
             return
-        content = msgs.register_content(self.cfg.model_dump_json())
+        content = msgs.register_content(self.cfg.model_dump_json(), self.run_key)
         timeout = min(self.settings.wait_for_nodes, self.settings.round_timeout)
         ex = exchange(
             self.grid,
@@ -215,6 +246,7 @@ class FlowerServer:
                 "node %d failed to register (asking again in %.0f s): %s", node, REGISTER_BACKOFF, reason
             )
             self._retry_after[node] = self.clock() + REGISTER_BACKOFF
+        changed = False
         for node, reply in ex.replies.items():
             try:
                 cid, tasks, samples = msgs.read_registration(reply.content)
@@ -247,17 +279,25 @@ class FlowerServer:
                     del self.registry.client_of[old]
             self.registry.client_of[node] = cid
             self._retry_after.pop(node, None)
+            changed = changed or self.registry.tasks.get(cid) != tasks or self._samples.get(cid) != samples
             self.registry.tasks[cid] = tasks
-            self.fed.known_samples[cid] = samples  # what the server knows of the client: bounds its claims
+            self._samples[cid] = samples
             log.info("node %d is client %d with tasks %s", node, cid, list(tasks))
+        if changed:
+            self.fed = self._federation()
+
+    def _federation(self) -> Federation:
+        """A Federation over the task sets the nodes reported: how many clients upload each parameter (SCAFFOLD's
+        control-variate step divides by it) and the aggregation groups follow them; claims are bounded by the
+        sample counts the nodes reported. Built anew (the template is never changed): it holds no round state."""
         clients = tuple(
             stub_client(c, self.registry.tasks.get(c, tuple(self._template.task_names)), self._template)
             for c in range(self._num_clients)
         )
-        self.fed.data = replace(self._template, clients=clients)
-        # how many clients upload each parameter (SCAFFOLD's control-variate step divides by it) follows
-        # the task sets the nodes reported
-        self.fed.population = self.fed._population()
+        t = self.template
+        fed = Federation(t.cfg, replace(self._template, clients=clients), t.model, t.engine)
+        fed.known_samples.update(self._samples)
+        return fed
 
     def wait_for_nodes(self) -> None:
         deadline = self.clock() + self.settings.wait_for_nodes
@@ -478,6 +518,7 @@ class FlowerServer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         state, elapsed = self._start_state(metrics)
+        self.run_key = run_key(self.run_dir, fresh=state.round == 0)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
         atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
         self.wait_for_nodes()
@@ -540,4 +581,4 @@ class FlowerServer:
         return summary
 
 
-__all__ = ["Exchange", "FlowerServer", "GridLike", "Registry", "RoundFailed", "exchange", "stub_client"]
+__all__ = ["Exchange", "FlowerServer", "GridLike", "Registry", "RoundFailed", "exchange", "run_key", "stub_client"]

@@ -15,20 +15,18 @@ unverified (logged).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedmtl.atomic import atomic_write, remove_stale_temps
+from fedmtl.checked_file import CHECKSUM_KEY, content_digest
 from fedmtl.config import ConfigError, ExperimentConfig, dump_config
 from fedmtl.config.loading import parse_yaml, read_text_file
 from fedmtl.fl.federation import ServerState
@@ -91,23 +89,8 @@ def check_algorithm_state(restored: ServerState, fresh: TensorTree, algorithm: s
         )
 
 
-#: the metadata key of a checkpoint's content checksum
-CHECKSUM_KEY = "sha256"
 #: every key a checkpoint's metadata may hold (those written before the checksum lack it)
 METADATA_KEYS = frozenset({"format", "round", "meta", CHECKSUM_KEY})
-
-
-def content_digest(flat: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
-    """SHA-256 (hex) of a checkpoint's content: its metadata (but the checksum itself) and every tensor's
-    name, dtype, shape and bytes, in name order; independent of how safetensors lays the file out."""
-    digest = hashlib.sha256()
-    head = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
-    digest.update(json.dumps(head, sort_keys=True).encode())
-    for name in sorted(flat):
-        tensor = flat[name].detach().cpu().contiguous()
-        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
