@@ -105,3 +105,10 @@ def test_every_model_family_matches_sequential(name: str) -> None:
 def test_methods_compose_on_the_fast_path() -> None:
     """Ditto + PCGrad + MMoE (the W4 workload's combination), Adam and clipping."""
     _compare(HETERO + ALGORITHMS["ditto"] + ["mtl.balancer.name=pcgrad", "model.name=mmoe", "client.optimizer.name=adam", "client.optimizer.lr=0.01", "client.max_grad_norm=0.5"])
+
+
+def test_every_registered_algorithm_and_model_is_compared() -> None:
+    """A new algorithm or model (registered beside its code) must join the parity tests above."""
+    assert set(registry.names("algorithm")) - set(ALGORITHMS) == {"fedavg"}  # the default: every test above runs it
+    # hard_sharing: the default; import: a user's own module (test_distributed.py runs one on the engines)
+    assert set(registry.names("model")) - set(MODELS) == {"hard_sharing", "import"}
