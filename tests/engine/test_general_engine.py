@@ -7,6 +7,7 @@ import pytest
 import torch
 from _helpers import max_diff, run, setup
 
+from fedmtl import registry
 from fedmtl.engine import SequentialEngine, VectorizedEngine
 
 TOL = 1e-5
@@ -28,7 +29,14 @@ ALGORITHMS = {
     "mocha": ["algorithm.name=mocha"],
     "local": ["algorithm.name=local"],
 }
-BALANCERS = ["pcgrad", "mgda", "cagrad", "imtl", "nash_mtl", "gradvac", "graddrop", "aligned_mtl", "db_mtl", "upgrad", "dualproj", "config", "uw", "gradnorm", "famo", "rlw", "fairgrad", "moco"]
+#: registered balancers the vectorised engine does not batch, and why (its fallback is tested in test_vectorized.py)
+NOT_BATCHED = {"mgda_ub": "balances on the shared representation, which the model hands out of the forward pass"}
+#: every registered balancer the vectorised engine batches (a new one is picked up here), with the options it needs
+BALANCERS = {
+    n: [f"mtl.balancer.name={n}", *(["mtl.balancer.weights={digit: 2.0, mod3: 0.5}"] if n == "static" else [])]
+    for n in registry.names("balancer")
+    if n not in NOT_BATCHED
+}
 SCHEMES = {
     "alternating": ["mtl.scheme.name=alternating"],
     "lagrangian": ["mtl.scheme.name=lagrangian", "mtl.scheme.main=digit", "mtl.scheme.constraints={parity: 0.5}"],
@@ -79,9 +87,9 @@ def test_every_algorithm_matches_sequential(name: str) -> None:
     _compare(HETERO + ALGORITHMS[name])
 
 
-@pytest.mark.parametrize("name", BALANCERS)
+@pytest.mark.parametrize("name", list(BALANCERS))
 def test_every_balancer_matches_sequential(name: str) -> None:
-    _compare(HETERO + [f"mtl.balancer.name={name}"])
+    _compare(HETERO + BALANCERS[name])
 
 
 @pytest.mark.parametrize("name", list(SCHEMES))
@@ -114,3 +122,10 @@ def test_dp_sgd_is_batched_and_matches_sequential(extra: list[str]) -> None:
     """DP-SGD runs on the fast path: the same Poisson batches, clipped example gradients and noise draws per
     client as the one-client trainer, and the same accounting (each client's history and epsilon)."""
     _compare(HETERO + DP_SGD + extra)
+
+
+def test_every_registered_algorithm_and_model_is_compared() -> None:
+    """A new algorithm or model (registered beside its code) must join the parity tests above."""
+    assert set(registry.names("algorithm")) - set(ALGORITHMS) == {"fedavg"}  # the default: every test above runs it
+    # hard_sharing: the default; import: a user's own module (test_distributed.py runs one on the engines)
+    assert set(registry.names("model")) - set(MODELS) == {"hard_sharing", "import"}

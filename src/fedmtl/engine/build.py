@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from fedmtl.engine.base import Engine
 from fedmtl.engine.device import resolve_device
-from fedmtl.engine.distributed import DistributedEngine, init_distributed
-from fedmtl.engine.reducing import ReducingFederation
 from fedmtl.engine.sequential import SequentialEngine
 from fedmtl.engine.vectorized import VectorizedEngine
 
@@ -19,6 +17,9 @@ def build_engine(cfg: object, device: str = "cpu") -> Engine:
     if isinstance(cfg, ecfg.VectorizedEngine):
         return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device)
     if isinstance(cfg, ecfg.DistributedEngine):
+        # on demand (and ReducingFederation below): `-m fedmtl.engine.distributed` must find them unloaded
+        from fedmtl.engine.distributed import DistributedEngine
+
         return DistributedEngine(local=build_engine(cfg.local, device), backend=cfg.backend)
     raise TypeError(f"unknown engine config {cfg!r}")  # pragma: no cover
 
@@ -32,9 +33,12 @@ def make_federation(cfg, data, model, device: str | None = None):  # type: ignor
       slice, with one all-reduce per round (all-gather for non-mean aggregators).
     """
     from fedmtl.config import engine as ecfg
+    from fedmtl.engine.reducing import ReducingFederation
 
     device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
     if isinstance(cfg.engine, ecfg.DistributedEngine):
+        from fedmtl.engine.distributed import init_distributed
+
         _, world = init_distributed(cfg.engine.backend)
         return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local, device), distributed=world > 1)
     return ReducingFederation(cfg, data, model, build_engine(cfg.engine, device))

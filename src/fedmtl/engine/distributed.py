@@ -99,4 +99,4 @@ def gathered_round(fed: Federation, state: ServerState) -> tuple[ServerState, Ro
 if __name__ == "__main__":  # torchrun ... -m fedmtl.engine.distributed: the entry point lives above this module
     import runpy
 
-    runpy.run_module("fedmtl.engine.torchrun", run_name="__main__", alter_sys=True)
+    runpy.run_module("fedmtl.engine.torchrun", run_name="__main__")
