@@ -129,3 +129,21 @@ def test_every_registered_algorithm_and_model_is_compared() -> None:
     assert set(registry.names("algorithm")) - set(ALGORITHMS) == {"fedavg"}  # the default: every test above runs it
     # hard_sharing: the default; import: a user's own module (test_distributed.py runs one on the engines)
     assert set(registry.names("model")) - set(MODELS) == {"hard_sharing", "import"}
+
+
+@pytest.mark.parametrize("balancer", ["dwa", "famo"])
+def test_engines_continue_each_others_client_state(balancer: str) -> None:
+    """A round on the vectorised engine then one on the sequential engine equals two sequential rounds: the
+    objective state each engine writes is the one the other reads (the old vectorised engine left out
+    ``scheme``, and the sequential trainer then raised ``KeyError: 'scheme'`` with DWA)."""
+    from fedmtl.fl.federation import Federation
+    from fedmtl.mtl import build_model
+
+    cfg, data = setup(HETERO + [f"mtl.balancer.name={balancer}"])
+    reference, _ = run(cfg, data, SequentialEngine(), rounds=2)
+    mixed, _ = run(cfg, data, VectorizedEngine(), rounds=1)
+    fed = Federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), SequentialEngine())
+    mixed, _ = fed.round(mixed)
+    assert max_diff(reference.params, mixed.params) < TOL
+    for cid, st in reference.client_states.items():
+        _same_tree(st, mixed.client_states[cid], f"client {cid}")
