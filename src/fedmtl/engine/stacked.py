@@ -196,6 +196,30 @@ class Chunk:
             torch.manual_seed(seed)
             return vmap(one, randomness="different")(dict(params), buffers, x, ys, row_w, real)
 
+    def _active_losses(
+        self, leaves: dict[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, active: Tensor, weights: Tensor | None, seed: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`losses` computed for the ``active`` clients only (zeros for the others).
+
+        With skewed client sizes, late steps of a chunk have few clients left: computing the rest only to mask
+        it would cost as much as a full step. BatchNorm statistics the forward pass updates are written back.
+        """
+        on = active.nonzero().flatten()
+        C = int(active.shape[0])
+        if len(on) == C:
+            return self.losses(leaves, buffers, rows, weights, seed)
+        live_buffers = {n: b.index_select(0, on) for n, b in buffers.items()}
+        live_losses, live_penalty = self.losses(
+            {n: v.index_select(0, on) for n, v in leaves.items()}, live_buffers, rows.index_select(0, on),
+            weights.index_select(0, on) if weights is not None else None, seed,
+        )
+        with torch.no_grad():
+            for n, b in buffers.items():
+                b.index_copy_(0, on, live_buffers[n])
+        loss_mat = live_losses.new_zeros((C, *live_losses.shape[1:])).index_copy(0, on, live_losses)
+        penalty = live_penalty.new_zeros((C, *live_penalty.shape[1:])).index_copy(0, on, live_penalty)
+        return loss_mat, penalty
+
     def gradients(
         self,
         leaves: dict[str, Tensor],
@@ -211,7 +235,7 @@ class Chunk:
 
         Advances the objective state of every ``active`` client (as the sequential objective's backward does).
         """
-        loss_mat, penalty = self.losses(leaves, buffers, rows, weights, seed)
+        loss_mat, penalty = self._active_losses(leaves, buffers, rows, active, weights, seed)
         detached = loss_mat.detach()
         C, T = detached.shape
         W = torch.zeros(C, T, dtype=detached.dtype, device=detached.device)
@@ -484,10 +508,19 @@ class StackedTraining:
                     W[c, cols] = w.to(W)
                     loss_sums[c, cols] += detached[c, cols].double().cpu()
                     with_rows[c] += 1
-            values = {n: v.detach() for n, v in leaves.items()}
-            per_row = vmap(per_client, randomness="different")(values, buffers, chunk.x[step_rows], {t: y[step_rows] for t, y in chunk.y.items()}, W)
+            # only the clients still stepping: with skewed client sizes most of a late step's chunk is done
+            on = active.nonzero().flatten()
+            on_dev = on.to(dev)
+            values = {n: v.detach().index_select(0, on_dev) for n, v in leaves.items()}
+            live_buffers = {n: b.index_select(0, on_dev) for n, b in buffers.items()}
+            live_rows = step_rows.index_select(0, on_dev)
+            per_row = vmap(per_client, randomness="different")(values, live_buffers, chunk.x[live_rows], {t: y[live_rows] for t, y in chunk.y.items()}, W.index_select(0, on_dev))
+            live = clip_and_noise(
+                per_row, drawn.index_select(0, on_dev), {n: m.index_select(0, on_dev) for n, m in mask.items()}, dp.max_grad_norm,
+                sigmas.index_select(0, on), expected.index_select(0, on_dev), [gens[int(c)] for c in on],
+            )
             act = active.to(torch.float32).to(dev)
-            private = clip_and_noise(per_row, drawn, {n: m * act for n, m in mask.items()}, dp.max_grad_norm, sigmas, expected, [g if bool(a) else None for g, a in zip(gens, active)])
+            private = {n: torch.zeros_like(leaves[n]).index_copy_(0, on_dev, g) for n, g in live.items()}
             grads: dict[str, Tensor | None] = dict(private)
             if chunk.has_penalty:
                 pulls = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
