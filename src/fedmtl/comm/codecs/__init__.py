@@ -30,7 +30,7 @@ CODECS: dict[str, Callable[[Any], object]] = {
     "randk": lambda c: RandK(c.fraction),
     "dgc": lambda c: DGCTopK(c.fraction, c.momentum, c.warmup),
     "sketch": lambda c: CountSketch(c.fraction, c.rows, c.topk, c.seed),
-    "powersgd": lambda c: PowerSGD(c.rank),
+    "powersgd": lambda c: PowerSGD(c.rank, c.bits),
     "blockq": lambda c: BlockQuantiser(c.bits, c.block_size),
     "zstd": lambda c: Zstd(c.level, c.dictionary),
     "lz4": lambda c: LZ4(),
