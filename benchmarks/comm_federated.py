@@ -91,8 +91,20 @@ def _delta(full_bits: int, *delta: dict) -> tuple[list[dict], list[dict]]:
 
 
 SIGN = {"name": "sign"}
-DGC1 = [{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD]
-TOP10 = _delta(4, {"name": "topk", "fraction": 0.1}, {"name": "blockq", "bits": 4})
+
+
+def _dgc(fraction: float) -> list[dict]:
+    """Top-``fraction`` with error feedback (DGC without momentum correction or warm-up), 4-bit values, zstd."""
+    return [{"name": "dgc", "fraction": fraction, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD]
+
+
+def _top(fraction: float) -> dict:
+    return {"name": "topk", "fraction": fraction}
+
+
+DGC1 = _dgc(0.01)
+TOP10 = _delta(4, _top(0.1), {"name": "blockq", "bits": 4})
+TOP25 = _delta(8, _top(0.25), {"name": "blockq", "bits": 4})
 PARETO = {
     "fp32": (FP32, FP32, []),
     "up powersgd r1 + zstd (fp32 factors)": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
@@ -102,15 +114,19 @@ PARETO = {
     "up powersgd r8 int8 + zstd": (_psgd(8), FP32, []),
     "up qsgd s=1/2048 + zstd": ([{"name": "qsgd", "levels": 1, "bucket_size": 2048}, ZSTD], FP32, []),
     "up dgc 1% + blockq4 + zstd": (DGC1, FP32, []),
-    "up dgc 10% + blockq4 + zstd": ([{**DGC1[0], "fraction": 0.1}, *DGC1[1:]], FP32, []),
+    "up dgc 3% + blockq4 + zstd": (_dgc(0.03), FP32, []),
+    "up dgc 5% + blockq4 + zstd": (_dgc(0.05), FP32, []),
+    "up dgc 10% + blockq4 + zstd": (_dgc(0.1), FP32, []),
     "up blockq2/256 + zstd": ([{"name": "blockq", "bits": 2, "block_size": 256}, ZSTD], FP32, []),
     "down blockq8 / delta sign + zstd": (FP32, *_delta(8, SIGN)),
     "down blockq4 / delta sign + zstd": (FP32, *_delta(4, SIGN)),
     "down blockq4 / delta top 5% + blockq4 + zstd": (FP32, *_delta(4, {"name": "topk", "fraction": 0.05}, {"name": "blockq", "bits": 4})),
     "down blockq4 / delta top 10% + blockq4 + zstd": (FP32, *TOP10),
-    "down blockq8 / delta top 25% + blockq4 + zstd": (FP32, *_delta(8, {"name": "topk", "fraction": 0.25}, {"name": "blockq", "bits": 4})),
+    "down blockq8 / delta top 25% + blockq4 + zstd": (FP32, *TOP25),
+    "down blockq8 / delta blockq2/64 + zstd": (FP32, *_delta(8, {"name": "blockq", "bits": 2, "block_size": 64})),
     "both: up powersgd r2 int8 / down blockq8 + delta sign": (_psgd(2), *_delta(8, SIGN)),
-    "both: up dgc 1% / down blockq4 + delta top 10% (examples/configs/compressed.yaml)": (DGC1, *TOP10),
+    "both: up dgc 1% / down blockq4 + delta top 10%": (DGC1, *TOP10),
+    "both: up dgc 10% / down blockq8 + delta top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *TOP25),
 }
 
 
