@@ -215,7 +215,8 @@ def plot_pareto(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    rows = -(-len(result["points"]) // 2)  # the legend's rows, two columns under the plots
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.17 * rows), sharey=True)
     ref = result["points"]["fp32"]
     for ax, direction in zip(axes, ("bytes_up", "bytes_down")):
         for i, (name, p) in enumerate(result["points"].items()):
@@ -227,9 +228,9 @@ def plot_pareto(result: dict, path: Path) -> None:
         ax.set_xlabel(f"fewer {'uplink' if direction == 'bytes_up' else 'downlink'} bytes than fp32 (x)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean held-out accuracy over tasks")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"demo experiment, {result['rounds']} rounds, {len(result['seeds'])} seeds (bar: largest task std)")
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=2)
+    fig.suptitle(f"demo experiment, {result['rounds']} rounds, {len(result['seeds'])} seed(s) (bar: largest task std)")
+    fig.tight_layout(rect=(0, 0.17 * rows / (4.2 + 0.17 * rows) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
