@@ -12,7 +12,8 @@ Three tables, one JSON (``benchmarks/results/comm_federated.json``):
 
 4. ``--pareto``: the bytes-vs-accuracy front on the demo experiment (``src/fedmtl/configs/demo.yaml``):
    each chain a point, bytes both directions, final held-out accuracy per task as mean ± std over
-   ``--seeds`` seeds (default 3), ``--rounds`` rounds (default 30, not the demo's 100, to keep it small);
+   ``--seeds`` seeds (default 3), ``--rounds`` rounds (default 40, the demo's); finished runs are kept in
+   ``benchmarks/results/comm_pareto_runs.jsonl`` and reused;
    ``benchmarks/results/comm_pareto.json`` and ``comm_pareto.png``.
 
 Run: ``PYTHONPATH=src python benchmarks/comm_federated.py [--quick | --pareto]``.
@@ -21,6 +22,7 @@ Run: ``PYTHONPATH=src python benchmarks/comm_federated.py [--quick | --pareto]``
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -76,18 +78,72 @@ DEMO = Path(__file__).parents[1] / "src" / "fedmtl" / "configs" / "demo.yaml"
 #: each point: (uplink chain, downlink chain, downlink_delta chain); fp32 is the reference
 ZSTD = {"name": "zstd", "level": 19, "dictionary": 1}
 FP32 = [{"name": "identity"}]
-QSGD1 = {"name": "qsgd", "levels": 1}
-#: the full model for clients without a copy, then scaled-sign differences to their copy
-DELTA_SIGN = ([{"name": "blockq", "bits": 8}], [{"name": "sign"}, ZSTD])
+
+
+def _psgd(rank: int) -> list[dict]:
+    """PowerSGD (int8 factors) then zstd: conv kernels as out x (in k) matrices, error feedback."""
+    return [{"name": "powersgd", "rank": rank, "bits": 8}, ZSTD]
+
+
+def _delta(full_bits: int, *delta: dict) -> tuple[list[dict], list[dict]]:
+    """A full model in ``full_bits``-bit blocks for clients without a copy, the others ``delta`` of (model - copy)."""
+    return [{"name": "blockq", "bits": full_bits}], [*delta, ZSTD]
+
+
+SIGN = {"name": "sign"}
+
+
+def _dgc(fraction: float) -> list[dict]:
+    """Top-``fraction`` with error feedback (DGC without momentum correction or warm-up), 4-bit values, zstd."""
+    return [{"name": "dgc", "fraction": fraction, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD]
+
+
+def _top(fraction: float) -> dict:
+    return {"name": "topk", "fraction": fraction}
+
+
+DGC1 = _dgc(0.01)
+TOP10 = _delta(4, _top(0.1), {"name": "blockq", "bits": 4})
+TOP25 = _delta(8, _top(0.25), {"name": "blockq", "bits": 4})
 PARETO = {
     "fp32": (FP32, FP32, []),
-    "up qsgd s=1/2048 + zstd": ([{**QSGD1, "bucket_size": 2048}, ZSTD], FP32, []),
-    "up qsgd s=1/4096 + zstd": ([{**QSGD1, "bucket_size": 4096}, ZSTD], FP32, []),
-    "up dgc 1% + blockq4 + zstd": ([{"name": "dgc", "fraction": 0.01, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD], FP32, []),
-    "up powersgd r=1 + zstd": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
-    "down blockq8 / delta sign + zstd": (FP32, *DELTA_SIGN),
-    "both (examples/configs/compressed.yaml)": ([{**QSGD1, "bucket_size": 2048}, ZSTD], *DELTA_SIGN),
+    "up powersgd r1 + zstd (fp32 factors)": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
+    "up powersgd r1 int8 + zstd": (_psgd(1), FP32, []),
+    "up powersgd r2 int8 + zstd": (_psgd(2), FP32, []),
+    "up powersgd r4 int8 + zstd": (_psgd(4), FP32, []),
+    "up powersgd r8 int8 + zstd": (_psgd(8), FP32, []),
+    "up qsgd s=1/2048 + zstd": ([{"name": "qsgd", "levels": 1, "bucket_size": 2048}, ZSTD], FP32, []),
+    "up dgc 1% + blockq4 + zstd": (DGC1, FP32, []),
+    "up dgc 3% + blockq4 + zstd": (_dgc(0.03), FP32, []),
+    "up dgc 5% + blockq4 + zstd": (_dgc(0.05), FP32, []),
+    "up dgc 10% + blockq4 + zstd": (_dgc(0.1), FP32, []),
+    "up blockq2/256 + zstd": ([{"name": "blockq", "bits": 2, "block_size": 256}, ZSTD], FP32, []),
+    "down blockq8 / delta sign + zstd": (FP32, *_delta(8, SIGN)),
+    "down blockq4 / delta sign + zstd": (FP32, *_delta(4, SIGN)),
+    "down blockq4 / delta top 5% + blockq4 + zstd": (FP32, *_delta(4, {"name": "topk", "fraction": 0.05}, {"name": "blockq", "bits": 4})),
+    "down blockq4 / delta top 10% + blockq4 + zstd": (FP32, *TOP10),
+    "down blockq8 / delta top 25% + blockq4 + zstd": (FP32, *TOP25),
+    "down blockq8 / delta blockq2/64 + zstd": (FP32, *_delta(8, {"name": "blockq", "bits": 2, "block_size": 64})),
+    "both: up powersgd r2 int8 / down blockq8 + delta sign": (_psgd(2), *_delta(8, SIGN)),
+    "both: up dgc 1% / down blockq4 + delta top 10%": (DGC1, *TOP10),
+    "both: up dgc 10% / down blockq8 + delta top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *TOP25),
 }
+
+
+#: finished Pareto runs, one JSON line each, keyed by what decides them (chains, seed, rounds): a rerun (or one with
+#: more points or seeds) reuses them instead of training again
+RUNS = Path(__file__).parent / "results" / "comm_pareto_runs.jsonl"
+
+
+def _run_key(cfg: dict) -> str:
+    return json.dumps({"comm": cfg.get("comm", {}), "seed": cfg["seed"], "rounds": cfg["server"]["rounds"]}, sort_keys=True)
+
+
+def _cached_runs() -> dict[str, dict]:
+    if not RUNS.exists():
+        return {}
+    rows = (json.loads(line) for line in RUNS.read_text().splitlines() if line.strip())
+    return {r["key"]: r["record"] for r in rows}
 
 
 def _pareto_job(job: tuple[str, int, dict, str]) -> tuple[str, dict]:
@@ -95,7 +151,16 @@ def _pareto_job(job: tuple[str, int, dict, str]) -> tuple[str, dict]:
     torch.set_num_threads(1)
     s = run(cfg, Path(out), f"pareto-{abs(hash(name)) % 10**8}-{seed}")
     acc = {t: float(v["accuracy"]) for t, v in s["final_global"].items() if isinstance(v, dict) and "accuracy" in v}
-    rec = {"seed": seed, "bytes_up": s["bytes_up_total"], "bytes_down": s["bytes_down_total"], "accuracy": acc}
+    rec = {
+        "seed": seed,
+        "bytes_up": s["bytes_up_total"],
+        "bytes_down": s["bytes_down_total"],
+        "accuracy": acc,
+        "engine_clients": s.get("engine_clients", {}),
+        "seconds": s["benchmark_seconds"],
+    }
+    with RUNS.open("a") as f:  # one line per run: appends from parallel workers do not interleave
+        f.write(json.dumps({"key": _run_key(cfg), "record": rec}) + "\n")
     print(f"pareto {name} seed {seed}: {rec}", flush=True)
     return name, rec
 
@@ -114,8 +179,12 @@ def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
         for name, (up, down, delta) in PARETO.items()
         for seed in seeds
     ]
+    cached = _cached_runs()
+    done = [(name, cached[_run_key(cfg)]) for name, _, cfg, _ in jobs if _run_key(cfg) in cached]
+    todo = [job for job in jobs if _run_key(job[2]) not in cached]
+    RUNS.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(_pareto_job, jobs))
+        done += list(pool.map(_pareto_job, todo))
     points: dict = {}
     for name, (up, down, delta) in PARETO.items():
         runs = sorted((rec for n, rec in done if n == name), key=lambda r: r["seed"])
@@ -146,20 +215,22 @@ def plot_pareto(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    rows = -(-len(result["points"]) // 2)  # the legend's rows, two columns under the plots
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.17 * rows), sharey=True)
     ref = result["points"]["fp32"]
     for ax, direction in zip(axes, ("bytes_up", "bytes_down")):
-        for name, p in result["points"].items():
+        for i, (name, p) in enumerate(result["points"].items()):
             means = [a["mean"] for a in p["accuracy"].values()]
             stds = [a["std"] for a in p["accuracy"].values()]
-            ax.errorbar(ref[direction] / p[direction], sum(means) / len(means), yerr=max(stds), fmt="o", capsize=3, label=name)
+            style = {"fmt": "osD^v<>ph*"[i % 10], "color": plt.get_cmap("tab20")(i % 20)}
+            ax.errorbar(ref[direction] / p[direction], sum(means) / len(means), yerr=max(stds), capsize=3, label=name, **style)
         ax.set_xscale("log")
         ax.set_xlabel(f"fewer {'uplink' if direction == 'bytes_up' else 'downlink'} bytes than fp32 (x)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean held-out accuracy over tasks")
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"demo experiment, {result['rounds']} rounds, {len(result['seeds'])} seeds (bar: largest task std)")
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=2)
+    fig.suptitle(f"demo experiment, {result['rounds']} rounds, {len(result['seeds'])} seed(s) (bar: largest task std)")
+    fig.tight_layout(rect=(0, 0.17 * rows / (4.2 + 0.17 * rows) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -176,15 +247,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per Pareto point")
     parser.add_argument("--workers", type=int, default=1, help="Pareto runs in parallel (one thread each)")
     parser.add_argument("--points", default="", help="comma-separated Pareto point names (default: all)")
+    parser.add_argument("--out", default="comm_pareto", help="name of the Pareto JSON and PNG in benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.pareto:
         if args.points:
             for name in [n for n in PARETO if n not in args.points.split(",")]:
                 del PARETO[name]
-        result = pareto(args.rounds or 30, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")), args.workers)
+        result = pareto(args.rounds or 40, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")), args.workers)
         result["machine"] = machine()
-        path = write_json("comm_pareto", result)
+        path = write_json(args.out, result)
         plot_pareto(result, path.with_suffix(".png"))
         print("\n" + result["table"] + f"\n\nwrote {path} and {path.with_suffix('.png')}")
         return

@@ -138,7 +138,8 @@ class Link:
                 mem = c.after(mem, tparts)
             if self.memory_codecs:
                 memory[name] = mem
-            parts.update({f"{i}.{k}": v for k, v in tparts.items()})
+            # a part whose name starts with "_" is sender-side memory for ``after`` (PowerSGD's exact Q), never sent
+            parts.update({f"{i}.{k}": v for k, v in tparts.items() if not k.startswith("_")})
         header = {"chain": self._chain_spec, "tensors": meta}
         data = pack(parts, header, self.byte_codec)
         new_state: TensorTree = {"residual": cast(TensorTree, residuals)} if self.error_feedback else {}

@@ -113,6 +113,9 @@ class PowerSGDCodec(ComponentConfig):
 
     name: Literal["powersgd"] = "powersgd"
     rank: Width = 1
+    bits: Literal[32, 16, 8] = Field(
+        default=32, description="Width of the factors (and of tensors sent whole): float32, float16, or int8 with a scale per column."
+    )
     error_feedback: bool = True
 
 

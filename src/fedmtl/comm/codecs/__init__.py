@@ -34,7 +34,7 @@ register("codec", "dgc", lambda cfg: DGCTopK(cfg.fraction, cfg.momentum, cfg.war
 register(
     "codec", "sketch", lambda cfg: CountSketch(cfg.fraction, cfg.rows, cfg.topk, cfg.seed), cc.SketchCodec, stage="sparsifier", update_only=True
 )
-register("codec", "powersgd", lambda cfg: PowerSGD(cfg.rank), cc.PowerSGDCodec, stage="quantiser", update_only=True)
+register("codec", "powersgd", lambda cfg: PowerSGD(cfg.rank, cfg.bits), cc.PowerSGDCodec, stage="quantiser", update_only=True)
 register("codec", "blockq", lambda cfg: BlockQuantiser(cfg.bits, cfg.block_size), cc.BlockQCodec, stage="quantiser")
 register("codec", "zstd", lambda cfg: Zstd(cfg.level, cfg.dictionary), cc.ZstdCodec, stage="byte")
 register("codec", "lz4", lambda cfg: LZ4(), cc.LZ4Codec, stage="byte")
