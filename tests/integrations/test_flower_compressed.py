@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 import yaml
 from _flower_fakes import SMALL, FakeClock, FakeGrid
 
+from fedmtl.checked_file import read_checked
 from fedmtl.config import config_from_dict
 from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower import FlowerSettings, make_client_app
@@ -50,5 +52,9 @@ def test_the_recommended_uplink_chain_moves_the_same_bytes_over_flower(tmp_path,
         # the same chain and sizes; zstd's output length depends on the values' last bits (above): a few bytes
         # in a thousand
         assert abs(h["bytes_up"] - s["bytes_up"]) <= 0.01 * s["bytes_up"]
-    # the chain's state (error-feedback residual, warm start) lives in the node's context between rounds
-    assert all("fedmtl.client-state" in ctx.state.array_records for ctx in grid.contexts.values())
+    # the chain's state (error-feedback residual, warm start) lives in each node's client-state file between rounds
+    files = sorted(Path(os.environ["FEDMTL_FLOWER_STATE"]).glob("*/client-*.safetensors"))
+    assert [p.name for p in files] == ["client-0.safetensors", "client-1.safetensors", "client-2.safetensors"]
+    for path in files:
+        tensors, _ = read_checked(path)
+        assert any("codec" in name for name in tensors), sorted(tensors)
