@@ -9,6 +9,7 @@ tree), so checkpoints carry them and a resumed run continues exactly.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Protocol
 
@@ -43,8 +44,8 @@ def clock_tree(t: float) -> TensorTree:
     return {"clock": torch.tensor(t, dtype=torch.float64)}
 
 
-class Driver:
-    """The shared part of the synchronous and the asynchronous driver."""
+class Driver(ABC):
+    """The shared part of the synchronous and the asynchronous driver (each defines :meth:`round`)."""
 
     def __init__(self, cfg: SystemsConfig, fed: Federation):
         self.cfg = cfg
@@ -66,9 +67,9 @@ class Driver:
     def can_run_round(self, state: ServerState) -> bool:
         return self.fed.can_run_round(state)
 
+    @abstractmethod
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
         """Run until the next server step and return the next state (inputs are not mutated)."""
-        raise NotImplementedError
 
     def stop_reason(self, state: ServerState) -> str:
         reason = self.fed.stop_reason(state)
