@@ -159,3 +159,11 @@ def test_the_json_schema_lists_every_registered_kind():
     schema = fedmtl.ExperimentConfig.model_json_schema()
     mapping = schema["$defs"]["MTLConfig"]["properties"]["balancer"]["discriminator"]["mapping"]
     assert {"pcgrad", "cagrad", "equal"} <= set(mapping)
+
+
+def test_a_description_is_the_first_sentence_not_cut_at_an_abbreviation():
+    from fedmtl.registry import first_sentence
+
+    assert first_sentence("Blocks: unbiased (e.g. 4-bit, blocks of 64). More here.") == "Blocks: unbiased (e.g. 4-bit, blocks of 64)."
+    assert first_sentence("Momentum (Lin et al. 2018) and masking. Then.") == "Momentum (Lin et al. 2018) and masking."
+    assert first_sentence("One line\nwrapped.\n\nSecond paragraph.") == "One line wrapped."

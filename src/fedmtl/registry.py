@@ -135,10 +135,16 @@ class Component:
         return out
 
 
+#: abbreviations whose full stop does not end a sentence ("unbiased (e.g. 4-bit, ...)", "Lin et al. 2018")
+_ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "cf.", "vs.")
+
+
 def first_sentence(doc: str) -> str:
     """The first sentence of a docstring's first paragraph, on one line."""
     paragraph = " ".join(doc.strip().split("\n\n")[0].split())
     end = paragraph.find(". ")
+    while end >= 0 and paragraph[: end + 1].endswith(_ABBREVIATIONS):
+        end = paragraph.find(". ", end + 1)
     return paragraph if end < 0 else paragraph[: end + 1]
 
 
