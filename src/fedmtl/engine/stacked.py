@@ -27,8 +27,9 @@ is zero and its value and optimiser state are restored after the step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -342,6 +343,18 @@ def _groups(keys: Sequence[object]) -> list[list[int]]:
     return list(groups.values())
 
 
+_T = TypeVar("_T")
+
+
+def _per_group(keys: Sequence[object], run: Callable[[list[int]], Sequence[_T]]) -> list[_T]:
+    """``run`` on each group of equal keys (:func:`_groups`), its results put back in the items' order."""
+    out: list[_T | None] = [None] * len(keys)
+    for members in _groups(keys):
+        for i, res in zip(members, run(members)):
+            out[i] = res
+    return out  # type: ignore[return-value]
+
+
 def has_norm_statistics(model: nn.Module) -> bool:
     """Whether the model normalises with batch statistics (BatchNorm): padded rows would enter them."""
     return bool(norm_buffer_names(model))
@@ -384,14 +397,10 @@ class StackedTraining:
         """Every request's :class:`LocalResult`, batched with the requests it can share a computation with
         (:func:`batch_key`)."""
         if self.dp_sgd is not None:
-            return self._train_private_grouped(requests)
+            return _per_group([batch_key(self.model, r.client.tasks, []) for r in requests], lambda members: self.train_private([requests[i] for i in members]))
         plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
-        out: list[LocalResult | None] = [None] * len(requests)
-        for members in _groups([batch_key(self.model, r.client.tasks, [len(b) for b in p[0]]) for r, p in zip(requests, plans)]):
-            res = self.train([requests[i] for i in members], [plans[i] for i in members]).unstack(self.model)
-            for i, r in zip(members, res):
-                out[i] = r
-        return out  # type: ignore[return-value]
+        keys = [batch_key(self.model, r.client.tasks, [len(b) for b in p[0]]) for r, p in zip(requests, plans)]
+        return _per_group(keys, lambda members: self.train([requests[i] for i in members], [plans[i] for i in members]).unstack(self.model))
 
     def train(self, requests: Sequence[TrainRequest], plans: Sequence[Plan] | None = None) -> StackedResult:
         """Train the requests as one chunk (``plans``: their batch plans when already drawn); the caller makes
@@ -438,13 +447,6 @@ class StackedTraining:
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
         chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
-
-    def _train_private_grouped(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
-        out: list[LocalResult | None] = [None] * len(requests)
-        for members in _groups([batch_key(self.model, r.client.tasks, []) for r in requests]):
-            for i, res in zip(members, self.train_private([requests[i] for i in members])):
-                out[i] = res
-        return out  # type: ignore[return-value]
 
     def train_private(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
         """DP-SGD local training of a chunk, as :func:`fedmtl.fl.dp_sgd_client.train_with_dp_sgd` trains one client.
@@ -497,7 +499,7 @@ class StackedTraining:
             step_rows = step_rows[:, : max(1, int(drawn.sum(1).max()))]
             drawn = drawn[:, : step_rows.shape[1]]
             with torch.set_grad_enabled(chunk.has_penalty):  # the losses only weigh tasks; the penalty is differentiated
-                loss_mat, penalty = chunk.losses(leaves, buffers, step_rows, None, None)
+                loss_mat, penalty = chunk._active_losses(leaves, buffers, step_rows, active.to(dev), None, None)
             detached = loss_mat.detach()
             W = torch.zeros(C, len(chunk.tasks), device=dev)
             for c in range(C):
@@ -539,11 +541,7 @@ class StackedTraining:
 
     def grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         """One minibatch's balanced gradients per request (APFL, pFedMe, FedEM's own steps), as :meth:`LocalTrainer.grads`."""
-        out: list[tuple[dict[str, Tensor], Tensor, TensorTree] | None] = [None] * len(requests)
-        for members in _groups([batch_key(self.model, r.client.tasks, [len(r.idx)]) for r in requests]):
-            for i, res in zip(members, self._grads([requests[i] for i in members])):
-                out[i] = res
-        return out  # type: ignore[return-value]
+        return _per_group([batch_key(self.model, r.client.tasks, [len(r.idx)]) for r in requests], lambda members: self._grads([requests[i] for i in members]))
 
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model
