@@ -74,15 +74,16 @@ class PrivacyAccountant:
         if self.mechanism == "rdp":  # Opacus' RDPAccountant.get_privacy_spent, with each (sigma, q)'s curve cached
             analysis = require("opacus.accountants.analysis.rdp", "privacy", "DP accounting")
             rdp = sum(steps * np.asarray(_rdp_of_one_step(q, sigma)) for sigma, q, steps in self.history)
-            eps, _ = analysis.get_privacy_spent(orders=list(_RDP_ORDERS), rdp=rdp, delta=delta)
+            eps, _ = analysis.get_privacy_spent(orders=_rdp_orders(), rdp=rdp, delta=delta)
             return float(eps)
         acc = require("opacus.accountants", "privacy", "DP accounting").create_accountant(mechanism=self.mechanism)
         acc.history = list(self.history)
         return float(acc.get_epsilon(delta=delta))
 
 
-#: the RDP orders Opacus' RDPAccountant searches (its DEFAULT_ALPHAS)
-_RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+def _rdp_orders() -> list[float]:
+    """The RDP orders Opacus' RDPAccountant searches (its ``DEFAULT_ALPHAS``, read rather than copied)."""
+    return list(require("opacus.accountants", "privacy", "DP accounting").RDPAccountant.DEFAULT_ALPHAS)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -93,7 +94,7 @@ def _rdp_of_one_step(sample_rate: float, noise_multiplier: float) -> tuple[float
     lot size shares it, so DP-SGD's per-client epsilon costs one computation per distinct ``(q, sigma)``.
     """
     analysis = require("opacus.accountants.analysis.rdp", "privacy", "DP accounting")
-    return tuple(float(v) for v in analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(_RDP_ORDERS)))
+    return tuple(float(v) for v in analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=_rdp_orders()))
 
 
 @functools.lru_cache(maxsize=1024)  # a binary search over the accountant: every client with the same q shares it
