@@ -118,9 +118,37 @@ class Chunk:
     ostates: list[TensorTree]
     has_penalty: bool = False
     step_module: _Step = field(init=False)
+    #: ``[C, T]`` the task weights of the clients whose objective's weights never change (zeros for the others)
+    fixed_weights: Tensor = field(init=False)
+    #: the clients whose objective decides its weights step by step (loss-based schemes, gradient balancers)
+    planned: list[int] = field(init=False)
+    #: ``[C]`` 1 for the fixed-weight clients
+    fixed: Tensor = field(init=False)
+    #: ``[C]`` steps the fixed-weight clients took that their objective states do not count yet (:meth:`settle`)
+    unsettled: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.step_module = _Step(self.model, self.tasks)
+        col = {t: i for i, t in enumerate(self.tasks)}
+        self.fixed_weights = torch.zeros(len(self.objectives), len(self.tasks), device=self.held.device)
+        self.planned = []
+        for c, obj in enumerate(self.objectives):
+            if obj.fixed_weights is None:
+                self.planned.append(c)
+            else:
+                self.fixed_weights[c, [col[t] for t in obj.tasks]] = torch.tensor(obj.fixed_weights, device=self.held.device)
+        self.fixed = torch.tensor([int(obj.fixed_weights is not None) for obj in self.objectives])
+        self.unsettled = torch.zeros(len(self.objectives), dtype=torch.long)
+
+    def settle(self) -> list[TensorTree]:
+        """The objective states with every step taken so far counted (fixed-weight clients skip the per-step
+        :meth:`~fedmtl.mtl.objective.MultiTaskObjective.plan` call: their weights and state never change
+        but for the step counter, which is advanced here in one go, as the sequential hot path advances it)."""
+        for c in self.unsettled.nonzero().flatten().tolist():
+            state = self.ostates[c]
+            self.ostates[c] = {**state, "step": state["step"] + int(self.unsettled[c])}  # type: ignore[operator]
+        self.unsettled.zero_()
+        return self.ostates
 
     @classmethod
     def of(
@@ -239,10 +267,11 @@ class Chunk:
         loss_mat, penalty = self._active_losses(leaves, buffers, rows, active, weights, seed)
         detached = loss_mat.detach()
         C, T = detached.shape
-        W = torch.zeros(C, T, dtype=detached.dtype, device=detached.device)
+        W = self.fixed_weights.to(detached.dtype) * active.to(detached.dtype).unsqueeze(1)
+        self.unsettled += (active.cpu() != 0).long() * self.fixed
         balanced: list[int] = []
         col = {t: i for i, t in enumerate(self.tasks)}
-        for c in range(C):
+        for c in self.planned:
             if active[c] == 0:
                 continue
             obj = self.objectives[c]
@@ -445,7 +474,7 @@ class StackedTraining:
                 _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, cfg.max_grad_norm, plain, lr)
         params = {n: v.detach().cpu() for n, v in leaves.items()}
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
-        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
 
     def train_private(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
@@ -564,7 +593,7 @@ class StackedTraining:
         grads, losses = chunk.gradients(leaves, buffers, rows, torch.ones(len(requests), device=self.device), gens, [r.epoch for r in requests], weights, seed)
         grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
         losses = losses.cpu()
-        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
         out = []
         col = {t: i for i, t in enumerate(chunk.tasks)}
         for c, r in enumerate(requests):
@@ -647,7 +676,7 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
         if n in prox_w:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
             explicit = prox_w[n] * (1 - implicit)
             g = g + _bcast(explicit, g) * (p.detach() - prox_c[n])
-        live[n] = (g * _bcast(m, g), m)
+        live[n] = (g if bool(m.all()) else g * _bcast(m, g), m)  # every client steps: nothing to mask
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
         coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
