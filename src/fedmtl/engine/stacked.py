@@ -267,11 +267,14 @@ class Chunk:
         loss_mat, penalty = self._active_losses(leaves, buffers, rows, active, weights, seed)
         detached = loss_mat.detach()
         C, T = detached.shape
-        W = self.fixed_weights.to(detached.dtype) * active.to(detached.dtype).unsqueeze(1)
-        self.unsettled += (active.cpu() != 0).long() * self.fixed
+        # the leaves may hold the chunk's first C clients only (the ones still stepping, longest plan first)
+        W = self.fixed_weights[:C].to(detached.dtype) * active.to(detached.dtype).unsqueeze(1)
+        self.unsettled[:C] += (active.cpu() != 0).long() * self.fixed[:C]
         balanced: list[int] = []
         col = {t: i for i, t in enumerate(self.tasks)}
         for c in self.planned:
+            if c >= C:
+                break
             if active[c] == 0:
                 continue
             obj = self.objectives[c]
@@ -433,14 +436,29 @@ class StackedTraining:
 
     def train(self, requests: Sequence[TrainRequest], plans: Sequence[Plan] | None = None) -> StackedResult:
         """Train the requests as one chunk (``plans``: their batch plans when already drawn); the caller makes
-        sure they may share one computation (:func:`batch_key`, as :meth:`train_results` does)."""
+        sure they may share one computation (:func:`batch_key`, as :meth:`train_results` does).
+
+        The clients are trained longest plan first: the clients still stepping at step ``s`` are then a prefix
+        of the chunk, so a step computes on (and the optimiser updates) views of the first ``k`` rows, and a
+        client whose batches ran out costs nothing more, with no masking, copying or restoring of its rows.
+        The result comes back in the requests' order.
+        """
+        if plans is None:
+            plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
+        order = sorted(range(len(requests)), key=lambda c: -len(plans[c][0]))  # stable: ties keep their order
+        seed_generator = requests[0].generator  # dropout's seeds come from the first request's generator, in any order
+        if order == list(range(len(requests))):
+            return self._train_longest_first(requests, plans, seed_generator)
+        result = self._train_longest_first([requests[c] for c in order], [plans[c] for c in order], seed_generator)
+        return result.reordered(order, requests)
+
+    def _train_longest_first(self, requests: Sequence[TrainRequest], plans: Sequence[Plan], seed_generator: torch.Generator) -> StackedResult:
+        """:meth:`train` for requests sorted by their number of steps, longest first."""
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
-        if plans is None:
-            plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
         rows = _padded_rows(chunk, plans)
         step_epochs = [e for _, e in plans]
         S = rows.shape[0]
@@ -451,31 +469,41 @@ class StackedTraining:
         stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_names, requests)]
         dev = self.device
         mask = {n: torch.tensor([float(n in s) for s in stepped], device=dev) for n in names}
-        leaves = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
+        values = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
-        opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
         plain = _plain_sgd(cfg.optimizer)
         lr = float(cfg.optimizer.lr)
         prox_w, prox_c, implicit = _to(_prox_tables(requests, names, named), dev)
         offsets = _to(_offset_table(requests, names), dev)
         seeds = _uses_randomness(model)
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
-        steps = torch.tensor([len(e) for e in step_epochs])
+        steps = [len(e) for e in step_epochs]
         gens = [r.generator for r in requests]
         model.train()
+        opt: torch.optim.Optimizer | None = None
+        leaves: dict[str, Tensor] = {}
         for s in range(S):
-            active = (steps > s).to(torch.float32).to(dev)
-            epochs = [e[s] if s < len(e) else 0 for e in step_epochs]
-            step_rows = rows[s].to(dev)
+            k = sum(1 for n in steps if n > s)  # the clients still stepping: a prefix (longest plan first)
+            if k != len(next(iter(leaves.values()), ())):
+                leaves, opt = _narrowed(values, k, cfg.optimizer, leaves, opt)
+            assert opt is not None
+            epochs = [step_epochs[c][s] for c in range(k)]
+            step_rows = rows[s, :k].to(dev)
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
-            grads, losses = chunk.gradients(leaves, buffers, step_rows, active, gens, epochs, seed=_seed(gens) if seeds else None)
-            loss_sums += (losses.double() * active.double().unsqueeze(1)).cpu()
+            live_buffers = {n: b[:k] for n, b in buffers.items()}  # views: BatchNorm statistics update in place
+            ones = torch.ones(k, device=dev)
+            grads, losses = chunk.gradients(leaves, live_buffers, step_rows, ones, gens[:k], epochs, seed=_seed([seed_generator]) if seeds else None)
+            loss_sums[:k] += losses.double().cpu()
             with torch.no_grad():
-                _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, cfg.max_grad_norm, plain, lr)
-        params = {n: v.detach().cpu() for n, v in leaves.items()}
+                _step(
+                    opt, leaves, grads, {n: m[:k] for n, m in mask.items()}, ones, {n: w[:k] for n, w in prox_w.items()},
+                    {n: c[:k] for n, c in prox_c.items()}, implicit[:k], {n: o[:k] for n, o in offsets.items()}, cfg.max_grad_norm, plain, lr,
+                )
+        params = {n: v.cpu() for n, v in values.items()}
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
         chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
-        return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, new_buffers, requests)
+        steps_t = torch.tensor(steps)
+        return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps_t.clamp(min=1).double().unsqueeze(1), steps, chunk.ostates, new_buffers, requests)
 
     def train_private(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
         """DP-SGD local training of a chunk, as :func:`fedmtl.fl.dp_sgd_client.train_with_dp_sgd` trains one client.
@@ -628,6 +656,24 @@ def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     return default.detach()
 
 
+def _narrowed(
+    values: Mapping[str, Tensor], k: int, opt_cfg, leaves: Mapping[str, Tensor], opt: torch.optim.Optimizer | None  # type: ignore[no-untyped-def]
+) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
+    """Leaves for the first ``k`` clients (views of ``values``: the optimiser's in-place steps write through)
+    and the configured optimiser over them, carrying on the previous optimiser's state for those rows
+    (per-element state such as momentum or Adam's moments is narrowed the same way; scalars such as Adam's
+    step count are shared, as every client of the prefix has taken the same steps)."""
+    narrowed = {n: v[:k].detach().requires_grad_(True) for n, v in values.items()}
+    new_opt = make_optimizer(opt_cfg, list(narrowed.values()))  # type: ignore[arg-type]
+    if opt is not None:
+        for n, p in narrowed.items():
+            old = leaves[n]
+            new_opt.state[p] = {
+                key: (v[:k] if isinstance(v, Tensor) and v.shape == old.shape else v) for key, v in opt.state.get(old, {}).items()
+            }
+    return narrowed, new_opt
+
+
 def _plain_sgd(opt_cfg) -> bool:  # type: ignore[no-untyped-def]
     """Plain SGD: a zero gradient leaves a parameter unchanged, so masking the gradient is enough."""
     return getattr(opt_cfg, "name", "") == "sgd" and opt_cfg.momentum == 0 and opt_cfg.weight_decay == 0
@@ -725,6 +771,18 @@ class StackedResult:
     ostates: list[TensorTree]
     buffers: dict[str, Tensor]
     requests: Sequence[TrainRequest]
+
+    def reordered(self, order: Sequence[int], requests: Sequence[TrainRequest]) -> StackedResult:
+        """The result of training ``requests`` permuted by ``order``, back in the requests' own order."""
+        inv = [0] * len(order)
+        for i, c in enumerate(order):
+            inv[c] = i
+        idx = torch.tensor(inv)
+        return StackedResult(
+            {n: v.index_select(0, idx) for n, v in self.params.items()}, self.tasks, self.held.index_select(0, idx.to(self.held.device)),
+            self.loss_mean.index_select(0, idx), [self.steps[i] for i in inv], [self.ostates[i] for i in inv],
+            {n: b.index_select(0, idx) for n, b in self.buffers.items()}, requests,
+        )
 
     def state(self, model: MultiTaskModel, c: int) -> TensorTree:
         """Client ``c``'s next state, as :func:`fedmtl.fl.client.finish_local` builds it (objective, local
