@@ -291,14 +291,14 @@ class Chunk:
         if not balanced:
             total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
             return dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True))), detached
-        # gradient balancers: every client's per-task gradients of the shared parameters, one reverse pass per
-        # task for the chunk, laid out [C, T, P] (the rows the sequential objective's Jacobian has)
-        shared_leaves = [leaves[n] for n in shared_names]
-        task_rows = []
-        for t in range(T):
-            grads_t = torch.autograd.grad(loss_mat[:, t].sum(), shared_leaves, retain_graph=True, allow_unused=True)
-            task_rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(C, -1) for g, x in zip(grads_t, shared_leaves)], 1))
-        jac = torch.stack(task_rows, 1)
+        # gradient balancers: every client's per-task gradients, laid out [C, T, P] over the shared parameters
+        # (the rows the sequential objective's Jacobian has): one reverse pass batched over the T tasks
+        # (is_grads_batched vmaps the backward over one-hot output gradients), for every parameter at once,
+        # so the weighted gradient of the other parameters is a combination of the same rows
+        all_leaves = [leaves[n] for n in names]
+        selector = torch.eye(T, dtype=loss_mat.dtype, device=loss_mat.device).unsqueeze(1).expand(T, C, T)
+        per_task = dict(zip(names, torch.autograd.grad(loss_mat, all_leaves, grad_outputs=selector, is_grads_batched=True, retain_graph=self.has_penalty, allow_unused=True)))
+        jac = torch.cat([_rows_or_zeros(per_task[n], leaves[n], T).reshape(T, C, -1) for n in shared_names], 2).transpose(0, 1)
         direction = torch.zeros_like(jac[:, 0])
         for c in balanced:  # each client's own balancer on its own tasks' rows
             obj = self.objectives[c]
@@ -307,17 +307,22 @@ class Chunk:
             balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
             W[c, cols] = balance.weights.to(W)
             direction[c] = balance.shared_gradient(G)
-        total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
-        grads: dict[str, Tensor | None] = dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)))
-        pen: tuple[Tensor | None, ...] = (None,) * len(shared_names)
-        if self.has_penalty:  # the penalty's gradient is added to the balanced direction, as in the sequential step
-            pen = torch.autograd.grad(penalty.sum(), shared_leaves, allow_unused=True)
+        # the penalty's gradient is added to every client's step (to the balanced direction too), as in the sequential step
+        pen = torch.autograd.grad(penalty.sum(), all_leaves, allow_unused=True) if self.has_penalty else (None,) * len(names)
+        grads: dict[str, Tensor | None] = {}
+        for n, p in zip(names, pen):
+            g_t = per_task[n]
+            g = (g_t * W.t().reshape(T, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
+            grads[n] = g + p if g is not None and p is not None else (g if g is not None else p)
         chosen = torch.zeros(C, dtype=torch.bool, device=W.device)
         chosen[balanced] = True
         offset = 0
-        for n, x, p in zip(shared_names, shared_leaves, pen):
+        pen_of = dict(zip(names, pen))
+        for n in shared_names:
+            x = leaves[n]
             k = x[0].numel()
             d = direction[:, offset : offset + k].view_as(x)
+            p = pen_of[n]
             if p is not None:
                 d = d + p
             g = grads[n]
@@ -704,6 +709,11 @@ def _offset_table(requests: Sequence[TrainRequest], names: Sequence[str]) -> dic
             ref = next(r.grad_offset[n] for r in requests if r.grad_offset is not None and n in r.grad_offset)
             out[n] = torch.stack([r.grad_offset[n] if r.grad_offset is not None and n in r.grad_offset else torch.zeros_like(ref) for r in requests])
     return out
+
+
+def _rows_or_zeros(g: Tensor | None, like: Tensor, T: int) -> Tensor:
+    """Per-task gradient rows ``[T, *like.shape]``; zeros for a parameter no task's loss reaches."""
+    return g if g is not None else like.new_zeros((T, *like.shape))
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
