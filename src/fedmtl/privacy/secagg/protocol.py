@@ -46,9 +46,11 @@ class SecAggError(RuntimeError):
     Attributes:
         dropped: the clients that had dropped out when it failed, when the caller knows them
             (:func:`~fedmtl.privacy.secagg.aggregate.secure_aggregate` sets it).
+        reasons: client -> why it dropped, when the caller knows (a deployment does).
     """
 
     dropped: tuple[int, ...] = ()
+    reasons: dict[int, str] = {}  # noqa: RUF012  (replaced per instance, never mutated)
 
 
 @dataclass(frozen=True)
