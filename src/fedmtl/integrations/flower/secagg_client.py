@@ -10,6 +10,7 @@ The update is privatised and quantised exactly as the simulation does (:func:`cl
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import replace
 
@@ -27,6 +28,7 @@ from fedmtl.privacy.round import client_noise, client_vectors
 from fedmtl.privacy.secagg.aggregate import encode_input, ring_bounds
 from fedmtl.privacy.secagg.protocol import SecAggClient, SecAggError
 
+log = logging.getLogger("fedmtl")
 STATE = "fedmtl.secagg-state"  # the node's own record: the round's client state and its withheld update
 
 
@@ -66,6 +68,7 @@ def share_keys(content: RecordDict, context: Context) -> RecordDict:
     adverts, holders, threshold = sm.read_share_request(content)
     shares = client.share_keys(adverts, holders, threshold)
     _store(context, client, payload)
+    log.info("client %d: shared its keys with %d neighbour(s) (secure aggregation)", client.id, len(adverts))
     return sm.shares_reply(shares)
 
 

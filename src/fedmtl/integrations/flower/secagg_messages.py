@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -62,14 +62,14 @@ def _int_list(record: ConfigRecord, key: str, what: str) -> list[int]:
     value = record.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise MessageFormatError(f"{what}'s {key!r} must be a list of ints")
-    return list(value)
+    return cast(list[int], list(value))
 
 
 def _bytes_list(record: ConfigRecord, key: str, what: str) -> list[bytes]:
     value = record.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
         raise MessageFormatError(f"{what}'s {key!r} must be a list of bytes")
-    return list(value)
+    return cast(list[bytes], list(value))
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -215,13 +215,13 @@ def read_masked_reply(content: RecordDict, sizes: Mapping[str, int], bits: int) 
     if not isinstance(groups, list) or sorted(map(str, groups)) != sorted(sizes) or len(values) != len(groups):
         raise MessageFormatError(f"{what} holds groups {str(groups)[:80]}, expected {sorted(sizes)}")
     out = {}
-    for g, raw in zip(groups, values, strict=True):
+    for g, raw in zip(map(str, groups), values, strict=True):
         if len(raw) != 8 * sizes[g]:
             raise MessageFormatError(f"{what}: group {g!r} has {len(raw)} bytes, expected {8 * sizes[g]}")
         vec = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
         if bits < 64 and bool((vec >> np.uint64(bits)).any()):
             raise MessageFormatError(f"{what}: group {g!r} holds values outside the ring 2^{bits}")
-        out[str(g)] = vec
+        out[g] = vec
     return out
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.federation import Federation, ServerState
@@ -57,11 +57,16 @@ log = logging.getLogger("fedmtl")
 class Answers(Protocol):
     """What :func:`~fedmtl.integrations.flower.strategy.exchange` returns (the part used here)."""
 
-    replies: Mapping[int, object]
-    failed: Mapping[int, str]
-    timed_out: Sequence[int]
-    wire_down: int
-    wire_up: int
+    @property
+    def replies(self) -> Mapping[int, Message]: ...
+    @property
+    def failed(self) -> Mapping[int, str]: ...
+    @property
+    def timed_out(self) -> Sequence[int]: ...
+    @property
+    def wire_down(self) -> int: ...
+    @property
+    def wire_up(self) -> int: ...
 
 
 #: send ``{node: content}`` as ``message_type`` in message group ``group``, wait for the answers
@@ -169,7 +174,7 @@ class SecureRound:
                 dropped[client_of[n]] = f"secure aggregation, {stage}: {why}"
             for n in ex.timed_out:
                 dropped[client_of[n]] = f"secure aggregation, {stage}: no answer"
-            return {client_of[n]: m.content for n, m in ex.replies.items()}  # type: ignore[attr-defined]
+            return {client_of[n]: m.content for n, m in ex.replies.items()}
 
         byid = {u.client_id: u for u in updates}
         alive = sorted(c for c in byid if c in self.adverts)
