@@ -51,9 +51,10 @@ class RecordingGrid(FakeGrid):
     ``drop_at[node] = message type``: from that message on, the node never answers (killed mid-protocol).
     """
 
-    def __init__(self, drop_at=None, clients=3):
+    def __init__(self, drop_at=None, clients=3, tamper=None):
         super().__init__(make_client_app(), {101 + i: i for i in range(clients)})
         self.drop_at = dict(drop_at or {})
+        self.tamper = dict(tamper or {})  # (node, message type) -> a function changing that node's reply content
         self.dead: set[int] = set()
         self.received: list[Message] = []
 
@@ -72,6 +73,10 @@ class RecordingGrid(FakeGrid):
 
     def pull_messages(self, message_ids):
         out = list(super().pull_messages(message_ids))
+        for m in out:
+            change = self.tamper.get((m.metadata.src_node_id, m.metadata.message_type))
+            if change is not None and not m.has_error():
+                change(m.content)
         self.received += out
         return out
 
@@ -206,3 +211,30 @@ def test_distributed_dp_composes_with_secure_aggregation_on_the_grid(tmp_path):
     # noise of std sigma*C/sqrt(m) per node: the model moved, differently from the simulation's draw
     moved = [not torch.equal(state.params[n], v) for n, v in sim.params.items()]
     assert all(torch.isfinite(state.params[n]).all() for n in sim.params) and any(moved)
+
+
+def _wrong_length(content):
+    rec = content.config_records[sm.SECAGG]
+    rec["values"] = [v[:-8] for v in rec["values"]]
+
+
+def _clear_update(content):
+    from fedmtl.integrations.flower.messages import payload_record
+
+    content["fedmtl.payload"] = payload_record(b"\x00" * 64)
+
+
+@pytest.mark.parametrize(
+    ("stage", "change", "reason"),
+    [(sm.MASK, _wrong_length, "masked-input reply: group 'shared' has"), ("train", _clear_update, "sent its update in the clear")],
+    ids=["short-masked-vector", "update-in-the-clear"],
+)
+def test_a_malformed_answer_drops_that_node_not_the_round(tmp_path, stage, change, reason):
+    """Node 103's answer is altered in transit: it is dropped with the reason; the two others are summed."""
+    cfg = _config(tmp_path, rounds=1)
+    _run(tmp_path, RecordingGrid(tamper={(103, stage): change}), cfg)
+    (h,) = _history(tmp_path)
+    assert "skipped" not in h and h["replies"] == 2 and reason in h["dropped"]["2"], h
+    # client 2 held the trunk and the parity head, which only client 0 holds besides: a sum over one holder would
+    # be client 0's own update, so parity is withheld (min_group_survivors = 2); the trunk and digit are summed
+    assert h["privacy"]["withheld_groups"] == ["task:parity"]
