@@ -135,7 +135,7 @@ def test_the_server_receives_masked_vectors_never_an_update(tmp_path, monkeypatc
     for m in (m for m in grid.received if m.metadata.message_type == sm.MASK):
         rec = m.content.config_records[sm.SECAGG]
         node = grid.partitions[m.metadata.src_node_id]
-        received[node] = {g: np.frombuffer(v, dtype="<u8") for g, v in zip(rec["groups"], rec["values"], strict=True)}
+        received[node] = {g: np.frombuffer(v, dtype=sm.ring_dtype(bits)) for g, v in zip(rec["groups"], rec["values"], strict=True)}
     assert sorted(received) == sorted(inputs) == [0, 1, 2]
     ring = float(1 << bits)
     for c in inputs:
@@ -215,7 +215,7 @@ def test_distributed_dp_composes_with_secure_aggregation_on_the_grid(tmp_path):
 
 def _wrong_length(content):
     rec = content.config_records[sm.SECAGG]
-    rec["values"] = [v[:-8] for v in rec["values"]]
+    rec["values"] = [v[:-4] for v in rec["values"]]
 
 
 def _clear_update(content):

@@ -140,8 +140,9 @@ def make_client_app() -> ClientApp:
     def secagg_mask(message: Message, context: Context) -> Message:
         cfg = _config(context)
         experiment = str(context.state.config_records[msgs.CONFIG]["experiment"])
-        _, model, node, _ = _built(experiment, partition_id(context, cfg), _cache_dir(context))
-        return Message(secagg_client.masked_input(message.content, context, cfg, model, node), reply_to=message)
+        part, model, node, _ = _built(experiment, partition_id(context, cfg), _cache_dir(context))
+        content = secagg_client.masked_input(message.content, context, cfg, model, node, part.client)
+        return Message(content, reply_to=message)
 
     @app.query("secagg_unmask")
     def secagg_unmask(message: Message, context: Context) -> Message:

@@ -18,6 +18,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from fedmtl.config import ExperimentConfig
+from fedmtl.data.dataset import ClientData
 from fedmtl.fl.node import ClientNode, ClientReply
 from fedmtl.fl.sampling import cohort_size
 from fedmtl.integrations.flower import messages as msgs
@@ -84,7 +85,7 @@ def _dp(cfg: ExperimentConfig, clip_norm: float | None) -> tuple[DPFedAvg | None
 
 
 def masked_input(
-    content: RecordDict, context: Context, cfg: ExperimentConfig, model: MultiTaskModel, node: ClientNode
+    content: RecordDict, context: Context, cfg: ExperimentConfig, model: MultiTaskModel, node: ClientNode, data: ClientData
 ) -> RecordDict:
     """Stage 2: decode the update kept since training, privatise and quantise it as planned, mask it."""
     client, payload = _stored(context)
@@ -95,8 +96,8 @@ def masked_input(
     if set(plan.groups) != set(client.self_seeds):
         raise SecAggError(f"masking plan for groups {sorted(plan.groups)}, this client holds {sorted(client.self_seeds)}")
     specs = {n: torch.empty_like(p, device="meta") for n, p in model.named_parameters()}
-    names = [n for g in plan.groups.values() for n in g.get("names", [])]
-    delta = node.up.decode(payload, expected={n: specs[n] for n in names if n in specs}) if names else {}
+    names = node.algorithm.uploaded_names(model, data)  # what it encoded, as Federation.collect decodes it
+    delta = node.up.decode(payload, expected={n: specs[n] for n in names})
     param_groups = {g: list(v.get("names", [])) for g, v in plan.groups.items()}
     dp, dp_state = _dp(cfg, plan.clip_norm)
     gen = os_generator()
@@ -113,7 +114,7 @@ def masked_input(
         inputs[g] = encode_input(vectors[g], bounds, sa, weight=weight, generator=gen, who=f"client {client.id}, group {g!r}")
     masked = client.masked_input(inbox, inputs)
     _store(context, client, b"")  # the update is no longer needed on the node either
-    return sm.masked_reply(masked)
+    return sm.masked_reply(masked, client.bits)
 
 
 def unmask(content: RecordDict, context: Context) -> RecordDict:

@@ -197,15 +197,15 @@ def read_mask_request(content: RecordDict, recipient: int) -> tuple[list[Encrypt
     return [EncryptedShare(s, recipient, b) for s, b in zip(senders, blobs, strict=True)], plan
 
 
-def masked_reply(masked: Mapping[str, np.ndarray]) -> RecordDict:
+def ring_dtype(bits: int) -> str:
+    """The narrowest little-endian unsigned type that holds a ring element (4 bytes for the default 2^32)."""
+    return "<u4" if bits <= 32 else "<u8"
+
+
+def masked_reply(masked: Mapping[str, np.ndarray], bits: int) -> RecordDict:
     groups = sorted(masked)
-    return RecordDict(
-        {
-            SECAGG: ConfigRecord(
-                {"groups": groups, "values": [masked[g].astype("<u8").tobytes() for g in groups]}
-            )
-        }
-    )
+    values = [masked[g].astype(ring_dtype(bits)).tobytes() for g in groups]
+    return RecordDict({SECAGG: ConfigRecord({"groups": groups, "values": values})})
 
 
 def read_masked_reply(content: RecordDict, sizes: Mapping[str, int], bits: int) -> dict[str, np.ndarray]:
@@ -214,11 +214,11 @@ def read_masked_reply(content: RecordDict, sizes: Mapping[str, int], bits: int) 
     groups, values = rec.get("groups"), _bytes_list(rec, "values", what)
     if not isinstance(groups, list) or sorted(map(str, groups)) != sorted(sizes) or len(values) != len(groups):
         raise MessageFormatError(f"{what} holds groups {str(groups)[:80]}, expected {sorted(sizes)}")
-    out = {}
+    out, dtype = {}, np.dtype(ring_dtype(bits))
     for g, raw in zip(map(str, groups), values, strict=True):
-        if len(raw) != 8 * sizes[g]:
-            raise MessageFormatError(f"{what}: group {g!r} has {len(raw)} bytes, expected {8 * sizes[g]}")
-        vec = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+        if len(raw) != dtype.itemsize * sizes[g]:
+            raise MessageFormatError(f"{what}: group {g!r} has {len(raw)} bytes, expected {dtype.itemsize * sizes[g]}")
+        vec = np.frombuffer(raw, dtype=dtype).astype(np.uint64)
         if bits < 64 and bool((vec >> np.uint64(bits)).any()):
             raise MessageFormatError(f"{what}: group {g!r} holds values outside the ring 2^{bits}")
         out[g] = vec

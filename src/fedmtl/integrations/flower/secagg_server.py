@@ -111,6 +111,9 @@ class SecureRound:
     round_id: bytes = field(default_factory=lambda: os.urandom(16))
     adverts: dict[int, Advertisement] = field(default_factory=dict)
     groups: dict[int, list[str]] = field(default_factory=dict)
+    #: bytes of the protocol's own messages (share keys, masked input, unmask) as Flower serialises them
+    wire_down: int = 0
+    wire_up: int = 0
 
     def __post_init__(self) -> None:
         sa = self.fed.cfg.privacy.secure_aggregation
@@ -158,7 +161,6 @@ class SecureRound:
         assert step is not None
         gen = generator(self.fed.cfg.seed, "privacy", state.round)
         dropped: dict[int, str] = {}
-        wire = [0, 0]
 
         def fail(exc: SecAggError) -> SecAggError:
             exc.dropped = tuple(sorted(dropped))
@@ -167,8 +169,8 @@ class SecureRound:
 
         def ask(contents: dict[int, RecordDict], kind: str, stage: str) -> dict[int, RecordDict]:
             ex = self.send({self.nodes[c]: v for c, v in contents.items()}, kind, f"{self.round_index + 1}-{stage}")
-            wire[0] += ex.wire_down
-            wire[1] += ex.wire_up
+            self.wire_down += ex.wire_down
+            self.wire_up += ex.wire_up
             client_of = {n: c for c, n in self.nodes.items()}
             for n, why in ex.failed.items():
                 dropped[client_of[n]] = f"secure aggregation, {stage}: {why}"
@@ -267,8 +269,8 @@ class SecureRound:
             generator=gen,
             withheld=withheld,
             stats=ProtocolStats(
-                upload_bytes=wire[1] / len(byid),
-                download_bytes=wire[0] / len(byid),
+                upload_bytes=self.wire_up / len(byid),
+                download_bytes=self.wire_down / len(byid),
                 server_seconds=server_seconds,
                 total_seconds=time.perf_counter() - t0,
                 neighbours=sum(len(v) for v in setup.graph.values()) / len(setup.graph),
