@@ -151,21 +151,26 @@ def test_the_server_receives_masked_vectors_never_an_update(tmp_path, monkeypatc
     assert state.round == 1
 
 
-@pytest.mark.parametrize("stage", [sm.MASK, sm.UNMASK], ids=["before-masked-input", "after-masked-input"])
-def test_a_node_that_drops_mid_protocol_is_recovered_exactly(tmp_path, stage):
-    """4 clients with both tasks, t=2: client 3 dies after sharing keys (before or after its masked input).
-    The unmasked sum is exactly the simulation's sum over the others (same dropouts) to the ring."""
+@pytest.mark.parametrize(
+    ("stage", "summed"),
+    [(sm.SHARE, [0, 1, 2]), (sm.MASK, [0, 1, 2]), (sm.UNMASK, [0, 1, 2, 3])],
+    ids=["before-sharing-keys", "before-masked-input", "after-masked-input"],
+)
+def test_a_node_that_drops_mid_protocol_is_recovered_exactly(tmp_path, stage, summed):
+    """4 clients with both tasks, t=2: client 3 dies after advertising its keys (the others share again among
+    themselves), after sharing them (its pairwise masks are rebuilt from shares of its mask key) or after
+    sending its masked input (summed; its reveal is not needed). The result is the plain FedAvg mean over the
+    summed clients, to the quantisation step."""
     cfg = _config(tmp_path, rounds=1, secagg={"threshold": 2, "rounding": "deterministic"}, clients=4)
     grid = RecordingGrid(drop_at={104: stage}, clients=4)
     _run(tmp_path, grid, cfg)
-    history = _history(tmp_path)
-    assert history[0]["replies"] == (3 if stage == sm.MASK else 4) and "skipped" not in history[0]
-    if stage == sm.MASK:
-        assert "masked input" in history[0]["dropped"]["3"]
+    (h,) = _history(tmp_path)
+    assert h["replies"] == len(summed) and "skipped" not in h, h
+    if len(summed) == 3:
+        assert {sm.SHARE: "share keys", sm.MASK: "masked input"}[stage] in h["dropped"]["3"], h
     state, _ = load_latest(tmp_path / "flower")
-    # the plain mean over the contributors, computed from the updates a clear-text run of the same clients gives
     plain = _config(tmp_path, rounds=1, clients=4).model_copy(update={"privacy": cfg.privacy.model_copy(update={"secure_aggregation": None})})
-    ref = _plain_mean(tmp_path, plain, contributors=[0, 1, 2] if stage == sm.MASK else [0, 1, 2, 3])
+    ref = _plain_mean(tmp_path, plain, contributors=summed)
     for name, value in ref.items():
         torch.testing.assert_close(state.params[name], value, atol=1e-6, rtol=0)
 
