@@ -41,7 +41,7 @@ from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_un
 APP = ROOT / "examples" / "flower_app"
 
 
-def experiment(nodes: int, rounds: int, codec: list | None) -> dict:
+def experiment(nodes: int, rounds: int, codec: list | None, secagg: bool = False) -> dict:
     tasks = ["digit", "parity"]
     assignment = {i: (tasks if i % 3 == 0 else [tasks[i % 3 - 1]]) for i in range(nodes)}
     cfg = {
@@ -61,11 +61,15 @@ def experiment(nodes: int, rounds: int, codec: list | None) -> dict:
     }
     if codec is not None:
         cfg["comm"] = {"uplink": codec}
+    if secagg:  # the update's coordinates stay within [-1, 1] in this model's rounds
+        cfg["privacy"] = {"secure_aggregation": {}}
     return cfg
 
 
-def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, mode: str) -> dict:
-    app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec)))
+def run_one(
+    nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, mode: str, secagg: bool = False
+) -> dict:
+    app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec, secagg)))
     run_dir = workdir / "runs" / "flower"
     t0 = time.monotonic()
     with LocalFederation(workdir / "fed", num_nodes=nodes, tls=tls, time_limit=4 * timeout, **MODES[mode]) as fed:
@@ -90,6 +94,7 @@ def run_one(nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Pat
         "clientapp": mode,
         "rounds": rounds,
         "tls": tls,
+        "secagg": secagg,
         "codec": codec or [{"name": "identity"}],
         "payload_bytes_down_per_round": statistics.mean(h["bytes_down"] for h in history),
         "payload_bytes_up_per_round": statistics.mean(h["bytes_up"] for h in history),
@@ -113,12 +118,13 @@ CLIENTAPP = {
 
 
 def table(rows: list[dict]) -> str:
-    head = "| SuperNodes | ClientApp | codec (uplink) | TLS | wire down / round | wire up / round | payload up / round | first round s | s / round | rounds / min |\n"
-    head += "|---:|---|---|:-:|---:|---:|---:|---:|---:|---:|\n"
+    head = "| SuperNodes | ClientApp | codec (uplink) | TLS | secure aggregation | wire down / round | wire up / round | payload up / round | first round s | s / round | rounds / min |\n"
+    head += "|---:|---|---|:-:|:-:|---:|---:|---:|---:|---:|---:|\n"
     for r in rows:
         codec = "+".join(c["name"] for c in r["codec"])
         head += (
-            f"| {r['nodes']} | {CLIENTAPP[r.get('clientapp', 'fresh')]} | {codec} | {'yes' if r['tls'] else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
+            f"| {r['nodes']} | {CLIENTAPP[r.get('clientapp', 'fresh')]} | {codec} | {'yes' if r['tls'] else 'no'} | "
+            f"{'yes' if r.get('secagg') else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
             f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
             f"{r['first_round_seconds']:.1f} | {r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
         )
@@ -133,6 +139,9 @@ def main() -> None:
         "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
     )
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument(
+        "--secagg", nargs="+", choices=["off", "on"], default=["off"], help="privacy.secure_aggregation off and/or on"
+    )
     ap.add_argument(
         "--clientapp",
         nargs="+",
@@ -151,10 +160,11 @@ def main() -> None:
     rows = []
     for n in args.nodes:
         for mode in args.clientapp:
-            with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-{mode}-") as tmp:
-                row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout, mode)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for sa in args.secagg:
+                with tempfile.TemporaryDirectory(prefix=f"fedmtl-flower-bench-{n}-{mode}-") as tmp:
+                    row = run_one(n, args.rounds, codec, args.tls, Path(tmp), args.timeout, mode, sa == "on")
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     import flwr
     import torch
 

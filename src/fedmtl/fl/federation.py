@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -349,6 +349,7 @@ class Federation:
         state: ServerState,
         updates: Sequence[ClientUpdate],
         client_states: Mapping[int, TensorTree],
+        aggregate: Callable[[ServerState, Sequence[ClientUpdate]], PrivateAggregate] | None = None,
     ) -> tuple[ServerState, Applied]:
         """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
         algorithm's server step (which sees the updates' outboxes).
@@ -359,6 +360,9 @@ class Federation:
         with its reason. A secure aggregation that fails (fewer survivors than its threshold) reveals nothing:
         the round is skipped likewise and the run goes on with the next one; the protocol's dropouts are
         reported in ``dropped``.
+
+        ``aggregate`` replaces the in-process aggregation (a deployment's secure aggregation over the network,
+        :class:`~fedmtl.integrations.flower.secagg_server.SecureRound`).
 
         Returns the next state and what happened (:class:`Applied`).
         """
@@ -371,9 +375,9 @@ class Federation:
 
         while kept:
             try:
-                agg = self._aggregate(state, kept)
+                agg = (aggregate or self._aggregate)(state, kept)
             except SecAggError as exc:
-                dropped.update({c: "dropped out of secure aggregation after sharing keys (simulated dropout_rate)" for c in exc.dropped})
+                dropped.update({c: exc.reasons.get(c, "dropped out of secure aggregation after sharing keys (simulated dropout_rate)") for c in exc.dropped})
                 return skip(f"secure aggregation abandoned, nothing revealed: {exc}")
             bad = non_finite(agg.mean)
             if not bad:

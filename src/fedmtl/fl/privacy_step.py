@@ -18,7 +18,7 @@ from fedmtl.config.privacy import PrivacyConfig
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
 from fedmtl.privacy.dp.dpfedavg import DPFedAvg, DPFedAvgState
-from fedmtl.privacy.round import private_aggregate
+from fedmtl.privacy.round import PrivateRoundResult, private_aggregate
 from fedmtl.tree import TensorTree
 
 
@@ -62,6 +62,11 @@ class PrivacyStep:
         res = private_aggregate(
             deltas, groups, self.cfg, dp=self.dp, dp_state=dp_state, weights=weights, dropped=None, generator=generator
         )
+        return self.report(res, state)
+
+    def report(self, res: PrivateRoundResult, state: TensorTree) -> PrivateAggregate:
+        """The round's aggregate, next state and log from :func:`private_aggregate`'s (or
+        :func:`~fedmtl.privacy.round.finish_round`'s) result; ``state`` is the privacy state it started from."""
         log: dict[str, Any] = {}
         if res.privacy is not None:
             p = res.privacy
@@ -74,6 +79,10 @@ class PrivacyStep:
         new_state = self._encode(res.dp_state) if res.dp_state is not None else state
         gone = {c: "dropped out of secure aggregation after sharing keys (simulated dropout_rate)" for c in res.dropped}
         return PrivateAggregate(res.mean, new_state, log, gone)
+
+    def decode_state(self, tree: TensorTree) -> DPFedAvgState:
+        """The DP state a privacy-state tree holds (the initial one for an empty tree); needs DP."""
+        return self._decode(tree)
 
     @staticmethod
     def _encode(state: DPFedAvgState) -> TensorTree:

@@ -91,6 +91,100 @@ def noise_shares_for(holders: Mapping[str, int], cfg: PrivacyConfig) -> dict[str
     return {g: max(1, math.floor(n * (1 - rate))) for g, n in holders.items()}
 
 
+def client_vectors(
+    delta: Mapping[str, Tensor],
+    param_groups: Mapping[str, Sequence[str]],
+    *,
+    dp: DPFedAvg | None,
+    dp_state: DPFedAvgState | None,
+) -> tuple[dict[str, Tensor], float, float]:
+    """Step 1-2a on one client: clip its whole update (DP), split it into its groups' float64 vectors.
+
+    Returns the vectors, the update's norm before clipping and 1.0 if it was not clipped (0.0 if it was;
+    both 0.0 without DP).
+    """
+    norm = unclipped = 0.0
+    if dp is not None and dp_state is not None:
+        out = dp.privatize_client(delta, dp_state)
+        delta, norm, unclipped = out.delta, out.norm, out.unclipped
+    return {g: v.to(torch.float64) for g, v in split_groups(delta, param_groups).items()}, norm, unclipped
+
+
+def client_noise(
+    vectors: Mapping[str, Tensor],
+    unclipped: float,
+    *,
+    dp: DPFedAvg | None,
+    dp_state: DPFedAvgState | None,
+    noise_shares: Mapping[str, int],
+    generator: torch.Generator | None,
+) -> dict[str, Tensor]:
+    """Step 2b on one client: its share of distributed DP noise per group, and its unclipped bit for adaptive
+    clipping as one more group (:data:`COUNT_GROUP`), summed securely with the rest."""
+    out = dict(vectors)
+    if dp is not None and dp_state is not None and dp.placement == "distributed":
+        out = dp.client_noise(out, dp_state, noise_shares, generator=generator)
+    if dp is not None and dp.adaptive is not None:
+        out = {**out, COUNT_GROUP: torch.tensor([unclipped], dtype=torch.float64)}
+    return out
+
+
+def finish_round(
+    sums: Mapping[str, Tensor],
+    weight_sums: Mapping[str, float],
+    contributors: Mapping[str, tuple[int, ...]],
+    *,
+    holders: Mapping[str, int],
+    noise_shares: Mapping[str, int],
+    param_groups: Mapping[str, Sequence[str]],
+    like: Mapping[str, Tensor],
+    dp: DPFedAvg | None,
+    dp_state: DPFedAvgState | None,
+    generator: torch.Generator | None,
+    withheld: Sequence[str] = (),
+    stats: ProtocolStats | None = None,
+    norms: Mapping[int, float] | None = None,
+    dropped: Sequence[int] = (),
+) -> PrivateRoundResult:
+    """Steps 4-6 on the server, from the per-group sums (secure or plain): DP's server noise, the means, DP's
+    accounting and adaptive clip update.
+
+    Args:
+        sums / weight_sums / contributors: per group, as secure aggregation reveals them (the count group
+            included under adaptive clipping).
+        holders: group -> holders in the cohort before dropouts (DP's denominator).
+        noise_shares: group -> m_g (:func:`noise_shares_for`).
+        like: parameter name -> a tensor of its shape and dtype.
+    """
+    sums, contributors = dict(sums), dict(contributors)
+    count = sums.pop(COUNT_GROUP, torch.zeros(1))
+    contributors.pop(COUNT_GROUP, None)
+    privacy = None
+    new_state = dp_state
+    if dp is not None and dp_state is not None:
+        sums = dp.noise_sums(
+            sums,
+            dp_state,
+            generator=generator,
+            contributors={g: len(contributors[g]) for g in sums},
+            noise_shares=noise_shares,
+        )
+        means = {g: s / holders[g] for g, s in sums.items()}
+        new_state, privacy = dp.server_step(dp_state, unclipped_count=float(count[0]), generator=generator)
+    else:
+        means = {g: s / weight_sums[g] for g, s in sums.items() if weight_sums[g] > 0}
+    return PrivateRoundResult(
+        mean=merge_groups(means, param_groups, like),
+        contributors=contributors,
+        withheld=tuple(withheld),
+        dp_state=new_state,
+        privacy=privacy,
+        secagg=stats,
+        norms=dict(norms or {}),
+        dropped=tuple(dropped),
+    )
+
+
 def private_aggregate(
     deltas: Mapping[int, Mapping[str, Tensor]],
     param_groups: Mapping[str, Sequence[str]],
@@ -124,20 +218,16 @@ def private_aggregate(
     norms: dict[int, float] = {}
     unclipped: dict[int, float] = {}
     for c, delta in sorted(deltas.items()):
-        if dp is not None and dp_state is not None:
-            out = dp.privatize_client(delta, dp_state)
-            delta, norms[c], unclipped[c] = out.delta, out.norm, out.unclipped
-        groups[c] = {g: v.to(torch.float64) for g, v in split_groups(delta, param_groups).items()}
+        groups[c], norm, unclipped[c] = client_vectors(delta, param_groups, dp=dp, dp_state=dp_state)
+        if dp is not None:
+            norms[c] = norm
     holders = {g: sum(g in v for v in groups.values()) for g in param_groups}
     holders = {g: n for g, n in holders.items() if n > 0}
     shares = noise_shares_for(holders, cfg)
-    if dp is not None and dp_state is not None and dp.placement == "distributed":
-        groups = {c: dp.client_noise(v, dp_state, shares, generator=generator) for c, v in groups.items()}
-    if dp is not None and dp.adaptive is not None:
-        groups = {
-            c: {**v, COUNT_GROUP: torch.tensor([unclipped[c]], dtype=torch.float64)}
-            for c, v in groups.items()
-        }
+    groups = {
+        c: client_noise(v, unclipped[c], dp=dp, dp_state=dp_state, noise_shares=shares, generator=generator)
+        for c, v in groups.items()
+    }
     use_weights = None if dp is not None else weights
 
     stats = None
@@ -172,30 +262,19 @@ def private_aggregate(
             sums[g] = torch.stack([w[c] * groups[c][g] for c in who]).sum(0)
             weight_sums[g], contributors[g] = sum(w.values()), who
         withheld = ()
-
-    count = sums.pop(COUNT_GROUP, torch.zeros(1))
-    contributors.pop(COUNT_GROUP, None)
-    privacy = None
-    new_state = dp_state
-    if dp is not None and dp_state is not None:
-        sums = dp.noise_sums(
-            sums,
-            dp_state,
-            generator=generator,
-            contributors={g: len(contributors[g]) for g in sums},
-            noise_shares=shares,
-        )
-        means = {g: s / holders[g] for g, s in sums.items()}
-        new_state, privacy = dp.server_step(dp_state, unclipped_count=float(count[0]), generator=generator)
-    else:
-        means = {g: s / weight_sums[g] for g, s in sums.items() if weight_sums[g] > 0}
-    return PrivateRoundResult(
-        mean=merge_groups(means, param_groups, like),
-        contributors=dict(contributors),
-        withheld=tuple(withheld),
-        dp_state=new_state,
-        privacy=privacy,
-        secagg=stats,
+    return finish_round(
+        sums,
+        weight_sums,
+        contributors,
+        holders=holders,
+        noise_shares=shares,
+        param_groups=param_groups,
+        like=like,
+        dp=dp,
+        dp_state=dp_state,
+        generator=generator,
+        withheld=withheld,
+        stats=stats,
         norms=norms,
         dropped=gone_in_protocol,
     )
@@ -204,6 +283,9 @@ def private_aggregate(
 __all__ = [
     "COUNT_GROUP",
     "PrivateRoundResult",
+    "client_noise",
+    "client_vectors",
+    "finish_round",
     "merge_groups",
     "noise_shares_for",
     "private_aggregate",

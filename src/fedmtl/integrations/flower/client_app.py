@@ -35,6 +35,8 @@ from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower import secagg_client
+from fedmtl.integrations.flower import secagg_messages as sm
 from fedmtl.integrations.flower.node_state import NodeStateStore, experiment_key, state_folder
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.runloop.evaluation import personal_metric_sums
@@ -103,7 +105,8 @@ def _cache_dir(context: Context) -> str | None:
 
 
 def make_client_app() -> ClientApp:
-    """The fedmtl ClientApp (handles ``query`` = registration, ``train`` and ``evaluate`` = personalised evaluation)."""
+    """The fedmtl ClientApp (handles ``query`` = registration, ``train`` and ``evaluate`` = personalised evaluation,
+    and the secure-aggregation stages ``query.secagg_share``, ``query.secagg_mask``, ``query.secagg_unmask``)."""
     app = ClientApp()
 
     @app.query()
@@ -125,7 +128,25 @@ def make_client_app() -> ClientApp:
         reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=init)
         store = _store(context, cfg, pid)
         _saved[store.path] = store.save(new_state, round_index + 1)
+        if sm.read_offer(message.content) is not None:  # secure aggregation: the update stays here
+            return Message(secagg_client.withhold(message.content, context, reply), reply_to=message)
         return Message(msgs.reply_content(reply), reply_to=message)
+
+    @app.query("secagg_share")
+    def secagg_share(message: Message, context: Context) -> Message:
+        return Message(secagg_client.share_keys(message.content, context), reply_to=message)
+
+    @app.query("secagg_mask")
+    def secagg_mask(message: Message, context: Context) -> Message:
+        cfg = _config(context)
+        experiment = str(context.state.config_records[msgs.CONFIG]["experiment"])
+        part, model, node, _ = _built(experiment, partition_id(context, cfg), _cache_dir(context))
+        content = secagg_client.masked_input(message.content, context, cfg, model, node, part.client)
+        return Message(content, reply_to=message)
+
+    @app.query("secagg_unmask")
+    def secagg_unmask(message: Message, context: Context) -> Message:
+        return Message(secagg_client.unmask(message.content, context), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -36,6 +36,7 @@ from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower.secagg_server import SecureRound, refusal
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.report import MetricsLog
 from fedmtl.runloop.checkpoint import (
@@ -147,16 +148,14 @@ def stub_client(cid: int, tasks: tuple[str, ...], data: FederatedData) -> Client
 def check_deployable(fed: Federation) -> None:
     """Refuse, with the reason, what the deployment does not carry instead of running it wrongly.
 
-    Secure aggregation is simulated in process (the server would see plain updates); ``systems`` is the
-    simulator's clock (a deployment has real clients' timing). Algorithms that keep
+    Secure aggregation runs as message exchanges between the server and the nodes
+    (:mod:`~fedmtl.integrations.flower.secagg_server`), for algorithms whose server step needs only the
+    aggregate; ``systems`` is the simulator's clock (a deployment has real clients' timing). Algorithms that keep
     server state for their clients (SCAFFOLD, IFCA, FedEM, MOCHA) are carried: the train message holds that
     state and the reply the client's extra uploads (see :func:`messages.train_content`).
     """
-    if fed.cfg.privacy.secure_aggregation is not None:
-        raise ValueError(
-            "privacy.secure_aggregation is an in-process simulation of the protocol; on Flower the server would "
-            "receive plain updates, so it is refused here. Use privacy.dp (server placement) or run it in simulation."
-        )
+    if fed.cfg.privacy.secure_aggregation is not None and refusal(fed):
+        raise ValueError(f"privacy.secure_aggregation on Flower: {refusal(fed)}")
     if getattr(fed.cfg, "systems", None) is not None:
         raise ValueError(
             "systems (simulated client speeds, availability, deadlines, FedBuff) drives the simulator's clock; on "
@@ -365,6 +364,9 @@ class FlowerServer:
             contents = {
                 online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
             }
+            secure = self._secure_round(r, {c: online[c] for c in cohort})
+            if secure is not None:
+                secure.offer(contents)
             ex = exchange(
                 self.grid,
                 contents,
@@ -390,13 +392,18 @@ class FlowerServer:
                     dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
                     continue
                 replies.append(reply)
-            updates, bad = self.fed.collect(replies)
+            if secure is not None:
+                by_client = {self.registry.client_of[n]: m.content for n, m in ex.replies.items()}
+                updates, bad = secure.collect(replies, by_client)
+            else:
+                updates, bad = self.fed.collect(replies)
             dropped.update(bad)
             for c, why in sorted(dropped.items()):
                 log.warning("round %d: client %d dropped: %s", r + 1, c, why)
             if len(updates) >= need:
                 state_up = sum(len(x.outbox) for x in replies)
-                new_state, applied = self.fed.apply(state, updates, state.client_states)  # logs what it drops
+                aggregate = secure.aggregate if secure is not None else None
+                new_state, applied = self.fed.apply(state, updates, state.client_states, aggregate)  # logs what it drops
                 dropped.update(applied.dropped)
                 updates = [u for u in updates if u.client_id not in applied.dropped]
                 record = {
@@ -408,8 +415,8 @@ class FlowerServer:
                     "failed_attempts": tried,
                     "bytes_down": plan.bytes_down,
                     "bytes_up": sum(len(x.payload) for x in replies) + state_up,
-                    "wire_bytes_down": ex.wire_down,
-                    "wire_bytes_up": ex.wire_up,
+                    "wire_bytes_down": ex.wire_down + (secure.wire_down if secure is not None else 0),
+                    "wire_bytes_up": ex.wire_up + (secure.wire_up if secure is not None else 0),
                     "train_loss": mean_train_loss(updates),
                     "round_seconds": time.perf_counter() - t0,
                     "engine": "flower",
@@ -445,6 +452,17 @@ class FlowerServer:
             f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
             f"fix the nodes and submit the run again to resume."
         )
+
+    def _secure_round(self, round_index: int, nodes: Mapping[int, int]) -> SecureRound | None:
+        """The round's secure aggregation over this grid (None without ``privacy.secure_aggregation``)."""
+        if self.cfg.privacy.secure_aggregation is None:
+            return None
+
+        def send(contents: dict[int, RecordDict], kind: str, group: str) -> Exchange:
+            s = self.settings
+            return exchange(self.grid, contents, kind, group, s.round_timeout, s.poll_interval, self.clock, self.sleep)
+
+        return SecureRound(self.fed, round_index, nodes, send)
 
     # -- personalised evaluation --------------------------------------------------------------
     def evaluate_personalized(

@@ -59,6 +59,62 @@ def sample_dropouts(
     return frozenset(c for c, u in zip(ids, draws.tolist(), strict=False) if u < rate)
 
 
+@dataclass(frozen=True)
+class RingBounds:
+    """How one group's float vector maps into the ring: per-coordinate clip bounds and the level L.
+
+    Public (the server sends them to a deployed client): they depend on the group's size, its number
+    of holders, the clip range and whether a weight coordinate is appended.
+    """
+
+    lo: Tensor
+    hi: Tensor
+    level: int
+    weighted: bool
+
+
+def ring_bounds(
+    size: int, holders: int, cfg: SecureAggregationConfig, *, weighted: bool, clip_range: float | None = None
+) -> RingBounds:
+    """Bounds for a group of ``size`` values summed over ``holders`` clients (plus a weight in [0, 1] if weighted)."""
+    r = cfg.clip_range if clip_range is None else clip_range
+    lo = torch.full((size + weighted,), -r, dtype=torch.float64)
+    hi = torch.full_like(lo, r)
+    if weighted:
+        lo[-1], hi[-1] = 0.0, 1.0
+    return RingBounds(lo, hi, levels(cfg.bits, holders), weighted)
+
+
+def encode_input(
+    x: Tensor,
+    bounds: RingBounds,
+    cfg: SecureAggregationConfig,
+    *,
+    weight: float | None,
+    generator: torch.Generator | None,
+    who: str = "a client",
+) -> np.ndarray:
+    """One client's group vector as its ring input: times its weight with the weight appended, clipped, quantised."""
+    x = x.detach().reshape(-1).to(torch.float64)
+    if x.numel() + bounds.weighted != bounds.lo.numel():
+        raise ValueError(f"{who} sent {x.numel()} values, the group has {bounds.lo.numel() - bounds.weighted}")
+    if bounds.weighted:
+        if weight is None or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight of {who} is {weight}; scale weights into [0, 1]")
+        x = torch.cat([x * weight, torch.tensor([weight], dtype=torch.float64)])
+    return quantise(
+        x, bounds.lo, bounds.hi, bounds.level, stochastic=cfg.rounding == "stochastic", generator=generator
+    )
+
+
+def decode_sum(total: np.ndarray, count: int, bounds: RingBounds) -> tuple[Tensor, float | None]:
+    """The float sum of ``count`` contributors from the ring sum, and the sum of their weights (if weighted)."""
+    flat = dequantise_sum(total, count, bounds.lo, bounds.hi, bounds.level)
+    if bounds.weighted:
+        return flat[:-1], float(flat[-1])
+    return flat, None
+
+
 def secure_aggregate(
     updates: Mapping[int, Mapping[str, Tensor]],
     cfg: SecureAggregationConfig,
@@ -95,29 +151,18 @@ def secure_aggregate(
         for g in groups:
             holders.setdefault(g, []).append(c)
     inputs: dict[int, dict[str, np.ndarray]] = {c: {} for c in updates}
-    bounds: dict[str, tuple[Tensor, Tensor, int]] = {}
+    bounds: dict[str, RingBounds] = {}
     for g, hs in holders.items():
-        size = updates[hs[0]][g].numel()
-        r = (clip_ranges or {}).get(g, cfg.clip_range)
-        lo = torch.full((size + (weights is not None),), -r, dtype=torch.float64)
-        hi = torch.full_like(lo, r)
-        if weights is not None:
-            lo[-1], hi[-1] = 0.0, 1.0
-        level = levels(cfg.bits, len(hs))
-        bounds[g] = (lo, hi, level)
+        clip = (clip_ranges or {}).get(g)
+        bounds[g] = ring_bounds(updates[hs[0]][g].numel(), len(hs), cfg, weighted=weights is not None, clip_range=clip)
         for c in hs:
-            x = updates[c][g].detach().reshape(-1).to(torch.float64)
-            if x.numel() != size:
-                raise ValueError(f"client {c} sent {x.numel()} values for group {g!r}, others {size}")
-            if weights is not None:
-                w = float(weights[c][g])
-                if not 0.0 <= w <= 1.0:
-                    raise ValueError(
-                        f"weight of client {c} for group {g!r} is {w}; scale weights into [0, 1]"
-                    )
-                x = torch.cat([x * w, torch.tensor([w], dtype=torch.float64)])
-            inputs[c][g] = quantise(
-                x, lo, hi, level, stochastic=cfg.rounding == "stochastic", generator=generator
+            inputs[c][g] = encode_input(
+                updates[c][g],
+                bounds[g],
+                cfg,
+                weight=None if weights is None else float(weights[c][g]),
+                generator=generator,
+                who=f"client {c} for group {g!r}",
             )
     if dropped is None:
         dropped = sample_dropouts(updates.keys(), cfg.dropout_rate, generator) - set(late_dropped)
@@ -128,12 +173,8 @@ def secure_aggregate(
         raise
     sums, weight_sums = {}, {}
     for g, total in out.sums.items():
-        lo, hi, level = bounds[g]
-        flat = dequantise_sum(total, len(out.contributors[g]), lo, hi, level)
-        if weights is not None:
-            sums[g], weight_sums[g] = flat[:-1], float(flat[-1])
-        else:
-            sums[g], weight_sums[g] = flat, float(len(out.contributors[g]))
+        sums[g], w = decode_sum(total, len(out.contributors[g]), bounds[g])
+        weight_sums[g] = float(len(out.contributors[g])) if w is None else w
     return SecAggResult(
         sums, weight_sums, out.contributors, out.withheld, out.sums, tuple(sorted(dropped)), out.stats
     )

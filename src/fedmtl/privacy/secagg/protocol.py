@@ -1,4 +1,9 @@
-"""The secure aggregation protocol, simulated among in-process client objects.
+"""The secure aggregation protocol: one client class and pure server stages, run in process or over a network.
+
+:func:`run_protocol` plays every party in process (the simulation); the Flower deployment
+(:mod:`fedmtl.integrations.flower.secagg_server` / ``secagg_client``) runs the same client methods on
+the nodes and the same server stages (:func:`setup_round`, :func:`relay`, :func:`require_survivors`,
+:func:`unmask_sums`) on the server, with messages in between.
 
 Bonawitz et al., CCS 2017, "Practical Secure Aggregation for Privacy-Preserving Machine Learning"
 (semi-honest server variant, Fig. 4), with the sparse neighbour graph of SecAgg+ (Bell et al., CCS
@@ -19,6 +24,7 @@ Rounds:
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -40,9 +46,11 @@ class SecAggError(RuntimeError):
     Attributes:
         dropped: the clients that had dropped out when it failed, when the caller knows them
             (:func:`~fedmtl.privacy.secagg.aggregate.secure_aggregate` sets it).
+        reasons: client -> why it dropped, when the caller knows (a deployment does).
     """
 
     dropped: tuple[int, ...] = ()
+    reasons: dict[int, str] = {}  # noqa: RUF012  (replaced per instance, never mutated)
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ class SecAggClient:
 
     Args:
         client_id: the client's id (>= 0).
-        inputs: group name -> the client's quantised input (uint64, values in ``[0, 2^bits)``).
+        groups: the parameter groups the client holds (one self-mask seed each).
         bits: ring size exponent.
         round_id: bytes binding every derived key to this round.
         generator: randomness (None: the OS CSPRNG).
@@ -107,7 +115,7 @@ class SecAggClient:
     def __init__(
         self,
         client_id: int,
-        inputs: Mapping[str, np.ndarray],
+        groups: Collection[str],
         *,
         bits: int,
         round_id: bytes,
@@ -116,17 +124,55 @@ class SecAggClient:
         if client_id < 0:
             raise ValueError(f"client ids must be >= 0, got {client_id}")
         self.id = client_id
-        self.inputs = dict(inputs)
         self.bits = bits
         self.round_id = round_id
         self.generator = generator
         self.cipher_keys = keys.generate_keypair(generator)
         self.mask_keys = keys.generate_keypair(generator)
-        self.self_seeds = {g: keys.random_bytes(keys.SEED_BYTES, generator) for g in sorted(self.inputs)}
+        self.self_seeds = {g: keys.random_bytes(keys.SEED_BYTES, generator) for g in sorted(set(groups))}
         self.adverts: dict[int, Advertisement] = {}
         self.holders: dict[str, frozenset[int]] = {}
         self.threshold = 0
         self.received: dict[int, tuple[shamir.Share, dict[str, shamir.Share]]] = {}
+
+    # Between messages (a deployed client keeps this in its node's state) ---------------------
+    def to_bytes(self) -> bytes:
+        """The client's round state (its private keys included) for the node's own storage, never the wire."""
+        doc = {
+            "id": self.id,
+            "bits": self.bits,
+            "round_id": self.round_id.hex(),
+            "cipher": self.cipher_keys.private_bytes().hex(),
+            "mask": self.mask_keys.private_bytes().hex(),
+            "seeds": {g: s.hex() for g, s in self.self_seeds.items()},
+            "adverts": {str(j): [a.cipher_public.hex(), a.mask_public.hex()] for j, a in self.adverts.items()},
+            "holders": {g: sorted(h) for g, h in self.holders.items()},
+            "threshold": self.threshold,
+            "received": {str(j): [k.y, {g: v.y for g, v in s.items()}] for j, (k, s) in self.received.items()},
+        }
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SecAggClient:
+        """Inverse of :meth:`to_bytes`; later randomness (share polynomials, nonces) comes from the OS."""
+        doc = json.loads(raw)
+        client = cls.__new__(cls)
+        client.id, client.bits, client.generator = int(doc["id"]), int(doc["bits"]), None
+        client.round_id = bytes.fromhex(doc["round_id"])
+        client.cipher_keys = keys.KeyPair.from_private_bytes(bytes.fromhex(doc["cipher"]))
+        client.mask_keys = keys.KeyPair.from_private_bytes(bytes.fromhex(doc["mask"]))
+        client.self_seeds = {g: bytes.fromhex(s) for g, s in doc["seeds"].items()}
+        client.adverts = {
+            int(j): Advertisement(int(j), bytes.fromhex(c), bytes.fromhex(m)) for j, (c, m) in doc["adverts"].items()
+        }
+        client.holders = {g: frozenset(h) for g, h in doc["holders"].items()}
+        client.threshold = int(doc["threshold"])
+        x = client.id + 1
+        client.received = {
+            int(j): (shamir.Share(x, k), {g: shamir.Share(x, v) for g, v in s.items()})
+            for j, (k, s) in doc["received"].items()
+        }
+        return client
 
     # Round 0 -------------------------------------------------------------------------------
     def advertise(self) -> Advertisement:
@@ -147,6 +193,7 @@ class SecAggClient:
         self.adverts = dict(adverts)
         self.holders = dict(holders)
         self.threshold = threshold
+        self.received = {}  # a re-share (a neighbour dropped before sharing) starts afresh
         recipients = sorted([*self.adverts, self.id])
         xs = [r + 1 for r in recipients]
         key_shares = shamir.split(self.mask_keys.private_bytes(), xs, threshold, self.generator)
@@ -182,8 +229,19 @@ class SecAggClient:
         }
 
     # Round 2 -------------------------------------------------------------------------------
-    def masked_input(self, inbox: Sequence[EncryptedShare]) -> dict[str, np.ndarray]:
-        """Decrypt and check the shares received, then mask each group's input."""
+    def masked_input(
+        self, inbox: Sequence[EncryptedShare], inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Decrypt and check the shares received, then mask each group's input.
+
+        Args:
+            inbox: the encrypted shares the server relayed to this client.
+            inputs: group -> the client's quantised input (uint64 in ``[0, 2^bits)``), one per group it holds.
+        """
+        if set(inputs) != set(self.self_seeds):
+            raise SecAggError(
+                f"client {self.id}: inputs for groups {sorted(inputs)}, but it shared seeds for {sorted(self.self_seeds)}"
+            )
         for msg in inbox:
             if msg.recipient != self.id or msg.sender not in self.adverts:
                 raise SecAggError(f"client {self.id}: unexpected share {msg.sender}->{msg.recipient}")
@@ -206,7 +264,7 @@ class SecAggClient:
             raise SecAggError(f"client {self.id}: no shares received from neighbours {sorted(missing)}")
         mod = prg.ring_mask(self.bits)
         out = {}
-        for g, x in self.inputs.items():
+        for g, x in inputs.items():
             y = x.astype(np.uint64) + prg.expand(
                 keys.hkdf(self.self_seeds[g], _label("self", self.round_id, g)), x.size, self.bits
             )
@@ -270,6 +328,56 @@ class ProtocolOutput:
     stats: ProtocolStats
 
 
+@dataclass(frozen=True)
+class RoundSetup:
+    """The server's plan of one protocol run: who exchanges masks with whom, who holds which group, t."""
+
+    graph: dict[int, frozenset[int]]
+    holders: dict[str, frozenset[int]]
+    threshold: int
+
+
+def setup_round(
+    groups_of: Mapping[int, Collection[str]], cfg: SecureAggregationConfig, generator: torch.Generator | None
+) -> RoundSetup:
+    """The neighbour graph (complete, or SecAgg+'s k-regular one), each group's holders and the threshold.
+
+    Args:
+        groups_of: client id -> the groups it holds (the cohort that advertised keys).
+        cfg: graph, degree and threshold.
+        generator: randomness for the graph's cyclic order (None: identity order).
+    """
+    cohort = sorted(groups_of)
+    holders = {
+        g: frozenset(c for c in cohort if g in groups_of[c])
+        for g in sorted({g for v in groups_of.values() for g in v})
+    }
+    degree = None
+    if cfg.graph == "k_regular":
+        degree = cfg.degree if cfg.degree is not None else default_degree(len(cohort))
+    graph = neighbour_graph(cohort, degree, generator)
+    threshold = cfg.resolve_threshold(min(len(nb) for nb in graph.values()) + 1)
+    return RoundSetup(graph, holders, threshold)
+
+
+def relay(messages: Sequence[EncryptedShare], cohort: Collection[int]) -> dict[int, list[EncryptedShare]]:
+    """Round 1's routing: each encrypted share to its recipient's inbox (a share for a stranger is refused)."""
+    inbox: dict[int, list[EncryptedShare]] = {c: [] for c in cohort}
+    for m in messages:
+        if m.recipient not in inbox:
+            raise SecAggError(f"client {m.sender} sent a share to client {m.recipient}, who is not in the round")
+        inbox[m.recipient].append(m)
+    return inbox
+
+
+def require_survivors(survivors: Collection[int], threshold: int) -> None:
+    """Refuse to go on to unmasking with fewer masked inputs than the threshold (nothing is revealed)."""
+    if len(survivors) < threshold:
+        raise SecAggError(
+            f"only {len(survivors)} clients sent masked inputs, fewer than threshold t={threshold}"
+        )
+
+
 def run_protocol(
     inputs: Mapping[int, Mapping[str, np.ndarray]],
     cfg: SecureAggregationConfig,
@@ -300,18 +408,11 @@ def run_protocol(
         raise ValueError(
             f"dropped={sorted(dropped_set)} and late_dropped={sorted(late_set)} must be disjoint cohort subsets"
         )
-    holders = {
-        g: frozenset(c for c in cohort if g in inputs[c])
-        for g in sorted({g for v in inputs.values() for g in v})
-    }
-    for g, h in holders.items():
+    setup = setup_round({c: list(inputs[c]) for c in cohort}, cfg, generator)
+    for g, h in setup.holders.items():
         if len({inputs[c][g].size for c in h}) != 1:
             raise ValueError(f"holders of group {g!r} sent inputs of different lengths")
-    degree = None
-    if cfg.graph == "k_regular":
-        degree = cfg.degree if cfg.degree is not None else default_degree(len(cohort))
-    graph = neighbour_graph(cohort, degree, generator)
-    threshold = cfg.resolve_threshold(min(len(nb) for nb in graph.values()) + 1)
+    graph, holders, threshold = setup.graph, setup.holders, setup.threshold
     round_id = keys.random_bytes(16, generator)
     up = dict.fromkeys(cohort, 0)
     down = dict.fromkeys(cohort, 0)
@@ -326,7 +427,7 @@ def run_protocol(
 
     clients = {
         c: timed(
-            lambda c=c: SecAggClient(c, inputs[c], bits=cfg.bits, round_id=round_id, generator=generator)
+            lambda c=c: SecAggClient(c, list(inputs[c]), bits=cfg.bits, round_id=round_id, generator=generator)
         )
         for c in cohort
     }
@@ -341,22 +442,18 @@ def run_protocol(
         messages += timed(clients[c].share_keys, {j: adverts[j] for j in graph[c]}, holders, threshold)
     if intercept is not None:
         messages = intercept(list(messages))
-    inbox: dict[int, list[EncryptedShare]] = {c: [] for c in cohort}
+    inbox = relay(messages, cohort)
     for m in messages:
         up[m.sender] += m.nbytes
         down[m.recipient] += m.nbytes
-        inbox[m.recipient].append(m)
     # Round 2: masked inputs from those still online.
     masked: dict[int, dict[str, np.ndarray]] = {}
     for c in cohort:
         if c not in dropped_set:
-            masked[c] = timed(clients[c].masked_input, inbox[c])
+            masked[c] = timed(clients[c].masked_input, inbox[c], inputs[c])
             up[c] += sum(-(-v.size * cfg.bits // 8) for v in masked[c].values())
     survivors = frozenset(masked)
-    if len(survivors) < threshold:
-        raise SecAggError(
-            f"only {len(survivors)} clients sent masked inputs, fewer than threshold t={threshold}"
-        )
+    require_survivors(survivors, threshold)
     # Round 3: reveals from those still online after masking.
     reveals: list[Reveal] = []
     for c in sorted(survivors - late_set):
@@ -364,9 +461,7 @@ def run_protocol(
         reveals.append(timed(clients[c].unmask, survivors, cfg.min_group_survivors))
         up[c] += reveals[-1].nbytes
     t_server = time.perf_counter()
-    sums, contributors, withheld = _unmask(
-        masked, reveals, holders, graph, adverts, survivors, threshold, cfg, round_id
-    )
+    sums, contributors, withheld = unmask_sums(masked, reveals, setup, adverts, cfg, round_id)
     server_time = time.perf_counter() - t_server
     n = len(cohort)
     stats = ProtocolStats(
@@ -381,18 +476,29 @@ def run_protocol(
     return ProtocolOutput(sums, contributors, withheld, masked, threshold, stats)
 
 
-def _unmask(
+def unmask_sums(
     masked: Mapping[int, Mapping[str, np.ndarray]],
     reveals: Sequence[Reveal],
-    holders: Mapping[str, frozenset[int]],
-    graph: Mapping[int, frozenset[int]],
+    setup: RoundSetup,
     adverts: Mapping[int, Advertisement],
-    survivors: frozenset[int],
-    threshold: int,
     cfg: SecureAggregationConfig,
     round_id: bytes,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]], tuple[str, ...]]:
-    """The server's unmasking: add the masked inputs, remove self-masks and dropped clients' pair masks."""
+    """The server's unmasking: add the masked inputs, remove self-masks and dropped clients' pair masks.
+
+    Args:
+        masked: survivor -> group -> its masked input (the survivors are exactly its keys).
+        reveals: the survivors' round-3 answers (a survivor that dropped since sends none).
+        setup: the round's graph, holders and threshold.
+        adverts: every advertised client's public keys.
+        cfg: bits and ``min_group_survivors``.
+        round_id: the bytes every derived key of the round is bound to.
+
+    Returns:
+        group -> ring sum, group -> contributors, withheld groups.
+    """
+    holders, graph, threshold = setup.holders, setup.graph, setup.threshold
+    survivors = frozenset(masked)
     key_shares: dict[int, list[shamir.Share]] = {}
     seed_shares: dict[tuple[int, str], list[shamir.Share]] = {}
     for r in reveals:
