@@ -26,6 +26,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.engine.distributed import gathered_round, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
@@ -52,7 +53,7 @@ class RoundSums:
     loss_sum: Tensor = field(init=False)
     loss_count: Tensor = field(init=False)
     bytes: Tensor = field(init=False)  # [down, up]
-    client_states: dict[int, object] = field(default_factory=dict)
+    client_states: dict[int, ClientState] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class RoundSums:
         parts = flat.cpu().split_with_sizes([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
         self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
         self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
-        gathered: list[tuple[dict[int, object], dict[int, str]]] = [({}, {})] * world
+        gathered: list[tuple[dict[int, ClientState], dict[int, str]]] = [({}, {})] * world
         dist.all_gather_object(gathered, (self.client_states, self.dropped))
         self.client_states, self.dropped = {}, {}
         for states, drops in gathered:
@@ -205,7 +206,7 @@ class ReducingFederation:
                 CohortJob(
                     start={**state.params, **start},
                     client=self.data.clients[cid],
-                    state=state.client_states.get(cid, {}),
+                    state=state.client_state(cid),
                     generator=generator(self.cfg.seed, "client", r, cid),
                 )
                 for cid, start in zip(chunk, starts)
@@ -238,7 +239,7 @@ class ReducingFederation:
                 log.warning("round %d skipped: %s", r + 1, skipped)
                 params, opt_state = state.params, state.opt_state
         new_states = dict(state.client_states)
-        new_states.update(acc.client_states)  # type: ignore[arg-type]
+        new_states.update(acc.client_states)
         report = RoundReport(
             round=r,
             cohort=cohort,

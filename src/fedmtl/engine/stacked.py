@@ -46,6 +46,7 @@ from fedmtl.fl.client import (
     make_optimizer,
     norm_buffer_names,
 )
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.dp_sgd_client import (
     HISTORY_KEY,
     example_gradients,
@@ -65,7 +66,7 @@ class TrainRequest:
 
     start: Mapping[str, Tensor]
     client: ClientData
-    state: TensorTree
+    state: ClientState
     generator: torch.Generator
     prox: Prox | None = None
     grad_offset: Mapping[str, Tensor] | None = None
@@ -156,7 +157,7 @@ class Chunk:
     def padding_row(self) -> int:
         return int(self.x.shape[0]) - 1
 
-    def buffers(self, states: Sequence[TensorTree]) -> dict[str, Tensor]:
+    def buffers(self, states: Sequence[ClientState]) -> dict[str, Tensor]:
         """Stacked buffers: each client's own BatchNorm statistics, every other buffer shared."""
         model = self.model
         own = set(norm_buffer_names(model))
@@ -408,7 +409,7 @@ class StackedTraining:
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
-        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         if plans is None:
             plans = [draw_plan(r, cfg.batch_size, cfg.epochs, has_norm_statistics(model)) for r in requests]
@@ -463,7 +464,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
-        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
         drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
@@ -535,7 +536,7 @@ class StackedTraining:
         out = result.unstack(model)
         for r, res, schedule in zip(requests, out, schedules):
             history = schedule.account(prior_accountant(r.state, dp))
-            res.state[HISTORY_KEY] = history.history_tensor()
+            res.state.privacy[HISTORY_KEY] = history.history_tensor()
             res.metrics["dp_sgd_epsilon"] = history.epsilon(dp.delta)
         return out
 
@@ -556,7 +557,7 @@ class StackedTraining:
             if weights is not None:
                 weights[c, : len(r.idx)] = r.weights if r.weights is not None else 1.0
         # the sequential step averages weighted rows over the batch (mean), padded rows weigh nothing
-        buffers = chunk.buffers([{} for _ in requests])
+        buffers = chunk.buffers([ClientState() for _ in requests])
         gens = [r.generator for r in requests]
         model.train()
         seed = _seed(gens) if _uses_randomness(model) else None
@@ -590,7 +591,7 @@ def _has_penalty(model: MultiTaskModel) -> bool:
 
 
 def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
-    local = req.state.get("local", {})
+    local = req.state.local
     if name in local:
         value: Tensor = local[name].detach()
         return value
@@ -697,16 +698,12 @@ class StackedResult:
     buffers: dict[str, Tensor]
     requests: Sequence[TrainRequest]
 
-    def state(self, model: MultiTaskModel, c: int) -> TensorTree:
+    def state(self, model: MultiTaskModel, c: int) -> ClientState:
         """Client ``c``'s next state, as :func:`fedmtl.fl.client.finish_local` builds it (objective, local
         parameters, its own BatchNorm statistics)."""
-        state: dict[str, object] = {"objective": self.ostates[c]}
         local = {n: v[c].clone() for n, v in self.params.items() if model.group_of(n) == LOCAL}
-        if local:
-            state["local"] = local
-        if self.buffers:
-            state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
-        return state
+        buffers = {n: b[c].clone() for n, b in self.buffers.items()} if self.buffers else {}
+        return ClientState(objective=self.ostates[c], local=local, buffers=buffers)
 
     def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
         """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.comm import PayloadError, build_links
-from fedmtl.comm.delta import COPY_KEY, build_delta_link, encode_delta
+from fedmtl.comm.delta import build_delta_link, encode_delta
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
@@ -35,8 +35,9 @@ from fedmtl.fl.byzantine import (
     tamper_reply,
 )
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.node import ClientNode, ClientReply
+from fedmtl.fl.node import ClientNode, ClientReply, downlink_copy
 from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
@@ -56,13 +57,17 @@ class ServerState:
     round: int
     params: dict[str, Tensor]
     opt_state: TensorTree
-    client_states: dict[int, TensorTree] = field(default_factory=dict)
+    client_states: dict[int, ClientState] = field(default_factory=dict)
     #: the algorithm's server-side state (SCAFFOLD's control variate, IFCA's clusters, ...); {} for FedAvg
     algorithm_state: TensorTree = field(default_factory=dict)
     #: the privacy layer's state (adaptive clip norm, accountant history); {} without DP
     privacy_state: TensorTree = field(default_factory=dict)
     #: the simulated system's state (clock, clients in flight; fedmtl.fl.systems); {} without one
     systems_state: TensorTree = field(default_factory=dict)
+
+    def client_state(self, cid: int) -> ClientState:
+        """Client ``cid``'s state (empty before its first round)."""
+        return self.client_states.get(cid) or ClientState()
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,7 @@ class Federation:
             payloads[cid], state_bytes = cache[client.tasks]
             if state_bytes:
                 state_payloads[cid] = state_bytes
-            copy = state.client_states.get(cid, {}).get(COPY_KEY) if self.down_delta is not None else None
+            copy = downlink_copy(state.client_state(cid)) if self.down_delta is not None else None
             if copy and set(copy) == set(names):
                 copies[cid] = {n: copy[n] for n in names}  # the model's order (a checkpoint sorts keys)
                 gen = generator(self.cfg.seed, "down", r, cid)
@@ -348,7 +353,7 @@ class Federation:
         self,
         state: ServerState,
         updates: Sequence[ClientUpdate],
-        client_states: Mapping[int, TensorTree],
+        client_states: Mapping[int, ClientState],
     ) -> tuple[ServerState, Applied]:
         """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
         algorithm's server step (which sees the updates' outboxes).
@@ -398,10 +403,9 @@ class Federation:
         return new_state, Applied(agg.log, dropped)
 
     @staticmethod
-    def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
+    def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> ClientState:
         """A client's state for this round: its own, plus its decoded view of the algorithm's server state."""
-        own = state.client_states.get(cid, {})
-        return with_server(own, server)
+        return with_server(state.client_state(cid), server)
 
     def receive_all(self, plan: RoundPlan, cids: Sequence[int]) -> list[dict[str, Tensor]]:
         """Each client's decoded broadcast. Clients with the same task set receive the same bytes, so each
@@ -429,7 +433,7 @@ class Federation:
     # -- the simulated round -------------------------------------------------------------------
     def local_round(
         self, state: ServerState, plan: RoundPlan, generators: Mapping[int, torch.Generator] | None = None
-    ) -> tuple[list[ClientReply], dict[int, TensorTree]]:
+    ) -> tuple[list[ClientReply], dict[int, ClientState]]:
         """The clients' side of ``plan`` in process: decode, train the cohort on the engine (one batch), upload.
 
         Args:
@@ -460,7 +464,7 @@ class Federation:
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
-        client_states: dict[int, TensorTree] = {}
+        client_states: dict[int, ClientState] = {}
         replies = []
         for job, start, res in zip(jobs, starts, results):
             cid = job.client.client_id
@@ -478,7 +482,7 @@ class Federation:
         self,
         state: ServerState,
         replies: Sequence[ClientReply],
-        client_states: Mapping[int, TensorTree],
+        client_states: Mapping[int, ClientState],
         *,
         cohort: Sequence[int],
         bytes_down: int,

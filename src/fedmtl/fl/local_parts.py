@@ -9,12 +9,13 @@ sequential trainer need not import each other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from fedmtl.config.training import SGD, Adam
+from fedmtl.fl.client_state import ClientState
 from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, task_group
 from fedmtl.tree import TensorTree
 
@@ -39,12 +40,16 @@ class LocalResult:
     Attributes:
         params: the trained values of every parameter this client holds (shared, its task heads, local).
         metrics: mean training loss per task (``loss/<task>``) and the number of steps.
-        state: the client's persistent state for its next participation (objective state, local parameters).
+        state: the client's persistent state for its next participation (objective state, local parameters,
+            the algorithm's own); what it leaves empty carries over from the client's state before (:meth:`ClientState.over`).
+        outbox: extra uploads for the algorithm's server step (SCAFFOLD's ``Δc``, FedEM's components; see
+            :mod:`fedmtl.fl.algorithm`), encoded by the client node into its reply; empty for most algorithms.
     """
 
     params: dict[str, Tensor]
     metrics: dict[str, float]
-    state: TensorTree = field(default_factory=dict)
+    state: ClientState = field(default_factory=ClientState)
+    outbox: TensorTree = field(default_factory=dict)
 
 
 def held_parameter_names(model: MultiTaskModel, tasks: tuple[str, ...] | list[str]) -> list[str]:
@@ -83,9 +88,9 @@ def default_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def client_buffers(model: torch.nn.Module, state: Mapping[str, object]) -> dict[str, Tensor]:
-    """The running statistics a client uses: its own (``state["buffers"]``), else the initial ones."""
-    return {**default_buffers(model), **state.get("buffers", {})}  # type: ignore[dict-item]
+def client_buffers(model: torch.nn.Module, state: ClientState) -> dict[str, Tensor]:
+    """The running statistics a client uses: its own (``state.buffers``), else the initial ones."""
+    return {**default_buffers(model), **state.buffers}
 
 
 def load_buffers(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
@@ -96,14 +101,14 @@ def load_buffers(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
             buffers[name].copy_(v)
 
 
-def mean_buffers(model: torch.nn.Module, states: Sequence[Mapping[str, object]]) -> dict[str, Tensor]:
+def mean_buffers(model: torch.nn.Module, states: Sequence[ClientState]) -> dict[str, Tensor]:
     """The mean of the clients' running statistics (``num_batches_tracked`` summed); the initial ones if none has any."""
-    own = [s["buffers"] for s in states if s.get("buffers")]
+    own = [s.buffers for s in states if s.buffers]
     out = default_buffers(model)
     if not own:
         return out
     for n in out:
-        stacked = torch.stack([b[n] for b in own])  # type: ignore[index]
+        stacked = torch.stack([b[n] for b in own])
         out[n] = stacked.sum(0) if n.endswith("num_batches_tracked") else stacked.float().mean(0).to(out[n].dtype)
     return out
 
@@ -115,19 +120,20 @@ def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.o
 
 
 def finish_local(
-    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, Tensor | float], steps: int, state: TensorTree
+    model: MultiTaskModel, names: Sequence[str], loss_sums: Mapping[str, Tensor | float], steps: int, state: ClientState
 ) -> LocalResult:
-    """The result of local training: trained values, mean losses, and the next state (with local parameters)."""
+    """The result of local training: trained values, mean losses, and the next state (``state``, the trainer's
+    objective and privacy slots, with the local parameters and BatchNorm statistics set)."""
     named = dict(model.named_parameters())
     trained = {n: named[n].detach().clone() for n in names}
     metrics = {f"loss/{t}": float(s) / max(steps, 1) for t, s in loss_sums.items()}
     metrics["steps"] = float(steps)
-    new_state = dict(state)
+    new_state = state
     local = {n: v for n, v in trained.items() if model.group_of(n) == LOCAL}
     if local:
-        new_state["local"] = local
+        new_state = replace(new_state, local=local)
     bn = norm_buffer_names(model)
     if bn:  # the client's own running statistics (FedBN): persisted, never uploaded
         buffers = dict(model.named_buffers())
-        new_state["buffers"] = {n: buffers[n].detach().clone() for n in bn}
+        new_state = replace(new_state, buffers={n: buffers[n].detach().clone() for n in bn})
     return LocalResult(trained, metrics, new_state)
