@@ -265,13 +265,9 @@ class ReducingFederation:
             codecs = getattr(link, "codecs", None)
             if link.stateful or not codecs or any(getattr(c, "name", None) != "identity" for c in codecs):
                 return False
-        from fedmtl.fl.client import held_parameter_names
-
         for client in {c.tasks: c for c in self.data.clients}.values():
-            held = [
-                n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL
-            ]
-            if self.algorithm.uploaded_names(self.model, client) != held:
+            layout = self.layouts.of(client)
+            if layout.uploaded != tuple(n for n in layout.held if self.model.group_of(n) != LOCAL):
                 return False
         return True
 
@@ -279,7 +275,7 @@ class ReducingFederation:
         """Uplink bytes of this client's update: identity payload sizes depend only on names and shapes,
         so they are encoded once per task set."""
         if client.tasks not in self._bytes_cache:
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
             self._bytes_cache[client.tasks] = len(payload)
         return self._bytes_cache[client.tasks]

@@ -92,7 +92,10 @@ class Algorithm(Protocol):
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult: ...
 
-    def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]: ...
+    def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]:
+        """The parameters ``client`` sends (and receives), in the model's order; a function of its task set
+        only (:class:`~fedmtl.fl.layout.Layouts` asks once per task set)."""
+        ...
 
     def personal_params(
         self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState

@@ -34,7 +34,7 @@ from fedmtl.fl.byzantine import (
     poison_client,
     tamper_reply,
 )
-from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.node import ClientNode, ClientReply, downlink_copy
@@ -180,6 +180,8 @@ class Federation:
         self.up, self.down = build_links(cfg.comm)
         self.down_delta = build_delta_link(cfg.comm)
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed, self.down_delta)
+        #: each task set's held and uploaded names (the node's: computed once for both sides)
+        self.layouts = self.node.layouts
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
@@ -214,7 +216,7 @@ class Federation:
         counts: dict[str, int] = {}
         for tasks, k in by_tasks.items():
             client = next(c for c in self.data.clients if c.tasks == tasks)
-            for n in self.algorithm.uploaded_names(self.model, client):
+            for n in self.layouts.of(client).uploaded:
                 counts[n] = counts.get(n, 0) + k
         return counts
 
@@ -257,7 +259,7 @@ class Federation:
         payloads, state_payloads, copies = {}, {}, {}
         for cid in chosen:
             client = self.data.clients[cid]
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             if client.tasks not in cache:
                 model_bytes, _ = self.down.encode({n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r))
                 cache[client.tasks] = (model_bytes, self._state_payload(state, client.tasks))
@@ -275,7 +277,7 @@ class Federation:
         """The algorithm's server state as a client with ``tasks`` receives it (``b""`` when there is none)."""
         if not state.algorithm_state:
             return b""
-        view = state_view(state.algorithm_state, state.params, set(held_parameter_names(self.model, tasks)))
+        view = state_view(state.algorithm_state, state.params, set(self.layouts.held(tasks)))
         payload, _ = encode_tree(self.down, view, {}, generator(self.cfg.seed, "down-state", state.round))
         return payload
 
@@ -308,7 +310,7 @@ class Federation:
             params = {n: p.detach() for n, p in self.model.named_parameters()}
             self._outbox_template = self.algorithm.server_init(params, self.data.num_clients, generator(self.cfg.seed, "init", 1))
         own = {n: torch.empty(s, device="meta") for n, s in self.algorithm.outbox_shapes().items()}
-        specs = {**{n: self.specs[n] for n in held_parameter_names(self.model, client.tasks)}, **own}
+        specs = {**{n: self.specs[n] for n in self.layouts.of(client).held}, **own}
         return (specs, *outbox_bound(self._outbox_template, specs))
 
     def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
@@ -321,7 +323,7 @@ class Federation:
         updates, dropped = [], {}
         for reply in replies:
             client = self.data.clients[reply.client_id]
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             try:
                 received = self.up.decode(reply.payload, expected={n: self.specs[n] for n in names})
                 if set(received) != set(names):
@@ -424,7 +426,7 @@ class Federation:
         """What an omniscient attacker sees of the round: the honest clients' true updates (its own when the
         whole cohort attacks)."""
         deltas = {
-            job.client.client_id: {n: res.params[n] - start[n] for n in self.algorithm.uploaded_names(self.model, job.client)}
+            job.client.client_id: {n: res.params[n] - start[n] for n in self.layouts.of(job.client).uploaded}
             for job, start, res in zip(jobs, starts, results)
         }
         honest = [d for c, d in deltas.items() if c not in self.byzantine] or list(deltas.values())
@@ -474,7 +476,7 @@ class Federation:
                 tamper = lambda delta, g=gen: attack(delta, byz, g, honest=honest)  # noqa: E731
             reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
             if cid in self.byzantine:
-                reply = tamper_reply(reply, byz, self.up, self.algorithm.uploaded_names(self.model, job.client))
+                reply = tamper_reply(reply, byz, self.up, self.layouts.of(job.client).uploaded)
             replies.append(reply)
         return replies, client_states
 

@@ -8,6 +8,7 @@ sequential trainer need not import each other.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -52,10 +53,22 @@ class LocalResult:
     outbox: TensorTree = field(default_factory=dict)
 
 
+#: model -> task set -> the names it holds: a model's parameters and groups never change, and every step of a
+#: client's path asks (the trainer, the engines, the algorithms, the round's layout), so each task set is walked once
+_HELD: weakref.WeakKeyDictionary[MultiTaskModel, dict[tuple[str, ...], tuple[str, ...]]] = weakref.WeakKeyDictionary()
+
+
 def held_parameter_names(model: MultiTaskModel, tasks: tuple[str, ...] | list[str]) -> list[str]:
-    """The parameters a client with these tasks trains: shared, its tasks' own, and local ones."""
-    keep = {SHARED, LOCAL} | {task_group(t) for t in tasks}
-    return [n for n, _ in model.named_parameters() if model.group_of(n) in keep]
+    """The parameters a client with these tasks trains: shared, its tasks' own, and local ones (in the model's order).
+
+    Computed once per model and task set (a new list each call: callers may change theirs).
+    """
+    by_tasks = _HELD.setdefault(model, {})
+    key = tuple(tasks)
+    if key not in by_tasks:
+        keep = {SHARED, LOCAL} | {task_group(t) for t in tasks}
+        by_tasks[key] = tuple(n for n, _ in model.named_parameters() if model.group_of(n) in keep)
+    return list(by_tasks[key])
 
 
 def load_parameters(model: MultiTaskModel, values: Mapping[str, Tensor]) -> None:

@@ -21,6 +21,7 @@ from fedmtl.fl.algorithm import Algorithm, with_server
 from fedmtl.fl.algorithm_channel import decode_state, encode_tree, nest_names, unnest_names
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.client_state import DOWNLINK_COPY, OUTBOX, UPLINK, ClientState
+from fedmtl.fl.layout import Layouts
 from fedmtl.fl.seeding import generator
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree, flatten
@@ -60,6 +61,8 @@ class ClientNode:
         self.down = down
         self.up = up
         self.seed = seed
+        #: each task set's held and uploaded names, computed once
+        self.layouts = Layouts(model, algorithm)
 
     def receive(self, payload: bytes, client: ClientData, copy: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Decode the broadcast; it must hold exactly the parameters this client trains and shares.
@@ -67,7 +70,7 @@ class ClientNode:
         A client that kept its last ``copy`` may receive the difference to it (``comm.downlink_delta``),
         which it adds to the copy; otherwise (or when the server sent the full model) the full model.
         """
-        names = self.algorithm.uploaded_names(self.model, client)
+        names = self.layouts.of(client).uploaded
         shapes = dict((n, p.shape) for n, p in self.model.named_parameters())
         expected = {n: shapes[n] for n in names}
         if copy is not None and self.down_delta is not None and is_delta(self.down_delta, payload):
@@ -99,7 +102,7 @@ class ClientNode:
         codec's error-feedback residuals, the outbox chain's, and the downlink copy.
         ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
         """
-        names = self.algorithm.uploaded_names(self.model, client)
+        names = self.layouts.of(client).uploaded
         delta = {n: result.params[n] - start[n] for n in names}
         if tamper is not None:
             delta = tamper(delta)
