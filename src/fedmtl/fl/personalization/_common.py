@@ -116,7 +116,7 @@ class KeepPrivate(FedAvg, abc.ABC):
 
     def keep(self, model: MultiTaskModel, result: LocalResult) -> LocalResult:
         personal = {n: v for n, v in result.params.items() if self.private(model, n)}
-        return LocalResult(result.params, result.metrics, result.state.with_algorithm({"personal": personal}), result.outbox)
+        return LocalResult(result.params, result.metrics, result.state.with_algorithm({**result.state.algorithm, "personal": personal}), result.outbox)
 
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
