@@ -21,7 +21,8 @@ store since checkpoint format 2). The older, flat layout (every owner's keys sid
 ``local``, ``personal``, ``scaffold_c``, ``codec``, ``downlink_copy``, ...) is converted on load
 (:meth:`ClientState.from_legacy`), so runs checkpointed before still resume exactly.
 Like optax's states (``optax.partition``), each owner's state is explicit and travels with its owner's
-code; no component reaches into another's keys.
+code; no component reaches into another's keys. A new component that keeps state on a client adds its own
+slot here (with its place in :meth:`ClientState.over` and :data:`SLOTS`), never a key in another's.
 """
 
 from __future__ import annotations
