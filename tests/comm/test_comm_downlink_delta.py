@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from fedmtl.comm import PayloadError, build_link
-from fedmtl.comm.delta import COPY_KEY, apply_delta, build_delta_link, encode_delta, is_delta
+from fedmtl.comm.delta import apply_delta, build_delta_link, encode_delta, is_delta
 from fedmtl.config import config_from_dict
 from fedmtl.config.comm import CommConfig
 from fedmtl.data import build_federated_data
 from fedmtl.engine import make_federation
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.node import downlink_copy
 from fedmtl.mtl import build_model
 
 
@@ -83,12 +85,12 @@ def test_clients_with_a_copy_receive_differences_counted_exactly(engine):
     assert r1.bytes_down == plan0.bytes_down == sum(len(p) for p in plan0.payloads.values())
     for cid in plan0.cohort:  # each client kept what it decoded
         got = fed.node.receive(plan0.payloads[cid], fed.data.clients[cid])
-        assert all(torch.equal(got[n], s1.client_states[cid][COPY_KEY][n]) for n in got)
+        assert all(torch.equal(got[n], downlink_copy(s1.client_states[cid])[n]) for n in got)
     plan1 = fed.plan(s1)
     assert set(plan1.copies) == set(plan1.cohort)
     assert plan1.bytes_down < plan0.bytes_down / 4
     for cid, start in zip(plan1.cohort, fed.receive_all(plan1, plan1.cohort)):
-        copy = s1.client_states[cid][COPY_KEY]
+        copy = downlink_copy(s1.client_states[cid])
         diff = fed.down_delta.decode(plan1.payloads[cid])
         assert all(torch.equal(start[n], copy[n] + diff[n]) for n in copy)
     s2, r2 = fed.round(s1)
@@ -99,15 +101,15 @@ def test_clients_with_a_copy_receive_differences_counted_exactly(engine):
 def test_a_client_that_lost_its_copy_gets_the_full_model():
     fed = _federation("sequential", [{"name": "topk", "fraction": 0.05}])
     s1, _ = fed.round(fed.init_state())
-    forgetful = type(s1)(s1.round, s1.params, s1.opt_state, {c: {} for c in s1.client_states})
+    forgetful = type(s1)(s1.round, s1.params, s1.opt_state, {c: ClientState() for c in s1.client_states})
     plan = fed.plan(forgetful)
     assert not plan.copies
     full = fed.plan(type(s1)(s1.round, s1.params, s1.opt_state, {}))
     assert plan.payloads == full.payloads
     # a deployed client holding a copy still decodes a full broadcast (the server may not mirror it)
     cid = plan.cohort[0]
-    got = fed.node.receive(plan.payloads[cid], fed.data.clients[cid], s1.client_states[cid][COPY_KEY])
-    assert got.keys() == s1.client_states[cid][COPY_KEY].keys()
+    got = fed.node.receive(plan.payloads[cid], fed.data.clients[cid], downlink_copy(s1.client_states[cid]))
+    assert got.keys() == downlink_copy(s1.client_states[cid]).keys()
 
 
 def test_identity_differences_reproduce_the_full_broadcast():

@@ -11,6 +11,7 @@ from fedmtl.engine.distributed import DistributedEngine
 from fedmtl.engine.reducing import ReducingFederation
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalTrainer
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob
 from fedmtl.fl.federation import Federation
 from fedmtl.mtl import build_model
@@ -22,7 +23,7 @@ def _trainer_and_job(overrides: list[str] | None = None):  # noqa: ANN202
     dp = cfg.privacy.dp_sgd
     trainer = LocalTrainer(model, cfg.client, cfg.mtl, dp)
     client = data.clients[0]
-    job = CohortJob(dict(model.named_parameters()), client, {}, torch.Generator().manual_seed(0))
+    job = CohortJob(dict(model.named_parameters()), client, ClientState(), torch.Generator().manual_seed(0))
     return trainer, job
 
 

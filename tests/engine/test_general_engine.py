@@ -69,7 +69,7 @@ def _compare(overrides: list[str], rounds: int = 2) -> None:
         assert all(abs(a.train_loss[t] - b.train_loss[t]) < 1e-4 for t in a.train_loss)
     assert seq.client_states.keys() == vec.client_states.keys()
     for cid, st in seq.client_states.items():
-        _same_tree(st, vec.client_states[cid], f"client {cid}")
+        _same_tree(st.to_tree(), vec.client_states[cid].to_tree(), f"client {cid}")
 
 
 def _same_tree(a: object, b: object, where: str) -> None:
@@ -146,4 +146,4 @@ def test_engines_continue_each_others_client_state(balancer: str) -> None:
     mixed, _ = fed.round(mixed)
     assert max_diff(reference.params, mixed.params) < TOL
     for cid, st in reference.client_states.items():
-        _same_tree(st, mixed.client_states[cid], f"client {cid}")
+        _same_tree(st.to_tree(), mixed.client_states[cid].to_tree(), f"client {cid}")

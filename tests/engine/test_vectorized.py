@@ -51,7 +51,7 @@ def test_matches_sequential(case: str) -> None:
         assert a.train_loss.keys() == b.train_loss.keys()
         assert all(abs(a.train_loss[t] - b.train_loss[t]) < 1e-4 for t in a.train_loss)
     for cid, st in seq.client_states.items():
-        assert int(st["objective"]["step"]) == int(vec.client_states[cid]["objective"]["step"])
+        assert int(st.objective["step"]) == int(vec.client_states[cid].objective["step"])
 
 
 def test_chunks_and_streaming_round_match_sequential() -> None:
@@ -110,8 +110,8 @@ def test_stateful_random_loss_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert max_diff(seq.params, vec.params) < TOL
     for cid, st in seq.client_states.items():
         assert torch.allclose(
-            st["objective"]["balancer"]["ema"],
-            vec.client_states[cid]["objective"]["balancer"]["ema"],
+            st.objective["balancer"]["ema"],
+            vec.client_states[cid].objective["balancer"]["ema"],
             atol=1e-5,
         )
 

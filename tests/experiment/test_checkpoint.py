@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import ServerState
 from fedmtl.runloop.checkpoint import (
     CheckpointError,
@@ -41,14 +42,18 @@ def test_aliased_and_viewed_tensors_are_saved_and_read_back(tmp_path) -> None:  
         round=7,
         params=params,
         opt_state={},
-        client_states={0: {"pi": pi, "personal_pi": pi, "a": first, "b": second}, 1: {"same_as_global": params["w"], "tail": tail}},
+        client_states={
+            0: ClientState(algorithm={"pi": pi, "personal_pi": pi, "a": first, "b": second}),
+            1: ClientState(local={"same_as_global": params["w"]}, algorithm={"tail": tail}),
+        },
     )
     back, _ = read_checkpoint(save_checkpoint(tmp_path, state, {}))
     assert back.round == 7
-    assert torch.equal(back.client_states[0]["pi"], pi) and torch.equal(back.client_states[0]["personal_pi"], pi)
-    assert torch.equal(back.client_states[0]["a"], first) and torch.equal(back.client_states[0]["b"], second)
-    assert torch.equal(back.client_states[1]["same_as_global"], params["w"])
-    assert torch.equal(back.client_states[1]["tail"], torch.tensor([7.0, 8.0, 9.0]))
+    own = [back.client_states[c].algorithm for c in (0, 1)]
+    assert torch.equal(own[0]["pi"], pi) and torch.equal(own[0]["personal_pi"], pi)
+    assert torch.equal(own[0]["a"], first) and torch.equal(own[0]["b"], second)
+    assert torch.equal(back.client_states[1].local["same_as_global"], params["w"])
+    assert torch.equal(own[1]["tail"], torch.tensor([7.0, 8.0, 9.0]))
     assert torch.equal(pi, torch.tensor([0.25, 0.75])) and torch.equal(buffer, torch.arange(6.0))  # the live state is untouched
 
 
@@ -57,7 +62,7 @@ def _state(round_: int, value: float = 1.0) -> ServerState:
         round=round_,
         params={"w": torch.full((4, 3), value), "b": torch.arange(3.0)},
         opt_state={"m": torch.zeros(3, dtype=torch.float64)},
-        client_states={2: {"steps": torch.tensor(5), "mask": torch.tensor([True, False])}},
+        client_states={2: ClientState(objective={"steps": torch.tensor(5)}, algorithm={"mask": torch.tensor([True, False])})},
     )
 
 
@@ -222,7 +227,10 @@ def states(draw) -> ServerState:  # type: ignore[no-untyped-def]
 
     names = st.text("abcxyz", min_size=1, max_size=4)
     params = {n: tensor() for n in draw(st.sets(names, min_size=1, max_size=4))}
-    clients = {c: {n: tensor() for n in draw(st.sets(names, max_size=2))} for c in draw(st.sets(st.integers(0, 50), max_size=3))}
+    def client() -> ClientState:
+        return ClientState(**{slot: {n: tensor() for n in draw(st.sets(names, max_size=2))} for slot in ("objective", "algorithm", "codec")})
+
+    clients = {c: client() for c in draw(st.sets(st.integers(0, 50), max_size=3))}
     return ServerState(round=draw(st.integers(0, 10**6)), params=params, opt_state={}, client_states=clients)
 
 
@@ -234,6 +242,11 @@ def test_any_state_round_trips_verified_and_any_flipped_data_bit_is_refused(tmp_
     assert back.round == state.round and meta == {"elapsed": 1.0}
     for name, value in state.params.items():
         assert back.params[name].dtype == value.dtype and torch.equal(back.params[name], value)
+    assert set(back.client_states) == set(state.client_states)
+    for c, cs in state.client_states.items():
+        for slot in ("objective", "algorithm", "codec"):
+            mine, theirs = getattr(cs, slot), getattr(back.client_states[c], slot)
+            assert set(mine) == set(theirs) and all(torch.equal(theirs[n], v) and theirs[n].dtype == v.dtype for n, v in mine.items())
     start, raw = _data_offset(path), bytearray(path.read_bytes())
     if len(raw) > start:
         raw[start + where % (len(raw) - start)] ^= 1 << bit

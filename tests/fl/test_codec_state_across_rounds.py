@@ -27,12 +27,12 @@ def federation(engine: str):
 def test_residual_is_carried_and_used(engine):
     fed = federation(engine)
     s1, _ = fed.round(fed.init_state())
-    residual = s1.client_states[0]["codec"]
+    residual = s1.client_states[0].codec["uplink"]
     assert residual, "top-k keeps an error-feedback residual"
 
     s2, _ = fed.round(s1)
-    forgetful = type(s1)(s1.round, s1.params, s1.opt_state, {c: {k: v for k, v in st.items() if k != "codec"} for c, st in s1.client_states.items()})
+    forgetful = type(s1)(s1.round, s1.params, s1.opt_state, {c: st.with_codec({}) for c, st in s1.client_states.items()})
     s2_without, _ = fed.round(forgetful)
     # the residual from round 1 is still there after round 2 (updated), and it changed what was sent
-    assert "codec" in s2.client_states[0]
+    assert "uplink" in s2.client_states[0].codec
     assert any(not torch.equal(s2.params[n], s2_without.params[n]) for n in s2.params)

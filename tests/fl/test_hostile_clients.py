@@ -16,6 +16,7 @@ from personal.conftest import config, federation
 
 from fedmtl.config.training import ByzantineConfig
 from fedmtl.fl.byzantine import ATTACKS, alie_z, attack, flip_labels, honest_view, poison_client, tamper_reply
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import Applied, largest_entry, non_finite
 from fedmtl.fl.robust import TrimmedMean
 from fedmtl.fl.update import ClientUpdate, bound_claims
@@ -56,7 +57,7 @@ def test_an_inflated_claim_takes_no_more_weight_than_the_client_holds():
     fed = federation(config())
     state = fed.init_state()
     plan = fed.plan(state)
-    replies = [fed.node.run(plan.payloads[c], fed.data.clients[c], {}, 0)[0] for c in plan.cohort]
+    replies = [fed.node.run(plan.payloads[c], fed.data.clients[c], ClientState(), 0)[0] for c in plan.cohort]
     cfg = ByzantineConfig(attack="sample_inflation", scale=1e40)
     liar = tamper_reply(replies[0], cfg, fed.up, [])
     assert liar.num_samples == 1e40 * replies[0].num_samples
@@ -71,7 +72,7 @@ def test_an_inflated_claim_takes_no_more_weight_than_the_client_holds():
 # -- non-finite aggregates -----------------------------------------------------------------------
 def _updates(fed, state):
     plan = fed.plan(state)
-    replies = [fed.node.run(plan.payloads[c], fed.data.clients[c], {}, 0)[0] for c in plan.cohort]
+    replies = [fed.node.run(plan.payloads[c], fed.data.clients[c], ClientState(), 0)[0] for c in plan.cohort]
     updates, _ = fed.collect(replies)
     return updates
 

@@ -163,7 +163,7 @@ def test_a_restarted_supernode_carries_on_with_its_saved_state(tmp_path):
         fed.start_supernode(1)
         _wait(lambda: (run_dir / "summary.json").exists(), 110, fed, run_id, "the run to finish with node 1 back")
         log = fed.log("worker-1")
-    assert any(k.startswith("personal/") for k in tensors) and any(k.startswith("codec/") for k in tensors), sorted(tensors)
+    assert any(k.startswith("algorithm/personal/") for k in tensors) and any(k.startswith("codec/uplink/") for k in tensors), sorted(tensors)
     assert f"client 1: restored its state after {meta['rounds']} round(s)" in log and meta["sha256"] in log
     history = _read(metrics)
     assert [h["round"] for h in history] == [1, 2, 3, 4] and all(h["replies"] == 3 for h in history)

@@ -10,21 +10,29 @@ import pytest
 import torch
 from _flower_fakes import SMALL
 
+from fedmtl.checked_file import write_checked
 from fedmtl.config import config_from_dict
+from fedmtl.fl.client_state import ClientState
 from fedmtl.integrations.flower.node_state import (
+    LEGACY_FORMAT,
     NodeIdentityError,
     NodeStateStore,
     experiment_key,
     state_folder,
 )
+from fedmtl.tree import flatten
 
 pytestmark = pytest.mark.flower
 
-STATE = {
+#: the same client state in the flat layout of format 1 and typed (one sub-tree per owner)
+FLAT = {
     "codec": {"residual": {"trunk.0.weight": torch.arange(6.0).reshape(2, 3)}},
     "personal": {"heads.digit.weight": torch.full((2, 2), 0.5)},
     "objective": {"weights": torch.tensor([0.25, 0.75], dtype=torch.float64)},
 }
+STATE = ClientState(
+    objective=FLAT["objective"], algorithm={"personal": FLAT["personal"]}, codec={"uplink": FLAT["codec"]}
+)
 
 
 def _equal(a, b) -> None:
@@ -42,7 +50,17 @@ def test_state_round_trips_bit_for_bit_with_its_rounds_and_checksum(tmp_path):
     checksum = store.save(STATE, 4)
     back = store.load()
     assert back is not None and back.rounds == 4 and back.checksum == checksum
-    _equal(back.state, STATE)
+    _equal(back.state.to_tree(), STATE.to_tree())
+
+
+def test_a_file_of_the_flat_format_1_is_read_as_the_typed_state(tmp_path):
+    store = NodeStateStore(tmp_path, 1, "k")
+    store.path.parent.mkdir(parents=True)
+    meta = {"format": LEGACY_FORMAT, "partition": "1", "key": "k", "rounds": "3"}
+    write_checked(store.path, flatten(FLAT), meta)
+    back = store.load()
+    assert back is not None and back.rounds == 3
+    _equal(back.state.to_tree(), STATE.to_tree())
 
 
 def test_a_damaged_file_is_moved_aside_and_the_client_starts_afresh_with_a_warning(tmp_path, caplog):

@@ -7,8 +7,16 @@ import torch
 
 from fedmtl.comm import Link, PayloadError
 from fedmtl.config import comm as comm_cfg
-from fedmtl.fl.algorithm_channel import decode_outbox, decode_state, encode_tree, state_view
+from fedmtl.fl.algorithm_channel import (
+    decode_outbox,
+    decode_state,
+    encode_tree,
+    nest_names,
+    state_view,
+    unnest_names,
+)
 from fedmtl.fl.client import held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.node import ClientReply
 from fedmtl.tree import flatten
 
@@ -84,7 +92,7 @@ def test_a_malformed_outbox_drops_the_client_with_its_reason() -> None:
     fed = federation(config({"name": "scaffold"}))
     state = fed.init_state()
     plan = fed.plan(state)
-    good = [fed.node.run(plan.payloads[c], fed.data.clients[c], {}, 0, plan.state_payloads[c])[0] for c in plan.cohort]
+    good = [fed.node.run(plan.payloads[c], fed.data.clients[c], ClientState(), 0, plan.state_payloads[c])[0] for c in plan.cohort]
     shapes = {n: p.shape for n, p in fed.model.named_parameters()}
     name = next(iter(shapes))
     wrong_shape, _ = fed.up.encode({f"delta_c/{name}": torch.zeros(2, 2, 2)}, {}, None)
@@ -108,8 +116,23 @@ def test_outbox_error_feedback_residual_is_kept_between_rounds() -> None:
     state = fed.init_state()
     state, report = fed.round(state)
     assert not report.dropped
-    cstate = state.client_states[0]
-    assert "codec_outbox" in cstate and "codec" in cstate
-    residual = cstate["codec_outbox"]["residual"]
+    codec = state.client_states[0].codec
+    assert "outbox" in codec and "uplink" in codec
+    residual = flatten(codec["outbox"]["residual"])  # nested by the outbox's paths: a checkpoint stores it
     assert any(float(r.abs().sum()) > 0 for r in residual.values())  # what top-k did not send this round
     assert all(k.startswith("delta_c/") for k in residual)
+
+
+def test_an_outbox_link_state_is_nested_for_checkpoints_and_read_back_exactly() -> None:
+    """The outbox's names hold "/" (``delta_c/<param>``), which tensor-tree keys may not: the client keeps the
+    link's state nested by path (SCAFFOLD or FedEM with an error-feedback uplink used to fail at its first checkpoint)."""
+    state = {
+        "residual": {"delta_c/w": torch.ones(2), "components/1/h.b": torch.zeros(1)},
+        "memory": {"delta_c/w": {"q": torch.arange(3.0)}},
+    }
+    nested = nest_names(state)
+    assert set(flatten(nested)) == {"residual/delta_c/w", "residual/components/1/h.b", "memory/delta_c/w/q"}
+    back = unnest_names(nested, ["delta_c/w", "components/1/h.b"])
+    assert back.keys() == state.keys() and back["residual"].keys() == state["residual"].keys()
+    assert all(torch.equal(back["residual"][n], v) for n, v in state["residual"].items())
+    assert torch.equal(back["memory"]["delta_c/w"]["q"], torch.arange(3.0)) and list(back["memory"]) == ["delta_c/w"]

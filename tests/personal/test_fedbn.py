@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from fedmtl.config import ConfigError, config_from_dict
 from fedmtl.data import from_arrays
 from fedmtl.fl.client import default_buffers, norm_buffer_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization.fedbn import norm_parameter_names
 from fedmtl.runloop.evaluation import evaluate_personalized
 
@@ -49,7 +52,7 @@ def test_vectorised_engine_batches_batch_norm_trunks_with_their_own_statistics()
     fed.engine = engine
     state, _ = fed.round(fed.init_state())
     assert engine.last_run["sequential"] == 0  # batched (clients of equal batch sizes together)
-    stats = [st["buffers"] for st in state.client_states.values()]
+    stats = [st.buffers for st in state.client_states.values()]
     assert len(stats) > 1 and all(set(b) == set(norm_buffer_names(fed.model)) for b in stats)
     first = next(iter(stats[0]))
     assert not torch.equal(stats[0][first], stats[1][first])  # each client's own running statistics
@@ -72,14 +75,14 @@ def test_fedbn_keeps_norm_parameters_and_statistics_local() -> None:
     for n in bn_params:
         assert torch.equal(state.params[n], init[n])
     cs = state.client_states
-    assert all(set(cs[c]["buffers"]) == bn_buffers and set(cs[c]["personal"]) == bn_params for c in range(6))
+    assert all(set(cs[c].buffers) == bn_buffers and set(cs[c].algorithm["personal"]) == bn_params for c in range(6))
     for n in ("trunk.net.1.running_mean", "trunk.net.1.running_var"):
-        assert not torch.allclose(cs[0]["buffers"][n], cs[1]["buffers"][n])
-    assert not torch.allclose(cs[0]["personal"]["trunk.net.1.weight"], cs[1]["personal"]["trunk.net.1.weight"])
+        assert not torch.allclose(cs[0].buffers[n], cs[1].buffers[n])
+    assert not torch.allclose(cs[0].algorithm["personal"]["trunk.net.1.weight"], cs[1].algorithm["personal"]["trunk.net.1.weight"])
     # two rounds of one epoch: each client's statistics saw only its own batches, none were reset or shared
     for c in range(6):
         steps = 2 * -(-fed.data.clients[c].num_train // 32)
-        assert int(cs[c]["buffers"]["trunk.net.1.num_batches_tracked"]) == steps
+        assert int(cs[c].buffers["trunk.net.1.num_batches_tracked"]) == steps
 
 
 def test_clients_with_differently_scaled_features_get_their_own_statistics() -> None:
@@ -97,8 +100,8 @@ def test_clients_with_differently_scaled_features_get_their_own_statistics() -> 
     state = fed.init_state()
     for _ in range(3):
         state, _ = fed.round(state)
-    var0 = state.client_states[0]["buffers"]["trunk.net.1.running_var"]
-    var1 = state.client_states[1]["buffers"]["trunk.net.1.running_var"]
+    var0 = state.client_states[0].buffers["trunk.net.1.running_var"]
+    var1 = state.client_states[1].buffers["trunk.net.1.running_var"]
     # the 100x client's pre-activations are ~100x larger: ~10^4 in variance (allow for its drifting weights)
     assert float((var1 / var0).median()) > 100
     # and it is evaluated with its own statistics: with the other client's it does much worse
@@ -108,7 +111,7 @@ def test_clients_with_differently_scaled_features_get_their_own_statistics() -> 
 
     own = accuracy(rows)
     swapped = dict(state.client_states)
-    swapped[1] = {**swapped[1], "buffers": state.client_states[0]["buffers"]}
+    swapped[1] = replace(swapped[1], buffers=state.client_states[0].buffers)
     _, rows_sw = evaluate_personalized(fed.model, fed.algorithm, state.params, fed.data, swapped, 256)
     assert accuracy(rows_sw)[1] < own[1] - 0.1
 
@@ -122,7 +125,7 @@ def test_client_without_state_is_evaluated_with_initial_statistics() -> None:
     evaluate_personalized(fed.model, fed.algorithm, state.params, fed.data, state.client_states, 256)
     seen = {n: b.clone() for n, b in fed.model.named_buffers()}
     fed.model  # noqa: B018
-    evaluate_personalized(fed.model, fed.algorithm, state.params, fed.data, {absent: {}}, 256)
+    evaluate_personalized(fed.model, fed.algorithm, state.params, fed.data, {absent: ClientState()}, 256)
     for n, b in default_buffers(fed.model).items():
         assert torch.equal(dict(fed.model.named_buffers())[n], b)
     assert any(not torch.equal(seen[n], b) for n, b in default_buffers(fed.model).items())
@@ -142,12 +145,12 @@ def test_batch_norm_runs_end_to_end_with_checkpoints(name, tmp_path) -> None:  #
     path = save_checkpoint(tmp_path, state, {})
     back, _ = read_checkpoint(path)
     for cid, cs in state.client_states.items():
-        for n, b in cs["buffers"].items():
-            assert torch.equal(back.client_states[cid]["buffers"][n], b)
+        for n, b in cs.buffers.items():
+            assert torch.equal(back.client_states[cid].buffers[n], b)
     assert fed.round(back)[0].round == 3
     # the global model is scored with the mean of the clients' statistics
     bn = mean_buffers(fed.model, list(state.client_states.values()))
-    own = torch.stack([cs["buffers"]["trunk.net.1.running_mean"] for cs in state.client_states.values()])
+    own = torch.stack([cs.buffers["trunk.net.1.running_mean"] for cs in state.client_states.values()])
     assert torch.allclose(bn["trunk.net.1.running_mean"], own.mean(0))
     if len(fed.data.holdout):
         assert evaluate_global(fed.model, state.params, fed.data, 256, bn)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fedmtl.config import config_from_dict
 from fedmtl.data.dataset import Split
 from fedmtl.fl.algorithm import Mixture, ServerContext
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization.fedem import GATE_PREFIX, FedEM, build_gate, e_step
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import build_model
@@ -49,16 +50,16 @@ def test_the_evaluated_mixture_is_the_clients(gate: bool) -> None:
         mixture = alg.personal_mixture(fed.model, state.params, client, cs)
         assert mixture is not None
         for k, params in enumerate(mixture.components):
-            for n, v in cs["fedem_components"][str(k)].items():
+            for n, v in cs.algorithm["fedem_components"][str(k)].items():
                 assert torch.equal(params[n], v)
         x = client.test.x
         weights = mixture.weights(x)
-        pi = cs["fedem_pi"]
+        pi = cs.algorithm["fedem_pi"]
         if not gate:
             torch.testing.assert_close(weights, pi.expand(len(x), -1))  # the paper's: the same pi for every input
             continue
         # w(x) ∝ pi exp(s(x)), by hand from the client's own gate
-        g = {n[len(GATE_PREFIX) :]: v for n, v in cs["fedem_gate"].items()}
+        g = {n[len(GATE_PREFIX) :]: v for n, v in cs.algorithm["fedem_gate"].items()}
         by_hand = pi * torch.func.functional_call(alg.gate, g, (x, ["component"]))["component"].exp()
         torch.testing.assert_close(weights, by_hand / by_hand.sum(1, keepdim=True))
         assert not torch.allclose(weights, weights[:1].expand_as(weights))  # they do depend on the input
@@ -171,7 +172,7 @@ def test_the_server_checks_the_gate_in_each_outbox() -> None:
     assert gate_names <= set(fed.outbox_shapes)
     state = fed.init_state()
     plan = fed.plan(state)
-    good = [fed.node.run(plan.payloads[c], fed.data.clients[c], {}, 0, plan.state_payloads[c])[0] for c in plan.cohort]
+    good = [fed.node.run(plan.payloads[c], fed.data.clients[c], ClientState(), 0, plan.state_payloads[c])[0] for c in plan.cohort]
     updates, dropped = fed.collect(good)
     assert not dropped and all("gate" in u.outbox for u in updates)
     name = sorted(gate_names)[0]

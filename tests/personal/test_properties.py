@@ -9,6 +9,7 @@ import torch
 
 from fedmtl.data import from_arrays
 from fedmtl.fl.algorithm import FedAvg, ServerContext
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization import Ditto, FedProx, Mocha, Scaffold, omega_update
 from fedmtl.fl.personalization._common import fork
 from fedmtl.fl.seeding import generator
@@ -25,9 +26,9 @@ def _setup(algorithm=None, **over):  # type: ignore[no-untyped-def]
 def test_fedprox_with_mu_zero_is_fedavg() -> None:
     fed, state = _setup()
     client = fed.data.clients[4]
-    a = FedAvg().local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
-    b = FedProx(0.0).local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
-    c = FedProx(1.0).local_train(fed.trainer, state.params, client, {}, generator(0, "client", 0, 4))
+    a = FedAvg().local_train(fed.trainer, state.params, client, ClientState(), generator(0, "client", 0, 4))
+    b = FedProx(0.0).local_train(fed.trainer, state.params, client, ClientState(), generator(0, "client", 0, 4))
+    c = FedProx(1.0).local_train(fed.trainer, state.params, client, ClientState(), generator(0, "client", 0, 4))
     assert all(torch.equal(a.params[n], b.params[n]) for n in a.params)
     assert any(not torch.allclose(a.params[n], c.params[n]) for n in a.params)
 
@@ -40,7 +41,7 @@ def test_scaffold_control_variates_against_a_hand_computation() -> None:
     g0 = torch.Generator().manual_seed(1)
     c = {n: 0.01 * torch.randn(state.params[n].shape, generator=g0) for n in state.params}
     c_i = {n: 0.02 * torch.randn(state.params[n].shape, generator=g0) for n in names}
-    res = Scaffold().local_train(fed.trainer, state.params, client, {"server": {"c": c}, "scaffold_c": c_i}, generator(0, "client", 0, 5))
+    res = Scaffold().local_train(fed.trainer, state.params, client, ClientState(algorithm={"scaffold_c": c_i}, server={"c": c}), generator(0, "client", 0, 5))
     assert res.metrics["steps"] == 1
     # the gradient at x, by hand
     model = fed.model
@@ -54,11 +55,11 @@ def test_scaffold_control_variates_against_a_hand_computation() -> None:
     g = {n: named[n].grad.clone() for n in names}
     for n in names:
         assert torch.allclose(res.params[n], state.params[n] - 0.1 * (g[n] - c_i[n] + c[n]), atol=1e-6)
-        assert torch.allclose(res.state["scaffold_c"][n], g[n], atol=1e-4)
-        assert torch.allclose(res.state["outbox"]["delta_c"][n], g[n] - c_i[n], atol=1e-4)
+        assert torch.allclose(res.state.algorithm["scaffold_c"][n], g[n], atol=1e-4)
+        assert torch.allclose(res.outbox["delta_c"][n], g[n] - c_i[n], atol=1e-4)
     # server: c <- c + (1/N) sum_i delta_c_i, N = clients holding the parameter
     up = ClientUpdate(5, {n: res.params[n] - state.params[n] for n in names}, client.num_train, {t: 1 for t in client.tasks})
-    ctx = ServerContext(state.params, state.params, {"c": c}, [up], {5: res.state["outbox"]}, fed.groups, fed.population)
+    ctx = ServerContext(state.params, state.params, {"c": c}, [up], {5: res.outbox}, fed.groups, fed.population)
     _, new = Scaffold().server_update(ctx)
     head_a = fed.groups["task:a"][0]
     assert fed.population[head_a] == 4 and fed.population[names[0]] == 6
@@ -70,22 +71,22 @@ def test_ditto_limits() -> None:
     fed, state = _setup()
     client = fed.data.clients[4]
     gen = lambda: generator(0, "client", 0, 4)  # noqa: E731
-    plain = FedAvg().local_train(fed.trainer, state.params, client, {}, gen())
+    plain = FedAvg().local_train(fed.trainer, state.params, client, ClientState(), gen())
     # lam -> inf: the global model is FedAvg's, the personal model is pinned to the received global model
-    huge = Ditto(1e12).local_train(fed.trainer, state.params, client, {}, gen())
+    huge = Ditto(1e12).local_train(fed.trainer, state.params, client, ClientState(), gen())
     assert all(torch.equal(plain.params[n], huge.params[n]) for n in plain.params)
-    assert all(torch.allclose(v, state.params[n], atol=1e-6) for n, v in huge.state["personal"].items())
+    assert all(torch.allclose(v, state.params[n], atol=1e-6) for n, v in huge.state.algorithm["personal"].items())
     # lam = 0: the personal model is local training alone, whatever global model arrives
-    r1 = Ditto(0.0).local_train(fed.trainer, state.params, client, {}, gen())
+    r1 = Ditto(0.0).local_train(fed.trainer, state.params, client, ClientState(), gen())
     other_global = {n: v + 1.0 for n, v in state.params.items()}
     r2 = Ditto(0.0).local_train(fed.trainer, other_global, client, r1.state, generator(0, "client", 1, 4))
     g = generator(0, "client", 0, 4)
-    FedAvg().local_train(fed.trainer, state.params, client, {}, g)
-    local1 = fed.trainer.train(state.params, client, {}, fork(g))
+    FedAvg().local_train(fed.trainer, state.params, client, ClientState(), g)
+    local1 = fed.trainer.train(state.params, client, ClientState(), fork(g))
     g = generator(0, "client", 1, 4)
-    FedAvg().local_train(fed.trainer, other_global, client, {}, g)
-    local2 = fed.trainer.train({**other_global, **local1.params}, client, {"objective": local1.state["objective"]}, fork(g))
-    for n, v in r2.state["personal"].items():
+    FedAvg().local_train(fed.trainer, other_global, client, ClientState(), g)
+    local2 = fed.trainer.train({**other_global, **local1.params}, client, ClientState(objective=local1.state.objective), fork(g))
+    for n, v in r2.state.algorithm["personal"].items():
         assert torch.allclose(v, local2.params[n], atol=1e-6)
 
 
@@ -95,13 +96,13 @@ def test_fedper_never_sends_heads() -> None:
     cstates = {}
     replies = []
     for cid in plan.cohort:
-        reply, cstates[cid] = fed.node.run(plan.payloads[cid], fed.data.clients[cid], {}, 0)
+        reply, cstates[cid] = fed.node.run(plan.payloads[cid], fed.data.clients[cid], ClientState(), 0)
         replies.append(reply)
     updates, dropped = fed.collect(replies)
     assert not dropped
     for u in updates:
         assert u.delta and all(not n.startswith("heads.") for n in u.delta)
-        assert all(n.startswith("heads.") for n in cstates[u.client_id]["personal"])
+        assert all(n.startswith("heads.") for n in cstates[u.client_id].algorithm["personal"])
     # the broadcast carries no heads either, and the heads a client keeps are its own
     received = fed.node.receive(plan.payloads[0], fed.data.clients[0])
     assert all(not n.startswith("heads.") for n in received)
@@ -138,7 +139,7 @@ def _two_cluster_ifca(personal_model: str = "trained"):  # type: ignore[no-untyp
 
 def test_ifca_separates_two_clusters() -> None:
     fed, state = _two_cluster_ifca()
-    chosen = {c.client_id: int(state.client_states[c.client_id]["cluster"]) for c in fed.data.clients}
+    chosen = {c.client_id: int(state.client_states[c.client_id].algorithm["cluster"]) for c in fed.data.clients}
     even = {chosen[c] for c in chosen if c % 2 == 0}
     odd = {chosen[c] for c in chosen if c % 2 == 1}
     assert len(even) == 1 and len(odd) == 1 and even != odd, chosen
@@ -147,7 +148,7 @@ def test_ifca_separates_two_clusters() -> None:
 def test_ifca_re_picks_the_current_cluster_model_at_evaluation() -> None:
     fed, state = _two_cluster_ifca("cluster")
     views = fed.server_views(state, range(fed.data.num_clients))
-    chosen = {int(state.client_states[c]["cluster"]) for c in (0, 2)}
+    chosen = {int(state.client_states[c].algorithm["cluster"]) for c in (0, 2)}
     assert len(chosen) == 1  # the even clients' cluster
     (even,) = chosen
     clusters = state.algorithm_state["clusters"]
@@ -178,7 +179,7 @@ def test_mocha_server_step_updates_w_and_omega() -> None:
     assert entry["seen"].nonzero().flatten().tolist() == holders
     names = fed.groups["task:a"]
     for cid in holders:
-        personal = state.client_states[cid]["personal"]
+        personal = state.client_states[cid].algorithm["personal"]
         assert torch.allclose(entry["W"][cid], torch.cat([personal[n].reshape(-1) for n in names]), atol=1e-6)
     idx = torch.tensor(holders)
     assert torch.allclose(entry["omega"][idx][:, idx], omega_update(entry["W"][idx], 0.1), atol=1e-6)
@@ -191,19 +192,19 @@ def test_apfl_alpha_moves_towards_the_model_that_fits_the_client() -> None:
     """Gradient descent on alpha: with a well-fitted local model v and an untrained global w, alpha grows."""
     fed = federation(config({"name": "apfl", "alpha": 0.5, "alpha_lr": 0.5}))
     client, start = fed.data.clients[4], fed.init_state().params
-    fitted = fed.trainer.train(start, client, {}, torch.Generator().manual_seed(0), epochs=20).params
-    state = {"apfl_v": fitted, "apfl_alpha": torch.tensor(0.5)}
+    fitted = fed.trainer.train(start, client, ClientState(), torch.Generator().manual_seed(0), epochs=20).params
+    state = ClientState(algorithm={"apfl_v": fitted, "apfl_alpha": torch.tensor(0.5)})
     res = fed.algorithm.local_train(fed.trainer, start, client, state, torch.Generator().manual_seed(1))
-    assert 0.5 < float(res.state["apfl_alpha"]) <= 1.0
+    assert 0.5 < float(res.state.algorithm["apfl_alpha"]) <= 1.0
     # the personal model is alpha v + (1 - alpha) w with the current global w
-    a = res.state["apfl_alpha"]
+    a = res.state.algorithm["apfl_alpha"]
     personal = fed.algorithm.personal_params(fed.model, start, client, res.state)
     n = "trunk.net.0.weight"
-    assert torch.allclose(personal[n], a * res.state["apfl_v"][n] + (1 - a) * start[n])
+    assert torch.allclose(personal[n], a * res.state.algorithm["apfl_v"][n] + (1 - a) * start[n])
     # alpha_lr = 0 keeps alpha where it was
     fixed = federation(config({"name": "apfl", "alpha": 0.75, "alpha_lr": 0.0}))
-    res = fixed.algorithm.local_train(fixed.trainer, start, client, {}, torch.Generator().manual_seed(1))
-    assert float(res.state["apfl_alpha"]) == 0.75
+    res = fixed.algorithm.local_train(fixed.trainer, start, client, ClientState(), torch.Generator().manual_seed(1))
+    assert float(res.state.algorithm["apfl_alpha"]) == 0.75
 
 
 def test_pfedme_personal_model_is_pinned_to_w_by_a_large_lambda() -> None:
@@ -212,8 +213,8 @@ def test_pfedme_personal_model_is_pinned_to_w_by_a_large_lambda() -> None:
     cfg["client"]["optimizer"]["lr"] = 0.005
     fed = federation(cfg)
     client, start = fed.data.clients[4], fed.init_state().params
-    res = fed.algorithm.local_train(fed.trainer, start, client, {}, torch.Generator().manual_seed(0))
-    gaps = [float((theta - res.params[n]).abs().max()) for n, theta in res.state["personal"].items()]
+    res = fed.algorithm.local_train(fed.trainer, start, client, ClientState(), torch.Generator().manual_seed(0))
+    gaps = [float((theta - res.params[n]).abs().max()) for n, theta in res.state.algorithm["personal"].items()]
     assert max(gaps) < 0.02
     moved = max(float((res.params[n] - start[n]).abs().max()) for n in res.params)
     assert moved > 2 * max(gaps)  # w itself trained: the bound is not just "nothing moved"
@@ -239,13 +240,13 @@ def test_methods_with_their_own_loops_use_the_configured_balancer() -> None:
     fed = federation(cfg)
     client, start = fed.data.clients[4], fed.init_state().params
     assert client.tasks == ("a", "b")
-    res = fed.algorithm.local_train(fed.trainer, start, client, {}, torch.Generator().manual_seed(0))
+    res = fed.algorithm.local_train(fed.trainer, start, client, ClientState(), torch.Generator().manual_seed(0))
     names = list(res.params)
     leaves = {n: start[n].detach().clone().requires_grad_() for n in names}
     grads = dict(zip(names, torch.autograd.grad(_loss_sum(fed, {**start, **leaves}, client, weights), list(leaves.values()))))
     for n in names:
         theta = start[n] - 0.05 * grads[n]
-        torch.testing.assert_close(res.state["personal"][n], theta, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(res.state.algorithm["personal"][n], theta, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(res.params[n], start[n] - 0.1 * 2.0 * (start[n] - theta), atol=1e-6, rtol=1e-5)
 
 
@@ -260,9 +261,10 @@ def test_gradient_balancers_drive_the_methods_with_their_own_loops(algorithm) ->
     client = plain.data.clients[4]
     outs = []
     for fed in (plain, balanced):
-        state = {"server": fed.algorithm.server_init(fed.init_state().params, 6, torch.Generator().manual_seed(0))} if algorithm["name"] == "fedem" else {}
+        server = fed.algorithm.server_init(fed.init_state().params, 6, torch.Generator().manual_seed(0)) if algorithm["name"] == "fedem" else {}
+        state = ClientState(server=server)
         res = fed.algorithm.local_train(fed.trainer, fed.init_state().params, client, state, torch.Generator().manual_seed(0))
         assert all(torch.isfinite(v).all() for v in res.params.values())
-        assert "objective" in res.state or "fedem_objective" in res.state  # the balancer's state persists
+        assert res.state.objective or "fedem_objective" in res.state.algorithm  # the balancer's state persists
         outs.append(res.params)
     assert any(not torch.allclose(outs[0][n], outs[1][n]) for n in outs[0])  # PCGrad changed the steps

@@ -14,6 +14,7 @@ from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.config.training import ClientConfig
 from fedmtl.data.dataset import ClientData, Split
 from fedmtl.fl.client import LocalTrainer
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.dp_sgd_client import example_gradients
 from fedmtl.mtl.factory import as_model
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
@@ -134,7 +135,7 @@ def test_one_client_training_equals_the_reference_loop_and_opacus_accounting():
     data = _client()
     trainer = LocalTrainer(_model(), client_cfg, MTLConfig(), cfg)
     start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    res = trainer.train(start, data, {}, torch.Generator().manual_seed(3))
+    res = trainer.train(start, data, ClientState(), torch.Generator().manual_seed(3))
     ref = _reference_dp_sgd(_model(), data, cfg, 0.2, 4, 2, 3)
     for n in ref:
         assert torch.allclose(res.params[n], ref[n], atol=1e-5), n
@@ -159,4 +160,4 @@ def test_batch_norm_is_refused_with_a_reason():
     torch.manual_seed(0)
     trainer = LocalTrainer(as_model(BN(), (4,), TASKS), ClientConfig(), MTLConfig(), DPSGDConfig(noise_multiplier=1.0))
     with pytest.raises(ValueError, match="BatchNorm.*LayerNorm or GroupNorm"):
-        trainer.train({}, _client(), {}, torch.Generator().manual_seed(0))
+        trainer.train({}, _client(), ClientState(), torch.Generator().manual_seed(0))

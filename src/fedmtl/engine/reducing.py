@@ -26,6 +26,7 @@ from fedmtl.config import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.engine.distributed import gathered_round, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
@@ -52,7 +53,7 @@ class RoundSums:
     loss_sum: Tensor = field(init=False)
     loss_count: Tensor = field(init=False)
     bytes: Tensor = field(init=False)  # [down, up]
-    client_states: dict[int, object] = field(default_factory=dict)
+    client_states: dict[int, ClientState] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class RoundSums:
         parts = flat.cpu().split_with_sizes([*self.sizes.values(), len(self.weights), len(self.tasks), len(self.tasks), 2])
         self.sums = dict(zip(self.names_of, parts[: len(self.sizes)]))
         self.weights, self.loss_sum, self.loss_count, self.bytes = parts[len(self.sizes) :]
-        gathered: list[tuple[dict[int, object], dict[int, str]]] = [({}, {})] * world
+        gathered: list[tuple[dict[int, ClientState], dict[int, str]]] = [({}, {})] * world
         dist.all_gather_object(gathered, (self.client_states, self.dropped))
         self.client_states, self.dropped = {}, {}
         for states, drops in gathered:
@@ -205,7 +206,7 @@ class ReducingFederation:
                 CohortJob(
                     start={**state.params, **start},
                     client=self.data.clients[cid],
-                    state=state.client_states.get(cid, {}),
+                    state=state.client_state(cid),
                     generator=generator(self.cfg.seed, "client", r, cid),
                 )
                 for cid, start in zip(chunk, starts)
@@ -238,7 +239,7 @@ class ReducingFederation:
                 log.warning("round %d skipped: %s", r + 1, skipped)
                 params, opt_state = state.params, state.opt_state
         new_states = dict(state.client_states)
-        new_states.update(acc.client_states)  # type: ignore[arg-type]
+        new_states.update(acc.client_states)
         report = RoundReport(
             round=r,
             cohort=cohort,
@@ -264,13 +265,9 @@ class ReducingFederation:
             codecs = getattr(link, "codecs", None)
             if link.stateful or not codecs or any(getattr(c, "name", None) != "identity" for c in codecs):
                 return False
-        from fedmtl.fl.client import held_parameter_names
-
         for client in {c.tasks: c for c in self.data.clients}.values():
-            held = [
-                n for n in held_parameter_names(self.model, client.tasks) if self.model.group_of(n) != LOCAL
-            ]
-            if self.algorithm.uploaded_names(self.model, client) != held:
+            layout = self.layouts.of(client)
+            if layout.uploaded != tuple(n for n in layout.held if self.model.group_of(n) != LOCAL):
                 return False
         return True
 
@@ -278,7 +275,7 @@ class ReducingFederation:
         """Uplink bytes of this client's update: identity payload sizes depend only on names and shapes,
         so they are encoded once per task set."""
         if client.tasks not in self._bytes_cache:
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
             self._bytes_cache[client.tasks] = len(payload)
         return self._bytes_cache[client.tasks]

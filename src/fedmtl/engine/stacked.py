@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from fedmtl.config.privacy import DPSGDConfig
+from fedmtl.config.training import SGD, Adam
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import (
@@ -46,6 +47,7 @@ from fedmtl.fl.client import (
     make_optimizer,
     norm_buffer_names,
 )
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.dp_sgd_client import (
     HISTORY_KEY,
     example_gradients,
@@ -65,7 +67,7 @@ class TrainRequest:
 
     start: Mapping[str, Tensor]
     client: ClientData
-    state: TensorTree
+    state: ClientState
     generator: torch.Generator
     prox: Prox | None = None
     grad_offset: Mapping[str, Tensor] | None = None
@@ -146,7 +148,7 @@ class Chunk:
         but for the step counter, which is advanced here in one go, as the sequential hot path advances it)."""
         for c in self.unsettled.nonzero().flatten().tolist():
             state = self.ostates[c]
-            self.ostates[c] = {**state, "step": state["step"] + int(self.unsettled[c])}  # type: ignore[operator]
+            self.ostates[c] = {**state, "step": state["step"] + int(self.unsettled[c])}
         self.unsettled.zero_()
         return self.ostates
 
@@ -184,7 +186,7 @@ class Chunk:
     def padding_row(self) -> int:
         return int(self.x.shape[0]) - 1
 
-    def buffers(self, states: Sequence[TensorTree]) -> dict[str, Tensor]:
+    def buffers(self, states: Sequence[ClientState]) -> dict[str, Tensor]:
         """Stacked buffers: each client's own BatchNorm statistics, every other buffer shared."""
         model = self.model
         own = set(norm_buffer_names(model))
@@ -310,10 +312,10 @@ class Chunk:
         # the penalty's gradient is added to every client's step (to the balanced direction too), as in the sequential step
         pen = torch.autograd.grad(penalty.sum(), all_leaves, allow_unused=True) if self.has_penalty else (None,) * len(names)
         grads: dict[str, Tensor | None] = {}
-        for n, p in zip(names, pen):
+        for n, pn in zip(names, pen):
             g_t = per_task[n]
-            g = (g_t * W.t().reshape(T, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
-            grads[n] = g + p if g is not None and p is not None else (g if g is not None else p)
+            weighted = (g_t * W.t().reshape(T, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
+            grads[n] = weighted + pn if weighted is not None and pn is not None else (weighted if weighted is not None else pn)
         chosen = torch.zeros(C, dtype=torch.bool, device=W.device)
         chosen[balanced] = True
         offset = 0
@@ -322,11 +324,11 @@ class Chunk:
             x = leaves[n]
             k = x[0].numel()
             d = direction[:, offset : offset + k].view_as(x)
-            p = pen_of[n]
-            if p is not None:
-                d = d + p
-            g = grads[n]
-            grads[n] = torch.where(_bcast(chosen, x), d, g if g is not None else torch.zeros_like(x))
+            pg = pen_of[n]
+            if pg is not None:
+                d = d + pg
+            other = grads[n]
+            grads[n] = torch.where(_bcast(chosen, x), d, other if other is not None else torch.zeros_like(x))
             offset += k
         return grads, detached
 
@@ -462,7 +464,7 @@ class StackedTraining:
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
-        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         rows = _padded_rows(chunk, plans)
         step_epochs = [e for _, e in plans]
@@ -525,7 +527,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
-        ostates = _to([r.state.get("objective") or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
         drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
@@ -597,7 +599,7 @@ class StackedTraining:
         out = result.unstack(model)
         for r, res, schedule in zip(requests, out, schedules):
             history = schedule.account(prior_accountant(r.state, dp))
-            res.state[HISTORY_KEY] = history.history_tensor()
+            res.state.privacy[HISTORY_KEY] = history.history_tensor()
             res.metrics["dp_sgd_epsilon"] = history.epsilon(dp.delta)
         return out
 
@@ -618,7 +620,7 @@ class StackedTraining:
             if weights is not None:
                 weights[c, : len(r.idx)] = r.weights if r.weights is not None else 1.0
         # the sequential step averages weighted rows over the batch (mean), padded rows weigh nothing
-        buffers = chunk.buffers([{} for _ in requests])
+        buffers = chunk.buffers([ClientState() for _ in requests])
         gens = [r.generator for r in requests]
         model.train()
         seed = _seed(gens) if _uses_randomness(model) else None
@@ -652,7 +654,7 @@ def _has_penalty(model: MultiTaskModel) -> bool:
 
 
 def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
-    local = req.state.get("local", {})
+    local = req.state.local
     if name in local:
         value: Tensor = local[name].detach()
         return value
@@ -662,14 +664,14 @@ def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
 
 
 def _narrowed(
-    values: Mapping[str, Tensor], k: int, opt_cfg, leaves: Mapping[str, Tensor], opt: torch.optim.Optimizer | None  # type: ignore[no-untyped-def]
+    values: Mapping[str, Tensor], k: int, opt_cfg: SGD | Adam, leaves: Mapping[str, Tensor], opt: torch.optim.Optimizer | None
 ) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
     """Leaves for the first ``k`` clients (views of ``values``: the optimiser's in-place steps write through)
     and the configured optimiser over them, carrying on the previous optimiser's state for those rows
     (per-element state such as momentum or Adam's moments is narrowed the same way; scalars such as Adam's
     step count are shared, as every client of the prefix has taken the same steps)."""
     narrowed = {n: v[:k].detach().requires_grad_(True) for n, v in values.items()}
-    new_opt = make_optimizer(opt_cfg, list(narrowed.values()))  # type: ignore[arg-type]
+    new_opt = make_optimizer(opt_cfg, list(narrowed.values()))  # type: ignore[arg-type]  # plain tensors: torch.optim takes them
     if opt is not None:
         for n, p in narrowed.items():
             old = leaves[n]
@@ -794,16 +796,12 @@ class StackedResult:
             {n: b.index_select(0, idx) for n, b in self.buffers.items()}, requests,
         )
 
-    def state(self, model: MultiTaskModel, c: int) -> TensorTree:
+    def state(self, model: MultiTaskModel, c: int) -> ClientState:
         """Client ``c``'s next state, as :func:`fedmtl.fl.client.finish_local` builds it (objective, local
         parameters, its own BatchNorm statistics)."""
-        state: dict[str, object] = {"objective": self.ostates[c]}
         local = {n: v[c].clone() for n, v in self.params.items() if model.group_of(n) == LOCAL}
-        if local:
-            state["local"] = local
-        if self.buffers:
-            state["buffers"] = {n: b[c].clone() for n, b in self.buffers.items()}
-        return state
+        buffers = {n: b[c].clone() for n, b in self.buffers.items()} if self.buffers else {}
+        return ClientState(objective=self.ostates[c], local=local, buffers=buffers)
 
     def unstack(self, model: MultiTaskModel) -> list[LocalResult]:
         """Per-client :class:`LocalResult` s, as the sequential trainer returns them."""

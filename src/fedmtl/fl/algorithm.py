@@ -6,11 +6,15 @@ Personalisation methods change exactly these three answers. Methods that also ke
 state (SCAFFOLD's control variate, IFCA's cluster models, FedEM's components, MOCHA's Omega) add
 the optional server hooks :meth:`Algorithm.server_init` and :meth:`Algorithm.server_update`.
 
+What an algorithm keeps on a client between rounds lives in its own slot of the client's state,
+:attr:`ClientState.algorithm <fedmtl.fl.client_state.ClientState>`; the trainer's slots (objective state,
+``local`` parameters, buffers) are the trainer's, read and written by :class:`LocalTrainer`.
+
 How server state reaches the client and extra uploads reach the server:
 
 - during a round (and at personalised evaluation), a client's state holds its decoded view of the
-  server's algorithm state under :data:`SERVER_KEY` (it must not return it);
-- a client may return extra uploads under :data:`OUTBOX_KEY` in its state, a tree whose leaves are
+  server's algorithm state in :attr:`ClientState.server` (never persisted);
+- a client may return extra uploads in :attr:`LocalResult.outbox`, a tree whose leaves are
   named after model parameters or after one of the algorithm's own tensors (:meth:`Algorithm.outbox_shapes`:
   FedEM's gate); the client node encodes them into the reply, the server decodes and checks them
   (name and shape) and hands them to :meth:`Algorithm.server_update` (``ServerContext.outboxes``).
@@ -33,14 +37,12 @@ from fedmtl import registry
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel
 from fedmtl.registry import register
 from fedmtl.tasks import Task
 from fedmtl.tree import TensorTree
-
-SERVER_KEY = "server"
-OUTBOX_KEY = "outbox"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class ServerContext:
         after: the global parameters after aggregation and the server optimiser's step.
         state: the algorithm's server state before this round.
         updates: the decoded client updates.
-        outboxes: client id -> extra uploads that client returned under :data:`OUTBOX_KEY`.
+        outboxes: client id -> extra uploads that client returned (:attr:`LocalResult.outbox`).
         groups: parameter group -> names (shared and task groups; never ``local``).
         population: parameter name -> how many clients of the federation upload it.
     """
@@ -87,17 +89,20 @@ class Algorithm(Protocol):
     name: str
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult: ...
 
-    def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]: ...
+    def uploaded_names(self, model: MultiTaskModel, client: ClientData) -> list[str]:
+        """The parameters ``client`` sends (and receives), in the model's order; a function of its task set
+        only (:class:`~fedmtl.fl.layout.Layouts` asks once per task set)."""
+        ...
 
     def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> dict[str, Tensor]: ...
 
     def personal_mixture(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> Mixture | None: ...
 
     def outbox_shapes(self) -> dict[str, torch.Size]: ...
@@ -116,7 +121,7 @@ class FedAvg:
     name = "fedavg"
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         return trainer.train(start, client, without_server(state), generator)
 
@@ -124,14 +129,14 @@ class FedAvg:
         return [n for n in held_parameter_names(model, client.tasks) if model.group_of(n) != LOCAL]
 
     def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> dict[str, Tensor]:
         """The global model with the client's own parameters over it: its ``local`` ones, then the
         ``personal`` copies a method keeps (FedPer's heads, Ditto's v_k, pFedMe's theta, ...)."""
-        return {**global_params, **state.get("local", {}), **state.get("personal", {})}
+        return {**global_params, **state.local, **state.algorithm.get("personal", {})}
 
     def personal_mixture(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> Mixture | None:
         """A mixture of models whose predictions are averaged (FedEM); None: use :meth:`personal_params`."""
         return None
@@ -150,14 +155,14 @@ class FedAvg:
         return dict(ctx.after), ctx.state
 
 
-def with_server(state: TensorTree, server: TensorTree | None) -> TensorTree:
-    """A client's state with its decoded view of the algorithm's server state under :data:`SERVER_KEY` (unchanged without one)."""
-    return {**state, SERVER_KEY: server} if server else state
+def with_server(state: ClientState, server: TensorTree | None) -> ClientState:
+    """A client's state with its decoded view of the algorithm's server state (unchanged without one)."""
+    return state.with_server(server)
 
 
-def without_server(state: TensorTree) -> TensorTree:
+def without_server(state: ClientState) -> ClientState:
     """The client's own state, without the server broadcast the round adds to it."""
-    return {k: v for k, v in state.items() if k != SERVER_KEY}
+    return state.without_server()
 
 
 #: builds a model of the experiment's architecture (its config and input shape) for other tasks: FedEM's gate

@@ -13,7 +13,7 @@ it does not hold (another task's head in IFCA's clusters, say) are left out of i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -69,6 +69,44 @@ def decode_outbox(
     if max_numel is None:
         max_numel = sum(math.prod(s.shape if isinstance(s, Tensor) else s) for s in shapes.values())
     return unflatten(link.decode(payload, spec, max_numel=max_numel, max_tensors=max_tensors or len(shapes)))
+
+
+def nest_names(state: Mapping[str, object]) -> TensorTree:
+    """A link's state over flattened names (an outbox's ``delta_c/<param>``: its error-feedback residuals, its
+    codecs' memory) as a tensor tree a checkpoint can store, each name's path nested (tree keys hold no ``/``)."""
+    out: TensorTree = {}
+    for key, per_name in state.items():
+        if not isinstance(per_name, Mapping):
+            out[key] = per_name
+            continue
+        nested: TensorTree = {}
+        for name, value in per_name.items():
+            *parents, last = name.split(SEP)
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        out[key] = nested
+    return out
+
+
+def unnest_names(tree: Mapping[str, object], names: Sequence[str]) -> TensorTree:
+    """Inverse of :func:`nest_names` for the ``names`` the link encodes now (an entry for another name is dropped:
+    a client's outbox holds the same names every round)."""
+    out: TensorTree = {}
+    for key, nested in tree.items():
+        if not isinstance(nested, Mapping):
+            out[key] = nested
+            continue
+        per_name: dict[str, object] = {}
+        for name in names:
+            node: object = nested
+            for part in name.split(SEP):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if node is not None:
+                per_name[name] = node
+        out[key] = per_name
+    return out
 
 
 def outbox_bound(server_state: TensorTree, sent: Mapping[str, Spec]) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.config.training import ClientConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.dp_sgd_client import refuse_changed_steps, train_with_dp_sgd
 from fedmtl.fl.local_parts import (  # re-exported: fedmtl.fl.client is where callers find them
     LocalResult,
@@ -135,7 +136,7 @@ class LocalTrainer:
         self,
         start: Mapping[str, Tensor],
         client: ClientData,
-        state: TensorTree,
+        state: ClientState,
         generator: torch.Generator,
         *,
         prox: Prox | None = None,
@@ -163,9 +164,8 @@ class LocalTrainer:
         # the received values, never what the shared model instance kept from the previous client
         known = dict(model.named_parameters())
         load_parameters(model, {n: v for n, v in start.items() if n in known})
-        local_saved = state.get("local", {})
-        if local_saved:
-            load_parameters(model, local_saved)
+        if state.local:
+            load_parameters(model, state.local)
         has_bn = bool(norm_buffer_names(model))
         if has_bn:  # the one model instance serves every client: never train on another client's statistics
             load_buffers(model, client_buffers(model, state))
@@ -174,7 +174,7 @@ class LocalTrainer:
         params = [named[n] for n in stepped]
         opt = make_optimizer(self.cfg.optimizer, params)
         objective = build_objective(self.mtl_cfg, tasks)
-        ostate = state.get("objective") or objective.init()
+        ostate = state.objective or objective.init()
         loss_sums: dict[str, Tensor | float] = dict.fromkeys(tasks, 0.0)
         steps = 0
         model.train()
@@ -205,4 +205,4 @@ class LocalTrainer:
                 for t in tasks:
                     loss_sums[t] += losses[t].detach()  # a tensor sum: no device sync per step
                 steps += 1
-        return finish_local(model, names, loss_sums, steps, {"objective": ostate})
+        return finish_local(model, names, loss_sums, steps, ClientState(objective=ostate))

@@ -15,7 +15,7 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.tree import TensorTree
+from fedmtl.fl.client_state import ClientState
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class CohortJob:
 
     start: Mapping[str, Tensor]
     client: ClientData
-    state: TensorTree
+    state: ClientState
     generator: torch.Generator
 
 

@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.data.dataset import ClientData
+from fedmtl.fl.client_state import DP_SGD_HISTORY, ClientState
 from fedmtl.fl.local_parts import (
     LocalResult,
     finish_local,
@@ -34,13 +35,12 @@ from fedmtl.mtl import MultiTaskModel
 from fedmtl.privacy.dp.accountant import PrivacyAccountant
 from fedmtl.privacy.dp.dpsgd import DPSGDSchedule, clip_and_noise, dp_batches
 from fedmtl.tasks import Task
-from fedmtl.tree import TensorTree
 
 if TYPE_CHECKING:
     from fedmtl.fl.client import LocalTrainer, Prox
 
-#: the state key of a client's accounting history (a ``[k, 3]`` tensor of ``(sigma, q, steps)``)
-HISTORY_KEY = "dp_sgd_history"
+#: the key of a client's accounting history (a ``[k, 3]`` tensor of ``(sigma, q, steps)``) in its privacy slot
+HISTORY_KEY = DP_SGD_HISTORY
 
 
 def example_gradients(
@@ -89,9 +89,9 @@ def refuse_unprivatisable(model: MultiTaskModel, balancer_requires: str, balance
         )
 
 
-def prior_accountant(state: TensorTree, cfg: DPSGDConfig) -> PrivacyAccountant:
+def prior_accountant(state: ClientState, cfg: DPSGDConfig) -> PrivacyAccountant:
     """The client's accounting so far (empty on its first round)."""
-    tree = state.get(HISTORY_KEY)
+    tree = state.privacy.get(HISTORY_KEY)
     if not isinstance(tree, Tensor) or tree.numel() == 0:
         return PrivacyAccountant(cfg.accountant)
     return PrivacyAccountant.from_history_tensor(cfg.accountant, tree)
@@ -101,7 +101,7 @@ def train_with_dp_sgd(
     trainer: LocalTrainer,
     start: Mapping[str, Tensor],
     client: ClientData,
-    state: TensorTree,
+    state: ClientState,
     generator: torch.Generator,
     cfg: DPSGDConfig,
 ) -> LocalResult:
@@ -115,8 +115,8 @@ def train_with_dp_sgd(
     names = held_parameter_names(model, tasks)
     known = dict(model.named_parameters())
     load_parameters(model, {n: v for n, v in start.items() if n in known})
-    if state.get("local"):
-        load_parameters(model, state["local"])
+    if state.local:
+        load_parameters(model, state.local)
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
     opt = make_optimizer(trainer.cfg.optimizer, params)
@@ -124,7 +124,7 @@ def train_with_dp_sgd(
     plan = dp_batches(len(client.train), trainer.cfg.batch_size, schedule, cfg.poisson_sampling, generator)
     task_objs = [model.tasks[t] for t in tasks]
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    ostate = state.get("objective") or objective.init()
+    ostate = state.objective or objective.init()
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64)
     batches_with_rows = 0
     sigma, expected = torch.tensor([schedule.noise_multiplier]), torch.tensor([schedule.expected_batch_size])
@@ -153,7 +153,7 @@ def train_with_dp_sgd(
         opt.step()
     history = schedule.account(prior_accountant(state, cfg))
     sums = {t: float(loss_sums[i]) for i, t in enumerate(tasks)}  # mean losses over the steps that drew rows
-    result = finish_local(model, names, sums, batches_with_rows, {"objective": ostate, HISTORY_KEY: history.history_tensor()})
+    result = finish_local(model, names, sums, batches_with_rows, ClientState(objective=ostate, privacy={HISTORY_KEY: history.history_tensor()}))
     result.metrics["steps"] = float(len(plan))
     result.metrics["dp_sgd_epsilon"] = history.epsilon(cfg.delta)
     return result

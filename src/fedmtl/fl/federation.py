@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.comm import PayloadError, build_links
-from fedmtl.comm.delta import COPY_KEY, build_delta_link, encode_delta
+from fedmtl.comm.delta import build_delta_link, encode_delta
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
 from fedmtl.fl.aggregation import aggregate_by_group, build_aggregator
@@ -34,9 +34,10 @@ from fedmtl.fl.byzantine import (
     poison_client,
     tamper_reply,
 )
-from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.node import ClientNode, ClientReply
+from fedmtl.fl.node import ClientNode, ClientReply, downlink_copy
 from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
@@ -56,13 +57,17 @@ class ServerState:
     round: int
     params: dict[str, Tensor]
     opt_state: TensorTree
-    client_states: dict[int, TensorTree] = field(default_factory=dict)
+    client_states: dict[int, ClientState] = field(default_factory=dict)
     #: the algorithm's server-side state (SCAFFOLD's control variate, IFCA's clusters, ...); {} for FedAvg
     algorithm_state: TensorTree = field(default_factory=dict)
     #: the privacy layer's state (adaptive clip norm, accountant history); {} without DP
     privacy_state: TensorTree = field(default_factory=dict)
     #: the simulated system's state (clock, clients in flight; fedmtl.fl.systems); {} without one
     systems_state: TensorTree = field(default_factory=dict)
+
+    def client_state(self, cid: int) -> ClientState:
+        """Client ``cid``'s state (empty before its first round)."""
+        return self.client_states.get(cid) or ClientState()
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ class Federation:
         self.up, self.down = build_links(cfg.comm)
         self.down_delta = build_delta_link(cfg.comm)
         self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed, self.down_delta)
+        #: each task set's held and uploaded names (the node's: computed once for both sides)
+        self.layouts = self.node.layouts
         self.aggregator = build_aggregator(cfg.server.aggregator)
         self.server_opt = build_server_optimizer(cfg.server.optimizer)
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
@@ -209,7 +216,7 @@ class Federation:
         counts: dict[str, int] = {}
         for tasks, k in by_tasks.items():
             client = next(c for c in self.data.clients if c.tasks == tasks)
-            for n in self.algorithm.uploaded_names(self.model, client):
+            for n in self.layouts.of(client).uploaded:
                 counts[n] = counts.get(n, 0) + k
         return counts
 
@@ -252,14 +259,14 @@ class Federation:
         payloads, state_payloads, copies = {}, {}, {}
         for cid in chosen:
             client = self.data.clients[cid]
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             if client.tasks not in cache:
                 model_bytes, _ = self.down.encode({n: state.params[n] for n in names}, {}, generator(self.cfg.seed, "down", r))
                 cache[client.tasks] = (model_bytes, self._state_payload(state, client.tasks))
             payloads[cid], state_bytes = cache[client.tasks]
             if state_bytes:
                 state_payloads[cid] = state_bytes
-            copy = state.client_states.get(cid, {}).get(COPY_KEY) if self.down_delta is not None else None
+            copy = downlink_copy(state.client_state(cid)) if self.down_delta is not None else None
             if copy and set(copy) == set(names):
                 copies[cid] = {n: copy[n] for n in names}  # the model's order (a checkpoint sorts keys)
                 gen = generator(self.cfg.seed, "down", r, cid)
@@ -270,7 +277,7 @@ class Federation:
         """The algorithm's server state as a client with ``tasks`` receives it (``b""`` when there is none)."""
         if not state.algorithm_state:
             return b""
-        view = state_view(state.algorithm_state, state.params, set(held_parameter_names(self.model, tasks)))
+        view = state_view(state.algorithm_state, state.params, set(self.layouts.held(tasks)))
         payload, _ = encode_tree(self.down, view, {}, generator(self.cfg.seed, "down-state", state.round))
         return payload
 
@@ -303,7 +310,7 @@ class Federation:
             params = {n: p.detach() for n, p in self.model.named_parameters()}
             self._outbox_template = self.algorithm.server_init(params, self.data.num_clients, generator(self.cfg.seed, "init", 1))
         own = {n: torch.empty(s, device="meta") for n, s in self.algorithm.outbox_shapes().items()}
-        specs = {**{n: self.specs[n] for n in held_parameter_names(self.model, client.tasks)}, **own}
+        specs = {**{n: self.specs[n] for n in self.layouts.of(client).held}, **own}
         return (specs, *outbox_bound(self._outbox_template, specs))
 
     def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
@@ -316,7 +323,7 @@ class Federation:
         updates, dropped = [], {}
         for reply in replies:
             client = self.data.clients[reply.client_id]
-            names = self.algorithm.uploaded_names(self.model, client)
+            names = self.layouts.of(client).uploaded
             try:
                 received = self.up.decode(reply.payload, expected={n: self.specs[n] for n in names})
                 if set(received) != set(names):
@@ -348,7 +355,7 @@ class Federation:
         self,
         state: ServerState,
         updates: Sequence[ClientUpdate],
-        client_states: Mapping[int, TensorTree],
+        client_states: Mapping[int, ClientState],
         aggregate: Callable[[ServerState, Sequence[ClientUpdate]], PrivateAggregate] | None = None,
     ) -> tuple[ServerState, Applied]:
         """Aggregate per parameter group (privately when configured), take the server optimiser's step, then the
@@ -402,10 +409,9 @@ class Federation:
         return new_state, Applied(agg.log, dropped)
 
     @staticmethod
-    def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> TensorTree:
+    def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> ClientState:
         """A client's state for this round: its own, plus its decoded view of the algorithm's server state."""
-        own = state.client_states.get(cid, {})
-        return with_server(own, server)
+        return with_server(state.client_state(cid), server)
 
     def receive_all(self, plan: RoundPlan, cids: Sequence[int]) -> list[dict[str, Tensor]]:
         """Each client's decoded broadcast. Clients with the same task set receive the same bytes, so each
@@ -424,7 +430,7 @@ class Federation:
         """What an omniscient attacker sees of the round: the honest clients' true updates (its own when the
         whole cohort attacks)."""
         deltas = {
-            job.client.client_id: {n: res.params[n] - start[n] for n in self.algorithm.uploaded_names(self.model, job.client)}
+            job.client.client_id: {n: res.params[n] - start[n] for n in self.layouts.of(job.client).uploaded}
             for job, start, res in zip(jobs, starts, results)
         }
         honest = [d for c, d in deltas.items() if c not in self.byzantine] or list(deltas.values())
@@ -433,7 +439,7 @@ class Federation:
     # -- the simulated round -------------------------------------------------------------------
     def local_round(
         self, state: ServerState, plan: RoundPlan, generators: Mapping[int, torch.Generator] | None = None
-    ) -> tuple[list[ClientReply], dict[int, TensorTree]]:
+    ) -> tuple[list[ClientReply], dict[int, ClientState]]:
         """The clients' side of ``plan`` in process: decode, train the cohort on the engine (one batch), upload.
 
         Args:
@@ -464,7 +470,7 @@ class Federation:
         ]
         results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
         honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
-        client_states: dict[int, TensorTree] = {}
+        client_states: dict[int, ClientState] = {}
         replies = []
         for job, start, res in zip(jobs, starts, results):
             cid = job.client.client_id
@@ -474,7 +480,7 @@ class Federation:
                 tamper = lambda delta, g=gen: attack(delta, byz, g, honest=honest)  # noqa: E731
             reply, client_states[cid] = self.node.upload(start, res, job.client, r, tamper, prior=job.state)
             if cid in self.byzantine:
-                reply = tamper_reply(reply, byz, self.up, self.algorithm.uploaded_names(self.model, job.client))
+                reply = tamper_reply(reply, byz, self.up, self.layouts.of(job.client).uploaded)
             replies.append(reply)
         return replies, client_states
 
@@ -482,7 +488,7 @@ class Federation:
         self,
         state: ServerState,
         replies: Sequence[ClientReply],
-        client_states: Mapping[int, TensorTree],
+        client_states: Mapping[int, ClientState],
         *,
         cohort: Sequence[int],
         bytes_down: int,

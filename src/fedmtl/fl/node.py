@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from fedmtl.comm import Link
-from fedmtl.comm.delta import COPY_KEY, apply_delta, is_delta
+from fedmtl.comm.delta import apply_delta, is_delta
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, Algorithm, with_server
-from fedmtl.fl.algorithm_channel import decode_state, encode_tree
+from fedmtl.fl.algorithm import Algorithm, with_server
+from fedmtl.fl.algorithm_channel import decode_state, encode_tree, nest_names, unnest_names
 from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.client_state import DOWNLINK_COPY, OUTBOX, UPLINK, ClientState
+from fedmtl.fl.layout import Layouts
 from fedmtl.fl.seeding import generator
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tree import TensorTree, flatten
@@ -59,6 +61,8 @@ class ClientNode:
         self.down = down
         self.up = up
         self.seed = seed
+        #: each task set's held and uploaded names, computed once
+        self.layouts = Layouts(model, algorithm)
 
     def receive(self, payload: bytes, client: ClientData, copy: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Decode the broadcast; it must hold exactly the parameters this client trains and shares.
@@ -66,7 +70,7 @@ class ClientNode:
         A client that kept its last ``copy`` may receive the difference to it (``comm.downlink_delta``),
         which it adds to the copy; otherwise (or when the server sent the full model) the full model.
         """
-        names = self.algorithm.uploaded_names(self.model, client)
+        names = self.layouts.of(client).uploaded
         shapes = dict((n, p.shape) for n, p in self.model.named_parameters())
         expected = {n: shapes[n] for n in names}
         if copy is not None and self.down_delta is not None and is_delta(self.down_delta, payload):
@@ -77,7 +81,7 @@ class ClientNode:
         """Decode this client's view of the algorithm's server state (``{}`` for an empty payload)."""
         return decode_state(self.down, payload)
 
-    def train(self, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, round_index: int) -> LocalResult:
+    def train(self, start: Mapping[str, Tensor], client: ClientData, state: ClientState, round_index: int) -> LocalResult:
         gen = generator(self.seed, "client", round_index, client.client_id)
         return self.algorithm.local_train(self.trainer, start, client, state, gen)
 
@@ -88,56 +92,64 @@ class ClientNode:
         client: ClientData,
         round_index: int,
         tamper: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-        prior: TensorTree | None = None,
-    ) -> tuple[ClientReply, TensorTree]:
+        prior: ClientState | None = None,
+    ) -> tuple[ClientReply, ClientState]:
         """Encode ``local - start`` for the shared parameters, and the algorithm's outbox if training returned
-        one; returns the reply and the client's next state (without the server's view or the outbox).
+        one; returns the reply and the client's next state (without the server's view).
 
         ``prior`` is the client's state at the start of the round: what local training does not return
-        (the uplink codec's error-feedback residuals above all) carries over from it.
+        carries over from it (:meth:`ClientState.over`). The codec slot is this node's: the uplink
+        codec's error-feedback residuals, the outbox chain's, and the downlink copy.
         ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
         """
-        names = self.algorithm.uploaded_names(self.model, client)
+        names = self.layouts.of(client).uploaded
         delta = {n: result.params[n] - start[n] for n in names}
         if tamper is not None:
             delta = tamper(delta)
-        state = {k: v for k, v in {**(prior or {}), **result.state}.items() if k not in (SERVER_KEY, OUTBOX_KEY)}
+        before = prior or ClientState()
+        codec = dict(before.codec)
         gen = generator(self.seed, "codec", round_index, client.client_id)
-        payload, codec_state = self.up.encode(delta, state.get("codec", {}), gen)
+        payload, codec_state = self.up.encode(delta, codec.get(UPLINK, {}), gen)
         if self.up.stateful:
-            state["codec"] = codec_state
+            codec[UPLINK] = codec_state
         if self.down_delta is not None:  # the copy the next difference will be taken against
-            state[COPY_KEY] = {n: start[n] for n in names}
+            codec[DOWNLINK_COPY] = {n: start[n] for n in names}
         outbox_bytes = b""
-        outbox = flatten(result.state.get(OUTBOX_KEY, {}))
+        outbox = flatten(result.outbox)
         if outbox:
             gen = generator(self.seed, "codec-outbox", round_index, client.client_id)
-            outbox_bytes, outbox_codec = encode_tree(self.up, outbox, state.get("codec_outbox", {}), gen)
-            if self.up.stateful:
-                state["codec_outbox"] = outbox_codec
+            outbox_bytes, outbox_codec = encode_tree(self.up, outbox, unnest_names(codec.get(OUTBOX, {}), list(outbox)), gen)
+            if self.up.stateful:  # kept nested: the outbox's names hold "/", which a checkpoint's keys may not
+                codec[OUTBOX] = nest_names(outbox_codec)
         task_rows = {t: int(client.train.y[t].shape[0]) for t in client.tasks}
         reply = ClientReply(client.client_id, payload, client.num_train, task_rows, dict(result.metrics), outbox_bytes)
-        return reply, state
+        return reply, result.state.over(before).with_codec(codec)
 
     def run(
         self,
         payload: bytes,
         client: ClientData,
-        state: TensorTree,
+        state: ClientState,
         round_index: int,
         state_payload: bytes = b"",
         base: Mapping[str, Tensor] | None = None,
-    ) -> tuple[ClientReply, TensorTree]:
+    ) -> tuple[ClientReply, ClientState]:
         """The whole client round from received bytes: what a deployed client (the Flower ClientApp) executes.
 
         Args:
             base: values of the parameters the broadcast does not carry (other tasks' heads): the model
                 needs them to run; a deployed node uses the initial parameters, as the simulation does.
         """
-        start = {**(base or {}), **self.receive(payload, client, state.get(COPY_KEY))}
+        start = {**(base or {}), **self.receive(payload, client, downlink_copy(state))}
         server = self.receive_state(state_payload)
         result = self.train(start, client, with_server(state, server), round_index)
         return self.upload(start, result, client, round_index, prior=state)
 
 
-__all__ = ["ClientNode", "ClientReply", "torch"]
+def downlink_copy(state: ClientState) -> dict[str, Tensor] | None:
+    """The copy of the model this client kept at its last round (``comm.downlink_delta``), None without one."""
+    copy: dict[str, Tensor] | None = state.codec.get(DOWNLINK_COPY)
+    return copy
+
+
+__all__ = ["ClientNode", "ClientReply", "downlink_copy", "torch"]

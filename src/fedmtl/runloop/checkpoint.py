@@ -11,6 +11,10 @@ its content (every tensor's name, dtype, shape and bytes, and the metadata) in i
 newest checkpoint that reads back whole and matches its checksum, and falls back to older ones,
 saying so, if the newest is damaged. Checkpoints written before the checksum existed still load,
 unverified (logged).
+
+Format 2 stores each client's state as one sub-tree per owner (:class:`~fedmtl.fl.client_state.ClientState`);
+a format-1 checkpoint (flat client states) is converted as it is read, so a run checkpointed before resumes
+exactly; any other format is refused, naming it.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ from fedmtl.atomic import atomic_write, remove_stale_temps
 from fedmtl.checked_file import CHECKSUM_KEY, content_digest
 from fedmtl.config import ConfigError, ExperimentConfig, dump_config
 from fedmtl.config.loading import parse_yaml, read_text_file
+from fedmtl.fl.client_state import client_states_from_tree, client_states_to_tree
 from fedmtl.fl.federation import ServerState
+from fedmtl.fl.systems.queue import upgrade_legacy_entries
 from fedmtl.tree import TensorTree, flatten, unflatten, unshared
 
 log = logging.getLogger("fedmtl")
 PATTERN = re.compile(r"^round-(\d{6})\.safetensors$")
-FORMAT_VERSION = "1"
+#: 2: client states as one sub-tree per owner (fedmtl.fl.client_state); 1 (flat client states) is converted on load
+FORMAT_VERSION = "2"
+READABLE_FORMATS = ("1", FORMAT_VERSION)
 
 
 class CheckpointError(RuntimeError):
@@ -104,7 +112,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, meta: dict[str, Any], kee
     tree = {
         "params": state.params,
         "opt": state.opt_state,
-        "clients": {str(k): v for k, v in state.client_states.items()},
+        "clients": client_states_to_tree(state.client_states),
         "privacy": state.privacy_state,
         "algorithm": state.algorithm_state,
         "systems": state.systems_state,
@@ -139,8 +147,9 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         flat = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {exc}") from None
-    if metadata.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format {metadata.get('format')!r}, expected {FORMAT_VERSION!r}")
+    if metadata.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format {metadata.get('format')!r}, expected one of {list(READABLE_FORMATS)}")
+    legacy = metadata["format"] == "1"
     unknown = sorted(set(metadata) - METADATA_KEYS)
     if unknown:  # e.g. a flipped bit in the checksum's own key, which would otherwise pass as an old, unverified file
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unknown metadata keys {unknown}")
@@ -154,15 +163,16 @@ def read_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
         if not isinstance(meta, dict):
             raise ValueError(f"meta is a {type(meta).__name__}, not a mapping")
         tree = unflatten(flat)
-        clients = tree.get("clients", {})
+        clients = client_states_from_tree(tree.get("clients", {}), legacy=legacy)
+        systems = tree.get("systems", {})
         state = ServerState(
             round=int(metadata["round"]),
             params=dict(tree.get("params", {})),  # type: ignore[arg-type]
             opt_state=tree.get("opt", {}),  # type: ignore[arg-type]
-            client_states={int(k): v for k, v in clients.items()},  # type: ignore[union-attr, misc]
+            client_states=clients,
             privacy_state=tree.get("privacy", {}),  # type: ignore[arg-type]
             algorithm_state=tree.get("algorithm", {}),  # type: ignore[arg-type]
-            systems_state=tree.get("systems", {}),  # type: ignore[arg-type]
+            systems_state=upgrade_legacy_entries(systems) if legacy else systems,  # type: ignore[arg-type]
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: unreadable metadata or layout ({exc!r})") from None

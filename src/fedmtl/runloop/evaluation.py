@@ -12,10 +12,10 @@ from torch import Tensor
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm, Mixture
 from fedmtl.fl.client import client_buffers, default_buffers, load_buffers, load_parameters
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.evaluation import evaluate, metric_sums, worst_mean
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.tasks import add_sums, higher_is_better
-from fedmtl.tree import TensorTree
 
 
 def trains_global_model(algorithm: Algorithm) -> bool:
@@ -62,7 +62,7 @@ def personal_metric_sums(
     algorithm: Algorithm,
     params: Mapping[str, Tensor],
     client: ClientData,
-    state: TensorTree,
+    state: ClientState,
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """Additive metric sums (:meth:`Task.metric_sums`) of a client's personalised model on its test split, per task.
@@ -130,7 +130,7 @@ def evaluate_personalized(
     algorithm: Algorithm,
     params: Mapping[str, Tensor],
     data: FederatedData,
-    client_states: Mapping[int, TensorTree],
+    client_states: Mapping[int, ClientState],
     batch_size: int,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Each client's personalised model on its own test split, for its own tasks.
@@ -140,7 +140,7 @@ def evaluate_personalized(
     """
     sums = {
         client.client_id: personal_metric_sums(
-            model, algorithm, params, client, client_states.get(client.client_id, {}), batch_size
+            model, algorithm, params, client, client_states.get(client.client_id) or ClientState(), batch_size
         )
         for client in data.clients
     }

@@ -11,8 +11,9 @@ from torch.func import functional_call
 
 from fedmtl.data.dataset import ClientData, Split
 from fedmtl.fl.aggregation import aggregate_by_group
-from fedmtl.fl.algorithm import FedAvg, without_server
+from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_objective
 from fedmtl.tree import TensorTree
@@ -24,11 +25,6 @@ def fork(generator: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def drop(state: TensorTree, *keys: str) -> TensorTree:
-    """``state`` without the server broadcast and without ``keys``."""
-    return {k: v for k, v in without_server(state).items() if k not in keys}
-
-
 class LocalObjective:
     """The client's configured multi-task objective (``mtl.scheme`` and ``mtl.balancer``) for methods that
     keep several parameter sets of their own (APFL's ``w`` and ``v``, pFedMe's ``theta``, FedEM's components).
@@ -36,18 +32,18 @@ class LocalObjective:
     :meth:`grads` loads a parameter set into the shared model instance, takes one minibatch's per-task
     losses (optionally per-sample weighted: FedEM's responsibilities) and lets the objective balance them
     exactly as :class:`~fedmtl.fl.client.LocalTrainer` does, so any balancer (gradient balancers included)
-    and any scheme works. Each parameter set keeps its own objective state across rounds (``state[key]``).
+    and any scheme works. Each parameter set keeps its own objective state across rounds (``state``: its
+    state before, None or empty on the first round; :attr:`state` after).
     """
 
-    def __init__(self, trainer: LocalTrainer, client: ClientData, state: TensorTree, key: str):
+    def __init__(self, trainer: LocalTrainer, client: ClientData, state: TensorTree | None):
         self.trainer = trainer
         self.model = trainer.model
         self.client = client
         self.tasks = list(client.tasks)
         self.split = client.train
-        self.key = key
         self.objective = build_objective(trainer.mtl_cfg, self.tasks)
-        self.state: TensorTree = state.get(key) or self.objective.init()
+        self.state: TensorTree = state or self.objective.init()
 
     def grads(
         self, params: Mapping[str, Tensor], idx: Tensor, generator: torch.Generator, epoch: int = 0, weights: Tensor | None = None
@@ -106,7 +102,7 @@ def average_members(
 class KeepPrivate(FedAvg, abc.ABC):
     """Base of methods that keep some parameters on the client (FedPer, FedRep, FedBN).
 
-    The private parameters are never uploaded; each client keeps its own copy in ``state["personal"]``
+    The private parameters are never uploaded; each client keeps its own copy in its algorithm slot (``personal``)
     and starts from it (the first time, from the global initial values).
     """
 
@@ -120,18 +116,18 @@ class KeepPrivate(FedAvg, abc.ABC):
 
     def keep(self, model: MultiTaskModel, result: LocalResult) -> LocalResult:
         personal = {n: v for n, v in result.params.items() if self.private(model, n)}
-        return LocalResult(result.params, result.metrics, {**result.state, "personal": personal})
+        return LocalResult(result.params, result.metrics, result.state.with_algorithm({**result.state.algorithm, "personal": personal}), result.outbox)
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
-        res = trainer.train(start_from(start, state), client, drop(state, "personal"), generator)
+        res = trainer.train(start_from(start, state), client, state.training(), generator)
         return self.keep(trainer.model, res)
 
 
-def start_from(start: Mapping[str, Tensor], state: TensorTree) -> dict[str, Tensor]:
+def start_from(start: Mapping[str, Tensor], state: ClientState) -> dict[str, Tensor]:
     """Where a client's local training begins: the broadcast model with its own ``personal`` copies over it."""
-    return {**start, **state.get("personal", {})}
+    return {**start, **state.algorithm.get("personal", {})}
 
 
 def is_local(model: MultiTaskModel, name: str) -> bool:

@@ -15,10 +15,10 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization._common import LocalObjective, is_local
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class APFL(FedAvg):
@@ -45,18 +45,18 @@ class APFL(FedAvg):
         self.alpha, self.alpha_lr = alpha, alpha_lr
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         model, cfg = trainer.model, trainer.cfg
         names = held_parameter_names(model, client.tasks)
-        own_local = state.get("local", {})
-        w = {n: own_local.get(n, start[n]).detach().clone() for n in names}
-        saved = state.get("apfl_v", {})
+        own = state.algorithm
+        w = {n: state.local.get(n, start[n]).detach().clone() for n in names}
+        saved = own.get("apfl_v", {})
         v = {n: saved.get(n, w[n]).detach().clone() for n in names}
-        alpha = state["apfl_alpha"].clone() if "apfl_alpha" in state else torch.tensor(self.alpha)
+        alpha = own["apfl_alpha"].clone() if "apfl_alpha" in own else torch.tensor(self.alpha)
         lr = cfg.optimizer.lr
-        obj_w = LocalObjective(trainer, client, state, "objective")
-        obj_mixed = LocalObjective(trainer, client, state, "apfl_objective")
+        obj_w = LocalObjective(trainer, client, state.objective)
+        obj_mixed = LocalObjective(trainer, client, own.get("apfl_objective"))
         total, steps = torch.zeros(()), 0
         for epoch, batches in enumerate(batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)):
             for idx in batches:
@@ -70,19 +70,20 @@ class APFL(FedAvg):
                 alpha = (alpha - self.alpha_lr * g_alpha).clamp(0.0, 1.0)
                 total += loss_w
                 steps += 1
-        new_state: TensorTree = {"apfl_v": v, "apfl_alpha": alpha, "objective": obj_w.state, "apfl_objective": obj_mixed.state}
         local = {n: t for n, t in w.items() if is_local(model, n)}
-        if local:
-            new_state["local"] = local
+        new_state = ClientState(objective=obj_w.state, local=local).with_algorithm(
+            {"apfl_v": v, "apfl_alpha": alpha, "apfl_objective": obj_mixed.state}
+        )
         return LocalResult(w, {"loss/apfl": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
 
     def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> dict[str, Tensor]:
         out = super().personal_params(model, global_params, client, state)
-        if "apfl_v" in state:
-            a = state["apfl_alpha"]
-            for n, v in state["apfl_v"].items():
+        own = state.algorithm
+        if "apfl_v" in own:
+            a = own["apfl_alpha"]
+            for n, v in own["apfl_v"].items():
                 out[n] = a * v + (1 - a) * out[n]
         return out
 

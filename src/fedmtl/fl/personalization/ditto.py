@@ -14,9 +14,9 @@ from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
-from fedmtl.fl.personalization._common import drop, fork, start_from
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.personalization._common import fork, start_from
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class Ditto(FedAvg):
@@ -39,16 +39,17 @@ class Ditto(FedAvg):
         self.personal_epochs = personal_epochs
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
-        glob = trainer.train(start, client, drop(state, "personal", "personal_objective"), generator)
+        glob = trainer.train(start, client, state.training(), generator)
         names = self.uploaded_names(trainer.model, client)
-        pstate: TensorTree = {k: v for k, v in (("objective", state.get("personal_objective")), ("local", state.get("local"))) if v is not None}
+        # the personal model's own objective state; local parameters shared with the global one
+        pstate = ClientState(objective=state.algorithm.get("personal_objective", {}), local=state.local)
         begin = start_from(start, state)
         prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
         pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
         personal = {n: pers.params[n] for n in names}
-        return LocalResult(glob.params, glob.metrics, {**glob.state, "personal": personal, "personal_objective": pers.state["objective"]})
+        return LocalResult(glob.params, glob.metrics, glob.state.with_algorithm({"personal": personal, "personal_objective": pers.state.objective}))
 
 
 register("algorithm", "ditto", lambda cfg, make_model: Ditto(cfg.lam, cfg.personal_epochs), acfg.DittoAlgorithm)

@@ -42,9 +42,10 @@ from torch.func import functional_call
 
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, Mixture, ModelBuilder, ServerContext
+from fedmtl.fl.algorithm import FedAvg, Mixture, ModelBuilder, ServerContext
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization._common import LocalObjective, average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.registry import register
@@ -162,15 +163,16 @@ class FedEM(FedAvg):
         return state
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         model, cfg = trainer.model, trainer.cfg
         names = held_parameter_names(model, client.tasks)
         tasks = list(client.tasks)
-        server = state[SERVER_KEY]
+        server = state.server
+        own = state.algorithm
         served = server["components"]
         comps = [{n: start[n].detach().clone() for n in names}] + [{n: served[str(k)][n].clone() for n in names} for k in range(1, self.k)]
-        pi = state["fedem_pi"] if "fedem_pi" in state else torch.full((self.k,), 1.0 / self.k)
+        pi = own["fedem_pi"] if "fedem_pi" in own else torch.full((self.k,), 1.0 / self.k)
         gate, log_ratio = None, None
         with torch.no_grad():
             losses = torch.stack([client_loss(model, c, client.train, tasks, per_sample=True) for c in comps])
@@ -180,8 +182,8 @@ class FedEM(FedAvg):
         q, pi = e_step(losses, pi, log_ratio)
         lr = cfg.optimizer.lr
         plan = batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)
-        saved = state.get("fedem_objective", {})
-        objectives = [LocalObjective(trainer, client, saved, str(k)) for k in range(self.k)]
+        saved = own.get("fedem_objective", {})
+        objectives = [LocalObjective(trainer, client, saved.get(str(k))) for k in range(self.k)]
         total, steps = torch.zeros(()), 0
         for k in range(self.k):
             for epoch, batches in enumerate(plan):
@@ -200,8 +202,8 @@ class FedEM(FedAvg):
             gate = self.fit_gate(gate, pi, client.train.x, q, plan, lr)
             new_state["fedem_gate"] = gate
             outbox["gate"] = gate
-        new_state[OUTBOX_KEY] = outbox
-        return LocalResult(comps[0], {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}, new_state)
+        metrics = {"loss/fedem": float(total) / max(steps, 1), "steps": float(steps)}
+        return LocalResult(comps[0], metrics, ClientState().with_algorithm(new_state), outbox)
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         members = [(u, ctx.outboxes[u.client_id]) for u in ctx.updates if u.client_id in ctx.outboxes]
@@ -214,15 +216,16 @@ class FedEM(FedAvg):
         return dict(ctx.after), new
 
     def personal_mixture(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> Mixture | None:
-        if "fedem_components" not in state:
+        own = state.algorithm
+        if "fedem_components" not in own:
             return None
-        pi: Tensor = state["fedem_pi"]
-        comps = [{**global_params, **state["fedem_components"][str(k)]} for k in range(self.k)]
-        if self.gate is None or "fedem_gate" not in state:
+        pi: Tensor = own["fedem_pi"]
+        comps = [{**global_params, **own["fedem_components"][str(k)]} for k in range(self.k)]
+        if self.gate is None or "fedem_gate" not in own:
             return Mixture(comps, lambda x: pi.expand(len(x), -1))
-        gate = state["fedem_gate"]
+        gate = own["fedem_gate"]
         return Mixture(comps, lambda x: self.posterior(gate, pi, x))
 
 

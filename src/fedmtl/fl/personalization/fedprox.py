@@ -14,8 +14,8 @@ from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg, without_server
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
+from fedmtl.fl.client_state import ClientState
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class FedProx(FedAvg):
@@ -33,7 +33,7 @@ class FedProx(FedAvg):
         self.mu = mu
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         center = {n: start[n] for n in self.uploaded_names(trainer.model, client)}
         return trainer.train(start, client, without_server(state), generator, prox=Prox(center, self.mu))

@@ -14,10 +14,10 @@ from torch import Tensor
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.personalization._common import drop, fork, start_from
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.personalization._common import fork, start_from
 from fedmtl.fl.personalization.fedper import FedPer
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class FedRep(FedPer):
@@ -37,12 +37,12 @@ class FedRep(FedPer):
         self.head_epochs = head_epochs
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         model = trainer.model
         begin = start_from(start, state)
         heads = [n for n in begin if self.private(model, n)]
-        head = trainer.train(begin, client, drop(state, "personal"), generator, trainable=heads, epochs=self.head_epochs)
+        head = trainer.train(begin, client, state.training(), generator, trainable=heads, epochs=self.head_epochs)
         body_names = self.uploaded_names(model, client)
         body = trainer.train({**begin, **head.params}, client, head.state, fork(generator), trainable=body_names)
         metrics = {**body.metrics, "steps": head.metrics["steps"] + body.metrics["steps"]}

@@ -12,9 +12,10 @@ from torch import Tensor
 
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
+from fedmtl.fl.algorithm import FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
-from fedmtl.fl.personalization._common import average_members, client_loss, drop, shuffled
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.personalization._common import average_members, client_loss, shuffled
 from fedmtl.mtl import MultiTaskModel
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
@@ -57,14 +58,14 @@ class IFCA(FedAvg):
         return min(range(len(losses)), key=losses.__getitem__)
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
-        clusters = state[SERVER_KEY]["clusters"]
+        clusters = state.server["clusters"]
         j = self.choose(trainer.model, clusters, client)
         names = held_parameter_names(trainer.model, client.tasks)
         begin = {**start, **{n: clusters[str(j)][n] for n in names}}
-        res = trainer.train(begin, client, drop(state, "personal", "cluster"), generator)
-        return LocalResult(res.params, {**res.metrics, "cluster": float(j)}, {**res.state, "personal": res.params, "cluster": torch.tensor(j)})
+        res = trainer.train(begin, client, state.training(), generator)
+        return LocalResult(res.params, {**res.metrics, "cluster": float(j)}, res.state.with_algorithm({"personal": res.params, "cluster": torch.tensor(j)}))
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         clusters = ctx.state["clusters"]
@@ -77,10 +78,10 @@ class IFCA(FedAvg):
         return dict(ctx.after), {"clusters": out}
 
     def personal_params(
-        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: TensorTree
+        self, model: MultiTaskModel, global_params: Mapping[str, Tensor], client: ClientData, state: ClientState
     ) -> dict[str, Tensor]:
         base = super().personal_params(model, global_params, client, state)
-        clusters = state.get(SERVER_KEY, {}).get("clusters")
+        clusters = state.server.get("clusters")
         if self.personal_model == "cluster" and clusters:
             j = self.choose(model, clusters, client)
             return {**base, **{n: clusters[str(j)][n] for n in held_parameter_names(model, client.tasks)}}

@@ -11,15 +11,15 @@ from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.personalization._common import drop, start_from
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.personalization._common import start_from
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class LocalOnly(FedAvg):
     """Each client trains its own model from the common initialisation; the global model never moves.
 
-    The client's model lives in ``state["personal"]``. The client reports a zero update (its uploaded
+    The client's model lives in its algorithm slot (``personal``). The client reports a zero update (its uploaded
     parameters equal to what it received), so the aggregate is exactly zero. (An empty upload would be
     the natural encoding, but the links cannot round-trip an empty payload today.)
     """
@@ -29,12 +29,12 @@ class LocalOnly(FedAvg):
     trains_global_model = False
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         begin = start_from(start, state)
-        res = trainer.train(begin, client, drop(state, "personal"), generator)
+        res = trainer.train(begin, client, state.training(), generator)
         reported = {**res.params, **{n: start[n] for n in self.uploaded_names(trainer.model, client)}}
-        return LocalResult(reported, res.metrics, {**res.state, "personal": res.params})
+        return LocalResult(reported, res.metrics, res.state.with_algorithm({"personal": res.params}))
 
 
 register("algorithm", "local", lambda cfg, make_model: LocalOnly(), acfg.LocalOnlyAlgorithm)

@@ -14,9 +14,10 @@ from torch import Tensor
 
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import SERVER_KEY, FedAvg, ServerContext
+from fedmtl.fl.algorithm import FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
-from fedmtl.fl.personalization._common import drop, start_from
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.personalization._common import start_from
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
@@ -76,12 +77,12 @@ class Mocha(FedAvg):
         return {"clients": torch.tensor(num_clients), "tasks": {}}
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         model = trainer.model
         names = self.uploaded_names(model, client)
         begin = start_from(start, state)
-        tasks_state = state.get(SERVER_KEY, {}).get("tasks", {})
+        tasks_state = state.server.get("tasks", {})
         center: dict[str, Tensor] = {}
         weight: dict[str, float] = {}
         t = client.client_id
@@ -101,9 +102,9 @@ class Mocha(FedAvg):
                 weight[n] = 2 * self.lam * a
                 offset += k
         prox = Prox(center, weight, implicit=True) if center else None
-        res = trainer.train(begin, client, drop(state, "personal"), generator, prox=prox)
+        res = trainer.train(begin, client, state.training(), generator, prox=prox)
         personal = {n: v for n, v in res.params.items() if model.group_of(n).startswith("task:")}
-        return LocalResult(res.params, res.metrics, {**res.state, "personal": personal})
+        return LocalResult(res.params, res.metrics, res.state.with_algorithm({"personal": personal}))
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         n_clients = int(ctx.state["clients"])

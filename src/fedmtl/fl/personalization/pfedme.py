@@ -15,9 +15,9 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import LocalResult, LocalTrainer, held_parameter_names
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization._common import LocalObjective
 from fedmtl.registry import register
-from fedmtl.tree import TensorTree
 
 
 class PFedMe(FedAvg):
@@ -41,13 +41,13 @@ class PFedMe(FedAvg):
         self.lam, self.inner_steps, self.personal_lr = lam, inner_steps, personal_lr
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         model, cfg = trainer.model, trainer.cfg
         names = held_parameter_names(model, client.tasks)
         w = {n: start[n].detach().clone() for n in names}
         theta = {n: t.clone() for n, t in w.items()}
-        objective = LocalObjective(trainer, client, state, "objective")
+        objective = LocalObjective(trainer, client, state.objective)
         lr = cfg.optimizer.lr
         total, steps = torch.zeros(()), 0
         for epoch, batches in enumerate(batch_plan(len(client.train), cfg.batch_size, cfg.epochs, generator)):
@@ -59,7 +59,7 @@ class PFedMe(FedAvg):
                 total += loss
                 steps += 1
         metrics = {"loss/pfedme": float(total) / max(steps, 1), "steps": float(steps)}
-        return LocalResult(w, metrics, {"personal": theta, "objective": objective.state})
+        return LocalResult(w, metrics, ClientState(objective=objective.state).with_algorithm({"personal": theta}))
 
 
 register("algorithm", "pfedme", lambda cfg, make_model: PFedMe(cfg.lam, cfg.inner_steps, cfg.personal_lr), acfg.PFedMeAlgorithm)

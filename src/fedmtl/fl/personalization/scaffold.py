@@ -14,9 +14,9 @@ from torch import Tensor
 from fedmtl.config import algorithm as acfg
 from fedmtl.config.training import SGD
 from fedmtl.data.dataset import ClientData
-from fedmtl.fl.algorithm import OUTBOX_KEY, SERVER_KEY, FedAvg, ServerContext
+from fedmtl.fl.algorithm import FedAvg, ServerContext
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.personalization._common import drop
+from fedmtl.fl.client_state import ClientState
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
@@ -45,20 +45,20 @@ class Scaffold(FedAvg):
         return {"c": {n: torch.zeros_like(p) for n, p in params.items()}}
 
     def local_train(
-        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: TensorTree, generator: torch.Generator
+        self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
         opt = trainer.cfg.optimizer
         if not isinstance(opt, SGD) or opt.momentum != 0:
             raise ValueError(f"SCAFFOLD needs client.optimizer sgd with momentum 0, got {opt!r}")
         names = self.uploaded_names(trainer.model, client)
-        c_all = state.get(SERVER_KEY, {}).get("c", {})
+        c_all = state.server.get("c", {})
         c = {n: c_all.get(n, torch.zeros_like(start[n])) for n in names}
-        own = state.get("scaffold_c", {})
+        own = state.algorithm.get("scaffold_c", {})
         c_i = {n: own.get(n, torch.zeros_like(start[n])) for n in names}
-        res = trainer.train(start, client, drop(state, "scaffold_c"), generator, grad_offset={n: c[n] - c_i[n] for n in names})
+        res = trainer.train(start, client, state.training(), generator, grad_offset={n: c[n] - c_i[n] for n in names})
         c_new = control_variate_step(c, c_i, start, res.params, int(res.metrics["steps"]), opt.lr)
         delta = {n: c_new[n] - c_i[n] for n in names}
-        return LocalResult(res.params, res.metrics, {**res.state, "scaffold_c": c_new, OUTBOX_KEY: {"delta_c": delta}})
+        return LocalResult(res.params, res.metrics, res.state.with_algorithm({"scaffold_c": c_new}), {"delta_c": delta})
 
     def server_update(self, ctx: ServerContext) -> tuple[dict[str, Tensor], TensorTree]:
         c = dict(ctx.state["c"])

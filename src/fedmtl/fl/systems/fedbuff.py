@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from fedmtl.config.systems import FedBuffMode, SystemsConfig
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.privacy_step import PrivacyStep
 from fedmtl.fl.sampling import sample_among
@@ -205,7 +206,7 @@ class FedBuff(Driver):
                     counts["dropped_stale"] += 1
                 else:
                     sim.buffer.append(e)
-                    client_states[e.client] = e.state or {}
+                    client_states[e.client] = e.state or ClientState()
                     stall = 0
         # the model moves on: whoever was dispatched on this version trains now (a checkpoint holds no pending one)
         sim.in_flight = self._train(replace(state, client_states=client_states), sim.in_flight)

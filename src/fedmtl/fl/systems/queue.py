@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.node import ClientReply
 from fedmtl.tree import TensorTree, flatten, unflatten
 
@@ -41,7 +42,7 @@ class InFlight:
     drops: bool
     bytes_down: int
     reply: ClientReply | None = None
-    state: TensorTree | None = None
+    state: ClientState | None = None
     repeat: int = 0
 
     @property
@@ -65,11 +66,12 @@ class InFlight:
             "task_samples": {t: torch.tensor(n) for t, n in r.task_samples.items()},
             # metric names hold "/" (loss/<task>): stored as the nested tree they flatten from
             "metrics": unflatten({k: torch.tensor(v, dtype=torch.float64) for k, v in r.metrics.items()}),
-            "state": self.state or {},
+            "state": self.state.to_tree() if self.state is not None else {},
         }
 
     @classmethod
     def from_tree(cls, tree: TensorTree) -> InFlight:
+        """Inverse of :meth:`to_tree` (the client state in the current layout, :meth:`ClientState.to_tree`)."""
         cid = int(tree["client"])
         reply = ClientReply(
             cid,
@@ -81,7 +83,8 @@ class InFlight:
         )
         start, end = (float(x) for x in tree["times"])
         drops = bool(int(tree["drops"]))
-        return cls(cid, int(tree["version"]), start, end, drops, int(tree["bytes_down"]), None if drops else reply, None if drops else tree["state"])
+        state = None if drops else ClientState.from_tree(tree["state"])
+        return cls(cid, int(tree["version"]), start, end, drops, int(tree["bytes_down"]), None if drops else reply, state)
 
 
 def entries_to_tree(entries: list[InFlight]) -> TensorTree:
@@ -91,3 +94,16 @@ def entries_to_tree(entries: list[InFlight]) -> TensorTree:
 
 def entries_from_tree(tree: TensorTree) -> list[InFlight]:
     return [InFlight.from_tree(tree[k]) for k in sorted(tree)]
+
+
+def upgrade_legacy_entries(systems: TensorTree) -> TensorTree:
+    """A simulated system's state from a format-1 checkpoint with the client states its queued updates
+    carry (``in_flight``, ``buffer``) converted from the flat layout (:meth:`ClientState.from_legacy`)."""
+    out = dict(systems)
+    for queue in ("in_flight", "buffer"):
+        if isinstance(systems.get(queue), dict):
+            out[queue] = {
+                k: {**e, "state": ClientState.from_legacy(e["state"]).to_tree()} if isinstance(e, dict) and isinstance(e.get("state"), dict) else e
+                for k, e in systems[queue].items()
+            }
+    return out

@@ -32,6 +32,7 @@ from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import build_algorithm, with_server
 from fedmtl.fl.client import LocalTrainer
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import initial_parameters
 from fedmtl.fl.node import ClientNode
 from fedmtl.integrations.flower import messages as msgs
@@ -41,7 +42,6 @@ from fedmtl.integrations.flower.node_state import NodeStateStore, experiment_key
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.runloop.evaluation import personal_metric_sums
 from fedmtl.tasks import Task
-from fedmtl.tree import TensorTree
 
 log = logging.getLogger("fedmtl")
 
@@ -161,7 +161,7 @@ def make_client_app() -> ClientApp:
     return app
 
 
-def _with_server_view(node: ClientNode, state: TensorTree, message: Message) -> TensorTree:
+def _with_server_view(node: ClientNode, state: ClientState, message: Message) -> ClientState:
     """As Federation.client_view: the node's state plus its decoded view of the algorithm's server state."""
     return with_server(state, node.receive_state(msgs.read_server_state(message.content)))
 
@@ -210,10 +210,10 @@ def _store(context: Context, cfg: ExperimentConfig, pid: int) -> NodeStateStore:
     return NodeStateStore(folder, pid, experiment_key(cfg, run_key))
 
 
-def _load_state(store: NodeStateStore) -> TensorTree:
+def _load_state(store: NodeStateStore) -> ClientState:
     restored = store.load()
     if restored is None:
-        return {}
+        return ClientState()
     if _saved.get(store.path) != restored.checksum:
         log.info(
             "client %d: restored its state after %d round(s) from %s (sha256 %s; %s)",
@@ -221,7 +221,7 @@ def _load_state(store: NodeStateStore) -> TensorTree:
             restored.rounds,
             store.path,
             restored.checksum,
-            ", ".join(sorted(restored.state)),
+            ", ".join(sorted(restored.state.to_tree())),
         )
         _saved[store.path] = restored.checksum
     return restored.state

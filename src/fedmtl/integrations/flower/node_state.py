@@ -34,10 +34,13 @@ from pathlib import Path
 from fedmtl.atomic import remove_stale_temps
 from fedmtl.checked_file import DamagedFile, read_checked, write_checked
 from fedmtl.config import ExperimentConfig
-from fedmtl.tree import TensorTree, flatten, unflatten
+from fedmtl.fl.client_state import ClientState
+from fedmtl.tree import flatten, unflatten
 
 log = logging.getLogger("fedmtl")
-FORMAT = "fedmtl-flower-client-state/1"
+#: 2: one sub-tree per owner (fedmtl.fl.client_state); a file of format 1 (flat) is converted on load
+FORMAT = "fedmtl-flower-client-state/2"
+LEGACY_FORMAT = "fedmtl-flower-client-state/1"
 #: the config sections a client's state depends on (not rounds, evaluation, output, runtime or tracking)
 STATE_SECTIONS = frozenset({"seed", "data", "model", "mtl", "client", "algorithm", "comm", "privacy"})
 
@@ -56,7 +59,7 @@ def experiment_key(cfg: ExperimentConfig, run_key: str) -> str:
 class Restored:
     """A client's state as loaded: the tree, the rounds it had trained in, the file's checksum."""
 
-    state: TensorTree
+    state: ClientState
     rounds: int
     checksum: str
 
@@ -73,11 +76,11 @@ class NodeStateStore:
     def path(self) -> Path:
         return self.folder / self.key / f"client-{self.partition}.safetensors"
 
-    def save(self, state: TensorTree, rounds: int) -> str:
+    def save(self, state: ClientState, rounds: int) -> str:
         """Write the state after ``rounds`` rounds of training; returns its checksum."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"format": FORMAT, "partition": str(self.partition), "key": self.key, "rounds": str(rounds)}
-        return write_checked(self.path, flatten(state), metadata)
+        return write_checked(self.path, flatten(state.to_tree()), metadata)
 
     def load(self) -> Restored | None:
         """The saved state, or None when there is none (or it was damaged: moved aside, logged)."""
@@ -86,10 +89,12 @@ class NodeStateStore:
             return None
         try:
             flat, meta = read_checked(self.path)
-            if meta.get("format") != FORMAT:
+            if meta.get("format") not in (FORMAT, LEGACY_FORMAT):
                 raise DamagedFile(f"{str(self.path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
             rounds = int(meta["rounds"])
             owner = int(meta["partition"])
+            read = ClientState.from_legacy if meta["format"] == LEGACY_FORMAT else ClientState.from_tree
+            state = read(unflatten(flat))
         except (DamagedFile, KeyError, ValueError) as exc:
             aside = self.path.with_name(f"{self.path.name}.{int(time.time())}.damaged")
             os.replace(self.path, aside)
@@ -100,7 +105,7 @@ class NodeStateStore:
                 f"{str(self.path)!r} holds the state of client {owner} (experiment {meta.get('key')}), not of client "
                 f"{self.partition} (experiment {self.key}): is this node's partition-id right?"
             )
-        return Restored(unflatten(flat), rounds, meta["sha256"])
+        return Restored(state, rounds, meta["sha256"])
 
 
 def state_folder(node_config: dict[str, object], cache_dir: str | None) -> Path:
