@@ -15,11 +15,10 @@ this module owns only who is asked, how long the server waits and what happens w
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,23 +28,19 @@ import yaml
 from flwr.app import Message, MessageType, RecordDict
 
 from fedmtl.atomic import atomic_write_text
-from fedmtl.config import ConfigError, dump_config
+from fedmtl.config import ConfigError
 from fedmtl.data.dataset import ClientData, FederatedData, Split
+from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.settings import FlowerSettings
-from fedmtl.report import MetricsLog
-from fedmtl.runloop.checkpoint import (
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.runloop.evaluation import evaluate_global, global_model_note, summarize_personalized
+from fedmtl.runloop.checkpoint import list_checkpoints
+from fedmtl.runloop.evaluation import evaluate_global, summarize_personalized
+from fedmtl.runloop.loop import Evaluation, RoundResult, run_rounds
+from fedmtl.runloop.progress import LogLines
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
@@ -339,7 +334,7 @@ class FlowerServer:
         )
         return [healthy[i] for i in picks]
 
-    def run_round(self, state: ServerState) -> tuple[ServerState, dict[str, Any]]:
+    def run_round(self, state: ServerState) -> RoundResult:
         r = state.round
         t0 = time.perf_counter()
         tried: list[dict[str, Any]] = []
@@ -423,7 +418,7 @@ class FlowerServer:
                     record["privacy"] = privacy
                 if applied.skipped:
                     record["skipped"] = applied.skipped
-                return new_state, record
+                return RoundResult(new_state, record)
             tried.append(
                 {
                     "attempt": attempt,
@@ -497,88 +492,67 @@ class FlowerServer:
         }
         return summary, rows, info
 
+    # -- what the run loop asks of a transport (fedmtl.runloop.loop.RoundRunner) ------------------
+    engine = "flower"
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.fed.algorithm
+
+    def init_state(self) -> ServerState:
+        return self.fed.init_state()
+
+    def start(self, state: ServerState) -> None:
+        """The run key the clients keep their state under (new for a fresh run), the deployment settings, then
+        wait for ``min-nodes`` registered SuperNodes."""
+        self.run_key = run_key(self.run_dir, fresh=state.round == 0)
+        atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
+        self.wait_for_nodes()
+
+    def stop_reason(self, state: ServerState) -> str:
+        return self.fed.stop_reason(state)
+
+    def can_run_round(self, state: ServerState) -> bool:
+        return self.fed.can_run_round(state)
+
+    def evaluate(self, state: ServerState) -> Evaluation:
+        """The global model on the server's hold-out; the personalised models on the nodes (when configured)."""
+        record: dict[str, Any] = {
+            "global": evaluate_global(
+                self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size, algorithm=self.fed.algorithm
+            )
+        }
+        if not self.cfg.evaluation.personalized:
+            return Evaluation(record)
+        record["personalized"], rows, record["personalized_evaluation"] = self.evaluate_personalized(state)
+        return Evaluation(record, rows)
+
+    def summary(self, state: ServerState, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The bytes on the wire (Flower's messages) and each registered client's tasks."""
+        return {
+            "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
+            "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
+            "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
+        }
+
     # -- the run ------------------------------------------------------------------------------
-    def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
-        if self.settings.resume and list_checkpoints(self.run_dir):
-            check_resumable(self.run_dir, self.cfg)
-            state, meta = load_latest(self.run_dir)
-            check_algorithm_state(state, self.fed.init_state().algorithm_state, self.cfg.algorithm.name)
-            metrics.truncate_after(state.round)
-            log.info("resuming %s from round %d", self.run_dir, state.round)
-            return state, float(meta.get("elapsed", 0.0))
-        if list_checkpoints(self.run_dir):
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every round under fedmtl's run loop; returns the summary written to ``summary.json``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved = bool(list_checkpoints(self.run_dir))
+        if saved and not self.settings.resume:
             raise ConfigError(
                 f"{str(self.run_dir)!r} already holds a run and resume is off; choose another run-name"
             )
-        metrics.truncate_after(0)
-        return self.fed.init_state(), 0.0
-
-    def run(self) -> dict[str, Any]:
-        """Run (or resume) every round; returns the summary written to ``summary.json``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        state, elapsed = self._start_state(metrics)
-        self.run_key = run_key(self.run_dir, fresh=state.round == 0)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
-        self.wait_for_nodes()
-        rounds = self.cfg.server.rounds
-        final_clients: list[dict[str, Any]] = []
-        stopped = ""
-        while state.round < rounds:
-            stopped = self.fed.stop_reason(state)
-            if stopped:
-                log.warning("stopping after round %d: %s", state.round, stopped)
-                break
-            t0 = time.perf_counter()
-            state, record = self.run_round(state)
-            if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
-                record["global"] = evaluate_global(
-                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size, algorithm=self.fed.algorithm
-                )
-                if self.cfg.evaluation.personalized:
-                    record["personalized"], rows, info = self.evaluate_personalized(state)
-                    record["personalized_evaluation"] = info
-                    if state.round == rounds:
-                        final_clients = rows
-            elapsed += time.perf_counter() - t0
-            record["elapsed"] = elapsed
-            metrics.append(record)
-            if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds or not self.fed.can_run_round(state):
-                save_checkpoint(
-                    self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints
-                )
-            log.info(
-                "round %d/%d: %d replies, dropped %s, %s",
-                state.round,
-                rounds,
-                record["replies"],
-                record["dropped"],
-                record.get("global", ""),
-            )
-        history = metrics.read()
-        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global") is not None), {})
-        summary = {
-            "rounds_completed": state.round,
-            "engine": "flower",
-            "wall_seconds": elapsed,
-            "bytes_down_total": sum(h.get("bytes_down", 0) for h in history),
-            "bytes_up_total": sum(h.get("bytes_up", 0) for h in history),
-            "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
-            "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
-            "final_global": last_eval.get("global", {}),
-            "final_personalized": last_eval.get("personalized", {}),
-            "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
-            "seed": self.cfg.seed,
-        }
-        if global_model_note(self.fed.algorithm):
-            summary["global_model"] = global_model_note(self.fed.algorithm)
-        if stopped:
-            summary["stopped_early"] = stopped
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        if final_clients:  # as the simulation: the last round's per-client personalised scores
-            atomic_write_text(self.run_dir / "clients.json", json.dumps(final_clients, indent=1))
-        return summary
+        outcome = run_rounds(
+            self,
+            self.cfg,
+            self.run_dir,
+            resume=saved,
+            progress=LogLines(),
+            resume_hint=f"submit the run again with resume on (run folder {self.run_dir})",
+        )
+        return outcome.summary
 
 
 __all__ = ["Exchange", "FlowerServer", "GridLike", "Registry", "RoundFailed", "exchange", "run_key", "stub_client"]
