@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from fedmtl.fl.client import mean_buffers
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.federation import Federation, ServerState
 from fedmtl.fl.systems.driver import Rounds
 from fedmtl.runloop.evaluation import evaluate_global, evaluate_personalized
 from fedmtl.runloop.loop import Evaluation, RoundResult
+from fedmtl.runloop.records import round_record
 
 log = logging.getLogger("fedmtl")
 
@@ -37,37 +38,6 @@ def engine_summary(label: str, counts: Mapping[str, int]) -> str:
     if len(ran) <= 1 and (not ran or next(iter(ran)) in label):
         return label
     return f"{label}: " + ", ".join(f"{n} client trainings {k}" for k, n in ran.items())
-
-
-def round_record(state: ServerState, report: RoundReport, engine: str, last_run: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """A simulated round's ``metrics.jsonl`` record (before evaluation), from the state it reached and its report.
-
-    Args:
-        engine: the engine's label (:func:`engine_label`).
-        last_run: engine name -> clients each engine trained this round, when some fell back.
-    """
-    record: dict[str, Any] = {
-        "round": state.round,
-        "cohort_size": len(report.cohort),
-        "dropped": report.dropped,
-        "bytes_down": report.bytes_down,
-        "bytes_up": report.bytes_up,
-        "train_loss": report.train_loss,
-        "round_seconds": report.seconds,
-        "engine": engine,
-        **report.systems,  # virtual_time (simulated seconds) beside round_seconds; FedBuff's staleness
-    }
-    if last_run:
-        record["engine_clients"] = dict(last_run)
-    if report.algorithm_bytes_down or report.algorithm_bytes_up:
-        # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
-        record["algorithm_bytes_down"] = report.algorithm_bytes_down
-        record["algorithm_bytes_up"] = report.algorithm_bytes_up
-    if report.privacy:
-        record["privacy"] = report.privacy
-    if report.skipped:
-        record["skipped"] = report.skipped
-    return record
 
 
 class Simulation:
@@ -143,4 +113,4 @@ class Simulation:
         }
 
 
-__all__ = ["Simulation", "engine_label", "engine_summary", "round_record"]
+__all__ = ["Simulation", "engine_label", "engine_summary"]

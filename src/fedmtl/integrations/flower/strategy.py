@@ -31,16 +31,18 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm
-from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
+from fedmtl.fl.federation import Federation, RoundPlan, ServerState
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
+from fedmtl.fl.transport import Delivery, TooFewUpdates
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.runloop.checkpoint import list_checkpoints
 from fedmtl.runloop.evaluation import evaluate_global, summarize_personalized
 from fedmtl.runloop.loop import Evaluation, RoundResult, run_rounds
 from fedmtl.runloop.progress import LogLines
+from fedmtl.runloop.records import round_record
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
@@ -177,6 +179,58 @@ def run_key(run_dir: Path, fresh: bool) -> str:
     key = uuid.uuid4().hex
     atomic_write_text(path, key + "\n")
     return key
+
+
+class GridTransport:
+    """The transport of a round on Flower's grid (:mod:`fedmtl.fl.transport`): one train message per cohort client
+    to its node, the replies that arrive within ``round-timeout`` read back.
+
+    A node that fails or stays silent drops its client (a silent one is also quarantined); a reply that cannot be
+    read, or that claims another client, drops that client. The clients keep their own state (node-local).
+
+    Attributes:
+        wire_down, wire_up: the bytes of Flower's messages, both ways (set by :meth:`deliver`).
+    """
+
+    def __init__(self, server: FlowerServer, online: Mapping[int, int]):
+        self.server = server
+        self.online = online  # client id -> node id
+        self.wire_down = 0
+        self.wire_up = 0
+
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
+        server, r = self.server, state.round
+        contents = {
+            self.online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in plan.cohort
+        }
+        ex = exchange(
+            server.grid,
+            contents,
+            MessageType.TRAIN,
+            str(r + 1),
+            server.settings.round_timeout,
+            server.settings.poll_interval,
+            server.clock,
+            server.sleep,
+        )
+        self.wire_down, self.wire_up = ex.wire_down, ex.wire_up
+        client_of = server.registry.client_of
+        dropped: dict[int, str] = {client_of[n]: why for n, why in ex.failed.items()}
+        for n in ex.timed_out:
+            dropped[client_of[n]] = f"no reply within {server.settings.round_timeout:.0f} s"
+            server.registry.quarantine[n] = r + 1 + server.settings.quarantine_rounds
+        replies: list[ClientReply] = []
+        for n, m in ex.replies.items():
+            try:
+                reply = msgs.read_reply_content(m.content)
+            except Exception as exc:  # whatever a node sends drops that node, never the run
+                dropped[client_of[n]] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
+                continue
+            if reply.client_id != client_of[n]:
+                dropped[client_of[n]] = f"reply claims client {reply.client_id}"
+                continue
+            replies.append(reply)
+        return Delivery(replies, None, dropped)
 
 
 class FlowerServer:
@@ -335,6 +389,9 @@ class FlowerServer:
         return [healthy[i] for i in picks]
 
     def run_round(self, state: ServerState) -> RoundResult:
+        """Round ``state.round + 1``: the federation's round with the grid as its transport (:class:`GridTransport`),
+        re-run with a fresh cohort while fewer valid replies than required arrive (:class:`RoundFailed` after
+        ``max-retries``)."""
         r = state.round
         t0 = time.perf_counter()
         tried: list[dict[str, Any]] = []
@@ -356,90 +413,49 @@ class FlowerServer:
                 )
                 self.sleep(min(self.settings.round_timeout, 5.0))
                 continue
-            plan = self.fed.plan(state, cohort)
-            contents = {
-                online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
-            }
-            ex = exchange(
-                self.grid,
-                contents,
-                MessageType.TRAIN,
-                str(r + 1),
-                self.settings.round_timeout,
-                self.settings.poll_interval,
-                self.clock,
-                self.sleep,
+            grid = GridTransport(self, online)
+            try:
+                new_state, report = self.fed.round(state, grid, cohort=cohort, min_updates=need, started=t0)
+            except TooFewUpdates as few:
+                self._log_dropped(r, few.dropped)
+                tried.append(
+                    {
+                        "attempt": attempt,
+                        "cohort": cohort,
+                        "replies": few.updates,
+                        "dropped": {str(k): v for k, v in few.dropped.items()},
+                    }
+                )
+                log.warning(
+                    "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
+                    r + 1,
+                    attempt + 1,
+                    few.updates,
+                    len(cohort),
+                    need,
+                )
+                continue
+            self._log_dropped(r, report.dropped)
+            record = round_record(new_state, report, self.engine)
+            record["dropped"] = {str(k): v for k, v in report.dropped.items()}
+            record.update(
+                replies=report.updates,
+                attempts=attempt + 1,
+                failed_attempts=tried,
+                wire_bytes_down=grid.wire_down,
+                wire_bytes_up=grid.wire_up,
             )
-            dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
-            for n in ex.timed_out:
-                dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
-                self.registry.quarantine[n] = r + 1 + self.settings.quarantine_rounds
-            replies: list[ClientReply] = []
-            for n, m in ex.replies.items():
-                try:
-                    reply = msgs.read_reply_content(m.content)
-                except Exception as exc:  # whatever a node sends drops that node, never the run
-                    dropped[self.registry.client_of[n]] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
-                    continue
-                if reply.client_id != self.registry.client_of[n]:
-                    dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
-                    continue
-                replies.append(reply)
-            updates, bad = self.fed.collect(replies)
-            dropped.update(bad)
-            for c, why in sorted(dropped.items()):
-                log.warning("round %d: client %d dropped: %s", r + 1, c, why)
-            if len(updates) >= need:
-                state_up = sum(len(x.outbox) for x in replies)
-                new_state, applied = self.fed.apply(state, updates, state.client_states)  # logs what it drops
-                dropped.update(applied.dropped)
-                updates = [u for u in updates if u.client_id not in applied.dropped]
-                record = {
-                    "round": new_state.round,
-                    "cohort_size": len(cohort),
-                    "replies": len(updates),
-                    "dropped": {str(k): v for k, v in dropped.items()},
-                    "attempts": attempt + 1,
-                    "failed_attempts": tried,
-                    "bytes_down": plan.bytes_down,
-                    "bytes_up": sum(len(x.payload) for x in replies) + state_up,
-                    "wire_bytes_down": ex.wire_down,
-                    "wire_bytes_up": ex.wire_up,
-                    "train_loss": mean_train_loss(updates),
-                    "round_seconds": time.perf_counter() - t0,
-                    "engine": "flower",
-                }
-                if plan.state_payloads or state_up:
-                    # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
-                    record["algorithm_bytes_down"] = plan.algorithm_bytes_down
-                    record["algorithm_bytes_up"] = state_up
-                privacy = {**applied.privacy, **max_client_epsilon(replies)}
-                if privacy:
-                    record["privacy"] = privacy
-                if applied.skipped:
-                    record["skipped"] = applied.skipped
-                return RoundResult(new_state, record)
-            tried.append(
-                {
-                    "attempt": attempt,
-                    "cohort": cohort,
-                    "replies": len(updates),
-                    "dropped": {str(k): v for k, v in dropped.items()},
-                }
-            )
-            log.warning(
-                "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
-                r + 1,
-                attempt + 1,
-                len(updates),
-                len(cohort),
-                need,
-            )
+            return RoundResult(new_state, record)
         raise RoundFailed(
             f"round {r + 1} failed: fewer than the required replies after {self.settings.max_retries + 1} attempt(s) "
             f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
             f"fix the nodes and submit the run again to resume."
         )
+
+    @staticmethod
+    def _log_dropped(r: int, dropped: Mapping[int, str]) -> None:
+        for c, why in sorted(dropped.items()):
+            log.warning("round %d: client %d dropped: %s", r + 1, c, why)
 
     # -- personalised evaluation --------------------------------------------------------------
     def evaluate_personalized(
