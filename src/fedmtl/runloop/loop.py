@@ -150,6 +150,8 @@ def run_rounds(
         on_record: called with each round's record after it is written (tracking callbacks).
         resume_hint: how to resume, logged when the run is interrupted.
     """
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     state, elapsed = start_state(runner, cfg, run_dir, metrics, resume)
     if writes:

@@ -554,7 +554,6 @@ class FlowerServer:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run (or resume) every round under fedmtl's run loop; returns the summary written to ``summary.json``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = bool(list_checkpoints(self.run_dir))
         if saved and not self.settings.resume:
             raise ConfigError(
