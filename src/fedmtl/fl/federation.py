@@ -447,7 +447,7 @@ class Federation:
         Returns:
             Each client's reply (in the cohort's order) and each one's next state.
         """
-        engine = engine or self.engine
+        engine = engine if engine is not None else self.engine
         if engine is None:
             raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
         r = state.round

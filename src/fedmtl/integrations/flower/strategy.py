@@ -2,15 +2,18 @@
 
 Flower's built-in strategies expect every reply to carry the same array keys; fedmtl's replies do
 not (each client sends only its own task heads, encoded by its codec chain), so fedmtl brings its
-own loop. The maths stays in :class:`~fedmtl.fl.federation.Federation` (plan, collect, apply);
-this module owns only who is asked, how long the server waits and what happens when clients fail:
+own. The round is the simulation's (:meth:`Federation.round <fedmtl.fl.federation.Federation.round>`:
+plan, collect, apply) with Flower's grid as its transport (:class:`GridTransport`), and the run is the
+simulation's run loop (:func:`fedmtl.runloop.loop.run_rounds`: resume, evaluation, metrics, checkpoints,
+summary) with :class:`FlowerServer` as its runner. This module owns only who is asked, how long the
+server waits and what happens when clients fail:
 
 * a client whose ClientApp raises comes back as an error reply: it is dropped from the round;
 * a client that does not answer within ``round-timeout`` (a SuperNode killed mid-round, a hung
   client) is dropped and left out of the next ``quarantine-rounds`` cohorts;
 * a round that ends with fewer valid replies than required is re-run (fresh cohort among the
   nodes still answering) up to ``max-retries`` times; then the run stops with :class:`RoundFailed`.
-  The server checkpoints after every round, so restarting the run resumes where it stopped.
+  The server checkpoints every ``output.checkpoint_every`` rounds, so restarting the run resumes there.
 """
 
 from __future__ import annotations
