@@ -254,6 +254,7 @@ class ReducingFederation:
             train_loss=acc.train_loss(),
             seconds=time.perf_counter() - t0,
             skipped=skipped,
+            updates=len(cohort) - len(acc.dropped),  # every other client of the cohort was reduced
         )
         return ServerState(r + 1, params, opt_state, new_states), report
 
