@@ -121,3 +121,44 @@ def test_the_round_imports_no_engine():
     offenders = [f"{name}:{line} imports {t}" for name in MODULES if name.startswith("fedmtl.fl.") or name == "fedmtl.fl"
                  for t, line in _imports(name) if t == "fedmtl.engine" or t.startswith("fedmtl.engine.")]
     assert offenders == []
+
+
+def _imports_below(name: str) -> set[str]:
+    """Every fedmtl module ``name`` imports, at any depth, as a dotted prefix set (``a.b.c`` gives ``a.b`` too)."""
+    out = set()
+    for target, _ in _imports(name):
+        parts = target.split(".")
+        out.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    return out
+
+
+def test_the_run_loop_lies_below_the_simulation_and_flower():
+    """fedmtl.runloop is what the simulation (fedmtl.experiment) and the deployment (fedmtl.integrations.flower)
+    share: it imports neither of them nor the CLI, and neither of them imports the other (issue 16)."""
+    above = ("fedmtl.experiment", "fedmtl.cli", "fedmtl.integrations")
+    runloop = [name for name in MODULES if name == "fedmtl.runloop" or name.startswith("fedmtl.runloop.")]
+    assert "fedmtl.runloop.loop" in runloop
+    assert [f"{n} imports {t}" for n in runloop for t in _imports_below(n) if t in above] == []
+    flower = [n for n in MODULES if n.startswith("fedmtl.integrations.flower")]
+    assert [f"{n} imports {t}" for n in flower for t in _imports_below(n) if t in ("fedmtl.experiment", "fedmtl.cli")] == []
+
+
+def _names_imported(name: str, module: str) -> set[str]:
+    path, _ = MODULES[name]
+    return {
+        a.name
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == module
+        for a in node.names
+    }
+
+
+def test_one_run_loop_writes_every_run_folder():
+    """The simulation and the Flower server both run their rounds through fedmtl.runloop.loop.run_rounds, and
+    nothing else writes checkpoints or metrics.jsonl (a second loop would have to)."""
+    for runner in ("fedmtl.experiment.experiment", "fedmtl.integrations.flower.strategy"):
+        assert "run_rounds" in _names_imported(runner, "fedmtl.runloop.loop"), runner
+    writers = [n for n in MODULES if "save_checkpoint" in _names_imported(n, "fedmtl.runloop.checkpoint")]
+    assert writers == ["fedmtl.runloop.loop"]
+    logs = [n for n in MODULES if "MetricsLog" in _names_imported(n, "fedmtl.report")]
+    assert logs == ["fedmtl.runloop.loop"]

@@ -86,6 +86,11 @@ def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
         pytest.param(
             ["engine.name=distributed", "engine.local.name=sequential"], "gather", marks=pytest.mark.slow
         ),
+        pytest.param(  # a non-mean aggregator under the reducing round: its gathered round (InProcess over the ranks)
+            ["engine.name=distributed", "engine.local.name=sequential", "server.aggregator.name=median"],
+            "reduce",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_two_ranks_match_sequential(tmp_path: Path, extra: list[str], aggregate: str) -> None:

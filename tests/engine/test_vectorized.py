@@ -66,6 +66,7 @@ def test_chunks_and_streaming_round_match_sequential() -> None:
     assert max_diff(seq.params, vec.params) < TOL
     # the streamed round counts the bytes it never encodes (identity links) exactly as the plain round
     assert [(r.bytes_down, r.bytes_up) for r in rs] == [(r.bytes_down, r.bytes_up) for r in rv]
+    assert [r.updates for r in rs] == [r.updates for r in rv] == [len(r.cohort) for r in rs]
 
 
 class _RandomWeights:
@@ -175,6 +176,7 @@ def test_reducing_round_drops_non_finite_updates_like_the_plain_round() -> None:
     plain, rp = run(cfg, data, SequentialEngine(), rounds=1, federation_cls=Federation)
     red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
     assert rp[0].dropped.keys() == rr[0].dropped.keys() and rp[0].dropped
+    assert rp[0].updates == rr[0].updates == len(rp[0].cohort) - len(rp[0].dropped)
     assert max_diff(plain.params, red.params) < TOL
     # both report the training loss of the accepted updates only (the plain round used to count the
     # dropped ones too, and reported a loss here where every update was dropped)

@@ -120,9 +120,9 @@ def test_a_federated_run_has_no_global_model_note(tiny_config) -> None:
 
 
 def test_progress_shows_the_personalised_scores_when_there_is_no_global_model() -> None:
-    from fedmtl.experiment.experiment import Experiment
+    from fedmtl.runloop.progress import postfix
 
     pers = {"digit": {"pooled": {"accuracy": 0.8125}}, "score": {"pooled": {"rmse": 3.0}}}  # score: R² undefined
-    assert Experiment._postfix({"global": {}, "personalized": pers}) == "digit=0.812 (pers) score=n/a (pers)"
+    assert postfix({"global": {}, "personalized": pers}) == "digit=0.812 (pers) score=n/a (pers)"
     glob = {"digit": {"accuracy": 0.5}}
-    assert Experiment._postfix({"global": glob, "personalized": pers}) == "digit=0.500"
+    assert postfix({"global": glob, "personalized": pers}) == "digit=0.500"

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,7 @@ from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.transport import InProcess
 
 log = logging.getLogger("fedmtl")
 
@@ -84,16 +86,12 @@ class DistributedEngine:
         return [r for part in gathered for r in part]  # rank slices are contiguous, in order
 
 
-def gathered_round(fed: Federation, state: ServerState) -> tuple[ServerState, RoundReport]:
-    """The plain round with training spread over the ranks and the results all-gathered (any aggregator)."""
-    local = fed.engine
-    if local is None:
+def gathered_round(fed: Federation, state: ServerState, **options: Any) -> tuple[ServerState, RoundReport]:
+    """The plain round with training spread over the ranks and the results all-gathered (any aggregator):
+    the in-process transport over a :class:`DistributedEngine` (``options``: :meth:`Federation.round`'s)."""
+    if fed.engine is None:
         raise RuntimeError("this round has no engine; pass one to simulate rounds")
-    fed.engine = DistributedEngine(local)
-    try:
-        return Federation.round(fed, state)
-    finally:
-        fed.engine = local
+    return fed.round(state, InProcess(fed, DistributedEngine(fed.engine)), **options)
 
 
 if __name__ == "__main__":  # torchrun ... -m fedmtl.engine.distributed: the entry point lives above this module

@@ -30,6 +30,7 @@ from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
 from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
 from fedmtl.fl.seeding import generator
+from fedmtl.fl.transport import Transport
 from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL, MultiTaskModel
 
@@ -179,11 +180,16 @@ class ReducingFederation:
             and type(self.algorithm).server_update is FedAvg.server_update
         )
 
-    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
-        if not self.streams():
-            if self.distributed:
-                return gathered_round(self.federation, state)
-            return self.federation.round(state)
+    def round(self, state: ServerState, transport: Transport | None = None, **options: Any) -> tuple[ServerState, RoundReport]:
+        """The federation's round, streamed when it may be (:meth:`streams`) and the clients train here.
+
+        ``transport`` and ``options`` (a cohort, a quorum: :meth:`Federation.round`) go to the federation's
+        round, which they change: a systems driver's clock, say.
+        """
+        if transport is not None or options or not self.streams():
+            if self.distributed and transport is None:
+                return gathered_round(self.federation, state, **options)
+            return self.federation.round(state, transport, **options)
         t0 = time.perf_counter()
         r = state.round
         cohort = self.cohort(r)
@@ -249,6 +255,7 @@ class ReducingFederation:
             train_loss=acc.train_loss(),
             seconds=time.perf_counter() - t0,
             skipped=skipped,
+            updates=len(cohort) - len(acc.dropped),  # every other client of the cohort was reduced
         )
         return ServerState(r + 1, params, opt_state, new_states), report
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,27 +20,21 @@ import torch
 from torch import nn
 
 from fedmtl._extras import require
-from fedmtl.atomic import atomic_write_text, remove_stale_temps
-from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
+from fedmtl.atomic import remove_stale_temps
+from fedmtl.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from fedmtl.data import FederatedData, SourceData, build_federated_data
 from fedmtl.engine import make_federation
 from fedmtl.engine.device import DeviceError, resolve_device
-from fedmtl.fl.client import load_parameters, mean_buffers
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.client import load_parameters
 from fedmtl.fl.systems import Rounds, build_systems
 from fedmtl.mtl import MultiTaskModel, build_model
 from fedmtl.mtl.factory import as_model
-from fedmtl.report import MetricsLog, render_report
+from fedmtl.report import render_report
 from fedmtl.report.metrics_log import flatten
-from fedmtl.runloop.checkpoint import (
-    CheckpointError,
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.runloop.evaluation import evaluate_global, evaluate_personalized, global_model_note
+from fedmtl.runloop.checkpoint import CheckpointError, check_resumable
+from fedmtl.runloop.loop import run_rounds
+from fedmtl.runloop.progress import Bar
+from fedmtl.runloop.simulation import Simulation
 from fedmtl.tracking import Callback, Tracking, build_callbacks
 
 log = logging.getLogger("fedmtl")
@@ -140,7 +132,6 @@ class Experiment:
         if model is not None and not (isinstance(model, nn.Module) or callable(model)):
             raise ConfigError(f"model must be a torch.nn.Module or a callable returning one, got {type(model).__name__}")
         self._data: FederatedData | None = None
-        self._final_clients: list[dict[str, Any]] = []
 
     @functools.cached_property
     def tracking(self) -> Tracking:
@@ -194,7 +185,12 @@ class Experiment:
         return run_dir
 
     def run(self, resume: str | Path | None = None, progress: bool = True) -> Results:
-        """Run (or continue) the experiment and return its results."""
+        """Run (or continue) the experiment and return its results.
+
+        The rounds run in process (:class:`~fedmtl.runloop.simulation.Simulation`) under the run loop every
+        fedmtl run shares (:func:`~fedmtl.runloop.loop.run_rounds`: resume, evaluation, metrics, checkpoints,
+        summary); this builds what it needs and renders the plots and report.
+        """
         cfg = self.config
         if cfg.runtime.threads is not None:
             torch.set_num_threads(cfg.runtime.threads)
@@ -203,176 +199,20 @@ class Experiment:
         except DeviceError as exc:
             raise ConfigError(str(exc)) from None
         run_dir = self._run_dir(resume)
-        data = self.data
-        model = self.build_model()
-        fed = make_federation(cfg, data, model, str(device))
+        fed = make_federation(cfg, self.data, self.build_model(), str(device))
         rounds: Rounds = fed if cfg.systems is None else build_systems(cfg.systems, fed)  # the simulated clock drives the rounds
         # under torchrun every rank runs the rounds; rank 0 alone writes the run folder
         writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-        metrics = MetricsLog(run_dir / "metrics.jsonl")
-        if resume is not None:
-            remove_stale_temps(run_dir / "checkpoints")
-        if resume is not None and list_checkpoints(run_dir):
-            state, meta = load_latest(run_dir)
-            check_algorithm_state(state, rounds.init_state().algorithm_state, cfg.algorithm.name)
-            metrics.truncate_after(state.round)
-            elapsed = float(meta.get("elapsed", 0.0))
-            log.info("resuming %s from round %d", run_dir, state.round)
-        else:  # a new run, or one killed before its first checkpoint: round 0 is where it resumes
-            if resume is not None:
-                log.info("resuming %s: no checkpoint was written yet, starting from round 0", run_dir)
-            state = rounds.init_state()
-            metrics.truncate_after(0)
-            elapsed = 0.0
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        log.info("engine: %s on %s; %d clients, cohort %d, %d rounds", engine_label(fed), device, data.num_clients, fed.cohort_size, cfg.server.rounds)
-
-        bar = None
-        if progress and writes:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.server.rounds, initial=min(state.round, cfg.server.rounds), desc="rounds", unit="round", dynamic_ncols=True)
-        shown = ""
-        stopped = ""
-        try:
-            while state.round < cfg.server.rounds:
-                stopped = rounds.stop_reason(state)
-                if stopped:
-                    log.warning("stopping after round %d: %s", state.round, stopped)
-                    break
-                t0 = time.perf_counter()
-                state, report = rounds.round(state)
-                record = self._record(fed, state, report)
-                elapsed += time.perf_counter() - t0
-                record["elapsed"] = elapsed
-                if writes:
-                    metrics.append(record)
-                    self.tracking.on_round(run_dir, cfg, record)
-                due = state.round % cfg.output.checkpoint_every == 0 or state.round == cfg.server.rounds
-                if writes and (due or not rounds.can_run_round(state)):
-                    save_checkpoint(run_dir, state, {"elapsed": elapsed}, keep=cfg.output.keep_checkpoints)
-                if bar is not None:
-                    if record.get("global") is not None:
-                        shown = self._postfix(record)
-                    bar.update(1)
-                    bar.set_postfix_str(f"{shown} up={record['bytes_up'] / 1e6:.1f}MB/round")
-        except KeyboardInterrupt:
-            log.warning("interrupted at round %d; resume with: fedmtl run --resume %s", state.round, run_dir)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        history = metrics.read()
-        summary = self._summary(fed, state, history, engine_label(fed), elapsed)
-        if not writes:
-            return Results(run_dir, summary, history, state.params)
-        if stopped:
-            summary["stopped_early"] = stopped
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-        if self._final_clients:
-            atomic_write_text(run_dir / "clients.json", json.dumps(self._final_clients, indent=1))
-        if cfg.output.plots:
+        outcome = run_rounds(
+            Simulation(fed, rounds, str(device)),
+            cfg,
+            run_dir,
+            resume=resume is not None,
+            writes=writes,
+            progress=Bar() if progress and writes else None,
+            on_record=lambda record: self.tracking.on_round(run_dir, cfg, record),
+            resume_hint=f"fedmtl run --resume {run_dir}",
+        )
+        if writes and cfg.output.plots:
             render_report(run_dir)
-        return Results(run_dir, summary, history, state.params)
-
-    def _record(self, fed: Federation, state: ServerState, report: RoundReport) -> dict[str, Any]:
-        cfg = self.config
-        engine_name = engine_label(fed)
-        record: dict[str, Any] = {
-            "round": state.round,
-            "cohort_size": len(report.cohort),
-            "dropped": report.dropped,
-            "bytes_down": report.bytes_down,
-            "bytes_up": report.bytes_up,
-            "train_loss": report.train_loss,
-            "round_seconds": report.seconds,
-            "engine": engine_name,
-            **report.systems,  # virtual_time (simulated seconds) beside round_seconds; FedBuff's staleness
-        }
-        last_run = getattr(fed.engine, "last_run", None)
-        if last_run:
-            record["engine_clients"] = dict(last_run)
-        if report.algorithm_bytes_down or report.algorithm_bytes_up:
-            # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
-            record["algorithm_bytes_down"] = report.algorithm_bytes_down
-            record["algorithm_bytes_up"] = report.algorithm_bytes_up
-        if report.privacy:
-            record["privacy"] = report.privacy
-        if report.skipped:
-            record["skipped"] = report.skipped
-        due = state.round % cfg.evaluation.every == 0 or state.round == cfg.server.rounds
-        if due:
-            bn = mean_buffers(fed.model, list(state.client_states.values()))  # BatchNorm trunks only; else {}
-            record["global"] = evaluate_global(fed.model, state.params, fed.data, cfg.evaluation.batch_size, bn, fed.algorithm)
-            if cfg.evaluation.personalized:
-                # each client's own state plus the server state it would receive now (IFCA re-picks its cluster)
-                views = fed.server_views(state, range(fed.data.num_clients))
-                client_states = {c: fed.client_view(state, c, views.get(c)) for c in range(fed.data.num_clients)}
-                summary, rows = evaluate_personalized(
-                    fed.model, fed.algorithm, state.params, fed.data, client_states, cfg.evaluation.batch_size
-                )
-                record["personalized"] = summary
-                if state.round == cfg.server.rounds:
-                    self._final_clients = rows
-        return record
-
-    @staticmethod
-    def _postfix(record: dict[str, Any]) -> str:
-        parts = []
-        for task, m in (record.get("global") or {}).items():
-            key = "accuracy" if "accuracy" in m else "r2"
-            parts.append(f"{task}={m[key]:.3f}" if m.get(key) is not None else f"{task}=n/a")  # None: not finite
-        if not record.get("global"):  # no global model (local): the personalised models' pooled scores
-            for task, p in (record.get("personalized") or {}).items():
-                m = p.get("pooled") or {}
-                key = "accuracy" if "accuracy" in m else "r2"
-                parts.append(f"{task}={m[key]:.3f} (pers)" if m.get(key) is not None else f"{task}=n/a (pers)")
-        if "epsilon" in (record.get("privacy") or {}):
-            parts.append(f"ε={record['privacy']['epsilon']:.2f}")
-        return " ".join(parts)
-
-    def _summary(self, fed: Federation, state: ServerState, history: list[dict[str, Any]], engine: str, elapsed: float) -> dict[str, Any]:
-        last_eval: dict[str, Any] = next((r for r in reversed(history) if r.get("global") is not None), {})
-        privacy = next((r["privacy"] for r in reversed(history) if r.get("privacy")), None)
-        counts: dict[str, int] = {}
-        for r in history:
-            for name, n in (r.get("engine_clients") or {}).items():
-                counts[name] = counts.get(name, 0) + int(n)
-        fallback = sorted(getattr(fed.engine, "fallback_reasons", ()))
-        out: dict[str, Any] = {
-            "privacy": privacy,
-            "rounds_completed": state.round,
-            "engine": engine_summary(engine, counts),
-            "engine_clients": counts,
-            "engine_fallback": fallback,
-            "wall_seconds": elapsed,
-            **({"virtual_time": history[-1]["virtual_time"]} if history and "virtual_time" in history[-1] else {}),
-            "bytes_down_total": sum(r.get("bytes_down", 0) for r in history),
-            "bytes_up_total": sum(r.get("bytes_up", 0) for r in history),
-            "final_global": last_eval.get("global", {}),
-            "final_personalized": last_eval.get("personalized", {}),
-            "data": fed.data.summary(),
-            "data_cleaning": fed.data.cleaning.as_dict() if fed.data.cleaning is not None else None,
-            "seed": self.config.seed,
-        }
-        note = global_model_note(fed.algorithm)
-        if note:
-            out["global_model"] = note
-        return out
-
-
-def engine_summary(label: str, counts: Mapping[str, int]) -> str:
-    """What ran the clients' local training, in words: the engine, and how many client trainings each engine
-    ran when some of them fell back (``counts``: engine name -> client trainings over the run)."""
-    ran = {k: v for k, v in counts.items() if v}
-    if len(ran) <= 1 and (not ran or next(iter(ran)) in label):
-        return label
-    return f"{label}: " + ", ".join(f"{n} client trainings {k}" for k, n in ran.items())
-
-
-def engine_label(fed: Federation) -> str:
-    """The engine's name, with the torchrun world size when ranks share the cohort."""
-    name = fed.engine.name if fed.engine is not None else "none"
-    if getattr(fed, "distributed", False):
-        return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
-    return name
+        return Results(run_dir, outcome.summary, outcome.history, outcome.state.params)

@@ -42,6 +42,7 @@ from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
+from fedmtl.fl.transport import InProcess, TooFewUpdates, Transport
 from fedmtl.fl.update import ClientUpdate, bound_claims
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
 from fedmtl.privacy.secagg.protocol import SecAggError
@@ -113,6 +114,8 @@ class RoundReport:
     skipped: str = ""
     #: what the simulated system did (``virtual_time``, staleness; fedmtl.fl.systems); {} without one
     systems: dict[str, object] = field(default_factory=dict)
+    #: how many clients' updates were aggregated
+    updates: int = 0
 
 
 @dataclass(frozen=True)
@@ -438,18 +441,24 @@ class Federation:
 
     # -- the simulated round -------------------------------------------------------------------
     def local_round(
-        self, state: ServerState, plan: RoundPlan, generators: Mapping[int, torch.Generator] | None = None
+        self,
+        state: ServerState,
+        plan: RoundPlan,
+        generators: Mapping[int, torch.Generator] | None = None,
+        engine: Engine | None = None,
     ) -> tuple[list[ClientReply], dict[int, ClientState]]:
         """The clients' side of ``plan`` in process: decode, train the cohort on the engine (one batch), upload.
 
         Args:
             generators: client id -> its training generator (default ``(seed, "client", round, client)``);
                 the asynchronous driver keys them by model version and dispatch.
+            engine: trains the cohort instead of :attr:`engine` (torch.distributed's, over the ranks).
 
         Returns:
             Each client's reply (in the cohort's order) and each one's next state.
         """
-        if self.engine is None:
+        engine = engine if engine is not None else self.engine
+        if engine is None:
             raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
         r = state.round
         starts = self.receive_all(plan, plan.cohort)
@@ -468,7 +477,7 @@ class Federation:
             )
             for cid, start in zip(plan.cohort, starts)
         ]
-        results = self.engine.run_cohort(self.algorithm, self.trainer, jobs)
+        results = engine.run_cohort(self.algorithm, self.trainer, jobs)
         honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
         client_states: dict[int, ClientState] = {}
         replies = []
@@ -496,6 +505,8 @@ class Federation:
         started: float | None = None,
         dropped: Mapping[int, str] | None = None,
         scale: Mapping[int, float] | None = None,
+        collected: tuple[list[ClientUpdate], dict[int, str]] | None = None,
+        aggregate: Callable[[ServerState, Sequence[ClientUpdate]], PrivateAggregate] | None = None,
     ) -> tuple[ServerState, RoundReport]:
         """The server's side of the replies that arrived: collect, apply, report.
 
@@ -506,12 +517,14 @@ class Federation:
             dropped: clients already left out before their reply was read (a simulated deadline), with why.
             scale: client id -> factor its decoded update is multiplied by before aggregation (FedBuff's
                 staleness weight); 1 for a client not named.
+            collected: what :meth:`collect` made of ``replies`` already (the round driver checks the count first).
+            aggregate: replaces the in-process aggregation (:meth:`apply`'s ``aggregate``).
         """
         t0 = time.perf_counter() if started is None else started
-        updates, bad = self.collect(replies)
+        updates, bad = self.collect(replies) if collected is None else collected
         if scale:
             updates = [replace(u, delta={n: d * scale.get(u.client_id, 1.0) for n, d in u.delta.items()}) for u in updates]
-        new_state, applied = self.apply(state, updates, client_states)
+        new_state, applied = self.apply(state, updates, client_states, aggregate)
         all_dropped = {**(dropped or {}), **bad, **applied.dropped}
         updates = [u for u in updates if u.client_id not in applied.dropped]
         report = RoundReport(
@@ -526,22 +539,46 @@ class Federation:
             algorithm_bytes_down=algorithm_bytes_down,
             algorithm_bytes_up=sum(len(x.outbox) for x in replies),
             skipped=applied.skipped,
+            updates=len(updates),
         )
         return new_state, report
 
-    def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
-        """Run round ``state.round`` in process and return the next state (inputs are not mutated)."""
-        if self.engine is None:
-            raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
-        t0 = time.perf_counter()
-        plan = self.plan(state)
-        replies, states = self.local_round(state, plan)
+    def round(
+        self,
+        state: ServerState,
+        transport: Transport | None = None,
+        *,
+        cohort: Sequence[int] | None = None,
+        min_updates: int = 0,
+        started: float | None = None,
+    ) -> tuple[ServerState, RoundReport]:
+        """Run round ``state.round + 1`` and return the next state (inputs are not mutated): the one round driver.
+
+        Plan (sample the cohort, encode the broadcast), deliver it over ``transport`` (default: the clients
+        train here, on the engine), collect (decode and check every reply), apply (aggregate, step).
+
+        Args:
+            transport: how the broadcast reaches the clients (:mod:`fedmtl.fl.transport`).
+            cohort: the clients to ask (default: this round's sample, :meth:`cohort`).
+            min_updates: raise :class:`~fedmtl.fl.transport.TooFewUpdates`, applying nothing, when fewer valid
+                updates arrive (a deployment then retries the round).
+            started: ``time.perf_counter()`` when the round began (default: now), for the report's ``seconds``.
+        """
+        t0 = time.perf_counter() if started is None else started
+        plan = self.plan(state, cohort)
+        delivery = (transport or InProcess(self)).deliver(state, plan)
+        updates, bad = (delivery.collect or self.collect)(delivery.replies)
+        if len(updates) < min_updates:
+            raise TooFewUpdates(len(updates), {**delivery.dropped, **bad})
         return self.conclude(
             state,
-            replies,
-            {**state.client_states, **states},
+            delivery.replies,
+            state.client_states if delivery.client_states is None else delivery.client_states,
             cohort=plan.cohort,
             bytes_down=plan.bytes_down,
             algorithm_bytes_down=plan.algorithm_bytes_down,
             started=t0,
+            dropped=delivery.dropped,
+            collected=(updates, bad),
+            aggregate=delivery.aggregate,
         )

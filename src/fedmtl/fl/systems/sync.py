@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fedmtl.config.systems import SyncMode, SystemsConfig
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.federation import Federation, RoundPlan, RoundReport, ServerState
 from fedmtl.fl.sampling import sample_among
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.systems.driver import Driver, clock_of, clock_tree
+from fedmtl.fl.transport import Delivery
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,33 @@ def settle(
     return Settled(kept, dropped, end)
 
 
+class OnTheClock:
+    """The transport of a synchronous round on the simulated clock: the clients train in process, and
+    :func:`settle` decides from their simulated finish and offline times whose replies the server keeps."""
+
+    def __init__(self, driver: SyncRounds, start: float):
+        self.driver = driver
+        self.start = start
+        self.settled = Settled([], {}, start)
+
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
+        d = self.driver
+        replies, states = d.fed.local_round(state, plan)
+        finish, offline = {}, {}
+        for reply in replies:
+            cid = reply.client_id
+            down = len(plan.payloads[cid]) + len(plan.state_payloads.get(cid, b""))
+            finish[cid] = self.start + d.duration(cid, down, len(reply.payload) + len(reply.outbox))
+            offline[cid] = d.availability.offline_at(cid, self.start)
+        self.settled = settle(self.start, finish, offline, d.fed.cohort_size, d.mode.deadline)
+        kept = set(self.settled.kept)
+        return Delivery(
+            [x for x in replies if x.client_id in kept],
+            {**state.client_states, **{c: s for c, s in states.items() if c in kept}},
+            self.settled.dropped,
+        )
+
+
 class SyncRounds(Driver):
     """Synchronous FedAvg-style rounds whose timing follows the simulated clients."""
 
@@ -90,26 +118,9 @@ class SyncRounds(Driver):
         k = fed.cohort_size
         selected = min(len(online), math.ceil(k * (1 + self.mode.over_selection)))
         cohort = sample_among(online, selected, generator(fed.cfg.seed, "cohort", r))
-        plan = fed.plan(state, cohort)
-        replies, states = fed.local_round(state, plan)
-        finish, offline = {}, {}
-        for reply in replies:
-            cid = reply.client_id
-            down = len(plan.payloads[cid]) + len(plan.state_payloads.get(cid, b""))
-            finish[cid] = start + self.duration(cid, down, len(reply.payload) + len(reply.outbox))
-            offline[cid] = self.availability.offline_at(cid, start)
-        settled = settle(start, finish, offline, k, self.mode.deadline)
-        kept = set(settled.kept)
-        new_state, report = fed.conclude(
-            state,
-            [x for x in replies if x.client_id in kept],
-            {**state.client_states, **{c: s for c, s in states.items() if c in kept}},
-            cohort=plan.cohort,
-            bytes_down=plan.bytes_down,
-            algorithm_bytes_down=plan.algorithm_bytes_down,
-            started=t0,
-            dropped=settled.dropped,
-        )
+        clock = OnTheClock(self, start)
+        new_state, report = fed.round(state, clock, cohort=cohort, started=t0)
+        settled = clock.settled
         new_state = replace(new_state, systems_state=clock_tree(settled.end))
         systems: dict[str, object] = {"virtual_time": settled.end, "round_virtual_seconds": settled.end - start, "online": len(online), "selected": selected}
         return new_state, replace(report, systems=systems)

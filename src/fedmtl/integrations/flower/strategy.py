@@ -2,24 +2,26 @@
 
 Flower's built-in strategies expect every reply to carry the same array keys; fedmtl's replies do
 not (each client sends only its own task heads, encoded by its codec chain), so fedmtl brings its
-own loop. The maths stays in :class:`~fedmtl.fl.federation.Federation` (plan, collect, apply);
-this module owns only who is asked, how long the server waits and what happens when clients fail:
+own. The round is the simulation's (:meth:`Federation.round <fedmtl.fl.federation.Federation.round>`:
+plan, collect, apply) with Flower's grid as its transport (:class:`GridTransport`), and the run is the
+simulation's run loop (:func:`fedmtl.runloop.loop.run_rounds`: resume, evaluation, metrics, checkpoints,
+summary) with :class:`FlowerServer` as its runner. This module owns only who is asked, how long the
+server waits and what happens when clients fail:
 
 * a client whose ClientApp raises comes back as an error reply: it is dropped from the round;
 * a client that does not answer within ``round-timeout`` (a SuperNode killed mid-round, a hung
   client) is dropped and left out of the next ``quarantine-rounds`` cohorts;
 * a round that ends with fewer valid replies than required is re-run (fresh cohort among the
   nodes still answering) up to ``max-retries`` times; then the run stops with :class:`RoundFailed`.
-  The server checkpoints after every round, so restarting the run resumes where it stopped.
+  The server checkpoints every ``output.checkpoint_every`` rounds, so restarting the run resumes there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,24 +31,22 @@ import yaml
 from flwr.app import Message, MessageType, RecordDict
 
 from fedmtl.atomic import atomic_write_text
-from fedmtl.config import ConfigError, dump_config
+from fedmtl.config import ConfigError
 from fedmtl.data.dataset import ClientData, FederatedData, Split
-from fedmtl.fl.federation import Federation, ServerState, max_client_epsilon, mean_train_loss
+from fedmtl.fl.algorithm import Algorithm
+from fedmtl.fl.federation import Federation, RoundPlan, ServerState
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
+from fedmtl.fl.transport import Delivery, TooFewUpdates
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower.secagg_server import SecureRound, refusal
 from fedmtl.integrations.flower.settings import FlowerSettings
-from fedmtl.report import MetricsLog
-from fedmtl.runloop.checkpoint import (
-    check_algorithm_state,
-    check_resumable,
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
-from fedmtl.runloop.evaluation import evaluate_global, global_model_note, summarize_personalized
+from fedmtl.runloop.checkpoint import list_checkpoints
+from fedmtl.runloop.evaluation import evaluate_global, summarize_personalized
+from fedmtl.runloop.loop import Evaluation, RoundResult, run_rounds
+from fedmtl.runloop.progress import LogLines
+from fedmtl.runloop.records import round_record
 
 log = logging.getLogger("fedmtl")
 REGISTER_BACKOFF = 10.0
@@ -181,6 +181,76 @@ def run_key(run_dir: Path, fresh: bool) -> str:
     key = uuid.uuid4().hex
     atomic_write_text(path, key + "\n")
     return key
+
+
+class GridTransport:
+    """The transport of a round on Flower's grid (:mod:`fedmtl.fl.transport`): one train message per cohort client
+    to its node, the replies that arrive within ``round-timeout`` read back.
+
+    A node that fails or stays silent drops its client (a silent one is also quarantined); a reply that cannot be
+    read, or that claims another client, drops that client. The clients keep their own state (node-local).
+
+    Attributes:
+        wire_down, wire_up: the bytes of Flower's messages, both ways (set by :meth:`deliver`).
+    """
+
+    def __init__(self, server: FlowerServer, online: Mapping[int, int]):
+        self.server = server
+        self.online = online  # client id -> node id
+        self.train_wire = (0, 0)
+        self.secure: SecureRound | None = None
+
+    @property
+    def wire_down(self) -> int:
+        """Bytes of Flower's messages to the nodes: the train messages and secure aggregation's stages."""
+        return self.train_wire[0] + (self.secure.wire_down if self.secure is not None else 0)
+
+    @property
+    def wire_up(self) -> int:
+        """Bytes of Flower's messages from the nodes: the train replies and secure aggregation's stages."""
+        return self.train_wire[1] + (self.secure.wire_up if self.secure is not None else 0)
+
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
+        server, r = self.server, state.round
+        contents = {
+            self.online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in plan.cohort
+        }
+        self.secure = server._secure_round(r, {c: self.online[c] for c in plan.cohort})
+        if self.secure is not None:  # the nodes keep their updates: the train replies carry public keys
+            self.secure.offer(contents)
+        ex = exchange(
+            server.grid,
+            contents,
+            MessageType.TRAIN,
+            str(r + 1),
+            server.settings.round_timeout,
+            server.settings.poll_interval,
+            server.clock,
+            server.sleep,
+        )
+        self.train_wire = (ex.wire_down, ex.wire_up)
+        client_of = server.registry.client_of
+        dropped: dict[int, str] = {client_of[n]: why for n, why in ex.failed.items()}
+        for n in ex.timed_out:
+            dropped[client_of[n]] = f"no reply within {server.settings.round_timeout:.0f} s"
+            server.registry.quarantine[n] = r + 1 + server.settings.quarantine_rounds
+        replies: list[ClientReply] = []
+        for n, m in ex.replies.items():
+            try:
+                reply = msgs.read_reply_content(m.content)
+            except Exception as exc:  # whatever a node sends drops that node, never the run
+                dropped[client_of[n]] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
+                continue
+            if reply.client_id != client_of[n]:
+                dropped[client_of[n]] = f"reply claims client {reply.client_id}"
+                continue
+            replies.append(reply)
+        secure = self.secure
+        if secure is None:
+            return Delivery(replies, None, dropped)
+        by_client = {client_of[n]: m.content for n, m in ex.replies.items()}
+        # secure aggregation's remaining stages run as the round's aggregate: the server sees only masked vectors
+        return Delivery(replies, None, dropped, collect=lambda rs: secure.collect(rs, by_client), aggregate=secure.aggregate)
 
 
 class FlowerServer:
@@ -338,7 +408,10 @@ class FlowerServer:
         )
         return [healthy[i] for i in picks]
 
-    def run_round(self, state: ServerState) -> tuple[ServerState, dict[str, Any]]:
+    def run_round(self, state: ServerState) -> RoundResult:
+        """Round ``state.round + 1``: the federation's round with the grid as its transport (:class:`GridTransport`),
+        re-run with a fresh cohort while fewer valid replies than required arrive (:class:`RoundFailed` after
+        ``max-retries``)."""
         r = state.round
         t0 = time.perf_counter()
         tried: list[dict[str, Any]] = []
@@ -360,93 +433,39 @@ class FlowerServer:
                 )
                 self.sleep(min(self.settings.round_timeout, 5.0))
                 continue
-            plan = self.fed.plan(state, cohort)
-            contents = {
-                online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
-            }
-            secure = self._secure_round(r, {c: online[c] for c in cohort})
-            if secure is not None:
-                secure.offer(contents)
-            ex = exchange(
-                self.grid,
-                contents,
-                MessageType.TRAIN,
-                str(r + 1),
-                self.settings.round_timeout,
-                self.settings.poll_interval,
-                self.clock,
-                self.sleep,
+            grid = GridTransport(self, online)
+            try:
+                new_state, report = self.fed.round(state, grid, cohort=cohort, min_updates=need, started=t0)
+            except TooFewUpdates as few:
+                self._log_dropped(r, few.dropped)
+                tried.append(
+                    {
+                        "attempt": attempt,
+                        "cohort": cohort,
+                        "replies": few.updates,
+                        "dropped": {str(k): v for k, v in few.dropped.items()},
+                    }
+                )
+                log.warning(
+                    "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
+                    r + 1,
+                    attempt + 1,
+                    few.updates,
+                    len(cohort),
+                    need,
+                )
+                continue
+            self._log_dropped(r, report.dropped)
+            record = round_record(new_state, report, self.engine)
+            record["dropped"] = {str(k): v for k, v in report.dropped.items()}
+            record.update(
+                replies=report.updates,
+                attempts=attempt + 1,
+                failed_attempts=tried,
+                wire_bytes_down=grid.wire_down,
+                wire_bytes_up=grid.wire_up,
             )
-            dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
-            for n in ex.timed_out:
-                dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
-                self.registry.quarantine[n] = r + 1 + self.settings.quarantine_rounds
-            replies: list[ClientReply] = []
-            for n, m in ex.replies.items():
-                try:
-                    reply = msgs.read_reply_content(m.content)
-                except Exception as exc:  # whatever a node sends drops that node, never the run
-                    dropped[self.registry.client_of[n]] = f"bad reply: {type(exc).__name__}: {str(exc)[:200]}"
-                    continue
-                if reply.client_id != self.registry.client_of[n]:
-                    dropped[self.registry.client_of[n]] = f"reply claims client {reply.client_id}"
-                    continue
-                replies.append(reply)
-            if secure is not None:
-                by_client = {self.registry.client_of[n]: m.content for n, m in ex.replies.items()}
-                updates, bad = secure.collect(replies, by_client)
-            else:
-                updates, bad = self.fed.collect(replies)
-            dropped.update(bad)
-            for c, why in sorted(dropped.items()):
-                log.warning("round %d: client %d dropped: %s", r + 1, c, why)
-            if len(updates) >= need:
-                state_up = sum(len(x.outbox) for x in replies)
-                aggregate = secure.aggregate if secure is not None else None
-                new_state, applied = self.fed.apply(state, updates, state.client_states, aggregate)  # logs what it drops
-                dropped.update(applied.dropped)
-                updates = [u for u in updates if u.client_id not in applied.dropped]
-                record = {
-                    "round": new_state.round,
-                    "cohort_size": len(cohort),
-                    "replies": len(updates),
-                    "dropped": {str(k): v for k, v in dropped.items()},
-                    "attempts": attempt + 1,
-                    "failed_attempts": tried,
-                    "bytes_down": plan.bytes_down,
-                    "bytes_up": sum(len(x.payload) for x in replies) + state_up,
-                    "wire_bytes_down": ex.wire_down + (secure.wire_down if secure is not None else 0),
-                    "wire_bytes_up": ex.wire_up + (secure.wire_up if secure is not None else 0),
-                    "train_loss": mean_train_loss(updates),
-                    "round_seconds": time.perf_counter() - t0,
-                    "engine": "flower",
-                }
-                if plan.state_payloads or state_up:
-                    # included in bytes_down / bytes_up: the algorithm's server state and the clients' outboxes
-                    record["algorithm_bytes_down"] = plan.algorithm_bytes_down
-                    record["algorithm_bytes_up"] = state_up
-                privacy = {**applied.privacy, **max_client_epsilon(replies)}
-                if privacy:
-                    record["privacy"] = privacy
-                if applied.skipped:
-                    record["skipped"] = applied.skipped
-                return new_state, record
-            tried.append(
-                {
-                    "attempt": attempt,
-                    "cohort": cohort,
-                    "replies": len(updates),
-                    "dropped": {str(k): v for k, v in dropped.items()},
-                }
-            )
-            log.warning(
-                "round %d attempt %d: %d of %d valid replies, %d needed; retrying",
-                r + 1,
-                attempt + 1,
-                len(updates),
-                len(cohort),
-                need,
-            )
+            return RoundResult(new_state, record)
         raise RoundFailed(
             f"round {r + 1} failed: fewer than the required replies after {self.settings.max_retries + 1} attempt(s) "
             f"({tried}). The last checkpoint (round {r}) is in {self.run_dir / 'checkpoints'}; "
@@ -463,6 +482,11 @@ class FlowerServer:
             return exchange(self.grid, contents, kind, group, s.round_timeout, s.poll_interval, self.clock, self.sleep)
 
         return SecureRound(self.fed, round_index, nodes, send)
+
+    @staticmethod
+    def _log_dropped(r: int, dropped: Mapping[int, str]) -> None:
+        for c, why in sorted(dropped.items()):
+            log.warning("round %d: client %d dropped: %s", r + 1, c, why)
 
     # -- personalised evaluation --------------------------------------------------------------
     def evaluate_personalized(
@@ -515,88 +539,66 @@ class FlowerServer:
         }
         return summary, rows, info
 
+    # -- what the run loop asks of a transport (fedmtl.runloop.loop.RoundRunner) ------------------
+    engine = "flower"
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.fed.algorithm
+
+    def init_state(self) -> ServerState:
+        return self.fed.init_state()
+
+    def start(self, state: ServerState) -> None:
+        """The run key the clients keep their state under (new for a fresh run), the deployment settings, then
+        wait for ``min-nodes`` registered SuperNodes."""
+        self.run_key = run_key(self.run_dir, fresh=state.round == 0)
+        atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
+        self.wait_for_nodes()
+
+    def stop_reason(self, state: ServerState) -> str:
+        return self.fed.stop_reason(state)
+
+    def can_run_round(self, state: ServerState) -> bool:
+        return self.fed.can_run_round(state)
+
+    def evaluate(self, state: ServerState) -> Evaluation:
+        """The global model on the server's hold-out; the personalised models on the nodes (when configured)."""
+        record: dict[str, Any] = {
+            "global": evaluate_global(
+                self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size, algorithm=self.fed.algorithm
+            )
+        }
+        if not self.cfg.evaluation.personalized:
+            return Evaluation(record)
+        record["personalized"], rows, record["personalized_evaluation"] = self.evaluate_personalized(state)
+        return Evaluation(record, rows)
+
+    def summary(self, state: ServerState, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The bytes on the wire (Flower's messages) and each registered client's tasks."""
+        return {
+            "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
+            "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
+            "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
+        }
+
     # -- the run ------------------------------------------------------------------------------
-    def _start_state(self, metrics: MetricsLog) -> tuple[ServerState, float]:
-        if self.settings.resume and list_checkpoints(self.run_dir):
-            check_resumable(self.run_dir, self.cfg)
-            state, meta = load_latest(self.run_dir)
-            check_algorithm_state(state, self.fed.init_state().algorithm_state, self.cfg.algorithm.name)
-            metrics.truncate_after(state.round)
-            log.info("resuming %s from round %d", self.run_dir, state.round)
-            return state, float(meta.get("elapsed", 0.0))
-        if list_checkpoints(self.run_dir):
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every round under fedmtl's run loop; returns the summary written to ``summary.json``."""
+        saved = bool(list_checkpoints(self.run_dir))
+        if saved and not self.settings.resume:
             raise ConfigError(
                 f"{str(self.run_dir)!r} already holds a run and resume is off; choose another run-name"
             )
-        metrics.truncate_after(0)
-        return self.fed.init_state(), 0.0
-
-    def run(self) -> dict[str, Any]:
-        """Run (or resume) every round; returns the summary written to ``summary.json``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        state, elapsed = self._start_state(metrics)
-        self.run_key = run_key(self.run_dir, fresh=state.round == 0)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        atomic_write_text(self.run_dir / "flower.yaml", yaml.safe_dump(self.settings.model_dump()))
-        self.wait_for_nodes()
-        rounds = self.cfg.server.rounds
-        final_clients: list[dict[str, Any]] = []
-        stopped = ""
-        while state.round < rounds:
-            stopped = self.fed.stop_reason(state)
-            if stopped:
-                log.warning("stopping after round %d: %s", state.round, stopped)
-                break
-            t0 = time.perf_counter()
-            state, record = self.run_round(state)
-            if state.round % self.cfg.evaluation.every == 0 or state.round == rounds:
-                record["global"] = evaluate_global(
-                    self.fed.model, state.params, self.fed.data, self.cfg.evaluation.batch_size, algorithm=self.fed.algorithm
-                )
-                if self.cfg.evaluation.personalized:
-                    record["personalized"], rows, info = self.evaluate_personalized(state)
-                    record["personalized_evaluation"] = info
-                    if state.round == rounds:
-                        final_clients = rows
-            elapsed += time.perf_counter() - t0
-            record["elapsed"] = elapsed
-            metrics.append(record)
-            if state.round % self.cfg.output.checkpoint_every == 0 or state.round == rounds or not self.fed.can_run_round(state):
-                save_checkpoint(
-                    self.run_dir, state, {"elapsed": elapsed}, keep=self.cfg.output.keep_checkpoints
-                )
-            log.info(
-                "round %d/%d: %d replies, dropped %s, %s",
-                state.round,
-                rounds,
-                record["replies"],
-                record["dropped"],
-                record.get("global", ""),
-            )
-        history = metrics.read()
-        last_eval: dict[str, Any] = next((h for h in reversed(history) if h.get("global") is not None), {})
-        summary = {
-            "rounds_completed": state.round,
-            "engine": "flower",
-            "wall_seconds": elapsed,
-            "bytes_down_total": sum(h.get("bytes_down", 0) for h in history),
-            "bytes_up_total": sum(h.get("bytes_up", 0) for h in history),
-            "wire_bytes_down_total": sum(h.get("wire_bytes_down", 0) for h in history),
-            "wire_bytes_up_total": sum(h.get("wire_bytes_up", 0) for h in history),
-            "final_global": last_eval.get("global", {}),
-            "final_personalized": last_eval.get("personalized", {}),
-            "clients": {str(c): list(t) for c, t in sorted(self.registry.tasks.items())},
-            "seed": self.cfg.seed,
-        }
-        if global_model_note(self.fed.algorithm):
-            summary["global_model"] = global_model_note(self.fed.algorithm)
-        if stopped:
-            summary["stopped_early"] = stopped
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        if final_clients:  # as the simulation: the last round's per-client personalised scores
-            atomic_write_text(self.run_dir / "clients.json", json.dumps(final_clients, indent=1))
-        return summary
+        outcome = run_rounds(
+            self,
+            self.cfg,
+            self.run_dir,
+            resume=saved,
+            progress=LogLines(),
+            resume_hint=f"submit the run again with resume on (run folder {self.run_dir})",
+        )
+        return outcome.summary
 
 
 __all__ = ["Exchange", "FlowerServer", "GridLike", "Registry", "RoundFailed", "exchange", "run_key", "stub_client"]

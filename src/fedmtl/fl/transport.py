@@ -1,0 +1,86 @@
+"""How a round's broadcast reaches its clients and their replies come back: the part of a round that varies.
+
+:meth:`Federation.round <fedmtl.fl.federation.Federation.round>` is the one round driver: plan, deliver
+over a :class:`Transport`, collect, apply. The transports are the in-process engine (:class:`InProcess`),
+the simulated clock's deadline (:class:`fedmtl.fl.systems.sync.SyncRounds`), the torch.distributed ranks
+(an :class:`InProcess` over ``fedmtl.engine.distributed.DistributedEngine``) and Flower's grid
+(``fedmtl.integrations.flower.strategy``). A transport never decodes, aggregates or steps: the server's
+maths stays in the federation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.node import ClientReply
+
+if TYPE_CHECKING:
+    from fedmtl.fl.cohort import Engine
+    from fedmtl.fl.federation import Federation, RoundPlan, ServerState
+    from fedmtl.fl.privacy_step import PrivateAggregate
+    from fedmtl.fl.update import ClientUpdate
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What came back of a round's broadcast.
+
+    Attributes:
+        replies: the replies that arrived, to be decoded and checked by the server.
+        client_states: every client's state after the round as the server keeps it (the simulation: those
+            that replied, the others as they were); ``None`` when the clients keep their own (a deployment).
+        dropped: clients lost before their reply was read (a failed or late node, a simulated deadline), with why.
+        collect: replaces :meth:`Federation.collect` for these replies (secure aggregation on a deployment: the
+            replies carry public keys, not updates).
+        aggregate: replaces the in-process aggregation in :meth:`Federation.apply` (secure aggregation's
+            remaining message exchanges, which reveal only the sums).
+    """
+
+    replies: Sequence[ClientReply]
+    client_states: Mapping[int, ClientState] | None = None
+    dropped: Mapping[int, str] = field(default_factory=dict)
+    collect: Callable[[Sequence[ClientReply]], tuple[list[ClientUpdate], dict[int, str]]] | None = None
+    aggregate: Callable[[ServerState, Sequence[ClientUpdate]], PrivateAggregate] | None = None
+
+
+class Transport(Protocol):
+    """Carries ``plan`` to its cohort and brings back what the clients sent."""
+
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery: ...
+
+
+class TooFewUpdates(RuntimeError):
+    """A round got fewer valid updates than it needs (nothing was applied); a deployment retries it.
+
+    Attributes:
+        updates: how many valid updates arrived.
+        dropped: client id -> why its update is missing.
+    """
+
+    def __init__(self, updates: int, dropped: Mapping[int, str]):
+        super().__init__(f"{updates} valid updates")
+        self.updates = updates
+        self.dropped = dict(dropped)
+
+
+class InProcess:
+    """The clients run here: decode, train the cohort on an engine (the federation's, or ``engine``), upload.
+
+    Args:
+        fed: the federation whose clients run.
+        engine: trains the cohort instead of ``fed.engine`` (torch.distributed spreads it over the ranks).
+    """
+
+    def __init__(self, fed: Federation, engine: Engine | None = None):
+        self.fed = fed
+        self.engine = engine
+
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
+        replies, states = self.fed.local_round(state, plan, engine=self.engine)
+        return Delivery(replies, {**state.client_states, **states})
+
+
+__all__ = ["Delivery", "InProcess", "TooFewUpdates", "Transport"]
