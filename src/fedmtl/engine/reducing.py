@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from fedmtl.engine.distributed import gathered_round, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.federation import Federation, RoundReport, ServerState, non_finite
+from fedmtl.fl.federation import Federation, RoundReport, ServerState
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.transport import Transport
 from fedmtl.fl.update import ClientUpdate
@@ -235,17 +235,13 @@ class ReducingFederation:
         if self.distributed:
             acc.all_reduce(world)
         aggregate = acc.aggregate(self.shapes)
-        params, opt_state = state.params, state.opt_state
-        skipped = ""
-        if aggregate:
-            params, opt_state = self.server_opt.step(state.params, aggregate, state.opt_state)
-            broken = non_finite(params)
-            if broken:  # finite updates can still overflow the mean or the server step: never apply that
-                skipped = f"the model after the server step is non-finite in {broken[:3]} (the aggregate or the server optimiser overflowed)"
-                log.warning("round %d skipped: %s", r + 1, skipped)
-                params, opt_state = state.params, state.opt_state
         new_states = dict(state.client_states)
         new_states.update(acc.client_states)
+        skipped = ""
+        if aggregate:  # the federation's own server step (finite updates can still overflow it: then skipped)
+            after, skipped = self.federation.step(state, aggregate, [], new_states, state.privacy_state)
+        else:
+            after = replace(state, round=r + 1, client_states=new_states)
         report = RoundReport(
             round=r,
             cohort=cohort,
@@ -257,7 +253,7 @@ class ReducingFederation:
             skipped=skipped,
             updates=len(cohort) - len(acc.dropped),  # every other client of the cohort was reduced
         )
-        return ServerState(r + 1, params, opt_state, new_states), report
+        return after, report
 
     def _stacked_path(self) -> bool:
         """Whether updates can be reduced straight from the engine's stacked parameters.

@@ -401,15 +401,34 @@ class Federation:
                 return skip(f"every update makes the aggregate non-finite ({len(dropped)} dropped)")
             return replace(state, round=state.round + 1, client_states=dict(client_states)), Applied()
         dropped.update(agg.dropped)
-        params, opt_state = self.server_opt.step(state.params, agg.mean, state.opt_state)
+        new_state, skipped = self.step(state, agg.mean, kept, client_states, agg.state)
+        return new_state, Applied({} if skipped else agg.log, dropped, skipped)
+
+    def step(
+        self,
+        state: ServerState,
+        mean: Mapping[str, Tensor],
+        kept: Sequence[ClientUpdate],
+        client_states: Mapping[int, ClientState],
+        privacy_state: TensorTree,
+    ) -> tuple[ServerState, str]:
+        """The server's step from the round's aggregate ``mean``: the server optimiser's, then the algorithm's
+        (which sees the ``kept`` updates' outboxes). Shared by :meth:`apply` and the streamed round
+        (:class:`fedmtl.engine.reducing.ReducingFederation`, which reduces the mean without holding the updates).
+
+        Returns the next state and why the round was skipped ("" when it was not): a model or algorithm state
+        that the step left non-finite is never applied; the model and server state stay as they were.
+        """
+        params, opt_state = self.server_opt.step(state.params, mean, state.opt_state)
         outboxes = {u.client_id: u.outbox for u in kept if u.outbox}
         ctx = ServerContext(state.params, params, state.algorithm_state, kept, outboxes, self.groups, self.population)
         params, algorithm_state = self.algorithm.server_update(ctx)
         bad = non_finite(params) + non_finite(flatten(algorithm_state))
         if bad:
-            return skip(f"the model after the server step is non-finite in {bad[:3]} (server optimiser or algorithm step overflowed)")
-        new_state = ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, agg.state)
-        return new_state, Applied(agg.log, dropped)
+            reason = f"the model after the server step is non-finite in {bad[:3]} (the aggregate, the server optimiser or the algorithm's step overflowed)"
+            log.warning("round %d skipped: %s", state.round + 1, reason)
+            return replace(state, round=state.round + 1, client_states=dict(client_states)), reason
+        return ServerState(state.round + 1, params, opt_state, dict(client_states), algorithm_state, privacy_state), ""
 
     @staticmethod
     def client_view(state: ServerState, cid: int, server: TensorTree | None = None) -> ClientState:
