@@ -36,6 +36,7 @@ from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower.downlink import bases, remember_copies
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.report import MetricsLog
 from fedmtl.runloop.checkpoint import (
@@ -362,8 +363,10 @@ class FlowerServer:
                 self.sleep(min(self.settings.round_timeout, 5.0))
                 continue
             plan = self.fed.plan(state, cohort)
+            base = bases(plan)
             contents = {
-                online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in cohort
+                online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b""), base.get(c, ""))
+                for c in cohort
             }
             ex = exchange(
                 self.grid,
@@ -375,6 +378,9 @@ class FlowerServer:
                 self.clock,
                 self.sleep,
             )
+            # the mirrors of the clients' copies (comm.downlink_delta): kept even when this attempt falls short
+            answered, lost = [self.registry.client_of[n] for n in ex.replies], [self.registry.client_of[n] for n in [*ex.failed, *ex.timed_out]]
+            state = replace(state, client_states=remember_copies(self.fed, plan, answered, lost, state.client_states))
             dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
             for n in ex.timed_out:
                 dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
@@ -458,8 +464,9 @@ class FlowerServer:
         online = self._online()
         clients = sorted(online)
         plan = self.fed.plan(state, clients)
+        base = bases(plan)
         contents = {
-            online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c, plan.state_payloads.get(c, b""))
+            online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c, plan.state_payloads.get(c, b""), base.get(c, ""))
             for c in clients
         }
         ex = exchange(

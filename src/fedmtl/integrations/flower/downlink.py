@@ -1,0 +1,52 @@
+"""Compressed downlinks on Flower: the server's mirror of each client's last copy.
+
+In simulation the server reads each client's copy from the client's state; a deployed server cannot, so it
+keeps its own mirror (``comm.downlink_delta``, :mod:`fedmtl.comm.delta`): after a round, the copy of every
+client that answered is what that client decoded from its payload, which the server decodes the same way
+(bit for bit: the same bytes through the same arithmetic). The mirrors live where the simulation keeps the
+copies, ``ServerState.client_states[cid]["downlink_copy"]``, so :meth:`Federation.plan` sends differences
+against them unchanged, the same bytes as the simulation, and they are saved in every checkpoint: a restarted
+server resumes sending differences. Memory: one copy of the parameters each client holds (its shared trunk
+and its own heads), for the clients that have answered at least once, never more than the federation.
+
+A client that did not answer (error, time-out, offline) may or may not have kept what it was sent, so its
+mirror is forgotten and it receives the full model next time; every difference carries the digest of the
+copy it is taken against (:func:`fedmtl.comm.delta.copy_digest`), and a node whose copy differs refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from fedmtl.comm.delta import COPY_KEY, copy_digest
+from fedmtl.fl.federation import Federation, RoundPlan
+from fedmtl.tree import TensorTree
+
+
+def bases(plan: RoundPlan) -> dict[int, str]:
+    """Client id -> the digest of the copy its payload is a difference against (clients sent a full model: none)."""
+    return {cid: copy_digest(copy) for cid, copy in plan.copies.items()}
+
+
+def remember_copies(
+    fed: Federation,
+    plan: RoundPlan,
+    answered: Iterable[int],
+    lost: Iterable[int],
+    client_states: Mapping[int, TensorTree],
+) -> dict[int, TensorTree]:
+    """``client_states`` with the mirrors after ``plan`` was sent: each answered client's is what it decoded,
+    each lost client's is dropped; unchanged (a new dict) without ``comm.downlink_delta``."""
+    out = dict(client_states)
+    if fed.down_delta is None:
+        return out
+    answered = [c for c in answered if c in plan.payloads]
+    for cid, decoded in zip(answered, fed.receive_all(plan, answered)):
+        out[cid] = {**out.get(cid, {}), COPY_KEY: dict(decoded)}
+    for cid in lost:
+        if COPY_KEY in out.get(cid, {}):
+            out[cid] = {k: v for k, v in out[cid].items() if k != COPY_KEY}
+    return out
+
+
+__all__ = ["bases", "remember_copies"]
