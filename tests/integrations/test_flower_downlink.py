@@ -105,3 +105,8 @@ def test_mirrors_survive_a_restart_and_a_node_without_its_copy_gets_the_full_mod
     bases = {m.content.config_records[msgs.META]["client-id"]: m.content.config_records[msgs.META].get(msgs.BASE, "") for m in grid.sent if m.metadata.group_id == "4"}
     assert bases[1] == "" and bases[0] and bases[2]
     assert {c: copy_digest(s[COPY_KEY]) for c, s in state.client_states.items()} == _node_copies()  # type: ignore[arg-type]
+    # personalised evaluation sends differences too (the nodes add them to their copies without keeping them)
+    _, rows, info = second.evaluate_personalized(state)
+    assert info["missing"] == {} and len(rows) == 3
+    assert all(msgs.BASE in m.content.config_records[msgs.META] for m in grid.sent if m.metadata.group_id == "evaluate-4")
+    assert {c: copy_digest(s[COPY_KEY]) for c, s in state.client_states.items()} == _node_copies()  # type: ignore[arg-type]
