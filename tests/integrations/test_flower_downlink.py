@@ -110,3 +110,21 @@ def test_mirrors_survive_a_restart_and_a_node_without_its_copy_gets_the_full_mod
     assert info["missing"] == {} and len(rows) == 3
     assert all(msgs.BASE in m.content.config_records[msgs.META] for m in grid.sent if m.metadata.group_id == "evaluate-4")
     assert {c: copy_digest(s[COPY_KEY]) for c, s in state.client_states.items()} == _node_copies()  # type: ignore[arg-type]
+
+
+def test_downlink_mirrors_bounds_the_server_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(tmp_path / "cache"))
+    grid = FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, {})
+    settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5, downlink_mirrors=2)
+    server = server_for(_config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
+    server.wait_for_nodes()
+    state, _ = server.run_round(server.fed.init_state())
+    # all three answered in round 1: the two mirrors kept are those of clients 1 and 2 (ties: lower id goes first)
+    assert sorted(cid for cid, s in state.client_states.items() if COPY_KEY in s) == [1, 2]
+    state, r2 = server.run_round(state)
+    assert not r2["dropped"]
+    sent = {m.content.config_records[msgs.META]["client-id"]: m.content.config_records[msgs.META].get(msgs.BASE, "") for m in grid.sent if m.metadata.group_id == "2"}
+    assert sent[0] == "" and sent[1] and sent[2]  # client 0 (no mirror) received the full model
+    assert sorted(cid for cid, s in state.client_states.items() if COPY_KEY in s) == [1, 2]
+    with pytest.raises(ValueError, match="downlink_mirrors"):
+        FlowerSettings(downlink_mirrors=-1)

@@ -7,7 +7,8 @@ client that answered is what that client decoded from its payload, which the ser
 copies, ``ServerState.client_states[cid]["downlink_copy"]``, so :meth:`Federation.plan` sends differences
 against them unchanged, the same bytes as the simulation, and they are saved in every checkpoint: a restarted
 server resumes sending differences. Memory: one copy of the parameters each client holds (its shared trunk
-and its own heads), for the clients that have answered at least once, never more than the federation.
+and its own heads), for the clients that have answered at least once, never more than the federation, and
+at most ``FlowerSettings.downlink_mirrors`` copies when that is set (the most recently sent are kept).
 
 A client that did not answer (error, time-out, offline) may or may not have kept what it was sent, so its
 mirror is forgotten and it receives the full model next time; every difference carries the digest of the
@@ -17,10 +18,17 @@ copy it is taken against (:func:`fedmtl.comm.delta.copy_digest`), and a node who
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import cast
+
+import torch
+from torch import Tensor
 
 from fedmtl.comm.delta import COPY_KEY, copy_digest
 from fedmtl.fl.federation import Federation, RoundPlan
 from fedmtl.tree import TensorTree
+
+#: the round a mirror was last sent (the least recent go first beyond FlowerSettings.downlink_mirrors)
+ROUND_KEY = "downlink_round"
 
 
 def bases(plan: RoundPlan) -> dict[int, str]:
@@ -34,18 +42,23 @@ def remember_copies(
     answered: Iterable[int],
     lost: Iterable[int],
     client_states: Mapping[int, TensorTree],
+    limit: int = 0,
 ) -> dict[int, TensorTree]:
-    """``client_states`` with the mirrors after ``plan`` was sent: each answered client's is what it decoded,
-    each lost client's is dropped; unchanged (a new dict) without ``comm.downlink_delta``."""
+    """``client_states`` with the mirrors after ``plan`` was sent: each answered client's is what it decoded
+    (stamped with the round), each lost client's is dropped, and beyond ``limit`` mirrors (0: no limit) the
+    least recently sent are dropped (ties: the lower client id first); unchanged (a new dict) without
+    ``comm.downlink_delta``."""
     out = dict(client_states)
     if fed.down_delta is None:
         return out
     answered = [c for c in answered if c in plan.payloads]
     for cid, decoded in zip(answered, fed.receive_all(plan, answered)):
-        out[cid] = {**out.get(cid, {}), COPY_KEY: dict(decoded)}
-    for cid in lost:
+        out[cid] = {**out.get(cid, {}), COPY_KEY: dict(decoded), ROUND_KEY: torch.tensor(plan.round)}
+    held = sorted((int(cast(Tensor, s.get(ROUND_KEY, torch.tensor(-1)))), c) for c, s in out.items() if COPY_KEY in s)
+    evicted = [c for _, c in held[: len(held) - limit]] if limit else []
+    for cid in [*lost, *evicted]:
         if COPY_KEY in out.get(cid, {}):
-            out[cid] = {k: v for k, v in out[cid].items() if k != COPY_KEY}
+            out[cid] = {k: v for k, v in out[cid].items() if k not in (COPY_KEY, ROUND_KEY)}
     return out
 
 
