@@ -144,13 +144,13 @@ PARETO = {
     "down blockq8 / delta blockq2/64 + zstd": (FP32, *_delta(8, {"name": "blockq", "bits": 2, "block_size": 64})),
     "both: up powersgd r2 int8 / down blockq8 + delta sign": (_psgd(2), *_delta(8, SIGN)),
     "both: up dgc 1% / down blockq4 + delta top 10%": (DGC1, *TOP10),
-    "both: up dgc 10% / down blockq8 + delta top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *TOP25),
+    "both: up dgc 10% / down blockq8 + delta top 25%": (_dgc(0.1), *TOP25),
     # differences with gap-coded indices (dgc without momentum or warm-up), the first copies in 4-bit blocks
     "down blockq4 / delta gap-coded top 50% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.5), {"name": "blockq", "bits": 4})),
     "down blockq4 / delta gap-coded top 25% + blockq4 + zstd": (FP32, *GAP25),
     "down blockq4 / delta gap-coded top 20% + blockq2 + zstd": (FP32, *_delta(4, _gap(0.2), {"name": "blockq", "bits": 2})),
     "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
-    "both: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25),
+    "both: up dgc 10% / down blockq4 + delta gap-coded top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *GAP25),
     # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
     # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
     # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)
