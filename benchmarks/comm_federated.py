@@ -115,6 +115,7 @@ def _gap(fraction: float) -> dict:
 
 DGC1 = _dgc(0.01)
 GAP25 = _delta(4, _gap(0.25), {"name": "blockq", "bits": 4})
+GAP50 = _delta(4, _gap(0.5), {"name": "blockq", "bits": 4})
 #: plain averaging (no server momentum), for the compressed runs and their own fp32 reference
 FEDAVG = {"name": "fedavg", "lr": 1.0}
 #: less server momentum (an effective step of 3.3x the averaged update instead of 10x)
@@ -146,11 +147,13 @@ PARETO = {
     "both: up dgc 1% / down blockq4 + delta top 10%": (DGC1, *TOP10),
     "both: up dgc 10% / down blockq8 + delta top 25%": (_dgc(0.1), *TOP25),
     # differences with gap-coded indices (dgc without momentum or warm-up), the first copies in 4-bit blocks
-    "down blockq4 / delta gap-coded top 50% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.5), {"name": "blockq", "bits": 4})),
+    "down blockq4 / delta gap-coded top 50% + blockq4 + zstd": (FP32, *GAP50),
     "down blockq4 / delta gap-coded top 25% + blockq4 + zstd": (FP32, *GAP25),
     "down blockq4 / delta gap-coded top 20% + blockq2 + zstd": (FP32, *_delta(4, _gap(0.2), {"name": "blockq", "bits": 2})),
     "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *GAP25),
+    "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 50%": (_dgc(0.2), *GAP50),
     # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
     # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
     # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)

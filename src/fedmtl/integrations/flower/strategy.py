@@ -379,8 +379,10 @@ class FlowerServer:
                 self.sleep,
             )
             # the mirrors of the clients' copies (comm.downlink_delta): kept even when this attempt falls short
-            answered, lost = [self.registry.client_of[n] for n in ex.replies], [self.registry.client_of[n] for n in [*ex.failed, *ex.timed_out]]
-            state = replace(state, client_states=remember_copies(self.fed, plan, answered, lost, state.client_states, self.settings.downlink_mirrors))
+            answered = [self.registry.client_of[n] for n in ex.replies]
+            lost = [self.registry.client_of[n] for n in [*ex.failed, *ex.timed_out]]
+            mirrors = remember_copies(self.fed, plan, answered, lost, state.client_states, self.settings.downlink_mirrors)
+            state = replace(state, client_states=mirrors)
             dropped: dict[int, str] = {self.registry.client_of[n]: why for n, why in ex.failed.items()}
             for n in ex.timed_out:
                 dropped[self.registry.client_of[n]] = f"no reply within {self.settings.round_timeout:.0f} s"
