@@ -151,9 +151,10 @@ PARETO = {
     "down blockq4 / delta gap-coded top 25% + blockq4 + zstd": (FP32, *GAP25),
     "down blockq4 / delta gap-coded top 20% + blockq2 + zstd": (FP32, *_delta(4, _gap(0.2), {"name": "blockq", "bits": 2})),
     "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
-    "both: up dgc 10% / down blockq4 + delta gap-coded top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *GAP25),
+    "both: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
-    "both: up dgc 20% / down blockq4 + delta gap-coded top 50%": (_dgc(0.2), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 50% (examples/configs/compressed.yaml)": (_dgc(0.2), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
     # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
     # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
     # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)
