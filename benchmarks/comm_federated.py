@@ -155,6 +155,8 @@ PARETO = {
     "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 50% (examples/configs/compressed.yaml)": (_dgc(0.2), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
+    "both: up dgc 15% / down blockq4 + delta gap-coded top 50%": (_dgc(0.15), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
     # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
     # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
     # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)
