@@ -75,6 +75,7 @@ AGGREGATORS = {
 
 # -- the bytes-vs-accuracy Pareto front (issue 22) ---------------------------------------------------------------------
 DEMO = Path(__file__).parents[1] / "src" / "fedmtl" / "configs" / "demo.yaml"
+DEMO_OPTIMIZER = {"name": "fedavgm", "lr": 1.0, "momentum": 0.9}
 #: each point: (uplink chain, downlink chain, downlink_delta chain); fp32 is the reference
 ZSTD = {"name": "zstd", "level": 19, "dictionary": 1}
 FP32 = [{"name": "identity"}]
@@ -102,7 +103,25 @@ def _top(fraction: float) -> dict:
     return {"name": "topk", "fraction": fraction}
 
 
+def _sparse(fraction: float, masking: bool) -> dict:
+    """FedAvgM (the demo's lr 1, momentum 0.9) with the server's error feedback and a top-``fraction`` step."""
+    return {"name": "sparse_fedavgm", "lr": 1.0, "momentum": 0.9, "fraction": fraction, "momentum_masking": masking}
+
+
+def _gap(fraction: float) -> dict:
+    """Top-``fraction`` with gap-coded indices (dgc without momentum or warm-up: stateless, for the downlink)."""
+    return {"name": "dgc", "fraction": fraction, "momentum": 0.0, "warmup": 0}
+
+
 DGC1 = _dgc(0.01)
+GAP25 = _delta(4, _gap(0.25), {"name": "blockq", "bits": 4})
+GAP50 = _delta(4, _gap(0.5), {"name": "blockq", "bits": 4})
+#: plain averaging (no server momentum), for the compressed runs and their own fp32 reference
+FEDAVG = {"name": "fedavg", "lr": 1.0}
+#: less server momentum (an effective step of 3.3x the averaged update instead of 10x)
+FEDAVGM7 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.7}
+#: more server momentum (20x)
+FEDAVGM95 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.95}
 TOP10 = _delta(4, _top(0.1), {"name": "blockq", "bits": 4})
 TOP25 = _delta(8, _top(0.25), {"name": "blockq", "bits": 4})
 PARETO = {
@@ -126,8 +145,38 @@ PARETO = {
     "down blockq8 / delta blockq2/64 + zstd": (FP32, *_delta(8, {"name": "blockq", "bits": 2, "block_size": 64})),
     "both: up powersgd r2 int8 / down blockq8 + delta sign": (_psgd(2), *_delta(8, SIGN)),
     "both: up dgc 1% / down blockq4 + delta top 10%": (DGC1, *TOP10),
-    "both: up dgc 10% / down blockq8 + delta top 25% (examples/configs/compressed.yaml)": (_dgc(0.1), *TOP25),
+    "both: up dgc 10% / down blockq8 + delta top 25%": (_dgc(0.1), *TOP25),
+    # differences with gap-coded indices (dgc without momentum or warm-up), the first copies in 4-bit blocks
+    "down blockq4 / delta gap-coded top 50% + blockq4 + zstd": (FP32, *GAP50),
+    "down blockq4 / delta gap-coded top 25% + blockq4 + zstd": (FP32, *GAP25),
+    "down blockq4 / delta gap-coded top 20% + blockq2 + zstd": (FP32, *_delta(4, _gap(0.2), {"name": "blockq", "bits": 2})),
+    "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
+    "both: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25),
+    "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 50% (examples/configs/compressed.yaml)": (_dgc(0.2), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
+    "both: up dgc 15% / down blockq4 + delta gap-coded top 50%": (_dgc(0.15), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
+    # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
+    # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
+    # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)
+    "fedavg: fp32": (FP32, FP32, [], FEDAVG),
+    "fedavgm 0.7: fp32": (FP32, FP32, [], FEDAVGM7),
+    "fedavgm 0.7: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25, FEDAVGM7),
+    "fedavgm 0.95: fp32": (FP32, FP32, [], FEDAVGM95),
+    "fedavgm 0.95: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25, FEDAVGM95),
+    "server top 5% (masked)": (FP32, FP32, [], _sparse(0.05, True)),
+    "server top 5%": (FP32, FP32, [], _sparse(0.05, False)),
 }
+
+
+def _with_point(demo: dict, seed: int, point: tuple) -> dict:
+    """The demo's config with a point's chains and seed, and its server optimiser (its optional fourth entry;
+    replaced whole, not merged into the demo's)."""
+    cfg = merge(demo, {"seed": seed, "comm": {"uplink": point[0], "downlink": point[1], "downlink_delta": point[2]}})
+    if len(point) > 3:
+        cfg["server"]["optimizer"] = dict(point[3])
+    return cfg
 
 
 #: finished Pareto runs, one JSON line each, keyed by what decides them (chains, seed, rounds): a rerun (or one with
@@ -136,7 +185,10 @@ RUNS = Path(__file__).parent / "results" / "comm_pareto_runs.jsonl"
 
 
 def _run_key(cfg: dict) -> str:
-    return json.dumps({"comm": cfg.get("comm", {}), "seed": cfg["seed"], "rounds": cfg["server"]["rounds"]}, sort_keys=True)
+    key = {"comm": cfg.get("comm", {}), "seed": cfg["seed"], "rounds": cfg["server"]["rounds"]}
+    if cfg["server"].get("optimizer") != DEMO_OPTIMIZER:  # the demo's optimiser is left out: the older keys lack it
+        key["optimizer"] = cfg["server"].get("optimizer")
+    return json.dumps(key, sort_keys=True)
 
 
 def _cached_runs() -> dict[str, dict]:
@@ -175,8 +227,8 @@ def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
     demo = yaml.safe_load(DEMO.read_text())
     demo = merge(demo, {"server": {"rounds": rounds}, "evaluation": {"every": rounds, "personalized": False}})
     jobs = [
-        (name, seed, merge(demo, {"seed": seed, "comm": {"uplink": up, "downlink": down, "downlink_delta": delta}}), str(out))
-        for name, (up, down, delta) in PARETO.items()
+        (name, seed, _with_point(demo, seed, p), str(out))
+        for name, p in PARETO.items()
         for seed in seeds
     ]
     cached = _cached_runs()
@@ -186,12 +238,13 @@ def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done += list(pool.map(_pareto_job, todo))
     points: dict = {}
-    for name, (up, down, delta) in PARETO.items():
+    for name, (up, down, delta, *server) in PARETO.items():
         runs = sorted((rec for n, rec in done if n == name), key=lambda r: r["seed"])
         tasks = sorted(runs[0]["accuracy"])
         stat = {t: (statistics.mean(r["accuracy"][t] for r in runs), statistics.stdev(r["accuracy"][t] for r in runs) if len(runs) > 1 else 0.0) for t in tasks}
         points[name] = {
             "chains": {"uplink": up, "downlink": down, "downlink_delta": delta},
+            **({"server_optimizer": server[0]} if server else {}),
             "runs": runs,
             "bytes_up": statistics.mean(r["bytes_up"] for r in runs),
             "bytes_down": statistics.mean(r["bytes_down"] for r in runs),

@@ -93,7 +93,7 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     "scheme": Kind("mtl.scheme", "joint-optimisation schemes", ("fedmtl.mtl.schemes",)),
     "algorithm": Kind("algorithm", "federated algorithms and personalisation", ("fedmtl.fl.algorithm", "fedmtl.fl.personalization")),
     "aggregator": Kind("server.aggregator", "aggregation of client updates (robust or not)", ("fedmtl.fl.aggregation", "fedmtl.fl.robust")),
-    "server_optimizer": Kind("server.optimizer", "server optimisers", ("fedmtl.fl.server_opt",)),
+    "server_optimizer": Kind("server.optimizer", "server optimisers", ("fedmtl.fl.server_opt", "fedmtl.fl.server_sparse")),
     "codec": Kind(
         "comm.uplink / comm.downlink / comm.downlink_delta", "codecs of a communication chain", ("fedmtl.comm.codecs",),
         # stage: where in the chain it sits; update_only: meaningful for updates, not for parameters

@@ -34,6 +34,18 @@ def test_the_copy_is_the_error_feedback():
     assert seen == [[4, 0, 0, 0], [4, -3, 0, 0], [4, -3, 2, 0], [4, -3, 2, 1]]
 
 
+def test_gap_coded_differences_dgc_without_momentum_or_warmup():
+    # dgc with momentum 0 and warmup 0 is stateless top-k whose indices travel gap-coded: the same copies as topk
+    link = _delta_link({"name": "dgc", "fraction": 0.25, "momentum": 0.0, "warmup": 0})
+    params = {"w": torch.tensor([4.0, -3.0, 2.0, 1.0])}
+    copy = {"w": torch.zeros(4)}
+    seen = []
+    for _ in range(4):
+        copy = apply_delta(link, encode_delta(link, params, copy, None), copy, {"w": torch.Size([4])})
+        seen.append(copy["w"].tolist())
+    assert seen == [[4, 0, 0, 0], [4, -3, 0, 0], [4, -3, 2, 0], [4, -3, 2, 1]]
+
+
 def test_payloads_of_the_two_downlinks_never_pass_for_each_other():
     full = build_link(CommConfig().downlink)
     delta = _delta_link({"name": "identity"})  # the same chain, but a delta payload is labelled
@@ -57,6 +69,8 @@ def test_delta_chain_config():
     assert [c.name for c in cfg.downlink_delta] == ["topk", "blockq", "zstd"]
     with pytest.raises(ValueError, match="cannot use 'dgc'"):
         CommConfig(downlink_delta=[{"name": "dgc"}])
+    with pytest.raises(ValueError, match="cannot use 'dgc'"):
+        CommConfig(downlink_delta=[{"name": "dgc", "momentum": 0.0}])  # the warm-up is sender state too
     with pytest.raises(ValueError, match="order is sparsifier"):
         CommConfig(downlink_delta=[{"name": "blockq"}, {"name": "topk"}])
 

@@ -43,6 +43,7 @@ class FakeGrid:
 
     ``behaviour[node]`` may be ``"raise"`` (its ClientApp raises in training or evaluation: Flower sends an error reply),
     ``"silent"`` (never answers a training message) or ``"offline"`` (the SuperLink no longer lists it).
+    With ``errors_as_replies``, an exception the real ClientApp raises comes back as an error reply.
     """
 
     app: Callable[[Message, Context], Message]
@@ -52,6 +53,8 @@ class FakeGrid:
     replies: dict[str, Message] = field(default_factory=dict)
     sent: list[Message] = field(default_factory=list)
     counter: int = 0
+    #: a ClientApp that raises answers with an error reply (Flower's runtime) instead of failing the test
+    errors_as_replies: bool = False
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.partitions if self.behaviour.get(n) != "offline"]
@@ -80,7 +83,12 @@ class FakeGrid:
                     Error(code=1, reason="ClientApp raised: injected failure")
                 )
                 continue
-            self.replies[mid] = self.app(m, self.context(m.metadata.dst_node_id))
+            try:
+                self.replies[mid] = self.app(m, self.context(m.metadata.dst_node_id))
+            except Exception as exc:  # as Flower's runtime does, with errors_as_replies
+                if not self.errors_as_replies:
+                    raise
+                self.replies[mid] = m.create_error_reply(Error(code=2, reason=f"ClientApp raised: {exc}"))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

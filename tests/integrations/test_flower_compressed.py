@@ -1,7 +1,6 @@
 """The codec chains of examples/configs/compressed.yaml over Flower (the in-process grid running the real
-ClientApp): the same bytes and the same model as the simulation. Flower sends every client the full model
-(``comm.downlink``): compressed downlinks (``comm.downlink_delta``) need the server's mirror of each client's
-copy, which the deployment does not keep yet, so this test leaves them out of both runs."""
+ClientApp): the same bytes and the same model as the simulation. This test sends full models
+(``comm.downlink``); compressed downlinks (``comm.downlink_delta``) over Flower are test_flower_downlink.py's."""
 
 from __future__ import annotations
 

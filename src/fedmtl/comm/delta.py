@@ -12,6 +12,7 @@ state) receives the full model by the ordinary downlink. Bytes are ``len()`` of 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -63,3 +64,15 @@ def apply_delta(
     if set(diff) != set(copy):
         raise PayloadError(f"model difference holds {len(diff)} tensors, the client's copy {len(copy)}")
     return {n: copy[n] + diff[n] for n in diff}  # in the sender's order
+
+
+def copy_digest(copy: Mapping[str, Tensor]) -> str:
+    """A fingerprint of a copy (names, shapes, dtypes and every bit of the values, in name order): a deployed
+    server sends it with each difference, and the client checks its own copy has it before adding the difference
+    (a copy the server does not know of, after a lost reply or a restart, would otherwise drift silently)."""
+    h = hashlib.sha256()
+    for name in sorted(copy):
+        t = copy[name].detach().cpu().contiguous()
+        h.update(f"{name}|{list(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]

@@ -228,10 +228,11 @@ class CommConfig(StrictModel):
     @field_validator("downlink_delta")
     @classmethod
     def _delta_is_stateless(cls, chain: list[Codec]) -> list[Codec]:
-        if any(c.name == "dgc" for c in chain):
+        if any(c.name == "dgc" and (getattr(c, "momentum", 0) or getattr(c, "warmup", 0)) for c in chain):
             raise ValueError(
-                "comm.downlink_delta cannot use 'dgc': its momentum and warm-up need per-receiver sender state, "
-                "and the downlink's error feedback is the server's mirror of each client's copy; use topk, "
-                "randk, sketch, powersgd or a quantiser"
+                "comm.downlink_delta cannot use 'dgc' with momentum > 0 or warmup > 0: they need per-receiver "
+                "sender state, and the downlink's error feedback is the server's mirror of each client's copy; "
+                "use dgc with momentum: 0 and warmup: 0 (top-k with gap-coded indices), topk, randk, sketch, "
+                "powersgd or a quantiser"
             )
         return chain

@@ -27,6 +27,7 @@ from flwr.clientapp import ClientApp
 from torch import Tensor
 
 from fedmtl.atomic import atomic_write
+from fedmtl.comm.delta import build_delta_link, copy_digest
 from fedmtl.config import ExperimentConfig, config_from_dict
 from fedmtl.data import build_federated_data
 from fedmtl.data.dataset import ClientData
@@ -34,7 +35,7 @@ from fedmtl.fl.algorithm import build_algorithm, with_server
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import initial_parameters
-from fedmtl.fl.node import ClientNode
+from fedmtl.fl.node import ClientNode, downlink_copy
 from fedmtl.integrations.flower import messages as msgs
 from fedmtl.integrations.flower import secagg_client
 from fedmtl.integrations.flower import secagg_messages as sm
@@ -124,6 +125,7 @@ def make_client_app() -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         cfg, pid, part, model, node, init, state, payload, round_index = _node_for(message, context)
+        check_base(message, state)
         server_state = msgs.read_server_state(message.content)
         reply, new_state = node.run(payload, part.client, state, round_index, server_state, base=init)
         store = _store(context, cfg, pid)
@@ -152,13 +154,30 @@ def make_client_app() -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         """The personalised model (the algorithm's ``personal_params`` with this node's state) on the local test split."""
         cfg, pid, part, model, node, init, state, payload, _ = _node_for(message, context)
-        params = {**init, **node.receive(payload, part.client)}
+        check_base(message, state)
+        params = {**init, **node.receive(payload, part.client, downlink_copy(state))}
         sums = personal_metric_sums(
             model, node.algorithm, params, part.client, _with_server_view(node, state, message), cfg.evaluation.batch_size
         )
         return Message(msgs.evaluate_reply(pid, sums), reply_to=message)
 
     return app
+
+
+def check_base(message: Message, state: ClientState) -> None:
+    """A model difference must be taken against this node's copy: refuse it (an error reply; the server then
+    forgets its mirror and sends the full model next time) when the copy is missing or another one (state lost,
+    a reply lost after the state was saved, a server restarted from an older checkpoint)."""
+    base = msgs.read_base(message.content)
+    if not base:
+        return
+    copy = downlink_copy(state)
+    mine = copy_digest(copy) if copy else "none"
+    if mine != base:
+        raise ValueError(
+            f"the server sent a model difference against copy {base}, this node holds copy {mine}; "
+            "the server will send the full model next time"
+        )
 
 
 def _with_server_view(node: ClientNode, state: ClientState, message: Message) -> ClientState:
@@ -233,7 +252,7 @@ def build_node(cfg: ExperimentConfig, model, input_shape: Sequence[int]) -> Clie
     algorithm = build_algorithm(cfg.algorithm, functools.partial(build_model, cfg.model, input_shape))
     trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
     up, down = build_links(cfg.comm)
-    return ClientNode(model, trainer, algorithm, down, up, cfg.seed)
+    return ClientNode(model, trainer, algorithm, down, up, cfg.seed, build_delta_link(cfg.comm))
 
 
 __all__ = ["Partition", "build_node", "load_partition", "make_client_app", "partition_id"]

@@ -25,6 +25,7 @@ CONFIG = "fedmtl.config"
 SERVER_STATE = "fedmtl.server-state"  # the client's view of the algorithm's server state, encoded (SCAFFOLD's c)
 OUTBOX = "fedmtl.outbox"  # a client's extra uploads for the algorithm's server step, encoded (SCAFFOLD's delta c)
 EVAL = "fedmtl.eval"  # a node's personalised-evaluation metric sums
+BASE = "copy-digest"  # in a train message's meta: the digest of the copy its model difference is taken against
 
 
 class MessageFormatError(ValueError):
@@ -91,12 +92,17 @@ def tree_from_record(record: ArrayRecord) -> TensorTree:
     return unflatten({k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()})
 
 
-def train_content(payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"") -> RecordDict:
+def train_content(
+    payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"", base: str = ""
+) -> RecordDict:
     """What the server sends a client for one round; ``state_payload`` (when not empty) is the client's view
-    of the algorithm's server state, encoded by the downlink chain (:attr:`RoundPlan.state_payloads`)."""
-    content = RecordDict(
-        {PAYLOAD: payload_record(payload), META: ConfigRecord({"round": round_index, "client-id": client_id})}
-    )
+    of the algorithm's server state, encoded by the downlink chain (:attr:`RoundPlan.state_payloads`);
+    ``base`` (when not empty) says the payload is a model difference against the copy with that
+    :func:`~fedmtl.comm.delta.copy_digest` (``comm.downlink_delta``)."""
+    meta = ConfigRecord({"round": round_index, "client-id": client_id})
+    if base:
+        meta[BASE] = base
+    content = RecordDict({PAYLOAD: payload_record(payload), META: meta})
     if state_payload:
         content[SERVER_STATE] = payload_record(state_payload)
     return content
@@ -107,6 +113,14 @@ def read_train_content(content: RecordDict) -> tuple[bytes, int, int]:
         raise MessageFormatError("train message lacks the fedmtl payload or meta record")
     meta = content.config_records[META]
     return payload_from_record(content.array_records[PAYLOAD]), int(meta["round"]), int(meta["client-id"])  # type: ignore[arg-type]
+
+
+def read_base(content: RecordDict) -> str:
+    """The digest of the copy a train message's model difference is taken against (``""``: a full model)."""
+    meta = content.config_records.get(META)
+    if meta is None or BASE not in meta:
+        return ""
+    return str(_field(meta, BASE, str, "train meta"))
 
 
 def read_server_state(content: RecordDict) -> bytes:
@@ -157,10 +171,12 @@ def read_reply_content(content: RecordDict) -> ClientReply:
     )
 
 
-def evaluate_content(payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"") -> RecordDict:
+def evaluate_content(
+    payload: bytes, round_index: int, client_id: int, state_payload: bytes = b"", base: str = ""
+) -> RecordDict:
     """The personalised-evaluation request: the global parameters (and the algorithm's server state) the client
     holds, as a train message carries them."""
-    return train_content(payload, round_index, client_id, state_payload)
+    return train_content(payload, round_index, client_id, state_payload, base)
 
 
 def evaluate_reply(client_id: int, sums: Mapping[str, Mapping[str, float]]) -> RecordDict:
@@ -224,6 +240,7 @@ __all__ = [
     "MessageFormatError",
     "evaluate_content",
     "evaluate_reply",
+    "read_base",
     "read_evaluate_reply",
     "read_server_state",
     "payload_from_record",

@@ -63,6 +63,12 @@ class FlowerSettings(BaseModel):
     poll_interval: PositiveFloat = Field(
         default=0.2, description="Seconds between pulls of replies from the SuperLink."
     )
+    downlink_mirrors: int = Field(
+        default=0,
+        ge=0,
+        description="Compressed downlinks (comm.downlink_delta): the most copies of clients' models the server "
+        "mirrors, the most recently sent kept; a client without one receives the full model. 0: one per client.",
+    )
 
     def required_replies(self, cohort: int) -> int:
         """Valid replies a round over ``cohort`` clients needs."""

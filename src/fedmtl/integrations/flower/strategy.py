@@ -34,12 +34,14 @@ from fedmtl.atomic import atomic_write_text
 from fedmtl.config import ConfigError
 from fedmtl.data.dataset import ClientData, FederatedData, Split
 from fedmtl.fl.algorithm import Algorithm
+from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.federation import Federation, RoundPlan, ServerState
 from fedmtl.fl.node import ClientReply
 from fedmtl.fl.sampling import sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.transport import Delivery, TooFewUpdates
 from fedmtl.integrations.flower import messages as msgs
+from fedmtl.integrations.flower.downlink import bases, remember_copies
 from fedmtl.integrations.flower.secagg_server import SecureRound, refusal
 from fedmtl.integrations.flower.settings import FlowerSettings
 from fedmtl.runloop.checkpoint import list_checkpoints
@@ -199,6 +201,9 @@ class GridTransport:
         self.online = online  # client id -> node id
         self.train_wire = (0, 0)
         self.secure: SecureRound | None = None
+        #: the clients' states with the server's mirrors of their downlink copies after this delivery
+        #: (``comm.downlink_delta``): kept even when the attempt falls short of its quorum
+        self.client_states: dict[int, ClientState] | None = None
 
     @property
     def wire_down(self) -> int:
@@ -212,8 +217,10 @@ class GridTransport:
 
     def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
         server, r = self.server, state.round
+        base = bases(plan)
         contents = {
-            self.online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b"")) for c in plan.cohort
+            self.online[c]: msgs.train_content(plan.payloads[c], r, c, plan.state_payloads.get(c, b""), base.get(c, ""))
+            for c in plan.cohort
         }
         self.secure = server._secure_round(r, {c: self.online[c] for c in plan.cohort})
         if self.secure is not None:  # the nodes keep their updates: the train replies carry public keys
@@ -230,6 +237,10 @@ class GridTransport:
         )
         self.train_wire = (ex.wire_down, ex.wire_up)
         client_of = server.registry.client_of
+        answered = [client_of[n] for n in ex.replies]
+        lost = [client_of[n] for n in [*ex.failed, *ex.timed_out]]
+        states = remember_copies(server.fed, plan, answered, lost, state.client_states, server.settings.downlink_mirrors)
+        self.client_states = states
         dropped: dict[int, str] = {client_of[n]: why for n, why in ex.failed.items()}
         for n in ex.timed_out:
             dropped[client_of[n]] = f"no reply within {server.settings.round_timeout:.0f} s"
@@ -247,10 +258,10 @@ class GridTransport:
             replies.append(reply)
         secure = self.secure
         if secure is None:
-            return Delivery(replies, None, dropped)
+            return Delivery(replies, states, dropped)
         by_client = {client_of[n]: m.content for n, m in ex.replies.items()}
         # secure aggregation's remaining stages run as the round's aggregate: the server sees only masked vectors
-        return Delivery(replies, None, dropped, collect=lambda rs: secure.collect(rs, by_client), aggregate=secure.aggregate)
+        return Delivery(replies, states, dropped, collect=lambda rs: secure.collect(rs, by_client), aggregate=secure.aggregate)
 
 
 class FlowerServer:
@@ -437,6 +448,8 @@ class FlowerServer:
             try:
                 new_state, report = self.fed.round(state, grid, cohort=cohort, min_updates=need, started=t0)
             except TooFewUpdates as few:
+                if grid.client_states is not None:  # the mirrors of what the nodes received stay true
+                    state = replace(state, client_states=grid.client_states)
                 self._log_dropped(r, few.dropped)
                 tried.append(
                     {
@@ -500,8 +513,9 @@ class FlowerServer:
         online = self._online()
         clients = sorted(online)
         plan = self.fed.plan(state, clients)
+        base = bases(plan)
         contents = {
-            online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c, plan.state_payloads.get(c, b""))
+            online[c]: msgs.evaluate_content(plan.payloads[c], state.round, c, plan.state_payloads.get(c, b""), base.get(c, ""))
             for c in clients
         }
         ex = exchange(
