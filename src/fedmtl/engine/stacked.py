@@ -256,7 +256,6 @@ class Chunk:
         leaves: dict[str, Tensor],
         buffers: dict[str, Tensor],
         rows: Tensor,
-        active: Tensor,
         generators: Sequence[torch.Generator],
         epochs: Sequence[int],
         weights: Tensor | None = None,
@@ -264,21 +263,20 @@ class Chunk:
     ) -> tuple[dict[str, Tensor | None], Tensor]:
         """One step's gradients of every client's balanced objective, and its task losses ``[C, T]``.
 
-        Advances the objective state of every ``active`` client (as the sequential objective's backward does).
+        ``leaves`` hold the chunk's first ``C`` clients, every one of them stepping (training runs longest plan
+        first, so the clients still stepping are a prefix). Advances their objective states (as the sequential
+        objective's backward does).
         """
-        loss_mat, penalty = self._active_losses(leaves, buffers, rows, active, weights, seed)
+        loss_mat, penalty = self.losses(leaves, buffers, rows, weights, seed)
         detached = loss_mat.detach()
         C, T = detached.shape
-        # the leaves may hold the chunk's first C clients only (the ones still stepping, longest plan first)
-        W = self.fixed_weights[:C].to(detached.dtype) * active.to(detached.dtype).unsqueeze(1)
-        self.unsettled[:C] += (active.cpu() != 0).long() * self.fixed[:C]
+        W = self.fixed_weights[:C].to(detached.dtype)
+        self.unsettled[:C] += self.fixed[:C]
         balanced: list[int] = []
         col = {t: i for i, t in enumerate(self.tasks)}
         for c in self.planned:
             if c >= C:
                 break
-            if active[c] == 0:
-                continue
             obj = self.objectives[c]
             cols = [col[t] for t in obj.tasks]
             w, self.ostates[c] = obj.plan(detached[c, cols], self.ostates[c], generators[c], epochs[c])
@@ -499,7 +497,7 @@ class StackedTraining:
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
             live_buffers = {n: b[:k] for n, b in buffers.items()}  # views: BatchNorm statistics update in place
             ones = torch.ones(k, device=dev)
-            grads, losses = chunk.gradients(leaves, live_buffers, step_rows, ones, gens[:k], epochs, seed=_seed([seed_generator]) if seeds else None)
+            grads, losses = chunk.gradients(leaves, live_buffers, step_rows, gens[:k], epochs, seed=_seed([seed_generator]) if seeds else None)
             loss_sums[:k] += losses.double().cpu()
             with torch.no_grad():
                 _step(
@@ -625,7 +623,7 @@ class StackedTraining:
         model.train()
         seed = _seed(gens) if _uses_randomness(model) else None
         rows, weights = rows.to(self.device), (weights.to(self.device) if weights is not None else None)
-        grads, losses = chunk.gradients(leaves, buffers, rows, torch.ones(len(requests), device=self.device), gens, [r.epoch for r in requests], weights, seed)
+        grads, losses = chunk.gradients(leaves, buffers, rows, gens, [r.epoch for r in requests], weights, seed)
         grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
         losses = losses.cpu()
         chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
