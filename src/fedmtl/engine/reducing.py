@@ -309,17 +309,14 @@ class ReducingFederation:
             partial = {}
             for gi, g, ns, wc in groups:
                 wk = wc * ok
-                parts = [
-                    wk @ stacked.params[n].reshape(C, -1) - float(wk.sum()) * params[n].reshape(-1)
-                    for n in ns
-                ]
+                parts = [stacked.weighted_sum(n, wk) - float(wk.sum()) * params[n].reshape(-1) for n in ns]
                 partial[g] = (gi, torch.cat(parts), float(wk.sum()))
             if all(bool(torch.isfinite(v[1]).all()) for v in partial.values()):
                 break
             # a non-finite update: find its client(s) exactly, drop them as the decoder would, and redo the sums
             for _gi, _g, ns, wc in groups:
                 for n in ns:
-                    bad = ~torch.isfinite(stacked.params[n].reshape(C, -1)).all(1) & (wc > 0)
+                    bad = stacked.nonfinite_rows(n) & (wc > 0)
                     ok[bad] = 0.0
         for g, (gi, total, wtot) in partial.items():
             acc.sums[g] += total.double()

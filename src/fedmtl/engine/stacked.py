@@ -128,6 +128,11 @@ class Chunk:
     fixed: Tensor = field(init=False)
     #: ``[C]`` steps the fixed-weight clients took that their objective states do not count yet (:meth:`settle`)
     unsettled: Tensor = field(init=False)
+    #: per client, the columns of its objective's tasks (in the objective's order)
+    task_cols: list[list[int]] = field(init=False)
+    #: ``[C, K]`` the same columns padded to the most tasks a client holds (``K``), and where they are real
+    col_index: Tensor = field(init=False)
+    col_valid: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         self.step_module = _Step(self.model, self.tasks)
@@ -141,6 +146,10 @@ class Chunk:
                 self.fixed_weights[c, [col[t] for t in obj.tasks]] = torch.tensor(obj.fixed_weights, device=self.held.device)
         self.fixed = torch.tensor([int(obj.fixed_weights is not None) for obj in self.objectives])
         self.unsettled = torch.zeros(len(self.objectives), dtype=torch.long)
+        self.task_cols = [[col[t] for t in obj.tasks] for obj in self.objectives]
+        K = max((len(c) for c in self.task_cols), default=0)
+        self.col_index = torch.tensor([c + [0] * (K - len(c)) for c in self.task_cols], dtype=torch.long, device=self.held.device).reshape(len(self.task_cols), K)
+        self.col_valid = torch.tensor([[k < len(c) for k in range(K)] for c in self.task_cols], dtype=torch.bool, device=self.held.device).reshape(len(self.task_cols), K)
 
     def settle(self) -> list[TensorTree]:
         """The objective states with every step taken so far counted (fixed-weight clients skip the per-step
@@ -199,11 +208,14 @@ class Chunk:
                 out[n] = b.detach().unsqueeze(0).expand(len(states), *b.shape).clone()
         return {n: b.to(self.x.device) for n, b in out.items()}
 
-    def losses(self, params: Mapping[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, weights: Tensor | None, seed: int | None) -> tuple[Tensor, Tensor]:
+    def losses(
+        self, params: Mapping[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, weights: Tensor | None, seed: int | None, shared: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Per-client task losses ``[C, T]`` (mean over each client's real rows) and penalties ``[C]``.
 
         ``rows [C, B]`` index :attr:`x`; rows equal to :attr:`padding_row` are padding. ``weights [C, B]``
         optionally weigh each row's loss (FedEM's responsibilities; the mean then runs over real rows).
+        ``shared``: ``params`` and ``buffers`` are one value every client uses (no leading client dimension).
         """
         model, tasks = self.model, self.tasks
         real = (rows != self.padding_row).to(self.x.dtype if self.x.is_floating_point() else torch.float32)
@@ -221,11 +233,12 @@ class Chunk:
                 out.append((task.loss(preds[t], yc[t], reduction="none") * wc).sum() / n)
             return torch.stack(out), penalty
 
+        batched = vmap(one, in_dims=(None, None, 0, 0, 0, 0) if shared else 0, randomness="different")
         if seed is None:
-            return vmap(one, randomness="different")(dict(params), buffers, x, ys, row_w, real)
+            return batched(dict(params), buffers, x, ys, row_w, real)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return vmap(one, randomness="different")(dict(params), buffers, x, ys, row_w, real)
+            return batched(dict(params), buffers, x, ys, row_w, real)
 
     def _active_losses(
         self, leaves: dict[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, active: Tensor, weights: Tensor | None, seed: int | None
@@ -273,12 +286,11 @@ class Chunk:
         W = self.fixed_weights[:C].to(detached.dtype)
         self.unsettled[:C] += self.fixed[:C]
         balanced: list[int] = []
-        col = {t: i for i, t in enumerate(self.tasks)}
         for c in self.planned:
             if c >= C:
                 break
             obj = self.objectives[c]
-            cols = [col[t] for t in obj.tasks]
+            cols = self.task_cols[c]
             w, self.ostates[c] = obj.plan(detached[c, cols], self.ostates[c], generators[c], epochs[c])
             if w is None and not any(self.shared):  # nothing to balance: the plain sum, the balancer untouched
                 w = torch.ones(len(cols))
@@ -291,28 +303,35 @@ class Chunk:
         if not balanced:
             total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
             return dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True))), detached
-        # gradient balancers: every client's per-task gradients, laid out [C, T, P] over the shared parameters
-        # (the rows the sequential objective's Jacobian has): one reverse pass batched over the T tasks
-        # (is_grads_batched vmaps the backward over one-hot output gradients), for every parameter at once,
-        # so the weighted gradient of the other parameters is a combination of the same rows
+        # gradient balancers: every client's per-task gradients, laid out [C, K, P] over the shared parameters
+        # (the rows the sequential objective's Jacobian has; K the most tasks a client holds): one reverse pass
+        # batched over K (is_grads_batched vmaps the backward over output gradients that pick, in row k, each
+        # client's k-th own task), for every parameter at once, so the weighted gradient of the other parameters
+        # is a combination of the same rows. With task-heterogeneous clients K < T: the tasks a client lacks
+        # cost no reverse pass
         all_leaves = [leaves[n] for n in names]
-        selector = torch.eye(T, dtype=loss_mat.dtype, device=loss_mat.device).unsqueeze(1).expand(T, C, T)
+        index, valid = self.col_index[:C], self.col_valid[:C]
+        K = int(valid.sum(1).max())
+        index, valid = index[:, :K], valid[:, :K]
+        selector = loss_mat.new_zeros((C, K, T)).scatter_(2, index.unsqueeze(-1), valid.unsqueeze(-1).to(loss_mat.dtype)).transpose(0, 1)
         per_task = dict(zip(names, torch.autograd.grad(loss_mat, all_leaves, grad_outputs=selector, is_grads_batched=True, retain_graph=self.has_penalty, allow_unused=True)))
-        jac = torch.cat([_rows_or_zeros(per_task[n], leaves[n], T).reshape(T, C, -1) for n in shared_names], 2).transpose(0, 1)
+        jac = torch.cat([_rows_or_zeros(per_task[n], leaves[n], K).reshape(K, C, -1) for n in shared_names], 2).transpose(0, 1)
         direction = torch.zeros_like(jac[:, 0])
         for c in balanced:  # each client's own balancer on its own tasks' rows
             obj = self.objectives[c]
-            cols = [col[t] for t in obj.tasks]
-            G = jac[c, cols]
+            cols = self.task_cols[c]
+            G = jac[c, : len(cols)]
             balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
             W[c, cols] = balance.weights.to(W)
             direction[c] = balance.shared_gradient(G)
+        # every client's weights in its own tasks' order (a client's weights are zero outside its tasks)
+        W_own = W.gather(1, index) * valid.to(W.dtype)
         # the penalty's gradient is added to every client's step (to the balanced direction too), as in the sequential step
         pen = torch.autograd.grad(penalty.sum(), all_leaves, allow_unused=True) if self.has_penalty else (None,) * len(names)
         grads: dict[str, Tensor | None] = {}
         for n, pn in zip(names, pen):
             g_t = per_task[n]
-            weighted = (g_t * W.t().reshape(T, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
+            weighted = (g_t * W_own.t().reshape(K, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
             grads[n] = weighted + pn if weighted is not None and pn is not None else (weighted if weighted is not None else pn)
         chosen = torch.zeros(C, dtype=torch.bool, device=W.device)
         chosen[balanced] = True
@@ -347,7 +366,7 @@ def draw_plan(req: TrainRequest, batch_size: int, epochs: int, skip_single: bool
     return batches, eps
 
 
-def _padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
+def padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
     """The plans as padded rows of :attr:`Chunk.x`, ``[S, C, B]`` (padding: :attr:`Chunk.padding_row`)."""
     S = max((len(b) for b, _ in plans), default=0)
     B = max(1, max((len(i) for b, _ in plans for i in b), default=1))  # at least one (padding) column
@@ -397,12 +416,12 @@ def has_norm_statistics(model: nn.Module) -> bool:
     return bool(norm_buffer_names(model))
 
 
-def _seed(generators: Sequence[torch.Generator]) -> int:
+def dropout_seed(generators: Sequence[torch.Generator]) -> int:
     """One seed for the chunk's dropout masks, drawn from the first client's generator (randomness is passed in)."""
     return int(torch.randint(0, 2**62, (1,), generator=generators[0]))
 
 
-def _uses_randomness(model: nn.Module) -> bool:
+def uses_randomness(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
 
@@ -462,9 +481,9 @@ class StackedTraining:
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
-        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
-        rows = _padded_rows(chunk, plans)
+        rows = padded_rows(chunk, plans)
         step_epochs = [e for _, e in plans]
         S = rows.shape[0]
         named = dict(model.named_parameters())
@@ -474,13 +493,13 @@ class StackedTraining:
         stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_names, requests)]
         dev = self.device
         mask = {n: torch.tensor([float(n in s) for s in stepped], device=dev) for n in names}
-        values = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]) for n in names}
+        values = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
         plain = _plain_sgd(cfg.optimizer)
         lr = float(cfg.optimizer.lr)
-        prox_w, prox_c, implicit = _to(_prox_tables(requests, names, named), dev)
-        offsets = _to(_offset_table(requests, names), dev)
-        seeds = _uses_randomness(model)
+        prox_w, prox_c, implicit = to_device(_prox_tables(requests, names, named), dev)
+        offsets = to_device(_offset_table(requests, names), dev)
+        seeds = uses_randomness(model)
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
         steps = [len(e) for e in step_epochs]
         gens = [r.generator for r in requests]
@@ -497,7 +516,7 @@ class StackedTraining:
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
             live_buffers = {n: b[:k] for n, b in buffers.items()}  # views: BatchNorm statistics update in place
             ones = torch.ones(k, device=dev)
-            grads, losses = chunk.gradients(leaves, live_buffers, step_rows, gens[:k], epochs, seed=_seed([seed_generator]) if seeds else None)
+            grads, losses = chunk.gradients(leaves, live_buffers, step_rows, gens[:k], epochs, seed=dropout_seed([seed_generator]) if seeds else None)
             loss_sums[:k] += losses.double().cpu()
             with torch.no_grad():
                 _step(
@@ -506,7 +525,7 @@ class StackedTraining:
                 )
         params = {n: v.cpu() for n, v in values.items()}
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
-        chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
+        chunk.ostates = to_device(chunk.settle(), torch.device("cpu"))
         steps_t = torch.tensor(steps)
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps_t.clamp(min=1).double().unsqueeze(1), steps, chunk.ostates, new_buffers, requests)
 
@@ -525,18 +544,18 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
-        ostates = _to([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
         drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
         plans: list[Plan] = [([idx for _, idx in p], [e for e, _ in p]) for p in drawn_plans]
-        rows = _padded_rows(chunk, plans)
+        rows = padded_rows(chunk, plans)
         dev = self.device
         named = dict(model.named_parameters())
         names = chunk.names
         held = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
         mask = {n: torch.tensor([float(n in h) for h in held], device=dev) for n in names}
-        leaves = {n: torch.stack([_start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
+        leaves = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
         opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
         sigmas = torch.tensor([s.noise_multiplier for s in schedules])
@@ -592,7 +611,7 @@ class StackedTraining:
             with torch.no_grad():
                 _step(opt, leaves, grads, mask, act, {}, {}, no_pull, {}, None, plain, float(cfg.optimizer.lr))
         params = {n: v.detach().cpu() for n, v in leaves.items()}
-        chunk.ostates = _to(chunk.ostates, torch.device("cpu"))
+        chunk.ostates = to_device(chunk.ostates, torch.device("cpu"))
         result = StackedResult(params, chunk.tasks, chunk.held, loss_sums / with_rows.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, {}, requests)
         out = result.unstack(model)
         for r, res, schedule in zip(requests, out, schedules):
@@ -607,7 +626,7 @@ class StackedTraining:
 
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model
-        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], _to([r.ostate for r in requests], self.device), self.device)
+        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], to_device([r.ostate for r in requests], self.device), self.device)
         named = dict(model.named_parameters())
         leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().to(self.device).requires_grad_(True) for n in chunk.names}
         B = max(len(r.idx) for r in requests)
@@ -621,12 +640,12 @@ class StackedTraining:
         buffers = chunk.buffers([ClientState() for _ in requests])
         gens = [r.generator for r in requests]
         model.train()
-        seed = _seed(gens) if _uses_randomness(model) else None
+        seed = dropout_seed(gens) if uses_randomness(model) else None
         rows, weights = rows.to(self.device), (weights.to(self.device) if weights is not None else None)
         grads, losses = chunk.gradients(leaves, buffers, rows, gens, [r.epoch for r in requests], weights, seed)
         grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
         losses = losses.cpu()
-        chunk.ostates = _to(chunk.settle(), torch.device("cpu"))
+        chunk.ostates = to_device(chunk.settle(), torch.device("cpu"))
         out = []
         col = {t: i for i, t in enumerate(chunk.tasks)}
         for c, r in enumerate(requests):
@@ -636,14 +655,14 @@ class StackedTraining:
         return out
 
 
-def _to(tree, device: torch.device):  # type: ignore[no-untyped-def]
+def to_device(tree, device: torch.device):  # type: ignore[no-untyped-def]
     """A nested structure of tensors (dicts, lists, tuples) with every tensor on ``device``."""
     if isinstance(tree, Tensor):
         return tree.to(device)
     if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
+        return {k: to_device(v, device) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_to(v, device) for v in tree)
+        return type(tree)(to_device(v, device) for v in tree)
     return tree
 
 
@@ -651,7 +670,7 @@ def _has_penalty(model: MultiTaskModel) -> bool:
     return type(model).penalty is not MultiTaskModel.penalty
 
 
-def _start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
+def start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     local = req.state.local
     if name in local:
         value: Tensor = local[name].detach()
@@ -793,6 +812,14 @@ class StackedResult:
             self.loss_mean.index_select(0, idx), [self.steps[i] for i in inv], [self.ostates[i] for i in inv],
             {n: b.index_select(0, idx) for n, b in self.buffers.items()}, requests,
         )
+
+    def weighted_sum(self, name: str, w: Tensor) -> Tensor:
+        """``Σ_c w_c θ_c`` of parameter ``name``, flattened (a streamed round's reduction, one matrix-vector product)."""
+        return w @ self.params[name].reshape(len(w), -1)
+
+    def nonfinite_rows(self, name: str) -> Tensor:
+        """``[C]`` the clients whose trained ``name`` is not finite."""
+        return ~torch.isfinite(self.params[name].reshape(len(self.steps), -1)).all(1)
 
     def state(self, model: MultiTaskModel, c: int) -> ClientState:
         """Client ``c``'s next state, as :func:`fedmtl.fl.client.finish_local` builds it (objective, local

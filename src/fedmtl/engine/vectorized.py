@@ -20,12 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from fedmtl.engine.lockstep import run_lockstep
+from fedmtl.engine.one_step import OneStepResult, one_step_applies, train_one_step
 from fedmtl.engine.stacked import (
     GradRequest,
     StackedResult,
     StackedTraining,
     TrainRequest,
     batch_key,
+    draw_plan,
     has_norm_statistics,
 )
 from fedmtl.fl.algorithm import Algorithm, FedAvg, without_server
@@ -44,6 +46,8 @@ class VectorizedEngine:
         memory_budget_mb: working memory a chunk may use (parameters, gradients, optimiser state, activations).
         fallback: the engine for cohorts this one cannot batch (default: sequential).
         device: where the batched computations run (``runtime.device``).
+        one_step: reduce chunks whose clients all take one SGD step from one shared reverse pass
+            (:mod:`fedmtl.engine.one_step`; exact, so on by default; off measures the general path alone).
     """
 
     name = "vectorized"
@@ -54,12 +58,14 @@ class VectorizedEngine:
         memory_budget_mb: int = 512,
         fallback: object | None = None,
         device: torch.device | str = "cpu",
+        one_step: bool = True,
     ):
         from fedmtl.engine.sequential import SequentialEngine
 
         #: where the batched computations run (the server's state, codecs and fallback stay on the CPU)
         self.device = torch.device(device)
         self.chunk_clients = chunk_clients
+        self.one_step = one_step
         self.memory_budget_mb = memory_budget_mb
         self.fallback = fallback if fallback is not None else SequentialEngine()
         self._warned: set[str] = set()
@@ -139,11 +145,13 @@ class VectorizedEngine:
         self._announce(len(jobs), chunk)
         return results
 
-    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | None:
+    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | OneStepResult | None:
         """Train ``jobs`` as one chunk and return the stacked result; ``None`` where the result is not simply
         the trained model (any algorithm but FedAvg's client step) or cannot be batched.
 
-        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
+        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`):
+        where every client takes one SGD step from the same start, the reduced sums come from one shared
+        reverse pass (:mod:`fedmtl.engine.one_step`) unless ``one_step`` is off.
         """
         if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
             return None  # DP-SGD's results carry each client's accounting: they are unstacked
@@ -152,7 +160,12 @@ class VectorizedEngine:
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         self._announce(len(jobs), len(jobs))
         requests = [TrainRequest(j.start, j.client, without_server(j.state), j.generator) for j in jobs]
-        return self._stacked(trainer).train(requests)
+        training = self._stacked(trainer)
+        plans = [draw_plan(r, trainer.cfg.batch_size, trainer.cfg.epochs, False) for r in requests]
+        objectives = [training.objective(tuple(r.client.tasks)) for r in requests]
+        if self.one_step and one_step_applies(trainer.cfg, requests, plans, objectives):
+            return train_one_step(training, requests, plans)
+        return training.train(requests, plans)
 
     def _stacked(self, trainer: LocalTrainer) -> StackedTraining:
         if self._training is None or self._training[0] is not trainer:
