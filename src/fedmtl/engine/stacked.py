@@ -316,14 +316,30 @@ class Chunk:
         selector = loss_mat.new_zeros((C, K, T)).scatter_(2, index.unsqueeze(-1), valid.unsqueeze(-1).to(loss_mat.dtype)).transpose(0, 1)
         per_task = dict(zip(names, torch.autograd.grad(loss_mat, all_leaves, grad_outputs=selector, is_grads_batched=True, retain_graph=self.has_penalty, allow_unused=True)))
         jac = torch.cat([_rows_or_zeros(per_task[n], leaves[n], K).reshape(K, C, -1) for n in shared_names], 2).transpose(0, 1)
-        direction = torch.zeros_like(jac[:, 0])
-        for c in balanced:  # each client's own balancer on its own tasks' rows
+        # every balanced client's Gramian in one batched product (float64, as the balancers compute it); each
+        # client's own balancer then decides on its own tasks' rows, and the shared directions that are
+        # combinations of the rows come out of one more batched product
+        at = torch.tensor(balanced, device=jac.device)
+        rows_b = jac.index_select(0, at)
+        rows_64 = rows_b.double()
+        grams = rows_64 @ rows_64.transpose(1, 2)
+        combine = rows_b.new_zeros((len(balanced), K))
+        given: dict[int, Tensor] = {}
+        for i, c in enumerate(balanced):
             obj = self.objectives[c]
             cols = self.task_cols[c]
-            G = jac[c, : len(cols)]
-            balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c])
+            k = len(cols)
+            G = jac[c, :k]
+            balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c], gram=grams[i, :k, :k])
             W[c, cols] = balance.weights.to(W)
-            direction[c] = balance.shared_gradient(G)
+            if balance.shared_direction is not None:
+                given[c] = balance.shared_direction.to(G)
+            else:
+                combine[i, :k] = (balance.shared_weights if balance.shared_weights is not None else balance.weights).to(combine)
+        direction = torch.zeros_like(jac[:, 0])
+        direction.index_copy_(0, at, torch.bmm(combine.unsqueeze(1), rows_b).squeeze(1))
+        for c, d in given.items():
+            direction[c] = d
         # every client's weights in its own tasks' order (a client's weights are zero outside its tasks)
         W_own = W.gather(1, index) * valid.to(W.dtype)
         # the penalty's gradient is added to every client's step (to the balanced direction too), as in the sequential step

@@ -183,12 +183,13 @@ class MultiTaskObjective:
         return fixed, {**planned, "step": torch.tensor(step + 1)}
 
     def balance(
-        self, losses: Tensor, grads: Tensor, state: TensorTree, generator: torch.Generator | None = None, epoch: int = 0
+        self, losses: Tensor, grads: Tensor, state: TensorTree, generator: torch.Generator | None = None, epoch: int = 0, gram: Tensor | None = None
     ) -> tuple[Balance, TensorTree]:
         """The gradient balancer's answer for per-task gradients ``grads [T, P]`` of the shared coordinates,
-        and the objective state after the step (``state`` is what :meth:`plan` returned)."""
+        and the objective state after the step (``state`` is what :meth:`plan` returned). ``gram``: their
+        float64 Gramian when the caller has it already."""
         step = int(state["step"]) - 1  # type: ignore[arg-type]
-        balance, bstate = self.balancer(BalanceInput(losses=losses, grads=grads, step=step, generator=generator, epoch=epoch), state["balancer"])  # type: ignore[arg-type]
+        balance, bstate = self.balancer(BalanceInput(losses=losses, grads=grads, step=step, generator=generator, epoch=epoch, gram=gram), state["balancer"])  # type: ignore[arg-type]
         return balance, {**state, "balancer": bstate}
 
     def backward(

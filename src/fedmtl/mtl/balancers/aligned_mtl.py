@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedmtl.config import mtl as mtl_cfg
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
@@ -30,7 +30,7 @@ class AlignedMTL(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        w = aligned_weights(gramian(inp.grads).cpu())
+        w = aligned_weights(inp.gramian().cpu())
         return Balance.for_shared(inp.losses, weights=w), state
 
 

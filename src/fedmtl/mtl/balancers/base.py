@@ -37,6 +37,8 @@ class BalanceInput:
         step: the local step counter (0-based) within the current objective state.
         generator: the source of randomness (RLW, GradDrop, PCGrad's order); never the global RNG.
         epoch: the local epoch (DWA averages losses per epoch).
+        gram: ``grads grads^T`` in float64 when the caller computed it already (the vectorised engine
+            computes every client's in one batched product); read it through :meth:`gramian`.
     """
 
     losses: Tensor
@@ -44,6 +46,14 @@ class BalanceInput:
     step: int
     generator: torch.Generator | None = None
     epoch: int = 0
+    gram: Tensor | None = None
+
+    def gramian(self) -> Tensor:
+        """``G G^T`` of the per-task gradients in float64: the given :attr:`gram`, or computed here."""
+        if self.gram is not None:
+            return self.gram
+        assert self.grads is not None, "a gradient balancer needs per-task gradients"
+        return gramian(self.grads)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmtl.config import mtl as mtl_cfg
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -164,7 +164,7 @@ class CAGrad(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        a = cagrad_weights(gramian(inp.grads).cpu().numpy(), self.c)
+        a = cagrad_weights(inp.gramian().cpu().numpy(), self.c)
         return Balance.for_shared(inp.losses, weights=a), state
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import project_to_dual_cone
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
@@ -59,7 +59,7 @@ class UPGrad(_DualCone):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        w = upgrad_weights(gramian(inp.grads).cpu().numpy(), self._pref(inp.grads.shape[0]))
+        w = upgrad_weights(inp.gramian().cpu().numpy(), self._pref(inp.grads.shape[0]))
         return Balance.for_shared(inp.losses, weights=w), state
 
 
@@ -73,7 +73,7 @@ class DualProj(_DualCone):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        w = dualproj_weights(gramian(inp.grads).cpu().numpy(), self._pref(inp.grads.shape[0]))
+        w = dualproj_weights(inp.gramian().cpu().numpy(), self._pref(inp.grads.shape[0]))
         return Balance.for_shared(inp.losses, weights=w), state
 
 

@@ -6,7 +6,7 @@ import torch
 
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import solve_power_balance
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -23,7 +23,7 @@ class FairGrad(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        w = solve_power_balance(gramian(inp.grads).cpu().numpy(), 1.0 / self.alpha)
+        w = solve_power_balance(inp.gramian().cpu().numpy(), 1.0 / self.alpha)
         sw = torch.as_tensor(w, dtype=inp.losses.dtype, device=inp.losses.device)
         return Balance.for_shared(inp.losses, weights=sw), state
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from fedmtl.config import mtl as mtl_cfg
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -29,7 +29,7 @@ class GradVac(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        m = gramian(inp.grads).cpu()
+        m = inp.gramian().cpu()
         t = m.shape[0]
         phi = state["phi"].double().clone()  # type: ignore[union-attr]
         gen = inp.generator or torch.Generator().manual_seed(inp.step)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedmtl.config import mtl as mtl_cfg
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -49,7 +49,7 @@ class IMTL(GradBalancer):
         assert inp.grads is not None
         s = state["s"]
         scale = torch.exp(s).double() if self.loss_scaling else torch.ones(inp.losses.numel(), dtype=torch.float64)  # type: ignore[arg-type]
-        m = gramian(inp.grads).cpu() * scale[:, None] * scale[None, :]
+        m = inp.gramian().cpu() * scale[:, None] * scale[None, :]
         alpha = imtl_g_weights(m) * scale
         if self.loss_scaling:
             s = s - self.lr * (torch.exp(s) * inp.losses.detach().float().cpu() - 1)  # type: ignore[operator,arg-type]

@@ -8,7 +8,7 @@ import numpy as np
 
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import min_norm_weights
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, GradSource, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, GradSource
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -41,7 +41,7 @@ class MGDA(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        m = gramian(inp.grads.detach()).cpu().numpy()
+        m = inp.gramian().cpu().numpy()
         n = normalizers(m, inp.losses.detach().double().cpu().numpy(), self.normalization)
         w = min_norm_weights(m / np.outer(n, n)) / n
         return Balance.for_shared(inp.losses, weights=w), state

@@ -8,7 +8,7 @@ import torch
 
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import project_simplex
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian, leaf
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, leaf
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -37,7 +37,7 @@ class MoDo(GradBalancer):
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
         lam = leaf(state, "lambd").double().cpu().numpy()
-        m = gramian(inp.grads).cpu().numpy()
+        m = inp.gramian().cpu().numpy()
         lam = project_simplex(lam - self.gamma * (m @ lam + self.rho * lam))
         return Balance.for_shared(inp.losses, weights=lam), {"lambd": torch.as_tensor(np.asarray(lam))}
 

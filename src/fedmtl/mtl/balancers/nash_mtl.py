@@ -10,7 +10,7 @@ import torch
 from fedmtl._extras import require
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import solve_power_balance
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -80,7 +80,7 @@ class NashMTL(GradBalancer):
         assert inp.grads is not None
         prev = state["alpha"].double().numpy()  # type: ignore[union-attr]
         if inp.step % self.update_every == 0:
-            m = gramian(inp.grads).cpu().numpy()
+            m = inp.gramian().cpu().numpy()
             root = np.sqrt(max(float(np.linalg.norm(m)), 1e-40))
             m, w0 = m / root**2, prev * root  # M a = 1/a  <=>  (M / s) (sqrt(s) a) = 1 / (sqrt(s) a)
             scaled = _cvxpy_solve(m, w0) if self.solver == "cvxpy" else solve_power_balance(m, 1.0, w0=w0)

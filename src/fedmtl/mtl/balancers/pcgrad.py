@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fedmtl.config import mtl as mtl_cfg
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer
 from fedmtl.registry import register
 from fedmtl.tree import TensorTree
 
@@ -43,7 +43,7 @@ class PCGrad(GradBalancer):
         t = inp.losses.numel()
         gen = inp.generator or torch.Generator().manual_seed(inp.step)
         orders = [torch.randperm(t, generator=gen, device=gen.device).tolist() for _ in range(t)]
-        c = pcgrad_coefficients(gramian(inp.grads).cpu(), orders)
+        c = pcgrad_coefficients(inp.gramian().cpu(), orders)
         return Balance.for_shared(inp.losses, weights=c.sum(0)), state
 
 

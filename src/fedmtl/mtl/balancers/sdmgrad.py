@@ -7,7 +7,7 @@ import numpy as np
 
 from fedmtl.config import mtl as mtl_cfg
 from fedmtl.mtl.balancers._solvers import min_norm_weights
-from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive, gramian
+from fedmtl.mtl.balancers.base import Balance, BalanceInput, GradBalancer, check_positive
 from fedmtl.registry import options, register
 from fedmtl.tree import TensorTree
 
@@ -47,7 +47,7 @@ class SDMGrad(GradBalancer):
 
     def __call__(self, inp: BalanceInput, state: TensorTree) -> tuple[Balance, TensorTree]:
         assert inp.grads is not None
-        a = sdmgrad_weights(gramian(inp.grads).cpu().numpy(), self.lam)
+        a = sdmgrad_weights(inp.gramian().cpu().numpy(), self.lam)
         return Balance.for_shared(inp.losses, weights=a), state
 
 
