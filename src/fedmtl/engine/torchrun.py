@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
 from fedmtl.engine.build import build_engine
 from fedmtl.engine.distributed import DistributedEngine, init_distributed
-from fedmtl.engine.reducing import ReducingFederation
+from fedmtl.engine.reducing import Streamed
 from fedmtl.fl.federation import Federation
 
 log = logging.getLogger("fedmtl")
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(cfg.model, data.input_shape, data.tasks)
     local_engine = build_engine(local_cfg)
     if args.aggregate == "gather":
-        fed: Federation | ReducingFederation = Federation(cfg, data, model, DistributedEngine(local_engine, backend))
+        fed = Federation(cfg, data, model, DistributedEngine(local_engine, backend))
     else:
-        fed = ReducingFederation(cfg, data, model, local_engine, distributed=world > 1)
+        fed = Federation(cfg, data, model, local_engine, transport=partial(Streamed, distributed=world > 1))
     log.info(
         "engine: distributed (%d ranks, backend %s, local engine %s)",
         world,

@@ -143,7 +143,7 @@ class VectorizedEngine:
         """Train ``jobs`` as one chunk and return the stacked result; ``None`` where the result is not simply
         the trained model (any algorithm but FedAvg's client step) or cannot be batched.
 
-        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`).
+        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.Streamed`).
         """
         if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
             return None  # DP-SGD's results carry each client's accounting: they are unstacked

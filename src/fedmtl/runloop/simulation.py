@@ -26,7 +26,7 @@ log = logging.getLogger("fedmtl")
 def engine_label(fed: Federation) -> str:
     """The engine's name, with the torchrun world size when ranks share the cohort."""
     name = fed.engine.name if fed.engine is not None else "none"
-    if getattr(fed, "distributed", False):
+    if getattr(fed.transport, "distributed", False):
         return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
     return name
 
