@@ -42,7 +42,7 @@ from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
-from fedmtl.fl.transport import InProcess, Reduced, Reducing, TooFewUpdates, Transport
+from fedmtl.fl.transport import Delivery, Dispatching, InProcess, Reduced, Reducing, TooFewUpdates, Transport
 from fedmtl.fl.update import ClientUpdate, bound_claims
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
 from fedmtl.privacy.secagg.protocol import SecAggError
@@ -646,7 +646,7 @@ class Federation:
     def round(
         self,
         state: ServerState,
-        transport: Transport | None = None,
+        transport: Transport | Dispatching | None = None,
         *,
         cohort: Sequence[int] | None = None,
         min_updates: int = 0,
@@ -657,24 +657,31 @@ class Federation:
         Plan (sample the cohort, encode the broadcast), deliver it over ``transport`` (default: :attr:`transport`,
         the clients training here on the engine), collect (decode and check every reply), apply (aggregate, step).
         A :class:`~fedmtl.fl.transport.Reducing` transport may instead run plan, deliver and collect chunk by
-        chunk and hand back the reduced sums; the server step is the same (:meth:`conclude_reduced`).
+        chunk and hand back the reduced sums; the server step is the same (:meth:`conclude_reduced`). A
+        :class:`~fedmtl.fl.transport.Dispatching` transport (FedBuff's buffer) chooses and plans its cohort itself.
 
         Args:
             transport: how the broadcast reaches the clients (:mod:`fedmtl.fl.transport`).
-            cohort: the clients to ask (default: this round's sample, :meth:`cohort`).
+            cohort: the clients to ask (default: this round's sample, :meth:`cohort`; a dispatching transport's own).
             min_updates: raise :class:`~fedmtl.fl.transport.TooFewUpdates`, applying nothing, when fewer valid
                 updates arrive (a deployment then retries the round).
             started: ``time.perf_counter()`` when the round began (default: now), for the report's ``seconds``.
         """
         t0 = time.perf_counter() if started is None else started
         transport = transport if transport is not None else self.transport
-        chosen = list(cohort) if cohort is not None else self.cohort(state.round)
-        if isinstance(transport, Reducing):
-            reduced = transport.reduce(state, chosen)
-            if reduced is not None:
-                return self.conclude_reduced(state, chosen, reduced, started=t0, min_updates=min_updates)
-        plan = self.plan(state, chosen)
-        delivery = transport.deliver(state, plan)
+        if isinstance(transport, Dispatching):
+            dispatched = transport.dispatch(state)
+            chosen, down, algorithm_down, scale = list(dispatched.cohort), dispatched.bytes_down, dispatched.algorithm_bytes_down, dispatched.scale
+            delivery: Delivery = dispatched
+        else:
+            chosen = list(cohort) if cohort is not None else self.cohort(state.round)
+            if isinstance(transport, Reducing):
+                reduced = transport.reduce(state, chosen)
+                if reduced is not None:
+                    return self.conclude_reduced(state, chosen, reduced, started=t0, min_updates=min_updates)
+            plan = self.plan(state, chosen)
+            delivery = transport.deliver(state, plan)
+            down, algorithm_down, scale = plan.bytes_down, plan.algorithm_bytes_down, {}
         updates, bad = (delivery.collect or self.collect)(delivery.replies)
         if len(updates) < min_updates:
             raise TooFewUpdates(len(updates), {**delivery.dropped, **bad})
@@ -682,11 +689,12 @@ class Federation:
             state,
             delivery.replies,
             state.client_states if delivery.client_states is None else delivery.client_states,
-            cohort=plan.cohort,
-            bytes_down=plan.bytes_down,
-            algorithm_bytes_down=plan.algorithm_bytes_down,
+            cohort=chosen,
+            bytes_down=down,
+            algorithm_bytes_down=algorithm_down,
             started=t0,
             dropped=delivery.dropped,
+            scale=scale,
             collected=(updates, bad),
             aggregate=delivery.aggregate,
         )

@@ -7,6 +7,7 @@ the simulated clock's deadline (:class:`fedmtl.fl.systems.sync.SyncRounds`), the
 (``fedmtl.integrations.flower.strategy``) and the streamed reduction (``fedmtl.engine.reducing.Streamed``).
 A transport never steps the server: the server's step stays in the federation.
 
+A :class:`Dispatching` transport chooses and plans its cohort itself (FedBuff's buffer, over simulated time).
 A :class:`Reducing` transport may take a whole cohort over instead (plan, deliver and collect, chunk by
 chunk, with the federation's own steps) and hand back only the reduced sums (:class:`Reduced`): a round of
 10,000 clients then never holds 10,000 replies or payloads. The driver takes the same server step from them.
@@ -53,6 +54,23 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Dispatched(Delivery):
+    """What a :class:`Dispatching` transport's own broadcasts brought back: the replies, and the round it chose.
+
+    Attributes:
+        cohort: the clients whose replies (or drops) this server step concludes.
+        bytes_down, algorithm_bytes_down: what its broadcasts weighed (all, and the algorithm's state).
+        scale: client id -> factor its decoded update is multiplied by before aggregation (FedBuff's staleness
+            weight); 1 for a client not named.
+    """
+
+    cohort: Sequence[int] = ()
+    bytes_down: int = 0
+    algorithm_bytes_down: int = 0
+    scale: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Reduced:
     """A cohort's replies reduced as they arrived (:class:`Reducing`): what the server step and the report need.
 
@@ -93,6 +111,16 @@ class Reducing(Protocol):
     def reduce(self, state: ServerState, cohort: Sequence[int]) -> Reduced | None: ...
 
 
+@runtime_checkable
+class Dispatching(Protocol):
+    """A transport that chooses its cohort and plans its broadcasts itself, over time: FedBuff's buffer
+    (:class:`fedmtl.fl.systems.fedbuff.Buffered`) dispatches clients as slots free up and concludes a server
+    step with whoever's updates arrived, each trained on the model version it was sent. The driver collects,
+    applies and reports what it returns as any other delivery."""
+
+    def dispatch(self, state: ServerState) -> Dispatched: ...
+
+
 class TooFewUpdates(RuntimeError):
     """A round got fewer valid updates than it needs (nothing was applied); a deployment retries it.
 
@@ -124,4 +152,4 @@ class InProcess:
         return Delivery(replies, {**state.client_states, **states})
 
 
-__all__ = ["Delivery", "InProcess", "Reduced", "Reducing", "TooFewUpdates", "Transport"]
+__all__ = ["Delivery", "Dispatched", "Dispatching", "InProcess", "Reduced", "Reducing", "TooFewUpdates", "Transport"]
