@@ -6,7 +6,7 @@ Two ways to use it, both launched the way torchrun launches anything (one node o
     torchrun --nnodes=4 --node_rank=$R --master_addr=$HEAD --nproc_per_node=8 -m fedmtl.engine.distributed ...
 
 * a :class:`~fedmtl.fl.federation.Federation` whose transport is :class:`fedmtl.engine.reducing.Streamed` with
-  ``distributed=True`` (what :mod:`fedmtl.engine.torchrun` uses): each rank trains its slice, reduces its
+  ``distributed=True`` (what :mod:`fedmtl.runloop.torchrun` uses): each rank trains its slice, reduces its
   clients' weighted updates locally, and one ``all_reduce`` adds the sums of all ranks (weighted-mean
   aggregators). Other rounds all-gather the trained results and every rank runs the plain round on the
   whole cohort (the transport :func:`gathered`).
@@ -97,4 +97,4 @@ def gathered(fed: Federation) -> InProcess:
 if __name__ == "__main__":  # torchrun ... -m fedmtl.engine.distributed: the entry point lives above this module
     import runpy
 
-    runpy.run_module("fedmtl.engine.torchrun", run_name="__main__")
+    runpy.run_module("fedmtl.runloop.torchrun", run_name="__main__")
