@@ -41,8 +41,9 @@ def engine_summary(label: str, counts: Mapping[str, int]) -> str:
 
 
 class Simulation:
-    """Rounds run in process: the federation's (a :class:`Federation`, or the streamed round of
-    ``fedmtl.engine.reducing``) or, with ``systems``, a driver's on the simulated clock.
+    """Rounds run in process: the federation's (:meth:`Federation.round` over its default transport, the
+    streamed reduction of ``fedmtl.engine.reducing`` when built by ``make_federation``) or, with ``systems``,
+    a driver's on the simulated clock.
 
     Args:
         fed: the federation (its model, data, algorithm and engine).
