@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, mlp, mnist1d  # noqa: E402
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
-# fedmtl-vectorized: vectorised engine + ReducingFederation (streamed, stacked reduction);
+# fedmtl-vectorized: vectorised engine + the Streamed transport (streamed, stacked reduction);
 # fedmtl-vectorized-plainround: vectorised engine under the plain Federation round (per-client encode/decode)
 SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "fedmtl-vectorized-plainround", "bare-pytorch", "flower"]
 
@@ -223,16 +223,15 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     import torch
 
     from fedmtl.engine import build_engine
-    from fedmtl.engine.reducing import ReducingFederation
+    from fedmtl.engine.reducing import Streamed
     from fedmtl.fl.federation import Federation
+    from fedmtl.fl.transport import InProcess
 
     torch.set_num_threads(threads)
     cfg, fed_data, model = _fedmtl_setup(w, data, engine)
     t0 = time.perf_counter()
     eng = build_engine(cfg.engine)
-    fed = (
-        ReducingFederation(cfg, fed_data, model, eng) if streaming else Federation(cfg, fed_data, model, eng)
-    )
+    fed = Federation(cfg, fed_data, model, eng, transport=Streamed if streaming else InProcess)
     state = fed.init_state()
     state.params = _fedmtl_init(model, w)
     per_round = []
@@ -340,13 +339,14 @@ def worker_sweep(
     import torch
 
     from fedmtl.engine import build_engine
-    from fedmtl.engine.reducing import ReducingFederation
+    from fedmtl.engine.reducing import Streamed
+    from fedmtl.fl.federation import Federation
 
     torch.set_num_threads(threads)
     w = Workload("sweep", num_clients=10_000, epochs=1, lr=0.05, rounds=rounds)
     cfg, fed_data, model = _fedmtl_setup(w, data, engine, tasks=tasks, clients=clients)
     t0 = time.perf_counter()
-    fed = ReducingFederation(cfg, fed_data, model, build_engine(cfg.engine))
+    fed = Federation(cfg, fed_data, model, build_engine(cfg.engine), transport=Streamed)
     state = fed.init_state()
     per_round = []
     for _ in range(rounds):

@@ -24,7 +24,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
+def _torchrun(overrides: list[str], out: Path, aggregate: str, rounds: int = ROUNDS, extra: list[str] | None = None) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -36,11 +36,12 @@ def _torchrun(overrides: list[str], out: Path, aggregate: str) -> None:
         "-m",
         "fedmtl.engine.distributed",
         "--rounds",
-        str(ROUNDS),
+        str(rounds),
         "--save",
         str(out),
         "--aggregate",
         aggregate,
+        *(extra or []),
     ]
     for o in overrides:
         cmd += ["--set", o]
@@ -100,6 +101,23 @@ def test_two_ranks_match_sequential(tmp_path: Path, extra: list[str], aggregate:
     expected, _ = run(cfg, data, SequentialEngine(), rounds=ROUNDS)
     got = torch.load(out)
     assert max_diff(expected.params, got) < 1e-5
+
+
+def test_the_torchrun_entry_point_runs_the_one_run_loop_and_resumes(tmp_path: Path) -> None:
+    """``--out``: rank 0 writes the run folder (metrics.jsonl, checkpoints, summary.json); ``--resume`` continues it."""
+    import json
+
+    extra = ["engine.name=distributed", "engine.local.name=vectorized"]
+    run_dir, out = tmp_path / "run", tmp_path / "params.pt"
+    _torchrun(BASE + extra, out, "reduce", rounds=ROUNDS - 1, extra=["--out", str(run_dir)])
+    _torchrun(BASE + extra, out, "reduce", extra=["--out", str(run_dir), "--resume"])
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == list(range(1, ROUNDS + 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == ROUNDS and summary["engine"].startswith("distributed (2 ranks")
+    cfg, data = setup()
+    expected, _ = run(cfg, data, SequentialEngine(), rounds=ROUNDS)
+    assert max_diff(expected.params, torch.load(out)) < 1e-5
 
 
 def test_rank_slices_cover_the_cohort_in_order() -> None:

@@ -1,14 +1,16 @@
-"""Engines declare what they can run (``supports``), and the streamed round is a driver over a Federation
-(composition: it is not one), whose interface it passes through unchanged (issue 16, item 2)."""
+"""Engines declare what they can run (``supports``), and the streamed round is a transport of the one round
+driver, :meth:`Federation.round` (issue 16, items 1 and 2)."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from _helpers import setup
 
 from fedmtl.engine import SequentialEngine, VectorizedEngine
 from fedmtl.engine.distributed import DistributedEngine
-from fedmtl.engine.reducing import ReducingFederation
+from fedmtl.engine.reducing import Streamed
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.client_state import ClientState
@@ -41,15 +43,15 @@ def test_the_vectorised_engine_names_what_it_cannot_batch_and_the_distributed_on
     assert SequentialEngine().supports(FedAvg(), trainer, job) is None  # the reference runs everything
 
 
-def test_the_streamed_round_is_a_driver_over_a_federation_not_one():
-    assert not issubclass(ReducingFederation, Federation)
+def test_the_streamed_round_is_a_transport_of_the_one_round_driver():
+    from fedmtl.fl.transport import Reducing
+
     cfg, data = setup()
-    fed = ReducingFederation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), SequentialEngine(), chunk_clients=3)
-    assert isinstance(fed.federation, Federation)
-    assert fed.engine is fed.federation.engine and fed.cohort(0) == fed.federation.cohort(0)  # reads pass through
+    fed = Federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), SequentialEngine(), transport=partial(Streamed, chunk_clients=3))
+    assert isinstance(fed.transport, Streamed) and isinstance(fed.transport, Reducing) and fed.transport.fed is fed
     other = SequentialEngine()
-    fed.engine = other  # writes reach the federation, whose steps the driver runs
-    assert fed.federation.engine is other and "engine" not in vars(fed)
+    fed.engine = other  # the transport runs the federation's engine and steps, whatever they are now
     state = fed.init_state()
     new, report = fed.round(state)
-    assert new.round == 1 and report.cohort == fed.federation.cohort(0)
+    assert new.round == 1 and report.cohort == fed.cohort(0) and report.updates == len(report.cohort)
+    assert other.last_run == {"sequential": 3}  # the last chunk of 3 of the 6 clients ran on the new engine

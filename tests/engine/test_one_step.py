@@ -7,17 +7,20 @@ one-step identity ``Σ_c w_c step(θ, g_c) = W·step(θ, Σ_c w_c g_c / W)`` wit
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from _helpers import max_diff, run, setup
 
 from fedmtl.engine import SequentialEngine, VectorizedEngine
 from fedmtl.engine.one_step import OneStepResult
-from fedmtl.engine.reducing import ReducingFederation
+from fedmtl.engine.reducing import Streamed
 from fedmtl.engine.stacked import StackedResult
 from fedmtl.fl.federation import Federation
 
 TOL = 1e-5
+STREAMED = partial(Federation, transport=Streamed)  # the streamed round (make_federation's default)
 ONE_BATCH = ["client.batch_size=512", "client.epochs=1"]  # every client's rows fit one batch: one step
 HETEROGENEOUS = ["data.task_assignment.name=random_subset", "data.task_assignment.tasks_per_client=2", "data.source.tasks=[digit,parity,mod3]"]
 
@@ -40,7 +43,7 @@ def _chunk_result(cfg, data, engine: VectorizedEngine):  # noqa: ANN001, ANN202
     from fedmtl.fl.seeding import generator
     from fedmtl.mtl import build_model
 
-    fed = ReducingFederation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), engine)
+    fed = STREAMED(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), engine)
     state = fed.init_state()
     cohort = fed.cohort(0)
     jobs = [CohortJob(dict(state.params), data.clients[c], state.client_state(c), generator(cfg.seed, "client", 0, c)) for c in cohort]
@@ -50,9 +53,10 @@ def _chunk_result(cfg, data, engine: VectorizedEngine):  # noqa: ANN001, ANN202
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_step_round_matches_the_clients_own_steps(case: str) -> None:
     cfg, data = setup(ONE_BATCH + CASES[case])
-    assert isinstance(_chunk_result(cfg, data, VectorizedEngine())[0], OneStepResult)  # the identity is what runs
-    one, one_reports = run(cfg, data, VectorizedEngine(), rounds=2, federation_cls=ReducingFederation)
-    general, _ = run(cfg, data, VectorizedEngine(one_step=False), rounds=2, federation_cls=ReducingFederation)
+    result, fed = _chunk_result(cfg, data, VectorizedEngine())
+    assert isinstance(result, OneStepResult) and fed.transport._stacked_path(fed.engine)  # the identity is what runs
+    one, one_reports = run(cfg, data, VectorizedEngine(), rounds=2, federation_cls=STREAMED)
+    general, _ = run(cfg, data, VectorizedEngine(one_step=False), rounds=2, federation_cls=STREAMED)
     sequential, seq_reports = run(cfg, data, SequentialEngine(), rounds=2, federation_cls=Federation)
     assert max_diff(one.params, general.params) < TOL
     assert max_diff(one.params, sequential.params) < TOL
@@ -100,7 +104,7 @@ def test_weighted_sum_equals_the_stacked_clients_sum_for_any_weights() -> None:
 
 def test_a_non_finite_client_is_found_and_dropped_as_on_the_general_path() -> None:
     cfg, data = setup(ONE_BATCH + ["client.optimizer.lr=1e38"])
-    one, one_reports = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
-    general, general_reports = run(cfg, data, VectorizedEngine(one_step=False), rounds=1, federation_cls=ReducingFederation)
+    one, one_reports = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=STREAMED)
+    general, general_reports = run(cfg, data, VectorizedEngine(one_step=False), rounds=1, federation_cls=STREAMED)
     assert one_reports[0].dropped == general_reports[0].dropped
     assert max_diff(one.params, general.params) == 0.0

@@ -11,10 +11,16 @@ from _helpers import max_diff, run, setup
 
 from fedmtl.config.engine import VectorizedEngine as VectorizedCfg
 from fedmtl.engine import SequentialEngine, VectorizedEngine, build_engine
-from fedmtl.engine.reducing import ReducingFederation
+from fedmtl.engine.reducing import Streamed
+from fedmtl.fl.federation import Federation
 from fedmtl.mtl import Balance, MultiTaskObjective
 
 TOL = 1e-5
+
+
+def streamed(chunk_clients: int = 1024):  # noqa: ANN201 - a federation_cls for _helpers.run
+    """A Federation whose default transport is the streamed reduction."""
+    return partial(Federation, transport=partial(Streamed, chunk_clients=chunk_clients))
 
 CASES = {
     "single-task": ["data.source.tasks=[digit]"],
@@ -61,7 +67,7 @@ def test_chunks_and_streaming_round_match_sequential() -> None:
         cfg,
         data,
         VectorizedEngine(chunk_clients=2),
-        federation_cls=partial(ReducingFederation, chunk_clients=3),
+        federation_cls=streamed(chunk_clients=3),
     )
     assert max_diff(seq.params, vec.params) < TOL
     # the streamed round counts the bytes it never encodes (identity links) exactly as the plain round
@@ -170,11 +176,9 @@ def test_build_engine_and_default_config() -> None:
 
 
 def test_reducing_round_drops_non_finite_updates_like_the_plain_round() -> None:
-    from fedmtl.fl.federation import Federation
-
     cfg, data = setup(["client.optimizer.lr=1e38", "client.epochs=3"])
     plain, rp = run(cfg, data, SequentialEngine(), rounds=1, federation_cls=Federation)
-    red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=ReducingFederation)
+    red, rr = run(cfg, data, VectorizedEngine(), rounds=1, federation_cls=streamed())
     assert rp[0].dropped.keys() == rr[0].dropped.keys() and rp[0].dropped
     assert rp[0].updates == rr[0].updates == len(rp[0].cohort) - len(rp[0].dropped)
     assert max_diff(plain.params, red.params) < TOL
@@ -190,7 +194,8 @@ def test_make_federation_picks_the_reducing_round() -> None:
 
     cfg, data = setup(["engine.name=vectorized"])
     fed = make_federation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks))
-    assert isinstance(fed, ReducingFederation) and fed.engine.name == "vectorized" and not fed.distributed
+    assert isinstance(fed, Federation) and isinstance(fed.transport, Streamed)
+    assert fed.engine.name == "vectorized" and not fed.transport.distributed
 
 
 def test_streamed_round_never_applies_a_non_finite_model() -> None:
@@ -198,7 +203,7 @@ def test_streamed_round_never_applies_a_non_finite_model() -> None:
     cfg, data = setup()
     from fedmtl.mtl import build_model
 
-    fed = ReducingFederation(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), VectorizedEngine())
+    fed = streamed()(cfg, data, build_model(cfg.model, data.input_shape, data.tasks), VectorizedEngine())
     state = fed.init_state()
     real_step = fed.server_opt.step
     fed.server_opt.step = lambda p, u, s: ({n: v * float("inf") for n, v in real_step(p, u, s)[0].items()}, s)  # type: ignore[method-assign]
@@ -211,5 +216,5 @@ def test_streamed_round_batches_a_forward_reading_penalty_per_task_set() -> None
     """Distillation's penalty reads the forward pass: the stacked reduction must not mix task sets in one forward."""
     cfg, data = setup(CASES["task-heterogeneous"] + ["model.name=distillation"])
     seq, _ = run(cfg, data, SequentialEngine())
-    vec, _ = run(cfg, data, VectorizedEngine(), federation_cls=ReducingFederation)
+    vec, _ = run(cfg, data, VectorizedEngine(), federation_cls=streamed())
     assert max_diff(seq.params, vec.params) < TOL

@@ -17,7 +17,7 @@ def build_engine(cfg: object, device: str = "cpu") -> Engine:
     if isinstance(cfg, ecfg.VectorizedEngine):
         return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device)
     if isinstance(cfg, ecfg.DistributedEngine):
-        # on demand (and ReducingFederation below): `-m fedmtl.engine.distributed` must find them unloaded
+        # on demand (and Streamed below): `-m fedmtl.engine.distributed` must find them unloaded
         from fedmtl.engine.distributed import DistributedEngine
 
         return DistributedEngine(local=build_engine(cfg.local, device), backend=cfg.backend)
@@ -25,20 +25,26 @@ def build_engine(cfg: object, device: str = "cpu") -> Engine:
 
 
 def make_federation(cfg, data, model, device: str | None = None):  # type: ignore[no-untyped-def]
-    """The round object an experiment should use for ``cfg.engine`` (what the integrator wires).
+    """The federation an experiment should use for ``cfg.engine`` (what the integrator wires): a
+    :class:`~fedmtl.fl.federation.Federation` whose default transport is the streamed reduction
+    (:class:`~fedmtl.engine.reducing.Streamed`: the plain round's steps, streamed in chunks; bounded memory;
+    stacked reduction with the vectorised engine).
 
-    * ``vectorized`` / ``sequential``: :class:`~fedmtl.engine.reducing.ReducingFederation` (the plain round's
-      steps, streamed in chunks; bounded memory; stacked reduction with the vectorised engine).
-    * ``distributed``: joins torchrun's process group and returns a ReducingFederation over this rank's
-      slice, with one all-reduce per round (all-gather for non-mean aggregators).
+    * ``vectorized`` / ``sequential``: the clients train here on that engine.
+    * ``distributed``: joins torchrun's process group; each rank trains its slice of the cohort, with one
+      all-reduce per round (all-gather for rounds that are not reduced).
     """
+    from functools import partial
+
     from fedmtl.config import engine as ecfg
-    from fedmtl.engine.reducing import ReducingFederation
+    from fedmtl.engine.reducing import Streamed
+    from fedmtl.fl.federation import Federation
 
     device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
     if isinstance(cfg.engine, ecfg.DistributedEngine):
         from fedmtl.engine.distributed import init_distributed
 
         _, world = init_distributed(cfg.engine.backend)
-        return ReducingFederation(cfg, data, model, build_engine(cfg.engine.local, device), distributed=world > 1)
-    return ReducingFederation(cfg, data, model, build_engine(cfg.engine, device))
+        engine = build_engine(cfg.engine.local, device)
+        return Federation(cfg, data, model, engine, transport=partial(Streamed, distributed=world > 1))
+    return Federation(cfg, data, model, build_engine(cfg.engine, device), transport=Streamed)

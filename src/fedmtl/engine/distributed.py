@@ -5,10 +5,11 @@ Two ways to use it, both launched the way torchrun launches anything (one node o
     torchrun --nproc_per_node=2 -m fedmtl.engine.distributed --config exp.yaml --rounds 5
     torchrun --nnodes=4 --node_rank=$R --master_addr=$HEAD --nproc_per_node=8 -m fedmtl.engine.distributed ...
 
-* :class:`fedmtl.engine.reducing.ReducingFederation` with ``distributed=True`` (what :mod:`fedmtl.engine.torchrun` uses):
-  each rank trains its slice, reduces its clients' weighted updates locally, and one ``all_reduce``
-  adds the sums of all ranks (weighted-mean aggregators). Other aggregators all-gather the trained
-  results and every rank runs the plain round on the whole cohort (:func:`gathered_round`).
+* a :class:`~fedmtl.fl.federation.Federation` whose transport is :class:`fedmtl.engine.reducing.Streamed` with
+  ``distributed=True`` (what :mod:`fedmtl.runloop.torchrun` uses): each rank trains its slice, reduces its
+  clients' weighted updates locally, and one ``all_reduce`` adds the sums of all ranks (weighted-mean
+  aggregators). Other rounds all-gather the trained results and every rank runs the plain round on the
+  whole cohort (the transport :func:`gathered`).
 * :class:`DistributedEngine` alone, under the plain :class:`~fedmtl.fl.federation.Federation`: each
   rank trains its slice and the results are all-gathered, so the unchanged round loop works.
 
@@ -22,7 +23,6 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ import torch.distributed as dist
 from fedmtl.fl.algorithm import Algorithm
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
+from fedmtl.fl.federation import Federation
 from fedmtl.fl.transport import InProcess
 
 log = logging.getLogger("fedmtl")
@@ -86,15 +86,15 @@ class DistributedEngine:
         return [r for part in gathered for r in part]  # rank slices are contiguous, in order
 
 
-def gathered_round(fed: Federation, state: ServerState, **options: Any) -> tuple[ServerState, RoundReport]:
-    """The plain round with training spread over the ranks and the results all-gathered (any aggregator):
-    the in-process transport over a :class:`DistributedEngine` (``options``: :meth:`Federation.round`'s)."""
+def gathered(fed: Federation) -> InProcess:
+    """The plain round's transport with training spread over the ranks and the results all-gathered (any
+    aggregator): the in-process transport over a :class:`DistributedEngine` around the federation's engine."""
     if fed.engine is None:
         raise RuntimeError("this round has no engine; pass one to simulate rounds")
-    return fed.round(state, InProcess(fed, DistributedEngine(fed.engine)), **options)
+    return InProcess(fed, DistributedEngine(fed.engine))
 
 
 if __name__ == "__main__":  # torchrun ... -m fedmtl.engine.distributed: the entry point lives above this module
     import runpy
 
-    runpy.run_module("fedmtl.engine.torchrun", run_name="__main__")
+    runpy.run_module("fedmtl.runloop.torchrun", run_name="__main__")

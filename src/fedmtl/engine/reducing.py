@@ -1,38 +1,44 @@
-"""A round that reduces updates as they are produced: bounded memory, and the torch.distributed collective.
+"""The streamed reduction: a transport of the one round driver that reduces updates as they are produced.
 
-:class:`fedmtl.fl.federation.Federation` keeps every client's result, payload and decoded update of a
+The plain round (:meth:`Federation.round <fedmtl.fl.federation.Federation.round>` over
+:class:`~fedmtl.fl.transport.InProcess`) keeps every client's result, payload and decoded update of a
 round in memory, then stacks them per group: O(cohort x parameters). When the aggregator is the
 weighted mean, the aggregate is ``sum_i w_i u_i / sum_i w_i`` per group, and both sums can be
 accumulated one chunk of clients at a time and, across ``torchrun`` ranks, added with one
-``all_reduce``. :class:`ReducingFederation` does exactly that, with the same steps in the same order
-per client (broadcast, train, encode, decode, weigh) as the base round. Other aggregators (which
-need every update at once) use the base round: locally as it is, across ranks by all-gathering the
-decoded updates (:mod:`fedmtl.engine.distributed`).
+``all_reduce``. :class:`Streamed` does exactly that, with the federation's own steps in the same order
+per client (plan, decode, train, encode, decode, weigh), planning each chunk on its own (a whole
+cohort's plan with downlink differences would hold every client's payload), and hands the driver the
+sums (:class:`~fedmtl.fl.transport.Reduced`); the driver takes the same server step as the plain round.
+Other rounds (an aggregator that needs every update at once, privacy, attackers, an algorithm with a
+server step) the driver plans whole and :meth:`Streamed.deliver` runs in process: here, or across ranks
+by all-gathering the trained results (:func:`fedmtl.engine.distributed.gathered`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fedmtl.config import ExperimentConfig
-from fedmtl.data.dataset import ClientData, FederatedData
-from fedmtl.engine.distributed import gathered_round, rank_slice
+from fedmtl.data.dataset import ClientData
+from fedmtl.engine.distributed import gathered, rank_slice
 from fedmtl.fl.aggregation import weighted_mean
+from fedmtl.fl.algorithm import Algorithm, FedAvg
+from fedmtl.fl.client import LocalTrainer
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.federation import Federation, RoundReport, ServerState
-from fedmtl.fl.seeding import generator
-from fedmtl.fl.transport import Transport
+from fedmtl.fl.federation import Federation, RoundPlan, ServerState
+from fedmtl.fl.transport import Delivery, InProcess, Reduced
 from fedmtl.fl.update import ClientUpdate
-from fedmtl.mtl import LOCAL, MultiTaskModel
+from fedmtl.mtl import LOCAL
+
+if TYPE_CHECKING:
+    from fedmtl.engine.stacked import StackedResult
 
 log = logging.getLogger("fedmtl")
 
@@ -113,164 +119,119 @@ class RoundSums:
         return {t: float(self.loss_sum[i] / self.loss_count[i]) for i, t in enumerate(self.tasks) if self.loss_count[i] > 0}
 
 
-class ReducingFederation:
-    """A round driver over a :class:`Federation` (composition, not a subclass): its round streams the cohort
-    in chunks and reduces updates on the fly with the federation's own steps (plan, receive, collect),
-    and hands every other round to the federation's. The rest of the federation's interface (``init_state``,
-    ``evaluate``, its attributes) is the federation's, reached through this object.
+@runtime_checkable
+class Stacking(Protocol):
+    """An engine that can hand back a chunk's trained parameters still stacked (the vectorised one), so that the
+    streamed round reduces them with one matrix-vector product per tensor instead of unstacking each client."""
+
+    def chunk_size(self, trainer: LocalTrainer) -> int: ...
+
+    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | None: ...
+
+
+class Streamed:
+    """The streamed reduction as a transport of :meth:`Federation.round <fedmtl.fl.federation.Federation.round>`
+    (:class:`~fedmtl.fl.transport.Reducing`): the cohort is planned, trained, encoded, decoded and reduced
+    in chunks with the federation's own steps, and only the sums survive a chunk.
+
+    ``Federation(cfg, data, model, engine, transport=Streamed)`` makes it a federation's default transport
+    (what :func:`fedmtl.engine.make_federation` builds); ``functools.partial(Streamed, chunk_clients=...)``
+    sets its options.
 
     Args:
-        chunk_clients: clients trained, encoded and reduced at a time (bounds the round's memory).
+        fed: the federation whose steps and clients it runs.
+        chunk_clients: clients planned, trained, encoded and reduced at a time (bounds the round's memory).
         distributed: when True (and torch.distributed is initialised), this process trains only its
             rank's slice of the cohort and the sums are all-reduced; every rank ends the round with
             the same global model and the same client states.
     """
 
-    #: this driver's own attributes; every other attribute is the federation's (read and written there)
-    _OWN = frozenset({"federation", "chunk_clients", "distributed", "reduces", "_fast", "_bytes_cache"})
-
-    def __init__(
-        self,
-        cfg: ExperimentConfig,
-        data: FederatedData,
-        model: MultiTaskModel,
-        engine: Engine,
-        chunk_clients: int = 1024,
-        distributed: bool = False,
-    ) -> None:
-        self.federation = Federation(cfg, data, model, engine)
+    def __init__(self, fed: Federation, chunk_clients: int = 1024, distributed: bool = False) -> None:
+        self.fed = fed
         self.chunk_clients = chunk_clients
         self.distributed = distributed and dist.is_available() and dist.is_initialized()
-        self.reduces = self.aggregator is weighted_mean
-        self._fast: bool | None = None  # _stacked_path(), decided on the first round (its inputs never change)
+        self._fast: tuple[Engine, bool] | None = None  # (engine, _stacked_path()): its inputs never change
         self._bytes_cache: dict[tuple[str, ...], int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ReducingFederation._OWN:  # not set yet (during __init__): never the federation's
-            raise AttributeError(name)
-        return getattr(self.federation, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ReducingFederation._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.federation, name, value)
-
-    @property
-    def stepping_engine(self) -> Any:
-        """The engine this round drives (chunk sizes and the stacked path are the vectorised engine's, when it is one)."""
-        if self.engine is None:
-            raise RuntimeError("this round has no engine; pass one to simulate rounds")
-        return self.engine
 
     def streams(self) -> bool:
         """Whether this round may stream and reduce: a weighted mean with nothing that needs every update.
 
         Privacy (DP clipping, secure aggregation, DP-SGD's per-client epsilon), simulated attackers and algorithms with a server step
-        (SCAFFOLD, IFCA, FedEM, MOCHA) need the full round; they take :meth:`Federation.round`.
+        (SCAFFOLD, IFCA, FedEM, MOCHA) need the full round: the driver plans it whole and calls :meth:`deliver`.
         """
-        from fedmtl.fl.algorithm import FedAvg
-
+        fed = self.fed
         return (
-            self.reduces
-            and self.privacy is None
-            and self.trainer.dp_sgd is None
-            and not self.byzantine
-            and type(self.algorithm).server_init is FedAvg.server_init
-            and type(self.algorithm).server_update is FedAvg.server_update
+            fed.aggregator is weighted_mean
+            and fed.privacy is None
+            and fed.trainer.dp_sgd is None
+            and not fed.byzantine
+            and type(fed.algorithm).server_init is FedAvg.server_init
+            and type(fed.algorithm).server_update is FedAvg.server_update
         )
 
-    def round(self, state: ServerState, transport: Transport | None = None, **options: Any) -> tuple[ServerState, RoundReport]:
-        """The federation's round, streamed when it may be (:meth:`streams`) and the clients train here.
+    def deliver(self, state: ServerState, plan: RoundPlan) -> Delivery:
+        """A round that is not reduced: the clients train in process (across ranks: each its slice, the trained
+        results all-gathered, so that every rank runs the same plain round)."""
+        return (gathered(self.fed) if self.distributed else InProcess(self.fed)).deliver(state, plan)
 
-        ``transport`` and ``options`` (a cohort, a quorum: :meth:`Federation.round`) go to the federation's
-        round, which they change: a systems driver's clock, say.
-        """
-        if transport is not None or options or not self.streams():
-            if self.distributed and transport is None:
-                return gathered_round(self.federation, state, **options)
-            return self.federation.round(state, transport, **options)
-        t0 = time.perf_counter()
+    def reduce(self, state: ServerState, cohort: Sequence[int]) -> Reduced | None:
+        """Plan, train, upload and collect ``cohort`` (this rank's slice of it) chunk by chunk, reducing each
+        chunk's updates into :class:`RoundSums`; ``None`` when the round may not stream (:meth:`streams`)."""
+        if not self.streams():
+            return None
+        fed = self.fed
+        if fed.engine is None:
+            raise RuntimeError("this round has no engine; pass one to simulate rounds")
+        engine = fed.engine
         r = state.round
-        cohort = self.cohort(r)
         rank, world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         mine = rank_slice(cohort, rank, world)
-        names_of = {g: list(ns) for g, ns in self.groups.items()}
-        sizes = {g: sum(self.shapes[n].numel() for n in ns) for g, ns in names_of.items()}
-        acc = RoundSums(names_of, sizes, [t.name for t in self.data.tasks])
-        if self._fast is None:
-            self._fast = self._stacked_path()
-        fast = self._fast
-        engine = self.stepping_engine
-        step = min(self.chunk_clients, engine.chunk_size(self.trainer)) if fast else self.chunk_clients
+        names_of = {g: list(ns) for g, ns in fed.groups.items()}
+        sizes = {g: sum(fed.shapes[n].numel() for n in ns) for g, ns in names_of.items()}
+        acc = RoundSums(names_of, sizes, [t.name for t in fed.data.tasks])
+        if self._fast is None or self._fast[0] is not engine:
+            self._fast = (engine, self._stacked_path(engine))
+        stacking = engine if self._fast[1] and isinstance(engine, Stacking) else None
+        step = min(self.chunk_clients, stacking.chunk_size(fed.trainer)) if stacking is not None else self.chunk_clients
         for lo in range(0, len(mine), step):
             chunk = mine[lo : lo + step]
-            plan = self.plan(state, chunk)
-            starts = self.receive_all(plan, chunk)
+            plan = fed.plan(state, chunk)
+            jobs, starts = fed.jobs(state, plan)
             acc.bytes[0] += plan.bytes_down
-            jobs = [
-                CohortJob(
-                    start={**state.params, **start},
-                    client=self.data.clients[cid],
-                    state=state.client_state(cid),
-                    generator=generator(self.cfg.seed, "client", r, cid),
-                )
-                for cid, start in zip(chunk, starts)
-            ]
-            stacked = engine.run_stacked(self.algorithm, self.trainer, jobs) if fast else None
+            stacked = stacking.run_stacked(fed.algorithm, fed.trainer, jobs) if stacking is not None else None
             if stacked is not None:
                 self._reduce_stacked(chunk, state.params, stacked, acc, r)
                 continue
-            results = engine.run_cohort(self.algorithm, self.trainer, jobs)
-            replies = []
-            for cid, job, start, res in zip(chunk, jobs, starts, results):
-                reply, acc.client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
-                acc.bytes[1] += len(reply.payload)
-                replies.append(reply)
-            updates, bad = self.collect(replies)
+            results = engine.run_cohort(fed.algorithm, fed.trainer, jobs)
+            replies, states = fed.uploads(state, jobs, starts, results)
+            acc.client_states.update(states)
+            acc.bytes[1] += sum(len(reply.payload) for reply in replies)
+            updates, bad = fed.collect(replies)
             acc.dropped.update(bad)
             for update in updates:
                 acc.add_update(update)
             del results, jobs, starts, stacked, replies, updates
         if self.distributed:
             acc.all_reduce(world)
-        aggregate = acc.aggregate(self.shapes)
-        new_states = dict(state.client_states)
-        new_states.update(acc.client_states)
-        skipped = ""
-        if aggregate:  # the federation's own server step (finite updates can still overflow it: then skipped)
-            after, skipped = self.federation.step(state, aggregate, [], new_states, state.privacy_state)
-        else:
-            after = replace(state, round=r + 1, client_states=new_states)
-        report = RoundReport(
-            round=r,
-            cohort=cohort,
-            dropped=acc.dropped,
-            bytes_down=int(acc.bytes[0]),
-            bytes_up=int(acc.bytes[1]),
-            train_loss=acc.train_loss(),
-            seconds=time.perf_counter() - t0,
-            skipped=skipped,
-            updates=len(cohort) - len(acc.dropped),  # every other client of the cohort was reduced
-        )
-        return after, report
+        return Reduced(acc.aggregate(fed.shapes), acc.client_states, acc.dropped, acc.train_loss(), int(acc.bytes[0]), int(acc.bytes[1]))
 
-    def _stacked_path(self) -> bool:
+    def _stacked_path(self, engine: Engine) -> bool:
         """Whether updates can be reduced straight from the engine's stacked parameters.
 
         Needs an engine with ``run_stacked`` (the vectorised one) and identity links both ways (then a
         client's start is the global model and the decoded update is exactly ``trained - global``), and
         an algorithm that uploads every held, non-local parameter.
         """
-        if not hasattr(self.engine, "run_stacked"):
+        fed = self.fed
+        if not isinstance(engine, Stacking):
             return False
-        for link in (self.up, self.down):
+        for link in (fed.up, fed.down):
             codecs = getattr(link, "codecs", None)
             if link.stateful or not codecs or any(getattr(c, "name", None) != "identity" for c in codecs):
                 return False
-        for client in {c.tasks: c for c in self.data.clients}.values():
-            layout = self.layouts.of(client)
-            if layout.uploaded != tuple(n for n in layout.held if self.model.group_of(n) != LOCAL):
+        for client in {c.tasks: c for c in fed.data.clients}.values():
+            layout = fed.layouts.of(client)
+            if layout.uploaded != tuple(n for n in layout.held if fed.model.group_of(n) != LOCAL):
                 return False
         return True
 
@@ -278,18 +239,20 @@ class ReducingFederation:
         """Uplink bytes of this client's update: identity payload sizes depend only on names and shapes,
         so they are encoded once per task set."""
         if client.tasks not in self._bytes_cache:
-            names = self.layouts.of(client).uploaded
-            payload, _ = self.up.encode({n: torch.zeros(self.shapes[n]) for n in names}, {}, None)
+            fed = self.fed
+            names = fed.layouts.of(client).uploaded
+            payload, _ = fed.up.encode({n: torch.zeros(fed.shapes[n]) for n in names}, {}, None)
             self._bytes_cache[client.tasks] = len(payload)
         return self._bytes_cache[client.tasks]
 
-    def _reduce_stacked(self, chunk, params, stacked, acc: RoundSums, r: int) -> None:  # type: ignore[no-untyped-def]
+    def _reduce_stacked(self, chunk: Sequence[int], params: Mapping[str, Tensor], stacked: StackedResult, acc: RoundSums, r: int) -> None:
         """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
+        fed = self.fed
         names_of = acc.names_of
         C = len(chunk)
-        clients = [self.data.clients[cid] for cid in chunk]
+        clients = [fed.data.clients[cid] for cid in chunk]
         col = {t: i for i, t in enumerate(stacked.tasks)}
-        groups = []
+        groups: list[tuple[int, str, list[str], Tensor]] = []
         for gi, (g, ns) in enumerate(names_of.items()):
             if not ns:
                 continue
@@ -306,7 +269,7 @@ class ReducingFederation:
         # sum_c w_c (p_c - g) = sum_c w_c p_c - (sum_c w_c) g: one matrix-vector product per tensor, no delta copies
         ok = torch.ones(C)
         for _attempt in range(2):
-            partial = {}
+            partial: dict[str, tuple[int, Tensor, float]] = {}
             for gi, g, ns, wc in groups:
                 wk = wc * ok
                 parts = [stacked.weighted_sum(n, wk) - float(wk.sum()) * params[n].reshape(-1) for n in ns]
@@ -322,7 +285,7 @@ class ReducingFederation:
             acc.sums[g] += total.double()
             acc.weights[gi] += wtot
         for c, cid in enumerate(chunk):
-            acc.client_states[cid] = stacked.state(self.model, c)
+            acc.client_states[cid] = stacked.state(fed.model, c)
             acc.bytes[1] += self._payload_bytes(clients[c])
             if ok[c] == 0:
                 acc.dropped[cid] = "payload carries NaN or Inf"

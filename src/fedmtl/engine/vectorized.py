@@ -149,7 +149,7 @@ class VectorizedEngine:
         """Train ``jobs`` as one chunk and return the stacked result; ``None`` where the result is not simply
         the trained model (any algorithm but FedAvg's client step) or cannot be batched.
 
-        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.ReducingFederation`):
+        For rounds that reduce updates without unstacking them (:class:`fedmtl.engine.reducing.Streamed`):
         where every client takes one SGD step from the same start, the reduced sums come from one shared
         reverse pass (:mod:`fedmtl.engine.one_step`) unless ``one_step`` is off.
         """

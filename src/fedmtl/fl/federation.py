@@ -42,7 +42,7 @@ from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.server_opt import build_server_optimizer
-from fedmtl.fl.transport import InProcess, TooFewUpdates, Transport
+from fedmtl.fl.transport import Delivery, Dispatching, InProcess, Reduced, Reducing, TooFewUpdates, Transport
 from fedmtl.fl.update import ClientUpdate, bound_claims
 from fedmtl.mtl import LOCAL, MultiTaskModel, build_model
 from fedmtl.privacy.secagg.protocol import SecAggError
@@ -173,7 +173,21 @@ def mean_train_loss(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 class Federation:
     """The server's round logic over a fixed federation of clients."""
 
-    def __init__(self, cfg: ExperimentConfig, data: FederatedData, model: MultiTaskModel, engine: Engine | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        data: FederatedData,
+        model: MultiTaskModel,
+        engine: Engine | None = None,
+        transport: Callable[[Federation], Transport] | None = None,
+    ):
+        """
+        Args:
+            engine: runs the cohort's local training in process (``None``: this federation only serves
+                a deployment's rounds, whose clients train elsewhere).
+            transport: builds the transport :meth:`round` uses when it is given none (default
+                :class:`~fedmtl.fl.transport.InProcess`; ``fedmtl.engine.reducing.Streamed``: the streamed reduction).
+        """
         self.cfg = cfg
         self.data = data
         self.model = model
@@ -210,6 +224,8 @@ class Federation:
         if PrivacyStep.enabled(cfg.privacy):
             cap = max(c.num_train for c in data.clients)
             self.privacy = PrivacyStep(cfg.privacy, data.num_clients, self.cohort_size, cfg.server.rounds, cap)
+        #: how :meth:`round`'s broadcast reaches the clients when it is given no transport
+        self.transport: Transport = (transport or InProcess)(self)
 
     def _population(self) -> dict[str, int]:
         """Parameter name -> number of clients that upload it (clients with equal task sets upload the same)."""
@@ -413,8 +429,8 @@ class Federation:
         privacy_state: TensorTree,
     ) -> tuple[ServerState, str]:
         """The server's step from the round's aggregate ``mean``: the server optimiser's, then the algorithm's
-        (which sees the ``kept`` updates' outboxes). Shared by :meth:`apply` and the streamed round
-        (:class:`fedmtl.engine.reducing.ReducingFederation`, which reduces the mean without holding the updates).
+        (which sees the ``kept`` updates' outboxes). Shared by :meth:`apply` and the rounds a
+        :class:`~fedmtl.fl.transport.Reducing` transport reduced (:meth:`conclude_reduced`: the mean without the updates).
 
         Returns the next state and why the round was skipped ("" when it was not): a model or algorithm state
         that the step left non-finite is never applied; the model and server state stay as they were.
@@ -459,26 +475,19 @@ class Federation:
         return honest_view(honest, len(deltas), sum(c in self.byzantine for c in deltas))
 
     # -- the simulated round -------------------------------------------------------------------
-    def local_round(
-        self,
-        state: ServerState,
-        plan: RoundPlan,
-        generators: Mapping[int, torch.Generator] | None = None,
-        engine: Engine | None = None,
-    ) -> tuple[list[ClientReply], dict[int, ClientState]]:
-        """The clients' side of ``plan`` in process: decode, train the cohort on the engine (one batch), upload.
+    def jobs(
+        self, state: ServerState, plan: RoundPlan, generators: Mapping[int, torch.Generator] | None = None
+    ) -> tuple[list[CohortJob], list[dict[str, Tensor]]]:
+        """The clients' side of ``plan`` up to training: each client decodes its broadcast (and its view of the
+        algorithm's server state) into the job its engine runs.
 
         Args:
-            generators: client id -> its training generator (default ``(seed, "client", round, client)``);
-                the asynchronous driver keys them by model version and dispatch.
-            engine: trains the cohort instead of :attr:`engine` (torch.distributed's, over the ranks).
+            generators: client id -> its training generator (default ``(seed, "client", round, client)``).
 
         Returns:
-            Each client's reply (in the cohort's order) and each one's next state.
+            The cohort's jobs (in the cohort's order) and each one's decoded broadcast (what its update is
+            measured from).
         """
-        engine = engine if engine is not None else self.engine
-        if engine is None:
-            raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
         r = state.round
         starts = self.receive_all(plan, plan.cohort)
         decoded: dict[bytes, TensorTree] = {}  # clients with equal task sets receive equal bytes: decode once
@@ -496,7 +505,22 @@ class Federation:
             )
             for cid, start in zip(plan.cohort, starts)
         ]
-        results = engine.run_cohort(self.algorithm, self.trainer, jobs)
+        return jobs, starts
+
+    def uploads(
+        self,
+        state: ServerState,
+        jobs: Sequence[CohortJob],
+        starts: Sequence[Mapping[str, Tensor]],
+        results: Sequence[LocalResult],
+    ) -> tuple[list[ClientReply], dict[int, ClientState]]:
+        """The clients' side after training: each encodes its update (a simulated attacker tampers with it).
+
+        Returns:
+            Each client's reply (in the jobs' order) and each one's next state.
+        """
+        r = state.round
+        byz = self.cfg.server.byzantine
         honest = self._honest_view(jobs, starts, results) if byz is not None and byz.attack in OMNISCIENT else None
         client_states: dict[int, ClientState] = {}
         replies = []
@@ -511,6 +535,31 @@ class Federation:
                 reply = tamper_reply(reply, byz, self.up, self.layouts.of(job.client).uploaded)
             replies.append(reply)
         return replies, client_states
+
+    def local_round(
+        self,
+        state: ServerState,
+        plan: RoundPlan,
+        generators: Mapping[int, torch.Generator] | None = None,
+        engine: Engine | None = None,
+    ) -> tuple[list[ClientReply], dict[int, ClientState]]:
+        """The clients' side of ``plan`` in process: decode (:meth:`jobs`), train the cohort on the engine
+        (one batch), upload (:meth:`uploads`).
+
+        Args:
+            generators: client id -> its training generator (default ``(seed, "client", round, client)``);
+                the asynchronous driver keys them by model version and dispatch.
+            engine: trains the cohort instead of :attr:`engine` (torch.distributed's, over the ranks).
+
+        Returns:
+            Each client's reply (in the cohort's order) and each one's next state.
+        """
+        engine = engine if engine is not None else self.engine
+        if engine is None:
+            raise RuntimeError("this Federation has no engine; pass one to simulate rounds")
+        jobs, starts = self.jobs(state, plan, generators)
+        results = engine.run_cohort(self.algorithm, self.trainer, jobs)
+        return self.uploads(state, jobs, starts, results)
 
     def conclude(
         self,
@@ -562,10 +611,42 @@ class Federation:
         )
         return new_state, report
 
+    def conclude_reduced(
+        self, state: ServerState, cohort: Sequence[int], reduced: Reduced, *, started: float, min_updates: int = 0
+    ) -> tuple[ServerState, RoundReport]:
+        """The server's side of a cohort a :class:`~fedmtl.fl.transport.Reducing` transport reduced: the same
+        server step as :meth:`apply` (:meth:`step`), from the reduced mean; a round nobody's update reached
+        leaves the model as it was.
+
+        Raises:
+            TooFewUpdates: fewer than ``min_updates`` of the cohort's updates were reduced (nothing applied).
+        """
+        updates = len(cohort) - len(reduced.dropped)  # every other client of the cohort was reduced
+        if updates < min_updates:
+            raise TooFewUpdates(updates, reduced.dropped)
+        client_states = {**state.client_states, **reduced.client_states}
+        skipped = ""
+        if reduced.mean:  # finite updates can still overflow the step: then it is skipped
+            after, skipped = self.step(state, reduced.mean, [], client_states, state.privacy_state)
+        else:
+            after = replace(state, round=state.round + 1, client_states=client_states)
+        report = RoundReport(
+            round=state.round,
+            cohort=list(cohort),
+            dropped=dict(reduced.dropped),
+            bytes_down=reduced.bytes_down,
+            bytes_up=reduced.bytes_up,
+            train_loss=dict(reduced.train_loss),
+            seconds=time.perf_counter() - started,
+            skipped=skipped,
+            updates=updates,
+        )
+        return after, report
+
     def round(
         self,
         state: ServerState,
-        transport: Transport | None = None,
+        transport: Transport | Dispatching | None = None,
         *,
         cohort: Sequence[int] | None = None,
         min_updates: int = 0,
@@ -573,19 +654,34 @@ class Federation:
     ) -> tuple[ServerState, RoundReport]:
         """Run round ``state.round + 1`` and return the next state (inputs are not mutated): the one round driver.
 
-        Plan (sample the cohort, encode the broadcast), deliver it over ``transport`` (default: the clients
-        train here, on the engine), collect (decode and check every reply), apply (aggregate, step).
+        Plan (sample the cohort, encode the broadcast), deliver it over ``transport`` (default: :attr:`transport`,
+        the clients training here on the engine), collect (decode and check every reply), apply (aggregate, step).
+        A :class:`~fedmtl.fl.transport.Reducing` transport may instead run plan, deliver and collect chunk by
+        chunk and hand back the reduced sums; the server step is the same (:meth:`conclude_reduced`). A
+        :class:`~fedmtl.fl.transport.Dispatching` transport (FedBuff's buffer) chooses and plans its cohort itself.
 
         Args:
             transport: how the broadcast reaches the clients (:mod:`fedmtl.fl.transport`).
-            cohort: the clients to ask (default: this round's sample, :meth:`cohort`).
+            cohort: the clients to ask (default: this round's sample, :meth:`cohort`; a dispatching transport's own).
             min_updates: raise :class:`~fedmtl.fl.transport.TooFewUpdates`, applying nothing, when fewer valid
                 updates arrive (a deployment then retries the round).
             started: ``time.perf_counter()`` when the round began (default: now), for the report's ``seconds``.
         """
         t0 = time.perf_counter() if started is None else started
-        plan = self.plan(state, cohort)
-        delivery = (transport or InProcess(self)).deliver(state, plan)
+        transport = transport if transport is not None else self.transport
+        if isinstance(transport, Dispatching):
+            dispatched = transport.dispatch(state)
+            chosen, down, algorithm_down, scale = list(dispatched.cohort), dispatched.bytes_down, dispatched.algorithm_bytes_down, dispatched.scale
+            delivery: Delivery = dispatched
+        else:
+            chosen = list(cohort) if cohort is not None else self.cohort(state.round)
+            if isinstance(transport, Reducing):
+                reduced = transport.reduce(state, chosen)
+                if reduced is not None:
+                    return self.conclude_reduced(state, chosen, reduced, started=t0, min_updates=min_updates)
+            plan = self.plan(state, chosen)
+            delivery = transport.deliver(state, plan)
+            down, algorithm_down, scale = plan.bytes_down, plan.algorithm_bytes_down, {}
         updates, bad = (delivery.collect or self.collect)(delivery.replies)
         if len(updates) < min_updates:
             raise TooFewUpdates(len(updates), {**delivery.dropped, **bad})
@@ -593,11 +689,12 @@ class Federation:
             state,
             delivery.replies,
             state.client_states if delivery.client_states is None else delivery.client_states,
-            cohort=plan.cohort,
-            bytes_down=plan.bytes_down,
-            algorithm_bytes_down=plan.algorithm_bytes_down,
+            cohort=chosen,
+            bytes_down=down,
+            algorithm_bytes_down=algorithm_down,
             started=t0,
             dropped=delivery.dropped,
+            scale=scale,
             collected=(updates, bad),
             aggregate=delivery.aggregate,
         )

@@ -107,21 +107,27 @@ class RunOutcome:
     summary: dict[str, Any]
 
 
-def start_state(runner: RoundRunner, cfg: ExperimentConfig, run_dir: Path, metrics: MetricsLog, resume: bool) -> tuple[ServerState, float]:
+def start_state(
+    runner: RoundRunner, cfg: ExperimentConfig, run_dir: Path, metrics: MetricsLog, resume: bool, writes: bool = True
+) -> tuple[ServerState, float]:
     """The state the run continues from and the wall seconds already spent: the newest intact checkpoint when
-    ``resume`` (its metrics past that round dropped), else the runner's initial state (and an empty log)."""
-    if resume:
+    ``resume`` (its metrics past that round dropped), else the runner's initial state (and an empty log).
+
+    Only the process that ``writes`` the run folder tidies it (the other torchrun ranks read the same folder)."""
+    if resume and writes:
         remove_stale_temps(run_dir / "checkpoints")
     if resume and list_checkpoints(run_dir):
         check_resumable(run_dir, cfg)
         state, meta = load_latest(run_dir)
         check_algorithm_state(state, runner.init_state().algorithm_state, cfg.algorithm.name)
-        metrics.truncate_after(state.round)
+        if writes:
+            metrics.truncate_after(state.round)
         log.info("resuming %s from round %d", run_dir, state.round)
         return state, float(meta.get("elapsed", 0.0))
     if resume:  # a run killed before its first checkpoint: round 0 is where it resumes
         log.info("resuming %s: no checkpoint was written yet, starting from round 0", run_dir)
-    metrics.truncate_after(0)
+    if writes:
+        metrics.truncate_after(0)
     return runner.init_state(), 0.0
 
 
@@ -153,7 +159,7 @@ def run_rounds(
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    state, elapsed = start_state(runner, cfg, run_dir, metrics, resume)
+    state, elapsed = start_state(runner, cfg, run_dir, metrics, resume, writes)
     if writes:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     runner.start(state)

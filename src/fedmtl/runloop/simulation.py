@@ -26,7 +26,7 @@ log = logging.getLogger("fedmtl")
 def engine_label(fed: Federation) -> str:
     """The engine's name, with the torchrun world size when ranks share the cohort."""
     name = fed.engine.name if fed.engine is not None else "none"
-    if getattr(fed, "distributed", False):
+    if getattr(fed.transport, "distributed", False):
         return f"distributed ({torch.distributed.get_world_size()} ranks, {name} per rank)"
     return name
 
@@ -41,8 +41,9 @@ def engine_summary(label: str, counts: Mapping[str, int]) -> str:
 
 
 class Simulation:
-    """Rounds run in process: the federation's (a :class:`Federation`, or the streamed round of
-    ``fedmtl.engine.reducing``) or, with ``systems``, a driver's on the simulated clock.
+    """Rounds run in process: the federation's (:meth:`Federation.round` over its default transport, the
+    streamed reduction of ``fedmtl.engine.reducing`` when built by ``make_federation``) or, with ``systems``,
+    a driver's on the simulated clock.
 
     Args:
         fed: the federation (its model, data, algorithm and engine).

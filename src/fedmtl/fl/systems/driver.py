@@ -1,8 +1,9 @@
 """What the round drivers on the simulated clock share: the clients' profiles and availability, and the clock.
 
-A driver wraps a :class:`~fedmtl.fl.federation.Federation` and reuses its round (the synchronous driver:
-:meth:`Federation.round` over a transport that applies the deadline) or its steps (``plan``,
-``local_round``, ``conclude``: the asynchronous one); it owns only the order of events in simulated time. The clock and
+A driver wraps a :class:`~fedmtl.fl.federation.Federation` and runs its round, :meth:`Federation.round`, over
+a transport of its own: the synchronous driver's applies the deadline, the asynchronous one's (FedBuff's
+buffer) dispatches clients over simulated time and hands the driver whoever's updates arrived; a driver owns
+only the order of events in simulated time. The clock and
 whatever else a driver must remember between rounds live in ``ServerState.systems_state`` (a tensor
 tree), so checkpoints carry them and a resumed run continues exactly.
 """

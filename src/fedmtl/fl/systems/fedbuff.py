@@ -5,8 +5,8 @@ arrives (or it goes offline and drops out), its slot goes to a client sampled fr
 ones. The server takes a step whenever ``buffer_size`` (K) updates have arrived: each update's delta
 is multiplied by the staleness weight of its age ``s`` (server steps since its version), then the
 round's own machinery aggregates them (per parameter group, robustly or privately as configured) and
-steps the server optimiser (:meth:`Federation.conclude`). With ``max_staleness``, older updates are
-dropped.
+steps the server optimiser: the one round driver, :meth:`Federation.round`, over the :class:`Buffered`
+transport. With ``max_staleness``, older updates are dropped.
 
 Clients dispatched together start from the same model version, so the driver trains each such batch
 as one cohort on the engine (the vectorised engine batches it); their updates are held, encoded, until
@@ -35,6 +35,7 @@ from fedmtl.fl.seeding import generator
 from fedmtl.fl.systems.driver import Driver
 from fedmtl.fl.systems.queue import InFlight, entries_from_tree, entries_to_tree
 from fedmtl.fl.systems.staleness import build_staleness
+from fedmtl.fl.transport import Dispatched
 from fedmtl.tree import TensorTree
 
 #: dispatches in a row whose clients all drop out before the driver gives up on this server step
@@ -84,6 +85,32 @@ class AsyncState:
             "repeats": self.repeats,
             "totals": self.totals,
         }
+
+
+@dataclass(frozen=True)
+class Events:
+    """What the simulated events before one server step did: the driver's next state, counts, the buffered
+    updates' ages, and why no step could be taken ("" when one was)."""
+
+    sim: AsyncState
+    counts: dict[str, int]
+    ages: list[int]
+    stuck: str
+
+
+class Buffered:
+    """The transport of a FedBuff server step (:class:`~fedmtl.fl.transport.Dispatching`): it dispatches
+    clients as slots free up and hands the round driver whoever's updates the buffer holds, with their
+    staleness weights; the driver collects, aggregates and steps as in any round."""
+
+    def __init__(self, driver: FedBuff):
+        self.driver = driver
+        #: what the events did (set by :meth:`dispatch`)
+        self.events: Events | None = None
+
+    def dispatch(self, state: ServerState) -> Dispatched:
+        out, self.events = self.driver.events(state)
+        return out
 
 
 class FedBuff(Driver):
@@ -149,8 +176,25 @@ class FedBuff(Driver):
         return [done.get(e.client, e) if e.pending else e for e in entries]
 
     def round(self, state: ServerState) -> tuple[ServerState, RoundReport]:
+        """The events up to the next server step, then that step: the one round driver over :class:`Buffered`."""
+        buffered = Buffered(self)
+        new_state, report = self.fed.round(state, buffered, started=time.perf_counter())
+        ev = buffered.events
+        assert ev is not None  # dispatch ran
+        new_state = replace(new_state, systems_state=ev.sim.to_tree())
+        systems: dict[str, object] = {
+            "virtual_time": ev.sim.clock,
+            "staleness": {"mean": sum(ev.ages) / len(ev.ages), "max": max(ev.ages)} if ev.ages else {},
+            **ev.counts,
+            "in_flight": len(ev.sim.in_flight),
+        }
+        report = replace(report, systems=systems, skipped=report.skipped or ev.stuck)
+        return new_state, report
+
+    def events(self, state: ServerState) -> tuple[Dispatched, Events]:
+        """Run the simulated events (dispatches, arrivals, dropouts) until ``buffer_size`` updates are buffered
+        (or nothing more can arrive); returns the buffered replies to conclude and what happened."""
         fed, mode = self.fed, self.mode
-        t0 = time.perf_counter()
         v = state.round
         sim = AsyncState.from_tree(state.systems_state, fed.data.num_clients)
         client_states = dict(state.client_states)
@@ -218,26 +262,10 @@ class FedBuff(Driver):
         sim.totals[1] += counts["dropped_offline"]
         sim.totals[2] += counts["dropped_stale"]
         sim.batch = 0
-        new_state, report = fed.conclude(
-            state,
-            [e.reply for e in batch if e.reply is not None],
-            client_states,
-            cohort=[e.client for e in batch],
-            bytes_down=bytes_down,
-            algorithm_bytes_down=alg_down,
-            started=t0,
-            dropped=dropped,
-            scale={e.client: self.weight(s) for e, s in zip(batch, ages)},
-        )
-        new_state = replace(new_state, systems_state=sim.to_tree())
-        systems: dict[str, object] = {
-            "virtual_time": sim.clock,
-            "staleness": {"mean": sum(ages) / len(ages), "max": max(ages)} if ages else {},
-            **counts,
-            "in_flight": len(sim.in_flight),
-        }
-        report = replace(report, systems=systems, skipped=report.skipped or stuck)
-        return new_state, report
+        scale = {e.client: self.weight(s) for e, s in zip(batch, ages)}
+        replies = [e.reply for e in batch if e.reply is not None]
+        out = Dispatched(replies, client_states, dropped, cohort=[e.client for e in batch], bytes_down=bytes_down, algorithm_bytes_down=alg_down, scale=scale)
+        return out, Events(sim, counts, ages, stuck)
 
     def _too_stale(self, age: int) -> bool:
         return self.mode.max_staleness is not None and age > self.mode.max_staleness
