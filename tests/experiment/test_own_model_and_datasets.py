@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 import fedmtl
 from fedmtl.config import ConfigError
 from fedmtl.data import DataError
-from fedmtl.engine.device import DeviceError, resolve_device
+from fedmtl.engine.device import DeviceError, rank_device, resolve_device
 from fedmtl.mtl.factory import as_model
 from fedmtl.mtl.models.module import ModelSpecError, ModuleModel
 from fedmtl.tasks import MISSING_CLASS, Task
@@ -221,6 +221,20 @@ def test_device_resolution_and_errors(monkeypatch: pytest.MonkeyPatch, tmp_path)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         fedmtl.Experiment(_config(tmp_path / "r", runtime={"device": "cuda"})).run(progress=False)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` / ``cuda`` under torchrun: rank ``LOCAL_RANK``'s own GPU (modulo the count), never all on cuda:0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert rank_device("auto", local_rank=3) == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device("cuda") == torch.device("cuda", 1)
+    assert rank_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert rank_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rank_device("auto", local_rank=1) == torch.device("cpu")
 
 
 def test_a_run_with_a_user_module_resumes_exactly(tmp_path) -> None:  # noqa: ANN001

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedmtl.engine.base import Engine
-from fedmtl.engine.device import resolve_device
+from fedmtl.engine.device import rank_device, resolve_device
 from fedmtl.engine.sequential import SequentialEngine
 from fedmtl.engine.vectorized import VectorizedEngine
 
@@ -45,6 +45,6 @@ def make_federation(cfg, data, model, device: str | None = None):  # type: ignor
         from fedmtl.engine.distributed import init_distributed
 
         _, world = init_distributed(cfg.engine.backend)
-        engine = build_engine(cfg.engine.local, device)
+        engine = build_engine(cfg.engine.local, str(rank_device(cfg.runtime.device)))
         return Federation(cfg, data, model, engine, transport=partial(Streamed, distributed=world > 1))
     return Federation(cfg, data, model, build_engine(cfg.engine, device), transport=Streamed)

@@ -31,3 +31,16 @@ def resolve_device(spec: str) -> torch.device:
     if index >= count:
         raise DeviceError(f"runtime.device {spec!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return torch.device("cuda", index)
+
+
+def rank_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """:func:`resolve_device` for one ``torchrun`` rank: ``auto`` and ``cuda`` (no index) mean this rank's own GPU,
+    ``cuda:LOCAL_RANK`` (modulo the GPUs there are), so that the ranks of a node do not all share ``cuda:0``;
+    an explicit ``cuda:N`` and ``cpu`` are kept. ``local_rank`` defaults to torchrun's ``LOCAL_RANK``."""
+    import os
+
+    device = resolve_device(spec)
+    if device.type != "cuda" or spec.startswith("cuda:"):
+        return device
+    rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    return torch.device("cuda", rank % torch.cuda.device_count())

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fedmtl.engine.build import build_engine
+from fedmtl.engine.device import rank_device
 from fedmtl.engine.distributed import DistributedEngine, init_distributed
 from fedmtl.engine.reducing import Streamed
 from fedmtl.fl.federation import Federation
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> RunOutcome:
     local_cfg = getattr(engine_cfg, "local", engine_cfg)
     data = build_federated_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.tasks)
-    local_engine = build_engine(local_cfg)
+    local_engine = build_engine(local_cfg, str(rank_device(cfg.runtime.device)))  # this rank's own GPU, or the CPU
     if args.aggregate == "gather":
         fed = Federation(cfg, data, model, DistributedEngine(local_engine, backend))
     else:
