@@ -9,7 +9,10 @@ Run as a script (not a test)::
 Every system runs in its own subprocess on the same data (generated once, before any timing) from the
 same initial model; the parent samples the resident memory of the subprocess and all its descendants
 (Ray's raylet, GCS and workers for Flower) and reports the peak of the sum. Training wall seconds
-start after the data is loaded and include every warm-up (Ray start, first calls).
+start after the data is loaded and include every warm-up (Ray start, first calls, PyTorch's lazy imports:
+``torch.optim``'s first optimiser imports ``torch._dynamo``, about a second, paid once by every PyTorch
+system); "last round s" is the wall time of the final round alone, the steady state (W2 has 2 rounds, so
+its "train s" is mostly warm-up).
 
 Writes ``benchmarks/results/engines.json`` and prints Markdown tables.
 """
@@ -37,8 +40,15 @@ from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, m
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
 # fedmtl-vectorized: vectorised engine + the Streamed transport (streamed, stacked reduction);
+# fedmtl-vectorized-general: the same without the one-step identity (engine/one_step.py), for workloads whose
+# clients all take one step (W2): the general stacked path's figure beside the identity's;
 # fedmtl-vectorized-plainround: vectorised engine under the plain Federation round (per-client encode/decode)
-SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "fedmtl-vectorized-plainround", "bare-pytorch", "flower"]
+SYSTEMS = ["fedmtl-sequential", "fedmtl-vectorized", "fedmtl-vectorized-general", "fedmtl-vectorized-plainround", "bare-pytorch", "flower"]
+
+
+def _one_step(w: Workload, train_rows: int) -> bool:
+    """Whether every client takes a single local step (one epoch, every client's rows in one batch)."""
+    return w.epochs == 1 and max(len(p) for p in iid_split(train_rows, w.num_clients)) <= w.batch_size
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -139,7 +149,9 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
     model = mlp(w.hidden, x.shape[1])
     glob = init_params(w.hidden)
     total = len(x)
+    per_round = []
     for r in range(w.rounds):
+        tr = time.perf_counter()
         new = [torch.zeros_like(g) for g in glob]
         for cid, rows in enumerate(parts):
             with torch.no_grad():
@@ -158,8 +170,9 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
                 for acc, p in zip(new, model.parameters()):
                     acc.add_(p, alpha=len(rows) / total)
         glob = new
+        per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "accuracy": _accuracy(glob, data["x_test"], data["y_test"])}
+    return {"seconds": seconds, "round_seconds": per_round, "accuracy": _accuracy(glob, data["x_test"], data["y_test"])}
 
 
 def _fedmtl_setup(
@@ -219,7 +232,7 @@ def _fedmtl_init(model, w: Workload) -> dict:
     return {n: init.get(n, p.detach().clone()) for n, p in model.named_parameters()}
 
 
-def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming: bool) -> dict:
+def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming: bool, one_step: bool = True) -> dict:
     import torch
 
     from fedmtl.engine import build_engine
@@ -231,6 +244,8 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     cfg, fed_data, model = _fedmtl_setup(w, data, engine)
     t0 = time.perf_counter()
     eng = build_engine(cfg.engine)
+    if hasattr(eng, "one_step"):
+        eng.one_step = one_step
     fed = Federation(cfg, fed_data, model, eng, transport=Streamed if streaming else InProcess)
     state = fed.init_state()
     state.params = _fedmtl_init(model, w)
@@ -368,7 +383,8 @@ def worker_main(ns: argparse.Namespace) -> None:
             res = worker_flower(w, ns.data, ns.threads)
         else:
             engine = ns.worker.split("-")[1]
-            res = worker_fedmtl(w, data, ns.threads, engine, ns.worker == "fedmtl-vectorized")
+            streaming = ns.worker in ("fedmtl-vectorized", "fedmtl-vectorized-general")
+            res = worker_fedmtl(w, data, ns.threads, engine, streaming, one_step=ns.worker != "fedmtl-vectorized-general")
     Path(ns.result).write_text(json.dumps(res))
 
 
@@ -376,21 +392,22 @@ def worker_main(ns: argparse.Namespace) -> None:
 def _ratio_table(name: str, rows: dict[str, dict]) -> str:
     systems = [s for s in rows if "seconds" in rows[s]]
     head = (
-        "| system | train s | peak MiB (all procs) | accuracy | "
+        "| system | train s | last round s | peak MiB (all procs) | accuracy | "
         + " | ".join(f"× vs {s}" for s in systems)
         + " |"
     )
-    sep = "|" + "---|" * (4 + len(systems))
+    sep = "|" + "---|" * (5 + len(systems))
     lines = [f"**{name}**", "", head, sep]
     for s, r in rows.items():
         if "seconds" not in r:
             lines.append(
-                f"| {s} | {r.get('error', 'failed')} | {r.get('peak_rss_mb', '')} | | " + " | " * len(systems)
+                f"| {s} | {r.get('error', 'failed')} | | {r.get('peak_rss_mb', '')} | | " + " | " * len(systems)
             )
             continue
         ratios = " | ".join(f"{rows[o]['seconds'] / r['seconds']:.2f}" for o in systems)
+        last = f"{r['round_seconds'][-1]:.2f}" if r.get("round_seconds") else ""  # steady state: after the one-time warm-ups
         lines.append(
-            f"| {s} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {100 * r['accuracy']:.1f} % | {ratios} |"
+            f"| {s} | {r['seconds']:.2f} | {last} | {r['peak_rss_mb']:.0f} | {100 * r['accuracy']:.1f} % | {ratios} |"
         )
     accs = [r["accuracy"] for r in rows.values() if "accuracy" in r]
     if accs:
@@ -458,6 +475,7 @@ def main() -> None:
             for s in SYSTEMS
             if not (ns.skip_flower and s == "flower")
             and not (ns.skip_sequential and s == "fedmtl-sequential")
+            and not (s == "fedmtl-vectorized-general" and not _one_step(w, len(_load(path)["x"])))
         ]
         if w.num_clients > 1000:
             systems = ["fedmtl-vectorized"] + [s for s in systems if s in ("bare-pytorch",)]

@@ -393,14 +393,15 @@ def padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
     return rows
 
 
-def batch_key(model: MultiTaskModel, tasks: Sequence[str], batch_sizes: Sequence[int]) -> tuple[object, ...]:
+def batch_key(model: MultiTaskModel, tasks: Sequence[str], batch_sizes: Sequence[int], norm: bool | None = None) -> tuple[object, ...]:
     """Which clients may share a batched computation: any, for models whose rows do not interact; with the
     same batch size step by step under BatchNorm (a padded row would enter the batch statistics); with the
     same tasks too when the model's penalty reads its last forward pass (distillation: padded rows and other
-    clients' tasks would enter it)."""
+    clients' tasks would enter it). ``norm``: :func:`has_norm_statistics` of the model, when the caller
+    has it (it walks the modules: a cost per client otherwise)."""
     forward_penalty = getattr(model, "penalty_reads_forward", False)
     key: tuple[object, ...] = ()
-    if forward_penalty or has_norm_statistics(model):
+    if forward_penalty or (has_norm_statistics(model) if norm is None else norm):
         key += (tuple(batch_sizes),)
     if forward_penalty:
         key += (tuple(tasks),)
@@ -468,10 +469,11 @@ class StackedTraining:
     def train_results(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
         """Every request's :class:`LocalResult`, batched with the requests it can share a computation with
         (:func:`batch_key`)."""
+        norm = has_norm_statistics(self.model)
         if self.dp_sgd is not None:
-            return _per_group([batch_key(self.model, r.client.tasks, []) for r in requests], lambda members: self.train_private([requests[i] for i in members]))
-        plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
-        keys = [batch_key(self.model, r.client.tasks, [len(b) for b in p[0]]) for r, p in zip(requests, plans)]
+            return _per_group([batch_key(self.model, r.client.tasks, [], norm) for r in requests], lambda members: self.train_private([requests[i] for i in members]))
+        plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, norm) for r in requests]
+        keys = [batch_key(self.model, r.client.tasks, [len(b) for b in p[0]], norm) for r, p in zip(requests, plans)]
         return _per_group(keys, lambda members: self.train([requests[i] for i in members], [plans[i] for i in members]).unstack(self.model))
 
     def train(self, requests: Sequence[TrainRequest], plans: Sequence[Plan] | None = None) -> StackedResult:
@@ -484,7 +486,8 @@ class StackedTraining:
         The result comes back in the requests' order.
         """
         if plans is None:
-            plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, has_norm_statistics(self.model)) for r in requests]
+            skip_single = has_norm_statistics(self.model)
+            plans = [draw_plan(r, self.cfg.batch_size, self.cfg.epochs, skip_single) for r in requests]
         order = sorted(range(len(requests)), key=lambda c: -len(plans[c][0]))  # stable: ties keep their order
         seed_generator = requests[0].generator  # dropout's seeds come from the first request's generator, in any order
         if order == list(range(len(requests))):
@@ -638,7 +641,8 @@ class StackedTraining:
 
     def grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         """One minibatch's balanced gradients per request (APFL, pFedMe, FedEM's own steps), as :meth:`LocalTrainer.grads`."""
-        return _per_group([batch_key(self.model, r.client.tasks, [len(r.idx)]) for r in requests], lambda members: self._grads([requests[i] for i in members]))
+        norm = has_norm_statistics(self.model)
+        return _per_group([batch_key(self.model, r.client.tasks, [len(r.idx)], norm) for r in requests], lambda members: self._grads([requests[i] for i in members]))
 
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model

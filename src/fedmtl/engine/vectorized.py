@@ -155,7 +155,7 @@ class VectorizedEngine:
         """
         if type(algorithm).local_train is not FedAvg.local_train or not jobs or trainer.dp_sgd is not None:
             return None  # DP-SGD's results carry each client's accounting: they are unstacked
-        if self.supports(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, j.client.tasks, []) for j in jobs}) > 1 or has_norm_statistics(trainer.model):
+        if self.supports(algorithm, trainer, jobs[0]) is not None or len({batch_key(trainer.model, tasks, []) for tasks in {j.client.tasks for j in jobs}}) > 1 or has_norm_statistics(trainer.model):
             return None  # BatchNorm or a forward-reading penalty: clients are grouped, so the result is not one stack
         self.last_run = {"vectorized": len(jobs), "sequential": 0}
         self._announce(len(jobs), len(jobs))
