@@ -11,7 +11,7 @@ import torch
 from fedmtl.mtl import balancers as B
 from fedmtl.mtl.balancers import BalanceInput
 from fedmtl.mtl.balancers._solvers import min_norm_weights, project_simplex, solve_power_balance
-from fedmtl.mtl.balancers.pcgrad import pcgrad_coefficients
+from fedmtl.mtl.balancers.pcgrad import pcgrad_coefficients, pcgrad_coefficients_batched
 
 G2 = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])  # two conflicting 2-D gradients (cos = -1/sqrt 2)
 L2 = torch.tensor([1.0, 2.0])
@@ -56,6 +56,24 @@ def test_pcgrad_coefficients_match_direct_projection() -> None:
             if dot < 0:
                 pc[i] = pc[i] - dot / (g[j] @ g[j]) * g[j]
     assert torch.allclose(c @ g, pc)
+
+
+def test_pcgrad_batched_over_clients_matches_one_client_at_a_time() -> None:
+    """The vectorised engine's PCGrad (every client's projections as tensor operations over the clients)
+    against the one-client coefficients, and the batched balancer against the per-client call with the same
+    generators (the same orders drawn)."""
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(6, 3, 5, generator=gen).double()
+    m = g @ g.transpose(1, 2)
+    orders = torch.stack([torch.stack([torch.randperm(3, generator=gen) for _ in range(3)]) for _ in range(6)])
+    batched = pcgrad_coefficients_batched(m, orders)
+    for b in range(6):
+        assert torch.allclose(batched[b], pcgrad_coefficients(m[b], orders[b].tolist()))
+    pc = B.PCGrad()
+    shared_w, _ = pc.balance_batch(m, [0] * 6, [torch.Generator().manual_seed(10 + b) for b in range(6)], [{}] * 6)
+    for b in range(6):
+        bal, _ = pc(BalanceInput(losses=torch.ones(3), grads=g[b], step=0, generator=torch.Generator().manual_seed(10 + b)), {})
+        assert torch.allclose(shared_w[b], bal.shared_weights.double())
 
 
 def test_mgda_min_norm_point_of_two_vectors() -> None:

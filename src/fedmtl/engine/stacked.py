@@ -329,7 +329,22 @@ class Chunk:
         grams = rows_64 @ rows_64.transpose(1, 2)
         combine = rows_b.new_zeros((len(balanced), K))
         given: dict[int, Tensor] = {}
+        # balancers that answer many clients at once (PCGrad): one call per balancer (one per task set) and task count
+        together: dict[tuple[int, int], list[int]] = {}
         for i, c in enumerate(balanced):
+            if self.objectives[c].balances_in_batch():
+                together.setdefault((id(self.objectives[c].balancer), len(self.task_cols[c])), []).append(i)
+        for (_, k), members in together.items():
+            cs = [balanced[i] for i in members]
+            shared, states = self.objectives[cs[0]].balance_batch(grams[members, :k, :k], [self.ostates[c] for c in cs], [generators[c] for c in cs])
+            combine[members, :k] = shared.to(combine)
+            for c, state in zip(cs, states):
+                W[c, self.task_cols[c]] = 1.0
+                self.ostates[c] = state
+        in_batch = {i for members in together.values() for i in members}
+        for i, c in enumerate(balanced):
+            if i in in_batch:
+                continue
             obj = self.objectives[c]
             cols = self.task_cols[c]
             k = len(cols)

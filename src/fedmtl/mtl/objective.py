@@ -192,6 +192,21 @@ class MultiTaskObjective:
         balance, bstate = self.balancer(BalanceInput(losses=losses, grads=grads, step=step, generator=generator, epoch=epoch, gram=gram), state["balancer"])  # type: ignore[arg-type]
         return balance, {**state, "balancer": bstate}
 
+    def balances_in_batch(self) -> bool:
+        """Whether the balancer answers many clients at once (:meth:`balance_batch`): one whose answer
+        depends on nothing but the Gramian and the client's generator (PCGrad)."""
+        return hasattr(self.balancer, "balance_batch")
+
+    def balance_batch(
+        self, grams: Tensor, states: Sequence[TensorTree], generators: Sequence[torch.Generator | None]
+    ) -> tuple[Tensor, list[TensorTree]]:
+        """:meth:`balance` for ``B`` clients with this objective's balancer and the same number of tasks, from
+        their Gramians ``[B, T, T]``: the shared weights ``[B, T]`` (every loss weight is 1, as
+        :meth:`Balance.for_shared` says) and each client's objective state after the step."""
+        steps = [int(s["step"]) - 1 for s in states]  # type: ignore[call-overload]
+        shared, bstates = self.balancer.balance_batch(grams, steps, generators, [s["balancer"] for s in states])  # type: ignore[attr-defined]
+        return shared, [{**s, "balancer": b} for s, b in zip(states, bstates)]
+
     def backward(
         self,
         model: MultiTaskModel,
