@@ -286,13 +286,19 @@ class Chunk:
         W = self.fixed_weights[:C].to(detached.dtype)
         self.unsettled[:C] += self.fixed[:C]
         balanced: list[int] = []
+        can_balance = any(self.shared)
         for c in self.planned:
             if c >= C:
                 break
             obj = self.objectives[c]
+            if obj.always_balanced and can_balance:  # plan would only count the step
+                state = self.ostates[c]
+                self.ostates[c] = {**state, "step": state["step"] + 1}
+                balanced.append(c)
+                continue
             cols = self.task_cols[c]
             w, self.ostates[c] = obj.plan(detached[c, cols], self.ostates[c], generators[c], epochs[c])
-            if w is None and not any(self.shared):  # nothing to balance: the plain sum, the balancer untouched
+            if w is None and not can_balance:  # nothing to balance: the plain sum, the balancer untouched
                 w = torch.ones(len(cols))
             if w is None:
                 balanced.append(c)

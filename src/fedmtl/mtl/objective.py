@@ -121,6 +121,9 @@ class MultiTaskObjective:
         self._layout: tuple[tuple[int, ...], list[bool]] | None = None
         #: the task weights when they never change (equal or static weights, weighted-sum scheme), else None
         self.fixed_weights = self._fixed_weights()
+        #: every step needs per-task gradients (a gradient balancer under the weighted-sum scheme): :meth:`plan`
+        #: then only counts the step, and an engine may count it itself
+        self.always_balanced = isinstance(self.scheme, WeightedSum) and self.balancer.requires != "losses"
 
     def _fixed_weights(self) -> list[float] | None:
         """The task weights when they never change (equal or static weights, weighted-sum scheme), else None."""
