@@ -227,7 +227,7 @@ class ReducingFederation:
                 reply, acc.client_states[cid] = self.node.upload(start, res, job.client, r, prior=job.state)
                 acc.bytes[1] += len(reply.payload)
                 replies.append(reply)
-            updates, bad = self.collect(replies)
+            updates, bad = self.collect(replies, state)
             acc.dropped.update(bad)
             for update in updates:
                 acc.add_update(update)
