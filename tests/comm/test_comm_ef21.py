@@ -64,7 +64,7 @@ def test_shapes_are_checked():
         ef21.advance({"w": torch.zeros(3)}, {"w": torch.zeros(4)})
 
 
-def test_config_refuses_ef21_with_error_feedback_and_with_secure_aggregation():
+def test_config_refuses_ef21_with_error_feedback_secure_aggregation_and_fedbuff():
     assert CommConfig().uplink_ef21 is False
     with pytest.raises(ValueError, match="set error_feedback: false"):
         CommConfig(uplink=[{"name": "topk"}], uplink_ef21=True)
@@ -73,6 +73,13 @@ def test_config_refuses_ef21_with_error_feedback_and_with_secure_aggregation():
             {
                 "comm": {"uplink": TOP1_OF_4, "uplink_ef21": True},
                 "privacy": {"secure_aggregation": {}},
+            }
+        )
+    with pytest.raises(ValueError, match="fedbuff"):
+        config_from_dict(
+            {
+                "comm": {"uplink": TOP1_OF_4, "uplink_ef21": True},
+                "systems": {"mode": {"name": "fedbuff", "buffer_size": 2, "concurrency": 3}},
             }
         )
 
