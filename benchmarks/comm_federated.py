@@ -184,6 +184,12 @@ PARETO = {
     "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
     "both: up dgc 15% / down blockq4 + delta gap-coded top 50%": (_dgc(0.15), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
+    # the recommended pair with a bit per coordinate for the kept coordinates instead of gap-coded int32s (the same
+    # coordinates and values, so the same training; fewer bytes)
+    "both: up dgc 20% / down blockq4 + delta top 50% (bitmap indices both ways)": (
+        [{**_gap(0.2), "index_coding": "bitmap"}, BQ4, ZSTD],
+        *_delta(4, {**_gap(0.5), "index_coding": "bitmap"}, BQ4),
+    ),
     # 2-bit values for the uplink's kept coordinates (their rounding error goes to the residual too)
     "both: up dgc 20% + blockq2 / down blockq4 + delta gap-coded top 50%": (
         [_gap(0.2), {"name": "blockq", "bits": 2}, ZSTD],

@@ -94,6 +94,10 @@ class DGCCodec(ComponentConfig):
     warmup: int = Field(
         default=4, ge=0, description="Updates with the kept fraction max(fraction, 0.25**(t+1)) first."
     )
+    index_coding: Literal["gaps", "bitmap"] = Field(
+        default="gaps",
+        description="How the kept coordinates travel: int32 gaps, or a bit per coordinate (fewer bytes after zstd above a few percent kept).",
+    )
     error_feedback: bool = True
 
 
