@@ -180,13 +180,13 @@ PARETO = {
     "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
-    "both: up dgc 20% / down blockq4 + delta gap-coded top 50% (examples/configs/compressed.yaml)": (_dgc(0.2), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 50%": (_dgc(0.2), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
     "both: up dgc 15% / down blockq4 + delta gap-coded top 50%": (_dgc(0.15), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
     # the recommended pair with a bit per coordinate for the kept coordinates instead of gap-coded int32s (the same
     # coordinates and values, so the same training; fewer bytes)
-    "both: up dgc 20% / down blockq4 + delta top 50% (bitmap indices both ways)": (
+    "both: up dgc 20% / down blockq4 + delta top 50% with bitmap indices (examples/configs/compressed.yaml)": (
         [{**_gap(0.2), "index_coding": "bitmap"}, BQ4, ZSTD],
         *_delta(4, {**_gap(0.5), "index_coding": "bitmap"}, BQ4),
     ),

@@ -129,7 +129,7 @@ CLIENTAPP = {
 def _chains(row: dict) -> str:
     """The row's chains: the uplink's, and (when set) the downlink's and its differences' (Δ)."""
     comm = row.get("comm") or {"uplink": row["codec"]}
-    names = lambda chain: "+".join(c["name"] for c in chain)  # noqa: E731
+    names = lambda chain: "+".join(c["name"] + (" (bitmap)" if c.get("index_coding") == "bitmap" else "") for c in chain)  # noqa: E731
     out = names(comm.get("uplink") or [{"name": "identity"}])
     if comm.get("downlink") or comm.get("downlink_delta"):
         out += f" / down {names(comm.get('downlink') or [{'name': 'identity'}])}"
