@@ -139,6 +139,13 @@ FEDAVGM7 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.7}
 FEDAVGM95 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.95}
 TOP10 = _delta(4, _top(0.1), {"name": "blockq", "bits": 4})
 TOP25 = _delta(8, _top(0.25), {"name": "blockq", "bits": 4})
+def _bitmaps(up: float, down: float) -> tuple[list[dict], list[dict], list[dict]]:
+    """Top-``up`` with error feedback up, top-``down`` differences down, the kept coordinates as bitmaps, 4-bit values."""
+    return ([{**_gap(up), "index_coding": "bitmap"}, BQ4, ZSTD], *_delta(4, {**_gap(down), "index_coding": "bitmap"}, BQ4))
+
+
+#: the recommended pair (examples/configs/compressed.yaml)
+BITMAP20_50 = _bitmaps(0.2, 0.5)
 PARETO = {
     "fp32": (FP32, FP32, []),
     "up powersgd r1 + zstd (fp32 factors)": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
@@ -186,10 +193,7 @@ PARETO = {
     "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
     # the recommended pair with a bit per coordinate for the kept coordinates instead of gap-coded int32s (the same
     # coordinates and values, so the same training; fewer bytes)
-    "both: up dgc 20% / down blockq4 + delta top 50% with bitmap indices (examples/configs/compressed.yaml)": (
-        [{**_gap(0.2), "index_coding": "bitmap"}, BQ4, ZSTD],
-        *_delta(4, {**_gap(0.5), "index_coding": "bitmap"}, BQ4),
-    ),
+    "both: up dgc 20% / down blockq4 + delta top 50% with bitmap indices (examples/configs/compressed.yaml)": BITMAP20_50,
     # 2-bit values for the uplink's kept coordinates (their rounding error goes to the residual too)
     "both: up dgc 20% + blockq2 / down blockq4 + delta gap-coded top 50%": (
         [_gap(0.2), {"name": "blockq", "bits": 2}, ZSTD],
@@ -210,6 +214,17 @@ PARETO = {
     "fedavgm 0.95: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25, FEDAVGM95),
     "server top 5% (masked)": (FP32, FP32, [], _sparse(0.05, True)),
     "server top 5%": (FP32, FP32, [], _sparse(0.05, False)),
+    # how much a round must move for FetchSGD's server step to keep the accuracy (its sketch must recover that many)
+    "server top 20% (masked)": (FP32, FP32, [], _sparse(0.2, True)),
+    "server top 50% (masked)": (FP32, FP32, [], _sparse(0.5, True)),
+    "server top 20%": (FP32, FP32, [], _sparse(0.2, False)),
+    "server top 50%": (FP32, FP32, [], _sparse(0.5, False)),
+    # the server's top-k step with compressed chains: the model moves on fewer coordinates, so a client's difference
+    # (model - copy) is sparser
+    "server top 50%: up dgc 20% / down blockq4 + delta top 50% with bitmap indices": (*BITMAP20_50, _sparse(0.5, False)),
+    "server top 50%: up dgc 20% / down blockq4 + delta top 25% with bitmap indices": (*_bitmaps(0.2, 0.25), _sparse(0.5, False)),
+    "server top 20%: up dgc 20% / down blockq4 + delta top 25% with bitmap indices": (*_bitmaps(0.2, 0.25), _sparse(0.2, False)),
+    "server top 50%: up dgc 10% / down blockq4 + delta top 50% with bitmap indices": (*_bitmaps(0.1, 0.5), _sparse(0.5, False)),
 }
 
 
