@@ -99,6 +99,20 @@ def _dgc(fraction: float) -> list[dict]:
     return [{"name": "dgc", "fraction": fraction, "momentum": 0.0, "warmup": 0}, {"name": "blockq", "bits": 4}, ZSTD]
 
 
+def _dgcm(fraction: float, momentum: float = 0.9, warmup: int = 4) -> list[dict]:
+    """DGC as published: momentum correction and masking, the sparsity warm-up, 4-bit values, zstd."""
+    return [{"name": "dgc", "fraction": fraction, "momentum": momentum, "warmup": warmup}, {"name": "blockq", "bits": 4}, ZSTD]
+
+
+def _ef21(*chain: dict) -> list[dict]:
+    """An EF21 uplink chain (``comm.uplink_ef21``): its codecs without error feedback, then zstd."""
+    return [{**c, "error_feedback": False} if c["name"] in ("dgc", "topk", "sign", "powersgd") else c for c in chain] + [ZSTD]
+
+
+#: the comm settings besides the chains of an EF21 point (the fifth entry of a point)
+EF21 = {"uplink_ef21": True}
+
+
 def _top(fraction: float) -> dict:
     return {"name": "topk", "fraction": fraction}
 
@@ -114,6 +128,7 @@ def _gap(fraction: float) -> dict:
 
 
 DGC1 = _dgc(0.01)
+BQ4 = {"name": "blockq", "bits": 4}
 GAP25 = _delta(4, _gap(0.25), {"name": "blockq", "bits": 4})
 GAP50 = _delta(4, _gap(0.5), {"name": "blockq", "bits": 4})
 #: plain averaging (no server momentum), for the compressed runs and their own fp32 reference
@@ -124,6 +139,13 @@ FEDAVGM7 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.7}
 FEDAVGM95 = {"name": "fedavgm", "lr": 1.0, "momentum": 0.95}
 TOP10 = _delta(4, _top(0.1), {"name": "blockq", "bits": 4})
 TOP25 = _delta(8, _top(0.25), {"name": "blockq", "bits": 4})
+def _bitmaps(up: float, down: float) -> tuple[list[dict], list[dict], list[dict]]:
+    """Top-``up`` with error feedback up, top-``down`` differences down, the kept coordinates as bitmaps, 4-bit values."""
+    return ([{**_gap(up), "index_coding": "bitmap"}, BQ4, ZSTD], *_delta(4, {**_gap(down), "index_coding": "bitmap"}, BQ4))
+
+
+#: the recommended pair (examples/configs/compressed.yaml)
+BITMAP20_50 = _bitmaps(0.2, 0.5)
 PARETO = {
     "fp32": (FP32, FP32, []),
     "up powersgd r1 + zstd (fp32 factors)": ([{"name": "powersgd", "rank": 1}, ZSTD], FP32, []),
@@ -137,6 +159,18 @@ PARETO = {
     "up dgc 5% + blockq4 + zstd": (_dgc(0.05), FP32, []),
     "up dgc 10% + blockq4 + zstd": (_dgc(0.1), FP32, []),
     "up blockq2/256 + zstd": ([{"name": "blockq", "bits": 2, "block_size": 256}, ZSTD], FP32, []),
+    # DGC's momentum correction and warm-up (Lin et al., 2018) on the CNN demo, with the demo's FedAvgM (momentum
+    # twice; with plain averaging, where the correction stands in for the server's momentum: below)
+    "up dgc 5% m0.9 warm-up 4 + blockq4 + zstd": (_dgcm(0.05), FP32, []),
+    "up dgc 5% m0.5 warm-up 4 + blockq4 + zstd": (_dgcm(0.05, 0.5), FP32, []),
+    "up dgc 5% warm-up 4 (no momentum) + blockq4 + zstd": (_dgcm(0.05, 0.0), FP32, []),
+    # EF21 (Richtárik et al., 2021): the uplink sends C(update - g_i), client and server keep g_i
+    "up ef21 top 1% + blockq4 + zstd": (_ef21(_gap(0.01), BQ4), FP32, [], None, EF21),
+    "up ef21 top 3% + blockq4 + zstd": (_ef21(_gap(0.03), BQ4), FP32, [], None, EF21),
+    "up ef21 top 5% + blockq4 + zstd": (_ef21(_gap(0.05), BQ4), FP32, [], None, EF21),
+    "up ef21 top 10% + blockq4 + zstd": (_ef21(_gap(0.1), BQ4), FP32, [], None, EF21),
+    "up ef21 blockq2/256 + zstd": (_ef21({"name": "blockq", "bits": 2, "block_size": 256}), FP32, [], None, EF21),
+    "up ef21 blockq4 + zstd": (_ef21(BQ4), FP32, [], None, EF21),
     "down blockq8 / delta sign + zstd": (FP32, *_delta(8, SIGN)),
     "down blockq4 / delta sign + zstd": (FP32, *_delta(4, SIGN)),
     "down blockq4 / delta top 5% + blockq4 + zstd": (FP32, *_delta(4, {"name": "topk", "fraction": 0.05}, {"name": "blockq", "bits": 4})),
@@ -153,28 +187,53 @@ PARETO = {
     "down blockq4 / delta gap-coded top 15% + blockq4 + zstd": (FP32, *_delta(4, _gap(0.15), {"name": "blockq", "bits": 4})),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25),
     "both: up dgc 10% / down blockq4 + delta gap-coded top 50%": (_dgc(0.1), *GAP50),
-    "both: up dgc 20% / down blockq4 + delta gap-coded top 50% (examples/configs/compressed.yaml)": (_dgc(0.2), *GAP50),
+    "both: up dgc 20% / down blockq4 + delta gap-coded top 50%": (_dgc(0.2), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 25%": (_dgc(0.2), *GAP25),
     "both: up dgc 15% / down blockq4 + delta gap-coded top 50%": (_dgc(0.15), *GAP50),
     "both: up dgc 20% / down blockq4 + delta gap-coded top 35%": (_dgc(0.2), *_delta(4, _gap(0.35), {"name": "blockq", "bits": 4})),
+    # the recommended pair with a bit per coordinate for the kept coordinates instead of gap-coded int32s (the same
+    # coordinates and values, so the same training; fewer bytes)
+    "both: up dgc 20% / down blockq4 + delta top 50% with bitmap indices (examples/configs/compressed.yaml)": BITMAP20_50,
+    # 2-bit values for the uplink's kept coordinates (their rounding error goes to the residual too)
+    "both: up dgc 20% + blockq2 / down blockq4 + delta gap-coded top 50%": (
+        [_gap(0.2), {"name": "blockq", "bits": 2}, ZSTD],
+        *GAP50,
+    ),
+    "both: up dgc 30% + blockq2 / down blockq4 + delta gap-coded top 50%": (
+        [_gap(0.3), {"name": "blockq", "bits": 2}, ZSTD],
+        *GAP50,
+    ),
     # server-side choices (their own optimiser; the reference stays the demo's FedAvgM in fp32): plain averaging,
     # and the server's error feedback (FetchSGD's server step, fedmtl.fl.server_sparse: the model moves on the top
     # 5 % of the server's accumulated error a round, so that (model - copy) would be sparse)
     "fedavg: fp32": (FP32, FP32, [], FEDAVG),
+    "fedavg: up dgc 5% m0.9 warm-up 4 + blockq4 + zstd": (_dgcm(0.05), FP32, [], FEDAVG),
     "fedavgm 0.7: fp32": (FP32, FP32, [], FEDAVGM7),
     "fedavgm 0.7: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25, FEDAVGM7),
     "fedavgm 0.95: fp32": (FP32, FP32, [], FEDAVGM95),
     "fedavgm 0.95: up dgc 10% / down blockq4 + delta gap-coded top 25%": (_dgc(0.1), *GAP25, FEDAVGM95),
     "server top 5% (masked)": (FP32, FP32, [], _sparse(0.05, True)),
     "server top 5%": (FP32, FP32, [], _sparse(0.05, False)),
+    # how much a round must move for FetchSGD's server step to keep the accuracy (its sketch must recover that many)
+    "server top 20% (masked)": (FP32, FP32, [], _sparse(0.2, True)),
+    "server top 50% (masked)": (FP32, FP32, [], _sparse(0.5, True)),
+    "server top 20%": (FP32, FP32, [], _sparse(0.2, False)),
+    "server top 50%": (FP32, FP32, [], _sparse(0.5, False)),
+    # the server's top-k step with compressed chains: the model moves on fewer coordinates, so a client's difference
+    # (model - copy) is sparser
+    "server top 50%: up dgc 20% / down blockq4 + delta top 50% with bitmap indices": (*BITMAP20_50, _sparse(0.5, False)),
+    "server top 50%: up dgc 20% / down blockq4 + delta top 25% with bitmap indices": (*_bitmaps(0.2, 0.25), _sparse(0.5, False)),
+    "server top 20%: up dgc 20% / down blockq4 + delta top 25% with bitmap indices": (*_bitmaps(0.2, 0.25), _sparse(0.2, False)),
+    "server top 50%: up dgc 10% / down blockq4 + delta top 50% with bitmap indices": (*_bitmaps(0.1, 0.5), _sparse(0.5, False)),
 }
 
 
 def _with_point(demo: dict, seed: int, point: tuple) -> dict:
-    """The demo's config with a point's chains and seed, and its server optimiser (its optional fourth entry;
-    replaced whole, not merged into the demo's)."""
-    cfg = merge(demo, {"seed": seed, "comm": {"uplink": point[0], "downlink": point[1], "downlink_delta": point[2]}})
-    if len(point) > 3:
+    """The demo's config with a point's chains and seed, its server optimiser (its optional fourth entry, None: the
+    demo's; replaced whole, not merged into the demo's) and further comm settings (its optional fifth, EF21's flag)."""
+    extra = point[4] if len(point) > 4 else {}
+    cfg = merge(demo, {"seed": seed, "comm": {"uplink": point[0], "downlink": point[1], "downlink_delta": point[2], **extra}})
+    if len(point) > 3 and point[3] is not None:
         cfg["server"]["optimizer"] = dict(point[3])
     return cfg
 
@@ -238,12 +297,13 @@ def pareto(rounds: int, seeds: list[int], out: Path, workers: int = 1) -> dict:
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done += list(pool.map(_pareto_job, todo))
     points: dict = {}
-    for name, (up, down, delta, *server) in PARETO.items():
+    for name, (up, down, delta, *rest) in PARETO.items():
+        server = [o for o in rest[:1] if o is not None]
         runs = sorted((rec for n, rec in done if n == name), key=lambda r: r["seed"])
         tasks = sorted(runs[0]["accuracy"])
         stat = {t: (statistics.mean(r["accuracy"][t] for r in runs), statistics.stdev(r["accuracy"][t] for r in runs) if len(runs) > 1 else 0.0) for t in tasks}
         points[name] = {
-            "chains": {"uplink": up, "downlink": down, "downlink_delta": delta},
+            "chains": {"uplink": up, "downlink": down, "downlink_delta": delta, **(rest[1] if len(rest) > 1 else {})},
             **({"server_optimizer": server[0]} if server else {}),
             "runs": runs,
             "bytes_up": statistics.mean(r["bytes_up"] for r in runs),
@@ -305,7 +365,7 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.pareto:
         if args.points:
-            for name in [n for n in PARETO if n not in args.points.split(",")]:
+            for name in [n for n in PARETO if n not in args.points.split(",") and n != "fp32"]:  # fp32: the reference
                 del PARETO[name]
         result = pareto(args.rounds or 40, list(range(args.seeds)), Path(tempfile.mkdtemp(prefix="fedmtl-bench-")), args.workers)
         result["machine"] = machine()

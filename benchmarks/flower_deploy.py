@@ -15,8 +15,12 @@ Usage::
     python benchmarks/flower_deploy.py                         # 3 and 10 SuperNodes, fp32, fresh vs warm ClientApps
     python benchmarks/flower_deploy.py --nodes 3 --codec "[{name: topk, fraction: 0.01}, {name: int8}, {name: zstd}]" --append
 
+    python benchmarks/flower_deploy.py --nodes 3 --clientapp warm-poll --rounds 6 --comm examples/configs/compressed.yaml --append
+
 ``--codec`` is a YAML list used for ``comm.uplink`` (the codec chain); codecs must exist in the
-installed fedmtl.
+installed fedmtl. ``--comm`` replaces the whole ``comm`` section (both directions): a YAML mapping, or the
+path of an experiment config whose ``comm`` section is taken (the recommended chains:
+``examples/configs/compressed.yaml``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from fedmtl.integrations.flower.launch import LocalFederation, copy_app, wait_un
 APP = ROOT / "examples" / "flower_app"
 
 
-def experiment(nodes: int, rounds: int, codec: list | None, secagg: bool = False) -> dict:
+def experiment(nodes: int, rounds: int, codec: list | dict | None, secagg: bool = False) -> dict:
+    """The benchmark's experiment; ``codec``: the uplink chain (a list) or the whole ``comm`` section (a dict)."""
     tasks = ["digit", "parity"]
     assignment = {i: (tasks if i % 3 == 0 else [tasks[i % 3 - 1]]) for i in range(nodes)}
     cfg = {
@@ -60,14 +65,14 @@ def experiment(nodes: int, rounds: int, codec: list | None, secagg: bool = False
         "output": {"plots": False},
     }
     if codec is not None:
-        cfg["comm"] = {"uplink": codec}
+        cfg["comm"] = dict(codec) if isinstance(codec, dict) else {"uplink": codec}
     if secagg:  # the update's coordinates stay within [-1, 1] in this model's rounds
         cfg["privacy"] = {"secure_aggregation": {}}
     return cfg
 
 
 def run_one(
-    nodes: int, rounds: int, codec: list | None, tls: bool, workdir: Path, timeout: float, mode: str, secagg: bool = False
+    nodes: int, rounds: int, codec: list | dict | None, tls: bool, workdir: Path, timeout: float, mode: str, secagg: bool = False
 ) -> dict:
     app = copy_app(APP, workdir / "app", yaml.safe_dump(experiment(nodes, rounds, codec, secagg)))
     run_dir = workdir / "runs" / "flower"
@@ -95,11 +100,15 @@ def run_one(
         "rounds": rounds,
         "tls": tls,
         "secagg": secagg,
-        "codec": codec or [{"name": "identity"}],
+        "codec": codec.get("uplink", [{"name": "identity"}]) if isinstance(codec, dict) else codec or [{"name": "identity"}],
+        "comm": codec if isinstance(codec, dict) else {"uplink": codec or [{"name": "identity"}]},
         "payload_bytes_down_per_round": statistics.mean(h["bytes_down"] for h in history),
         "payload_bytes_up_per_round": statistics.mean(h["bytes_up"] for h in history),
         "wire_bytes_down_per_round": statistics.mean(h["wire_bytes_down"] for h in history),
         "wire_bytes_up_per_round": statistics.mean(h["wire_bytes_up"] for h in history),
+        # after the first round: a compressed downlink then sends differences to the nodes' copies
+        "wire_bytes_down_per_round_after_first": statistics.mean(h["wire_bytes_down"] for h in history[1:] or history),
+        "payload_bytes_down_per_round_after_first": statistics.mean(h["bytes_down"] for h in history[1:] or history),
         "first_round_seconds": history[0]["round_seconds"],
         "round_seconds_mean": statistics.mean(steady),
         "rounds_per_minute": 60.0 / statistics.mean(steady),
@@ -117,14 +126,26 @@ CLIENTAPP = {
 }
 
 
+def _chains(row: dict) -> str:
+    """The row's chains: the uplink's, and (when set) the downlink's and its differences' (Δ)."""
+    comm = row.get("comm") or {"uplink": row["codec"]}
+    names = lambda chain: "+".join(c["name"] + (" (bitmap)" if c.get("index_coding") == "bitmap" else "") for c in chain)  # noqa: E731
+    out = names(comm.get("uplink") or [{"name": "identity"}])
+    if comm.get("downlink") or comm.get("downlink_delta"):
+        out += f" / down {names(comm.get('downlink') or [{'name': 'identity'}])}"
+        out += f", Δ {names(comm['downlink_delta'])}" if comm.get("downlink_delta") else ""
+    return out
+
+
 def table(rows: list[dict]) -> str:
-    head = "| SuperNodes | ClientApp | codec (uplink) | TLS | secure aggregation | wire down / round | wire up / round | payload up / round | first round s | s / round | rounds / min |\n"
-    head += "|---:|---|---|:-:|:-:|---:|---:|---:|---:|---:|---:|\n"
+    head = "| SuperNodes | ClientApp | codecs (up / down) | rounds | TLS | secure aggregation | wire down / round | wire down / round after the first | payload down / round | wire up / round | payload up / round | first round s | s / round | rounds / min |\n"
+    head += "|---:|---|---|---:|:-:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for r in rows:
-        codec = "+".join(c["name"] for c in r["codec"])
+        later = r.get("wire_bytes_down_per_round_after_first")
         head += (
-            f"| {r['nodes']} | {CLIENTAPP[r.get('clientapp', 'fresh')]} | {codec} | {'yes' if r['tls'] else 'no'} | "
+            f"| {r['nodes']} | {CLIENTAPP[r.get('clientapp', 'fresh')]} | {_chains(r)} | {r['rounds']} | {'yes' if r['tls'] else 'no'} | "
             f"{'yes' if r.get('secagg') else 'no'} | {r['wire_bytes_down_per_round'] / 1e3:.1f} kB | "
+            f"{f'{later / 1e3:.1f} kB' if later is not None else '—'} | {r['payload_bytes_down_per_round'] / 1e3:.1f} kB | "
             f"{r['wire_bytes_up_per_round'] / 1e3:.1f} kB | {r['payload_bytes_up_per_round'] / 1e3:.1f} kB | "
             f"{r['first_round_seconds']:.1f} | {r['round_seconds_mean']:.1f} | {r['rounds_per_minute']:.1f} |\n"
         )
@@ -137,6 +158,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument(
         "--codec", type=str, default=None, help="YAML list: the uplink codec chain (default: fp32 identity)"
+    )
+    ap.add_argument(
+        "--comm", type=str, default=None, help="YAML mapping, or an experiment config's path: the whole comm section (replaces --codec)"
     )
     ap.add_argument("--tls", action="store_true")
     ap.add_argument(
@@ -155,7 +179,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=400.0, help="seconds without anything written before a run is failed")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_deploy.json")
     args = ap.parse_args()
-    codec = yaml.safe_load(args.codec) if args.codec else None
+    codec: list | dict | None = yaml.safe_load(args.codec) if args.codec else None
+    if args.comm:
+        codec = yaml.safe_load(Path(args.comm).read_text())["comm"] if Path(args.comm).is_file() else yaml.safe_load(args.comm)
     load_start = os.getloadavg()
     rows = []
     for n in args.nodes:

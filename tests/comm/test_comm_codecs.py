@@ -153,6 +153,7 @@ CODECS = [
     ("blockq8", _chain({"name": "blockq", "bits": 8}), _bound_blockq(8, 64), 0.25 + 1 / 64 + 0.001),
     ("dgc", _chain({"name": "dgc", "fraction": 0.05, "warmup": 0}), _bound_topk(0.05), 0.101),
     ("dgc_warmup", _chain({"name": "dgc", "fraction": 0.05}), _bound_topk(0.25), 0.501),
+    ("dgc_bitmap", _chain({"name": "dgc", "fraction": 0.05, "warmup": 0, "index_coding": "bitmap"}), _bound_topk(0.05), 0.101),
     ("powersgd", _chain({"name": "powersgd", "rank": 1}), _bound_powersgd, 2 / 256 + 0.001),
     ("sketch", _chain({"name": "sketch", "fraction": 0.05, "topk": 0.01}), _bound_sketch(0.01), 0.051),
     ("zstd", _chain({"name": "zstd", "level": 3}), _bound_identity, 1.001),

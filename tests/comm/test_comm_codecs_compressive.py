@@ -123,6 +123,48 @@ def test_dgc_indices_travel_gap_coded():
     assert codec.expand(parts, values, 10).nonzero().reshape(-1).tolist() == [1, 4, 7]
 
 
+def test_dgc_bitmap_packs_a_bit_per_coordinate_by_hand():
+    from fedmtl.comm.codecs.dgc import pack_mask, unpack_mask
+
+    mask = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 1], dtype=torch.bool)
+    packed = pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.tolist() == [0b10010000, 0b10000000]
+    assert torch.equal(unpack_mask(packed, 9), mask)
+    with pytest.raises(PayloadError, match="beyond the tensor"):
+        unpack_mask(torch.tensor([0, 0b01000000], dtype=torch.uint8), 9)  # the 10th bit of 9 entries
+    with pytest.raises(PayloadError, match="expected 2"):
+        unpack_mask(torch.tensor([0], dtype=torch.uint8), 9)
+    codec = DGCTopK(fraction=0.3, momentum=0.0, warmup=0, index_coding="bitmap")
+    parts, values = codec.select(torch.tensor([0.0, 5.0, 0.0, 0.0, -4.0, 0.0, 0.0, 3.0, 0.0, 0.0]), None)
+    assert parts["mask"].tolist() == [0b01001001, 0] and values.tolist() == [5.0, -4.0, 3.0]  # 1, 4, 7
+    assert codec.expand(parts, values, 10).nonzero().reshape(-1).tolist() == [1, 4, 7]
+    with pytest.raises(PayloadError, match="keeps 3 entries, the payload carries 2"):
+        codec.expand(parts, values[:2], 10)
+    with pytest.raises(PayloadError, match="allowed 3..10"):
+        codec.count({"mask": torch.tensor([0b01000000, 0], dtype=torch.uint8)}, 10)
+    with pytest.raises(ValueError, match="index_coding"):
+        DGCTopK(index_coding="bits")
+
+
+@pytest.mark.parametrize("momentum,warmup", [(0.0, 0), (0.5, 2)])
+def test_dgc_bitmap_sends_what_the_gaps_send_in_fewer_bytes(momentum, warmup):
+    # the same coordinates, values and sender state (momentum masking, warm-up), only the indices' coding differs
+    spec = {"name": "dgc", "fraction": 0.2, "momentum": momentum, "warmup": warmup}
+    zstd = {"name": "zstd", "level": 19}
+    gaps = _link(spec, {"name": "blockq", "bits": 4}, zstd)
+    bitmap = _link({**spec, "index_coding": "bitmap"}, {"name": "blockq", "bits": 4}, zstd)
+    g = torch.Generator().manual_seed(0)
+    sg: dict = {}
+    sb: dict = {}
+    for _ in range(3):
+        x = {"w": torch.randn(20000, generator=g)}
+        a, sg = gaps.encode(x, sg, torch.Generator().manual_seed(1))
+        b, sb = bitmap.encode(x, sb, torch.Generator().manual_seed(1))
+        assert torch.equal(gaps.decode(a)["w"], bitmap.decode(b)["w"])
+        assert len(b) < 0.9 * len(a)
+    assert all(torch.equal(sg["residual"][n], sb["residual"][n]) for n in sg["residual"])
+
+
 # -- PowerSGD ----------------------------------------------------------------------------------
 def test_powersgd_recovers_a_rank_one_matrix_and_keeps_q_for_the_warm_start():
     m = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])  # (1, 2, 3)^T (1, 2)
@@ -228,6 +270,7 @@ def test_block_sign_by_hand_and_per_block_contraction():
 _FUZZ_SHAPES = {"w": torch.Size([12, 9]), "b": torch.Size([12]), "h": torch.Size([3, 12])}
 _FUZZ_CHAINS = {
     "dgc": [{"name": "dgc", "fraction": 0.1}, {"name": "blockq", "bits": 4, "block_size": 8}],
+    "dgc_bitmap": [{"name": "dgc", "fraction": 0.1, "index_coding": "bitmap"}, {"name": "blockq", "bits": 4, "block_size": 8}],
     "powersgd": [{"name": "powersgd", "rank": 2}],
     "sketch": [{"name": "sketch", "fraction": 0.5, "rows": 3, "topk": 0.1}, {"name": "blockq", "bits": 2}],
     "sign_block": [{"name": "sign", "block_size": 5}, {"name": "zstd", "dictionary": 1}],

@@ -237,6 +237,10 @@ def test_deployment_refuses_what_it_cannot_carry():
     # the simulator's clock has no meaning on a deployment: refused, not silently ignored
     with pytest.raises(ValueError, match="systems .*refused here"):
         check_deployable(fed_for({"systems": {"mode": {"name": "fedbuff", "buffer_size": 2, "concurrency": 3}}}))
+    # EF21's server mirrors of the clients' estimates are not kept on Flower: refused, not silently wrong
+    ef21 = {"comm": {"uplink": [{"name": "topk", "fraction": 0.1, "error_feedback": False}], "uplink_ef21": True}}
+    with pytest.raises(ValueError, match="uplink_ef21 .*refused here"):
+        check_deployable(fed_for(ef21))
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from fedmtl import registry
 from fedmtl.config.base import Size, StrictModel, Width
@@ -93,6 +93,10 @@ class DGCCodec(ComponentConfig):
     momentum: float = Field(default=0.9, ge=0, lt=1, description="Momentum of the correction (0: none).")
     warmup: int = Field(
         default=4, ge=0, description="Updates with the kept fraction max(fraction, 0.25**(t+1)) first."
+    )
+    index_coding: Literal["gaps", "bitmap"] = Field(
+        default="gaps",
+        description="How the kept coordinates travel: int32 gaps, or a bit per coordinate (fewer bytes after zstd above a few percent kept).",
     )
     error_feedback: bool = True
 
@@ -203,6 +207,14 @@ class CommConfig(StrictModel):
             "mirror of that copy is its error feedback); [] sends every client the full model by `downlink`."
         ),
     )
+    uplink_ef21: bool = Field(
+        default=False,
+        description=(
+            "EF21 (Richtárik et al., 2021): client and server keep an estimate g of each client's update; the "
+            "client sends uplink(update - g), both add what it decodes to g, and the server aggregates the "
+            "new g. Replaces error feedback: the uplink's codecs need error_feedback: false."
+        ),
+    )
     max_payload_mb: float = Field(
         default=1024.0, gt=0, description="Payloads larger than this (compressed or not) are rejected."
     )
@@ -224,6 +236,16 @@ class CommConfig(StrictModel):
                 "and put update codecs in comm.downlink_delta (differences to the client's last copy)"
             )
         return chain
+
+    @model_validator(mode="after")
+    def _ef21_replaces_error_feedback(self) -> CommConfig:
+        with_ef = [c.name for c in self.uplink if getattr(c, "error_feedback", False)]
+        if self.uplink_ef21 and with_ef:
+            raise ValueError(
+                f"comm.uplink_ef21 replaces error feedback (the estimate keeps what a payload leaves out), but "
+                f"uplink codec(s) {with_ef} have error_feedback: true; set error_feedback: false on them"
+            )
+        return self
 
     @field_validator("downlink_delta")
     @classmethod

@@ -112,6 +112,23 @@ class ExperimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _ef21_needs_each_update(self) -> ExperimentConfig:
+        """EF21's server keeps a mirror of each client's estimate and adds what that client's payload decodes to."""
+        if not self.comm.uplink_ef21:
+            return self
+        if self.privacy.secure_aggregation is not None:
+            raise ValueError(
+                "comm.uplink_ef21 cannot be combined with privacy.secure_aggregation: the server must decode each "
+                "client's payload to keep its EF21 estimate, and secure aggregation reveals only the sum"
+            )
+        if self.systems is not None and isinstance(self.systems.mode, FedBuffMode):
+            raise ValueError(
+                "comm.uplink_ef21 cannot be combined with systems.mode 'fedbuff': an asynchronous client's estimate "
+                "would change between its dispatch and its arrival; use synchronous rounds"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_norm_needs_fedbn(self) -> ExperimentConfig:
         trunk = getattr(self.model, "trunk", None)
         if getattr(trunk, "norm", "none") != "batch":

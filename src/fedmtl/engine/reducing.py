@@ -206,7 +206,7 @@ class Streamed:
             replies, states = fed.uploads(state, jobs, starts, results)
             acc.client_states.update(states)
             acc.bytes[1] += sum(len(reply.payload) for reply in replies)
-            updates, bad = fed.collect(replies)
+            updates, bad = fed.collect(replies, state)
             acc.dropped.update(bad)
             for update in updates:
                 acc.add_update(update)

@@ -10,7 +10,7 @@ local         the values of the model's ``local`` parameters (never federated)  
 buffers       the client's own BatchNorm running statistics (FedBN)                       the local trainer
 privacy       DP-SGD's accounting history (``dp_sgd_history``)                            DP-SGD's trainer
 algorithm     what the algorithm keeps (SCAFFOLD's ``c_i``, Ditto's ``v_k``, FedEM's ...)  the :class:`~fedmtl.fl.algorithm.Algorithm`
-codec         uplink error-feedback residuals, the outbox's, the downlink copy            the client node (:mod:`fedmtl.fl.node`)
+codec         uplink error-feedback residuals, the outbox's, the downlink copy, EF21's g  the client node (:mod:`fedmtl.fl.node`)
 ============  ==========================================================================  =====================================
 
 ``server`` is not state: it is the client's decoded view of the algorithm's server state for the round
@@ -39,8 +39,9 @@ SLOTS = ("objective", "local", "buffers", "privacy", "algorithm", "codec")
 #: slots that training returns whole (a result that has one replaces the client's; see :meth:`ClientState.over`)
 _WHOLE = ("objective", "local", "buffers")
 
-#: the codec slot's parts (the client node's): uplink residuals, the outbox chain's, the last downlink copy
-UPLINK, OUTBOX, DOWNLINK_COPY = "uplink", "outbox", "downlink_copy"
+#: the codec slot's parts (the client node's): uplink residuals, the outbox chain's, the last downlink copy,
+#: the EF21 estimate of the client's update (``comm.uplink_ef21``, :mod:`fedmtl.comm.ef21`)
+UPLINK, OUTBOX, DOWNLINK_COPY, UPLINK_ESTIMATE = "uplink", "outbox", "downlink_copy", "uplink_estimate"
 #: the privacy slot's part: DP-SGD's accountant history
 DP_SGD_HISTORY = "dp_sgd_history"
 
@@ -173,6 +174,7 @@ __all__ = [
     "OUTBOX",
     "SLOTS",
     "UPLINK",
+    "UPLINK_ESTIMATE",
     "ClientState",
     "client_states_from_tree",
     "client_states_to_tree",

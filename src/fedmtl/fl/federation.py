@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from fedmtl.comm import PayloadError, build_links
+from fedmtl.comm import PayloadError, build_links, ef21
 from fedmtl.comm.delta import build_delta_link, encode_delta
 from fedmtl.config.experiment import ExperimentConfig
 from fedmtl.data.dataset import ClientData, FederatedData
@@ -37,7 +37,7 @@ from fedmtl.fl.byzantine import (
 from fedmtl.fl.client import LocalResult, LocalTrainer
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.cohort import CohortJob, Engine
-from fedmtl.fl.node import ClientNode, ClientReply, downlink_copy
+from fedmtl.fl.node import ClientNode, ClientReply, downlink_copy, uplink_estimate
 from fedmtl.fl.privacy_step import PrivacyStep, PrivateAggregate
 from fedmtl.fl.sampling import cohort_size, sample_cohort
 from fedmtl.fl.seeding import generator
@@ -196,7 +196,9 @@ class Federation:
         self.trainer = LocalTrainer(model, cfg.client, cfg.mtl, cfg.privacy.dp_sgd)
         self.up, self.down = build_links(cfg.comm)
         self.down_delta = build_delta_link(cfg.comm)
-        self.node = ClientNode(model, self.trainer, self.algorithm, self.down, self.up, cfg.seed, self.down_delta)
+        self.node = ClientNode(
+            model, self.trainer, self.algorithm, self.down, self.up, cfg.seed, self.down_delta, cfg.comm.uplink_ef21
+        )
         #: each task set's held and uploaded names (the node's: computed once for both sides)
         self.layouts = self.node.layouts
         self.aggregator = build_aggregator(cfg.server.aggregator)
@@ -332,8 +334,14 @@ class Federation:
         specs = {**{n: self.specs[n] for n in self.layouts.of(client).held}, **own}
         return (specs, *outbox_bound(self._outbox_template, specs))
 
-    def collect(self, replies: Sequence[ClientReply]) -> tuple[list[ClientUpdate], dict[int, str]]:
+    def collect(
+        self, replies: Sequence[ClientReply], state: ServerState | None = None
+    ) -> tuple[list[ClientUpdate], dict[int, str]]:
         """Decode and validate each reply; a bad payload drops that client (with its reason), never the round.
+
+        With ``comm.uplink_ef21`` a payload is the change of the client's EF21 estimate: its update is the
+        server's mirror of that estimate in ``state`` (the round's state, before it) plus what it decodes to
+        (:mod:`fedmtl.comm.ef21`).
 
         Payloads and outboxes are checked against what the client may send (names, shapes, dtypes, total
         size) before anything is allocated; claimed sample counts are clamped to what the server knows of
@@ -347,6 +355,10 @@ class Federation:
                 received = self.up.decode(reply.payload, expected={n: self.specs[n] for n in names})
                 if set(received) != set(names):
                     raise PayloadError(f"payload holds {len(received)} of the {len(names)} expected tensors")
+                if self.node.uplink_ef21:
+                    if state is None:
+                        raise RuntimeError("comm.uplink_ef21: Federation.collect needs the round's state (the server's EF21 mirrors)")
+                    received = ef21.advance(uplink_estimate(state.client_state(reply.client_id)), received)
                 outbox = decode_outbox(self.up, reply.outbox, *self._outbox_limits(client)) if reply.outbox else {}
                 num, tasks, notes = bound_claims(reply.num_samples, reply.task_samples, *self.claim_bounds(client))
             except ValueError as exc:  # PayloadError, or claims that are not sample counts
@@ -589,7 +601,7 @@ class Federation:
             aggregate: replaces the in-process aggregation (:meth:`apply`'s ``aggregate``).
         """
         t0 = time.perf_counter() if started is None else started
-        updates, bad = self.collect(replies) if collected is None else collected
+        updates, bad = self.collect(replies, state) if collected is None else collected
         if scale:
             updates = [replace(u, delta={n: d * scale.get(u.client_id, 1.0) for n, d in u.delta.items()}) for u in updates]
         new_state, applied = self.apply(state, updates, client_states, aggregate)
@@ -682,7 +694,7 @@ class Federation:
             plan = self.plan(state, chosen)
             delivery = transport.deliver(state, plan)
             down, algorithm_down, scale = plan.bytes_down, plan.algorithm_bytes_down, {}
-        updates, bad = (delivery.collect or self.collect)(delivery.replies)
+        updates, bad = delivery.collect(delivery.replies) if delivery.collect else self.collect(delivery.replies, state)
         if len(updates) < min_updates:
             raise TooFewUpdates(len(updates), {**delivery.dropped, **bad})
         return self.conclude(

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from fedmtl.comm import Link
+from fedmtl.comm import Link, ef21
 from fedmtl.comm.delta import apply_delta, is_delta
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import Algorithm, with_server
 from fedmtl.fl.algorithm_channel import decode_state, encode_tree, nest_names, unnest_names
 from fedmtl.fl.client import LocalResult, LocalTrainer
-from fedmtl.fl.client_state import DOWNLINK_COPY, OUTBOX, UPLINK, ClientState
+from fedmtl.fl.client_state import DOWNLINK_COPY, OUTBOX, UPLINK, UPLINK_ESTIMATE, ClientState
 from fedmtl.fl.layout import Layouts
 from fedmtl.fl.seeding import generator
 from fedmtl.mtl import MultiTaskModel
@@ -52,8 +52,11 @@ class ClientNode:
         up: Link,
         seed: int,
         down_delta: Link | None = None,
+        uplink_ef21: bool = False,
     ):
         self.model = model
+        #: send the update as EF21's compressed change of an estimate kept on both sides (``comm.uplink_ef21``)
+        self.uplink_ef21 = uplink_ef21
         #: the link of model differences (``comm.downlink_delta``); when set, a client keeps its last copy
         self.down_delta = down_delta
         self.trainer = trainer
@@ -99,7 +102,7 @@ class ClientNode:
 
         ``prior`` is the client's state at the start of the round: what local training does not return
         carries over from it (:meth:`ClientState.over`). The codec slot is this node's: the uplink
-        codec's error-feedback residuals, the outbox chain's, and the downlink copy.
+        codec's error-feedback residuals, the outbox chain's, the downlink copy and the EF21 estimate.
         ``tamper`` replaces the update before encoding: how the simulation plays a Byzantine client.
         """
         names = self.layouts.of(client).uploaded
@@ -109,7 +112,10 @@ class ClientNode:
         before = prior or ClientState()
         codec = dict(before.codec)
         gen = generator(self.seed, "codec", round_index, client.client_id)
-        payload, codec_state = self.up.encode(delta, codec.get(UPLINK, {}), gen)
+        if self.uplink_ef21:
+            payload, codec_state, codec[UPLINK_ESTIMATE] = ef21.encode(self.up, delta, uplink_estimate(before), codec.get(UPLINK, {}), gen)
+        else:
+            payload, codec_state = self.up.encode(delta, codec.get(UPLINK, {}), gen)
         if self.up.stateful:
             codec[UPLINK] = codec_state
         if self.down_delta is not None:  # the copy the next difference will be taken against
@@ -152,4 +158,10 @@ def downlink_copy(state: ClientState) -> dict[str, Tensor] | None:
     return copy
 
 
-__all__ = ["ClientNode", "ClientReply", "downlink_copy", "torch"]
+def uplink_estimate(state: ClientState) -> dict[str, Tensor] | None:
+    """The client's EF21 estimate of its update (``comm.uplink_ef21``), None before its first upload."""
+    estimate: dict[str, Tensor] | None = state.codec.get(UPLINK_ESTIMATE)
+    return estimate
+
+
+__all__ = ["ClientNode", "ClientReply", "downlink_copy", "torch", "uplink_estimate"]

@@ -30,7 +30,7 @@ register("codec", "qsgd", lambda cfg: QSGD(levels=cfg.levels, bucket_size=cfg.bu
 register("codec", "sign", lambda cfg: ScaledSign(cfg.block_size), cc.SignCodec, stage="quantiser", update_only=True)
 register("codec", "topk", lambda cfg: TopK(cfg.fraction), cc.TopKCodec, stage="sparsifier", update_only=True)
 register("codec", "randk", lambda cfg: RandK(cfg.fraction), cc.RandKCodec, stage="sparsifier", update_only=True)
-register("codec", "dgc", lambda cfg: DGCTopK(cfg.fraction, cfg.momentum, cfg.warmup), cc.DGCCodec, stage="sparsifier", update_only=True)
+register("codec", "dgc", lambda cfg: DGCTopK(cfg.fraction, cfg.momentum, cfg.warmup, cfg.index_coding), cc.DGCCodec, stage="sparsifier", update_only=True)
 register(
     "codec", "sketch", lambda cfg: CountSketch(cfg.fraction, cfg.rows, cfg.topk, cfg.seed), cc.SketchCodec, stage="sparsifier", update_only=True
 )

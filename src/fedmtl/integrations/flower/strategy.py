@@ -164,6 +164,12 @@ def check_deployable(fed: Federation) -> None:
             "Flower the real clients' speed and availability decide, so it is refused here. Remove the systems "
             "section to deploy, or run it in simulation."
         )
+    if fed.cfg.comm.uplink_ef21:
+        raise ValueError(
+            "comm.uplink_ef21 needs the server's mirror of each client's EF21 estimate, which the simulation reads "
+            "from the client's state; the Flower server does not keep those mirrors yet, so it is refused here. "
+            "Set comm.uplink_ef21: false (error feedback on the uplink codecs) to deploy, or run it in simulation."
+        )
 
 
 def run_key(run_dir: Path, fresh: bool) -> str:
