@@ -88,6 +88,27 @@ def test_one_step_applies_only_where_the_identity_is_exact() -> None:
     assert isinstance(result, StackedResult)
 
 
+def test_a_model_with_local_parameters_takes_the_general_path() -> None:
+    """Local (personal) parameters stay with each client, trained: a sum cannot give them back."""
+    from fedmtl.engine.one_step import one_step_applies
+    from fedmtl.engine.stacked import TrainRequest, draw_plan
+    from fedmtl.fl.client_state import ClientState
+    from fedmtl.fl.seeding import generator
+    from fedmtl.mtl import LOCAL, build_model, build_objective
+
+    cfg, data = setup(ONE_BATCH)
+    model = build_model(cfg.model, data.input_shape, data.tasks)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    clients = data.clients[:3]
+    requests = [TrainRequest(params, c, ClientState(), generator(0, "client", 0, c.client_id)) for c in clients]
+    plans = [draw_plan(r, cfg.client.batch_size, cfg.client.epochs, False) for r in requests]
+    objectives = [build_objective(cfg.mtl, c.tasks) for c in clients]
+    assert one_step_applies(model, cfg.client, requests, plans, objectives)
+    shared_group = model.group_of
+    model.group_of = lambda n: LOCAL if n.startswith("heads.") else shared_group(n)  # type: ignore[method-assign]
+    assert not one_step_applies(model, cfg.client, requests, plans, objectives)
+
+
 def test_weighted_sum_equals_the_stacked_clients_sum_for_any_weights() -> None:
     """Hand-check of the identity on arbitrary weights (not only the round's): one-step vs the stacked clients."""
     cfg, data = setup(ONE_BATCH + HETEROGENEOUS + ["client.optimizer.momentum=0.9", "client.optimizer.weight_decay=0.05"])

@@ -16,7 +16,7 @@ result equals its ``Σ_c w_c θ_c`` to rounding (``tests/engine/test_one_step.py
 
 It applies (:func:`one_step_applies`) only where the identity is exact: plain ``sgd`` without clipping, every
 client one batch, fixed task weights (no balancer, no loss-based scheme), the same start for all, no proximal
-term, gradient offset or frozen parameters, no per-client BatchNorm statistics. Anything else, and any sum
+term, gradient offset or frozen parameters, no local (personal) parameters, no per-client BatchNorm statistics. Anything else, and any sum
 that comes out non-finite, is answered by the general stacked path (:meth:`OneStepResult.general`).
 """
 
@@ -42,15 +42,19 @@ from fedmtl.engine.stacked import (
 )
 from fedmtl.fl.client import held_parameter_names, make_optimizer
 from fedmtl.fl.client_state import ClientState
-from fedmtl.mtl import MultiTaskModel
+from fedmtl.mtl import LOCAL, MultiTaskModel
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.tree import TensorTree
 
 
-def one_step_applies(cfg: ClientConfig, requests: Sequence[TrainRequest], plans: Sequence[Plan], objectives: Sequence[MultiTaskObjective]) -> bool:
+def one_step_applies(
+    model: MultiTaskModel, cfg: ClientConfig, requests: Sequence[TrainRequest], plans: Sequence[Plan], objectives: Sequence[MultiTaskObjective]
+) -> bool:
     """Whether the chunk's weighted sum of trained models is exactly one shared step (see the module)."""
     if cfg.optimizer.name != "sgd" or cfg.max_grad_norm is not None:
         return False
+    if any(model.group_of(n) == LOCAL for n, _ in model.named_parameters()):
+        return False  # each client keeps its own trained local parameters: they are not a sum
     if not requests or any(len(batches) != 1 for batches, _ in plans):
         return False
     if any(o.fixed_weights is None for o in objectives):

@@ -163,7 +163,7 @@ class VectorizedEngine:
         training = self._stacked(trainer)
         plans = [draw_plan(r, trainer.cfg.batch_size, trainer.cfg.epochs, False) for r in requests]
         objectives = [training.objective(tuple(r.client.tasks)) for r in requests]
-        if self.one_step and one_step_applies(trainer.cfg, requests, plans, objectives):
+        if self.one_step and one_step_applies(trainer.model, trainer.cfg, requests, plans, objectives):
             return train_one_step(training, requests, plans)
         return training.train(requests, plans)
 
