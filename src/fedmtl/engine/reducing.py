@@ -38,6 +38,7 @@ from fedmtl.fl.update import ClientUpdate
 from fedmtl.mtl import LOCAL
 
 if TYPE_CHECKING:
+    from fedmtl.engine.one_step import OneStepResult
     from fedmtl.engine.stacked import StackedResult
 
 log = logging.getLogger("fedmtl")
@@ -126,7 +127,7 @@ class Stacking(Protocol):
 
     def chunk_size(self, trainer: LocalTrainer) -> int: ...
 
-    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | None: ...
+    def run_stacked(self, algorithm: Algorithm, trainer: LocalTrainer, jobs: Sequence[CohortJob]) -> StackedResult | OneStepResult | None: ...
 
 
 class Streamed:
@@ -245,7 +246,7 @@ class Streamed:
             self._bytes_cache[client.tasks] = len(payload)
         return self._bytes_cache[client.tasks]
 
-    def _reduce_stacked(self, chunk: Sequence[int], params: Mapping[str, Tensor], stacked: StackedResult, acc: RoundSums, r: int) -> None:
+    def _reduce_stacked(self, chunk: Sequence[int], params: Mapping[str, Tensor], stacked: StackedResult | OneStepResult, acc: RoundSums, r: int) -> None:
         """Add a stacked chunk's weighted deltas to the group sums: one matrix-vector product per group."""
         fed = self.fed
         names_of = acc.names_of
