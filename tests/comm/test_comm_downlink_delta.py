@@ -22,21 +22,18 @@ def _delta_link(*specs: dict):
     return link
 
 
-def test_the_copy_is_the_error_feedback():
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "topk", "fraction": 0.25},
+        # dgc with momentum 0 and warmup 0 is stateless top-k whose indices travel gap-coded: the same copies
+        {"name": "dgc", "fraction": 0.25, "momentum": 0.0, "warmup": 0},
+    ],
+    ids=["topk", "dgc-gap-coded"],
+)
+def test_the_copy_is_the_error_feedback(spec):
     # top-k 25 % of 4 entries sends one coordinate a round; the copy reaches the model in 4 rounds, exactly
-    link = _delta_link({"name": "topk", "fraction": 0.25})
-    params = {"w": torch.tensor([4.0, -3.0, 2.0, 1.0])}
-    copy = {"w": torch.zeros(4)}
-    seen = []
-    for _ in range(4):
-        copy = apply_delta(link, encode_delta(link, params, copy, None), copy, {"w": torch.Size([4])})
-        seen.append(copy["w"].tolist())
-    assert seen == [[4, 0, 0, 0], [4, -3, 0, 0], [4, -3, 2, 0], [4, -3, 2, 1]]
-
-
-def test_gap_coded_differences_dgc_without_momentum_or_warmup():
-    # dgc with momentum 0 and warmup 0 is stateless top-k whose indices travel gap-coded: the same copies as topk
-    link = _delta_link({"name": "dgc", "fraction": 0.25, "momentum": 0.0, "warmup": 0})
+    link = _delta_link(spec)
     params = {"w": torch.tensor([4.0, -3.0, 2.0, 1.0])}
     copy = {"w": torch.zeros(4)}
     seen = []

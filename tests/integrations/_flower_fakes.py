@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 
@@ -93,3 +95,34 @@ class FakeGrid:
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+def simulate(cfg):  # noqa: ANN001, ANN201
+    """The same experiment in simulation, its run folder named ``sim`` (what a deployment is checked against)."""
+    from fedmtl.experiment import Experiment
+
+    return Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(progress=False)
+
+
+def round_records(run_dir: Path) -> list[dict]:
+    """A run folder's ``metrics.jsonl``, one record per round."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def three_nodes() -> FakeGrid:
+    """A grid of three real ClientApps: nodes 101-103 on partitions 0-2."""
+    from fedmtl.integrations.flower import make_client_app
+
+    return FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, {})
+
+
+def serve(cfg, out: Path, grid: FakeGrid | None = None) -> dict:  # noqa: ANN001
+    """``cfg`` run by the real ServerApp over ``grid`` (default :func:`three_nodes`) on a fake clock; returns
+    its summary."""
+    from fedmtl.integrations.flower import FlowerSettings
+    from fedmtl.integrations.flower.server_app import server_for
+
+    clock = FakeClock()
+    grid = grid if grid is not None else three_nodes()
+    settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
+    return server_for(cfg, settings, grid, out, clock=clock, sleep=clock.sleep).run()

@@ -20,3 +20,14 @@ def _task_identity():
 def _node_state(tmp_path, monkeypatch):
     """Each test's nodes keep their client state in a folder of their own (never an earlier test's)."""
     monkeypatch.setenv("FEDMTL_FLOWER_STATE", str(tmp_path / "node-state"))
+
+
+@pytest.fixture(scope="session")
+def _partition_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("partition-cache")
+
+
+@pytest.fixture
+def shared_partition_cache(_partition_cache_dir, monkeypatch):
+    """Nodes cache their partition; tests that ask for this share one cache and save rebuilding the data."""
+    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(_partition_cache_dir))

@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _flower_fakes import SMALL, FakeClock, FakeGrid
+from _flower_fakes import SMALL, serve, simulate
 
 from fedmtl.checked_file import read_checked
 from fedmtl.config import config_from_dict
-from fedmtl.experiment import Experiment
-from fedmtl.integrations.flower import FlowerSettings, make_client_app
-from fedmtl.integrations.flower.server_app import server_for
 from fedmtl.runloop.checkpoint import load_latest
 
 pytestmark = pytest.mark.flower
@@ -34,11 +31,8 @@ def test_the_recommended_uplink_chain_moves_the_same_bytes_over_flower(tmp_path,
     data["comm"] = {"uplink": comm["uplink"], "downlink": comm["downlink"]}
     data["output"]["dir"] = str(tmp_path)
     cfg = config_from_dict(data)
-    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(progress=False)
-    clock = FakeClock()
-    grid = FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, {})
-    settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
-    server_for(cfg, settings, grid, tmp_path / "flower", clock=clock, sleep=clock.sleep).run()
+    sim = simulate(cfg)
+    serve(cfg, tmp_path / "flower")
     state, _ = load_latest(tmp_path / "flower")
     assert state.round == 3
     # the nodes' arithmetic differs from the simulation's in the last float bits (as in the uncompressed test's

@@ -5,19 +5,17 @@ survive a server restart (checkpoint); a node that lost its copy refuses a diffe
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from _flower_fakes import SMALL, FakeClock, FakeGrid
+from _flower_fakes import SMALL, FakeClock, FakeGrid, round_records, serve, simulate, three_nodes
 
 from fedmtl.checked_file import read_checked
 from fedmtl.comm.delta import copy_digest
 from fedmtl.config import config_from_dict
-from fedmtl.experiment import Experiment
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.node import downlink_copy
 from fedmtl.integrations.flower import FlowerSettings, make_client_app
@@ -55,12 +53,10 @@ def _node_copies() -> dict[int, str]:
 def test_downlink_differences_move_the_same_bytes_over_flower(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(tmp_path / "cache"))
     cfg = _config(tmp_path)
-    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(progress=False)
-    clock = FakeClock()
-    grid = FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, {})
-    settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5)
-    server_for(cfg, settings, grid, tmp_path / "flower", clock=clock, sleep=clock.sleep).run()
-    history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
+    sim = simulate(cfg)
+    grid = three_nodes()
+    serve(cfg, tmp_path / "flower", grid)
+    history = round_records(tmp_path / "flower")
     assert [h["bytes_down"] for h in history] == [s["bytes_down"] for s in sim.history]
     assert all(not h["dropped"] for h in history)
     # round 1 sends full models; rounds 2 and 3 differences, each naming the copy it is taken against
@@ -116,7 +112,7 @@ def test_mirrors_survive_a_restart_and_a_node_without_its_copy_gets_the_full_mod
 
 def test_downlink_mirrors_bounds_the_server_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(tmp_path / "cache"))
-    grid = FakeGrid(make_client_app(), {101: 0, 102: 1, 103: 2}, {})
+    grid = three_nodes()
     settings = FlowerSettings(min_nodes=3, round_timeout=30.0, poll_interval=0.5, downlink_mirrors=2)
     server = server_for(_config(tmp_path), settings, grid, tmp_path / "flower", clock=(c := FakeClock()), sleep=c.sleep)
     server.wait_for_nodes()

@@ -4,32 +4,20 @@ protocol as message exchanges; the server never holds an update; dropouts recove
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
-from _flower_fakes import SMALL, FakeClock, FakeGrid
+from _flower_fakes import SMALL, FakeClock, FakeGrid, round_records, simulate
 from flwr.app import Message
 
 from fedmtl.config import config_from_dict
-from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower import FlowerSettings, make_client_app
 from fedmtl.integrations.flower import secagg_messages as sm
 from fedmtl.integrations.flower.server_app import server_for
 from fedmtl.runloop.checkpoint import load_latest
 
-pytestmark = pytest.mark.flower
-
-
-@pytest.fixture(scope="module")
-def _cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("partition-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(_cache_dir, monkeypatch):
-    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(_cache_dir))
+pytestmark = [pytest.mark.flower, pytest.mark.usefixtures("shared_partition_cache")]
 
 
 def _config(tmp_path, rounds=2, secagg=None, dp=None, clients=3):
@@ -88,18 +76,10 @@ def _run(tmp_path, grid, cfg, name="flower"):
     return server.run()
 
 
-def _history(tmp_path, name="flower"):
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-
-def _simulate(cfg):
-    return Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(progress=False)
-
-
 def test_secure_aggregation_over_the_grid_matches_the_simulation(tmp_path):
     """Task-heterogeneous clients (0: both heads, 1: digit, 2: parity): each head masked among its holders."""
     cfg = _config(tmp_path, rounds=2)
-    sim = _simulate(cfg)
+    sim = simulate(cfg)
     grid = RecordingGrid()
     summary = _run(tmp_path, grid, cfg)
     state, _ = load_latest(tmp_path / "flower")
@@ -108,7 +88,7 @@ def test_secure_aggregation_over_the_grid_matches_the_simulation(tmp_path):
         torch.testing.assert_close(state.params[name], value, atol=1e-5, rtol=0)
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count(sm.SHARE) == kinds.count(sm.MASK) == kinds.count(sm.UNMASK) == 6  # 3 nodes x 2 rounds
-    history = _history(tmp_path)
+    history = round_records(tmp_path / "flower")
     assert all(h["replies"] == 3 and h["privacy"]["secagg_upload_bytes_per_client"] > 0 for h in history)
 
 
@@ -164,7 +144,7 @@ def test_a_node_that_drops_mid_protocol_is_recovered_exactly(tmp_path, stage, su
     cfg = _config(tmp_path, rounds=1, secagg={"threshold": 2, "rounding": "deterministic"}, clients=4)
     grid = RecordingGrid(drop_at={104: stage}, clients=4)
     _run(tmp_path, grid, cfg)
-    (h,) = _history(tmp_path)
+    (h,) = round_records(tmp_path / "flower")
     assert h["replies"] == len(summed) and "skipped" not in h, h
     if len(summed) == 3:
         assert {sm.SHARE: "share keys", sm.MASK: "masked input"}[stage] in h["dropped"]["3"], h
@@ -194,7 +174,7 @@ def test_below_the_threshold_the_round_is_abandoned_and_the_run_goes_on(tmp_path
     cfg = _config(tmp_path, rounds=2, secagg={"threshold": 1.0})
     grid = RecordingGrid(drop_at={103: sm.MASK})
     summary = _run(tmp_path, grid, cfg)
-    history = _history(tmp_path)
+    history = round_records(tmp_path / "flower")
     assert summary["rounds_completed"] == 2
     assert "secure aggregation abandoned" in history[0]["skipped"] and "threshold t=3" in history[0]["skipped"]
     assert "2" in history[0]["dropped"]
@@ -206,9 +186,9 @@ def test_distributed_dp_composes_with_secure_aggregation_on_the_grid(tmp_path):
     clip norm after each round equal the simulation's (the noise itself is each node's own)."""
     dp = {"noise_multiplier": 0.5, "clip_norm": 0.5, "placement": "distributed"}
     cfg = _config(tmp_path, rounds=2, dp=dp)
-    sim = _simulate(cfg)
+    sim = simulate(cfg)
     _run(tmp_path, RecordingGrid(), cfg)
-    history = _history(tmp_path)
+    history = round_records(tmp_path / "flower")
     for h, s in zip(history, sim.history, strict=True):
         assert h["privacy"]["epsilon"] == pytest.approx(s["privacy"]["epsilon"])
         assert h["privacy"]["clip_norm"] == pytest.approx(s["privacy"]["clip_norm"])
@@ -238,7 +218,7 @@ def test_a_malformed_answer_drops_that_node_not_the_round(tmp_path, stage, chang
     """Node 103's answer is altered in transit: it is dropped with the reason; the two others are summed."""
     cfg = _config(tmp_path, rounds=1)
     _run(tmp_path, RecordingGrid(tamper={(103, stage): change}), cfg)
-    (h,) = _history(tmp_path)
+    (h,) = round_records(tmp_path / "flower")
     assert "skipped" not in h and h["replies"] == 2 and reason in h["dropped"]["2"], h
     # client 2 held the trunk and the parity head, which only client 0 holds besides: a sum over one holder would
     # be client 0's own update, so parity is withheld (min_group_survivors = 2); the trunk and digit are summed

@@ -9,18 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from _flower_fakes import SMALL, FakeClock, FakeGrid
+from _flower_fakes import SMALL, FakeClock, FakeGrid, simulate
 
 from fedmtl.checked_file import read_checked
 from fedmtl.config import config_from_dict
-from fedmtl.experiment import Experiment
 from fedmtl.integrations.flower import FlowerSettings, RoundFailed, make_client_app
 from fedmtl.integrations.flower.node_state import experiment_key
 from fedmtl.integrations.flower.server_app import server_for
 from fedmtl.report.metrics_log import flatten as flatten_record
 from fedmtl.runloop.checkpoint import load_latest
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.usefixtures("shared_partition_cache")]
 
 
 def _config(tmp_path, algorithm=None, evaluation=None, momentum=None, **server):
@@ -53,22 +52,9 @@ def _run(tmp_path, grid, name="flower", settings=None, cfg=None, **server):
     return server_obj, server_obj.run(), clock
 
 
-@pytest.fixture(scope="module")
-def _cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("partition-cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(_cache_dir, monkeypatch):
-    """Nodes cache their partition; sharing the cache across tests saves rebuilding the data."""
-    monkeypatch.setenv("FEDMTL_FLOWER_CACHE", str(_cache_dir))
-
-
 def test_deployment_loop_reproduces_the_simulation(tmp_path):
     cfg = _config(tmp_path)
-    sim = Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(
-        progress=False
-    )
+    sim = simulate(cfg)
     _, summary, _ = _run(tmp_path, _grid())
     state, _ = load_latest(tmp_path / "flower")
     assert state.round == 3
@@ -82,12 +68,6 @@ def test_deployment_loop_reproduces_the_simulation(tmp_path):
     assert all(h["wire_bytes_up"] > h["bytes_up"] for h in history)
 
 
-def _simulate(cfg):
-    return Experiment(cfg.model_copy(update={"output": cfg.output.model_copy(update={"name": "sim"})})).run(
-        progress=False
-    )
-
-
 @pytest.mark.parametrize(
     "algorithm",
     [{"name": "scaffold"}, {"name": "ifca", "clusters": 2}, {"name": "fedem", "components": 2}, {"name": "mocha"}],
@@ -95,7 +75,7 @@ def _simulate(cfg):
 )
 def test_algorithms_with_server_state_reproduce_the_simulation(tmp_path, algorithm):
     cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0)  # SCAFFOLD needs plain SGD
-    sim = _simulate(cfg)
+    sim = simulate(cfg)
     grid = _grid()
     _, summary, _ = _run(tmp_path, grid, cfg=cfg)
     state, _ = load_latest(tmp_path / "flower")
@@ -250,7 +230,7 @@ def test_deployment_refuses_what_it_cannot_carry():
 )
 def test_personalised_evaluation_on_the_nodes_matches_the_simulation(tmp_path, algorithm):
     cfg = _config(tmp_path, algorithm=algorithm, momentum=0.0, evaluation={"personalized": True})
-    sim = _simulate(cfg)
+    sim = simulate(cfg)
     grid = _grid()
     _, summary, _ = _run(tmp_path, grid, cfg=cfg)
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
@@ -309,7 +289,7 @@ def test_the_privacy_budget_stops_the_deployment_as_it_stops_the_simulation(tmp_
 def test_dp_sgd_client_epsilon_is_reported_as_in_the_simulation(tmp_path):
     cfg = _config(tmp_path, momentum=0.0)
     cfg = config_from_dict({**cfg.model_dump(mode="json"), "privacy": {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}})
-    sim = _simulate(cfg)
+    sim = simulate(cfg)
     _run(tmp_path, _grid(), cfg=cfg)
     history = [json.loads(line) for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()]
     eps = [h["privacy"]["dp_sgd_max_client_epsilon"] for h in history]
