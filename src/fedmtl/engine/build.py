@@ -32,7 +32,8 @@ def make_federation(cfg, data, model, device: str | None = None):  # type: ignor
 
     * ``vectorized`` / ``sequential``: the clients train here on that engine.
     * ``distributed``: joins torchrun's process group; each rank trains its slice of the cohort, with one
-      all-reduce per round (all-gather for rounds that are not reduced).
+      all-reduce per round (all-gather for rounds that are not reduced), on its own device
+      (:func:`~fedmtl.engine.device.rank_device`: ``device`` is not used there).
     """
     from functools import partial
 
@@ -40,11 +41,11 @@ def make_federation(cfg, data, model, device: str | None = None):  # type: ignor
     from fedmtl.engine.reducing import Streamed
     from fedmtl.fl.federation import Federation
 
-    device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
     if isinstance(cfg.engine, ecfg.DistributedEngine):
         from fedmtl.engine.distributed import init_distributed
 
         _, world = init_distributed(cfg.engine.backend)
         engine = build_engine(cfg.engine.local, str(rank_device(cfg.runtime.device)))
         return Federation(cfg, data, model, engine, transport=partial(Streamed, distributed=world > 1))
+    device = device or str(resolve_device(cfg.runtime.device))  # the caller may have resolved it already
     return Federation(cfg, data, model, build_engine(cfg.engine, device), transport=Streamed)

@@ -34,13 +34,15 @@ from fedmtl.engine.stacked import (
     StackedResult,
     StackedTraining,
     TrainRequest,
+    client_masks,
     dropout_seed,
+    held_sets,
     padded_rows,
     start_value,
     to_device,
     uses_randomness,
 )
-from fedmtl.fl.client import held_parameter_names, make_optimizer
+from fedmtl.fl.client import make_optimizer
 from fedmtl.fl.client_state import ClientState
 from fedmtl.mtl import LOCAL, MultiTaskModel
 from fedmtl.mtl.objective import MultiTaskObjective
@@ -88,8 +90,7 @@ def train_one_step(training: StackedTraining, requests: Sequence[TrainRequest], 
     if chunk.has_penalty:
         objective = objective + penalty
     chunk.unsettled += chunk.fixed
-    held = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
-    trained = {n: torch.tensor([float(n in h) for h in held]) for n in chunk.names}
+    trained = client_masks(chunk.names, held_sets(model, requests))
 
     def general() -> StackedResult:
         requests[0].generator.set_state(generator_state)

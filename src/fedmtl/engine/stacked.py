@@ -453,6 +453,21 @@ def _per_group(keys: Sequence[object], run: Callable[[list[int]], Sequence[_T]])
     return out  # type: ignore[return-value]
 
 
+def held_sets(model: MultiTaskModel, requests: Sequence[TrainRequest]) -> list[set[str]]:
+    """Each request's held parameter names, computed once per task set (a chunk has few task sets, many clients)."""
+    by_tasks: dict[tuple[str, ...], set[str]] = {}
+    for r in requests:
+        tasks = tuple(r.client.tasks)
+        if tasks not in by_tasks:
+            by_tasks[tasks] = set(held_parameter_names(model, tasks))
+    return [by_tasks[tuple(r.client.tasks)] for r in requests]
+
+
+def client_masks(names: Sequence[str], members: Sequence[set[str]], device: torch.device | None = None) -> dict[str, Tensor]:
+    """Per parameter ``[C]``: 1 where the parameter is in the client's set (held, trained), else 0."""
+    return {n: torch.tensor([float(n in m) for m in members], device=device) for n in names}
+
+
 def has_norm_statistics(model: nn.Module) -> bool:
     """Whether the model normalises with batch statistics (BatchNorm): padded rows would enter them."""
     return bool(norm_buffer_names(model))
@@ -533,10 +548,9 @@ class StackedTraining:
         named = dict(model.named_parameters())
         names = chunk.names
         # trained (held, trainable) mask per client and parameter; the start values
-        held_names = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
-        stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_names, requests)]
+        stepped = [h if r.trainable is None else h & set(r.trainable) for h, r in zip(held_sets(model, requests), requests)]
         dev = self.device
-        mask = {n: torch.tensor([float(n in s) for s in stepped], device=dev) for n in names}
+        mask = client_masks(names, stepped, dev)
         values = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
         plain = _plain_sgd(cfg.optimizer)
@@ -597,8 +611,7 @@ class StackedTraining:
         dev = self.device
         named = dict(model.named_parameters())
         names = chunk.names
-        held = [set(held_parameter_names(model, r.client.tasks)) for r in requests]
-        mask = {n: torch.tensor([float(n in h) for h in held], device=dev) for n in names}
+        mask = client_masks(names, held_sets(model, requests), dev)
         leaves = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
         opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
