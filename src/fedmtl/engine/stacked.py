@@ -21,7 +21,8 @@ Under ``privacy.dp_sgd`` every request runs :meth:`StackedTraining.train_private
 trainer's per-example gradients under a second ``vmap`` (over clients), with its lots, clipping and noise.
 
 A parameter a client does not train (a head of a task it lacks, a frozen phase) is masked: its gradient
-is zero and its value and optimiser state are restored after the step.
+is zero, which leaves it where it is unless weight decay moves it; then its value and optimiser state are
+restored after the step (:func:`masking_suffices`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client import (
     LocalResult,
-    Prox,
+    TrainRequest,
     client_buffers,
     held_parameter_names,
     make_optimizer,
@@ -59,20 +60,6 @@ from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.privacy.dp.dpsgd import DPSGDSchedule, clip_and_noise, dp_batches
 from fedmtl.tree import TensorTree
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """The arguments of one :meth:`fedmtl.fl.client.LocalTrainer.train` call."""
-
-    start: Mapping[str, Tensor]
-    client: ClientData
-    state: ClientState
-    generator: torch.Generator
-    prox: Prox | None = None
-    grad_offset: Mapping[str, Tensor] | None = None
-    trainable: Sequence[str] | None = None
-    epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +107,8 @@ class Chunk:
     ostates: list[TensorTree]
     has_penalty: bool = False
     step_module: _Step = field(init=False)
+    #: the names in the shared group
+    shared_names: set[str] = field(init=False)
     #: ``[C, T]`` the task weights of the clients whose objective's weights never change (zeros for the others)
     fixed_weights: Tensor = field(init=False)
     #: the clients whose objective decides its weights step by step (loss-based schemes, gradient balancers)
@@ -136,6 +125,7 @@ class Chunk:
 
     def __post_init__(self) -> None:
         self.step_module = _Step(self.model, self.tasks)
+        self.shared_names = {n for n, s in zip(self.names, self.shared) if s}
         col = {t: i for i, t in enumerate(self.tasks)}
         self.fixed_weights = torch.zeros(len(self.objectives), len(self.tasks), device=self.held.device)
         self.planned = []
@@ -305,7 +295,6 @@ class Chunk:
             else:
                 W[c, cols] = w.to(W)
         names = list(leaves)
-        shared_names = [n for n, s in zip(self.names, self.shared) if s]
         if not balanced:
             total = (loss_mat * W).sum() + (penalty.sum() if self.has_penalty else 0.0)
             return dict(zip(names, torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True))), detached
@@ -324,26 +313,36 @@ class Chunk:
         passes = [
             torch.autograd.grad(loss_mat, all_leaves, grad_outputs=selector[k], retain_graph=self.has_penalty or k + 1 < K, allow_unused=True) for k in range(K)
         ]
-        per_task = {n: None if passes[0][i] is None else torch.stack([p[i] for p in passes]) for i, n in enumerate(names)}
-        jac = torch.cat([_rows_or_zeros(per_task[n], leaves[n], K).reshape(K, C, -1) for n in shared_names], 2).transpose(0, 1)
-        # every balanced client's Gramian in one batched product (float64, as the balancers compute it); each
-        # client's own balancer then decides on its own tasks' rows, and the shared directions that are
-        # combinations of the rows come out of one more batched product
-        at = torch.tensor(balanced, device=jac.device)
-        rows_b = jac.index_select(0, at)
-        rows_64 = rows_b.double()
+        shared_at = [i for i, n in enumerate(names) if n in self.shared_names]
+        sizes = [all_leaves[i][0].numel() for i in shared_at]
+        starts = dict(zip(shared_at, [sum(sizes[:j]) for j in range(len(sizes))]))
+        # every client's rows [C, K, P] over the shared coordinates, written once, straight into float64 (the
+        # precision the balancers compute Gramians in), and every balanced client's Gramian in one batched product;
+        # each client's own balancer then decides on its own tasks' rows
+        rows_64 = loss_mat.new_empty((C, K, sum(sizes)), dtype=torch.float64)
+        for k in range(K):
+            for i, size in zip(shared_at, sizes):
+                piece = rows_64[:, k, starts[i] : starts[i] + size]
+                g = passes[k][i]
+                piece.zero_() if g is None else piece.view_as(g).copy_(g)
+        every = len(balanced) == C
         grams = rows_64 @ rows_64.transpose(1, 2)
-        combine = rows_b.new_zeros((len(balanced), K))
+        if not every:
+            grams = grams.index_select(0, torch.tensor(balanced, device=grams.device))
+        # [C, K] the balanced clients' combinations of their own rows (the shared coordinates' gradient)
+        combine = W.new_zeros((C, K))
         given: dict[int, Tensor] = {}
-        # balancers that answer many clients at once (PCGrad): one call per balancer (one per task set) and task count
-        together: dict[tuple[int, int], list[int]] = {}
+        # balancers that answer many clients at once (PCGrad): one call per kind of balancer and task count,
+        # whatever the clients' task sets
+        together: dict[tuple[object, int], list[int]] = {}
         for i, c in enumerate(balanced):
-            if self.objectives[c].balances_in_batch():
-                together.setdefault((id(self.objectives[c].balancer), len(self.task_cols[c])), []).append(i)
+            key = self.objectives[c].batch_balancer_key()
+            if key is not None:
+                together.setdefault((key, len(self.task_cols[c])), []).append(i)
         for (_, k), members in together.items():
             cs = [balanced[i] for i in members]
             shared, states = self.objectives[cs[0]].balance_batch(grams[members, :k, :k], [self.ostates[c] for c in cs], [generators[c] for c in cs])
-            combine[members, :k] = shared.to(combine)
+            combine[cs, :k] = shared.to(combine)
             for c, state in zip(cs, states):
                 W[c, self.task_cols[c]] = 1.0
                 self.ostates[c] = state
@@ -354,40 +353,35 @@ class Chunk:
             obj = self.objectives[c]
             cols = self.task_cols[c]
             k = len(cols)
-            G = jac[c, :k]
+            G = rows_64[c, :k].to(loss_mat.dtype)
             balance, self.ostates[c] = obj.balance(detached[c, cols], G, self.ostates[c], generators[c], epochs[c], gram=grams[i, :k, :k])
             W[c, cols] = balance.weights.to(W)
             if balance.shared_direction is not None:
                 given[c] = balance.shared_direction.to(G)
             else:
-                combine[i, :k] = (balance.shared_weights if balance.shared_weights is not None else balance.weights).to(combine)
-        direction = torch.zeros_like(jac[:, 0])
-        direction.index_copy_(0, at, torch.bmm(combine.unsqueeze(1), rows_b).squeeze(1))
-        for c, d in given.items():
-            direction[c] = d
+                combine[c, :k] = (balance.shared_weights if balance.shared_weights is not None else balance.weights).to(combine)
         # every client's weights in its own tasks' order (a client's weights are zero outside its tasks)
-        W_own = W.gather(1, index) * valid.to(W.dtype)
+        W_own = (W.gather(1, index) * valid.to(W.dtype)).t()
         # the penalty's gradient is added to every client's step (to the balanced direction too), as in the sequential step
         pen = torch.autograd.grad(penalty.sum(), all_leaves, allow_unused=True) if self.has_penalty else (None,) * len(names)
-        grads: dict[str, Tensor | None] = {}
-        for n, pn in zip(names, pen):
-            g_t = per_task[n]
-            weighted = (g_t * W_own.t().reshape(K, C, *([1] * (g_t.dim() - 2)))).sum(0) if g_t is not None else None
-            grads[n] = weighted + pn if weighted is not None and pn is not None else (weighted if weighted is not None else pn)
         chosen = torch.zeros(C, dtype=torch.bool, device=W.device)
         chosen[balanced] = True
-        offset = 0
-        pen_of = dict(zip(names, pen))
-        for n in shared_names:
+        grads: dict[str, Tensor | None] = {}
+        for i, (n, pn) in enumerate(zip(names, pen)):
             x = leaves[n]
-            k = x[0].numel()
-            d = direction[:, offset : offset + k].view_as(x)
-            pg = pen_of[n]
-            if pg is not None:
-                d = d + pg
-            other = grads[n]
-            grads[n] = torch.where(_bcast(chosen, x), d, other if other is not None else torch.zeros_like(x))
-            offset += k
+            task_rows = [p[i] for p in passes]
+            if i in starts:  # the balanced direction (the weighted rows for clients whose balancer weighs losses)
+                d = _weighted_rows(task_rows, combine.t())
+                if d is None:
+                    d = torch.zeros_like(x)
+                for c, direction in given.items():
+                    d[c] = direction[starts[i] : starts[i] + x[0].numel()].view_as(x[c])
+                if not every:
+                    other = _weighted_rows(task_rows, W_own)
+                    d = torch.where(_bcast(chosen, x), d, other if other is not None else torch.zeros_like(x))
+            else:
+                d = _weighted_rows(task_rows, W_own)
+            grads[n] = d + pn if d is not None and pn is not None else (d if d is not None else pn)
         return grads, detached
 
 
@@ -553,7 +547,7 @@ class StackedTraining:
         mask = client_masks(names, stepped, dev)
         values = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
-        plain = _plain_sgd(cfg.optimizer)
+        plain = masking_suffices(cfg.optimizer, fixed_rows=True)  # a client's trained parameters never change in a chunk
         lr = float(cfg.optimizer.lr)
         prox_w, prox_c, implicit = to_device(_prox_tables(requests, names, named), dev)
         offsets = to_device(_offset_table(requests, names), dev)
@@ -568,17 +562,17 @@ class StackedTraining:
             k = sum(1 for n in steps if n > s)  # the clients still stepping: a prefix (longest plan first)
             if k != len(next(iter(leaves.values()), ())):
                 leaves, opt = _narrowed(values, k, cfg.optimizer, leaves, opt)
+                masks = row_masks({n: m[:k] for n, m in mask.items()})
             assert opt is not None
             epochs = [step_epochs[c][s] for c in range(k)]
             step_rows = rows[s, :k].to(dev)
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
             live_buffers = {n: b[:k] for n, b in buffers.items()}  # views: BatchNorm statistics update in place
-            ones = torch.ones(k, device=dev)
             grads, losses = chunk.gradients(leaves, live_buffers, step_rows, gens[:k], epochs, seed=dropout_seed([seed_generator]) if seeds else None)
             loss_sums[:k] += losses.double().cpu()
             with torch.no_grad():
                 _step(
-                    opt, leaves, grads, {n: m[:k] for n, m in mask.items()}, ones, {n: w[:k] for n, w in prox_w.items()},
+                    opt, leaves, grads, masks, {n: w[:k] for n, w in prox_w.items()},
                     {n: c[:k] for n, c in prox_c.items()}, implicit[:k], {n: o[:k] for n, o in offsets.items()}, cfg.max_grad_norm, plain, lr,
                 )
         params = {n: v.cpu() for n, v in values.items()}
@@ -624,7 +618,7 @@ class StackedTraining:
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
         with_rows = torch.zeros(C)
         no_pull = torch.zeros(C, device=dev)
-        plain = _plain_sgd(cfg.optimizer)
+        plain = masking_suffices(cfg.optimizer, fixed_rows=False)  # a client whose steps ran out stops stepping
 
         def per_client(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, ys: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
             return example_gradients(model, p, b, x, ys, task_objs, w)
@@ -666,7 +660,7 @@ class StackedTraining:
                 pulls = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
                 grads = {n: (private[n] if p is None else private[n] + p) for n, p in zip(names, pulls)}
             with torch.no_grad():
-                _step(opt, leaves, grads, mask, act, {}, {}, no_pull, {}, None, plain, float(cfg.optimizer.lr))
+                _step(opt, leaves, grads, row_masks(mask, act), {}, {}, no_pull, {}, None, plain, float(cfg.optimizer.lr))
         params = {n: v.detach().cpu() for n, v in leaves.items()}
         chunk.ostates = to_device(chunk.ostates, torch.device("cpu"))
         result = StackedResult(params, chunk.tasks, chunk.held, loss_sums / with_rows.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, {}, requests)
@@ -756,11 +750,6 @@ def _narrowed(
     return narrowed, new_opt
 
 
-def _plain_sgd(opt_cfg) -> bool:  # type: ignore[no-untyped-def]
-    """Plain SGD: a zero gradient leaves a parameter unchanged, so masking the gradient is enough."""
-    return getattr(opt_cfg, "name", "") == "sgd" and opt_cfg.momentum == 0 and opt_cfg.weight_decay == 0
-
-
 def _prox_tables(requests: Sequence[TrainRequest], names: Sequence[str], named: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
     """Per parameter, the proximal weight per client ``[C]`` (0: no pull) and centre ``[C, ...]``; which clients pull implicitly."""
     weights: dict[str, Tensor] = {}
@@ -788,46 +777,80 @@ def _offset_table(requests: Sequence[TrainRequest], names: Sequence[str]) -> dic
     return out
 
 
-def _rows_or_zeros(g: Tensor | None, like: Tensor, T: int) -> Tensor:
-    """Per-task gradient rows ``[T, *like.shape]``; zeros for a parameter no task's loss reaches."""
-    return g if g is not None else like.new_zeros((T, *like.shape))
+def _weighted_rows(rows: Sequence[Tensor | None], weights: Tensor) -> Tensor | None:
+    """``Σ_k weights[k, c] · rows[k][c]`` per client ``c``: the per-task passes' gradients of one parameter
+    combined with each client's task weights ``[K, C]`` (``None`` where no task's loss reaches the parameter)."""
+    if rows[0] is None:
+        return None
+    out = rows[0] * _bcast(weights[0], rows[0])
+    for row, w in zip(rows[1:], weights[1:]):
+        assert row is not None  # every pass reaches the same parameters
+        out = out + row * _bcast(w, row)
+    return out
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.view((-1,) + (1,) * (like.dim() - 1))
 
 
-def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
-    """One optimiser step of every active client, exactly as the sequential trainer's step on its own parameters."""
+def row_masks(mask: Mapping[str, Tensor], active: Tensor | None = None) -> dict[str, Tensor | None]:
+    """What :func:`_step` masks, decided once: per parameter some clients train, ``None`` where every client of
+    the chunk does (nothing to mask); a parameter no client trains is left out (it does not step)."""
+    out: dict[str, Tensor | None] = {}
+    for n, m in mask.items():
+        m = m if active is None else m * active
+        if bool(m.all()):
+            out[n] = None
+        elif bool(m.any()):
+            out[n] = m
+    return out
+
+
+def masking_suffices(opt_cfg: SGD | Adam, fixed_rows: bool) -> bool:
+    """Whether a zero gradient leaves a masked row, and its optimiser state, exactly where they are, so that
+    masking the gradient is enough: plain SGD always; SGD with momentum and Adam too when the masked rows never
+    step (``fixed_rows``: the same rows are masked from the first step on, so their momentum or moments are zero
+    and stay zero). Weight decay moves a parameter at zero gradient: never."""
+    if opt_cfg.weight_decay != 0:
+        return False
+    return fixed_rows or (isinstance(opt_cfg, SGD) and opt_cfg.momentum == 0)
+
+
+def _step(opt, leaves, grads, masks, prox_w, prox_c, implicit, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
+    """One optimiser step of every active client, exactly as the sequential trainer's step on its own parameters.
+
+    ``masks``: :func:`row_masks` (the clients that step each parameter); ``plain``: :func:`masking_suffices`.
+    """
     live = {}
     for n, p in leaves.items():
         g = grads.get(n)
-        m = mask[n] * active
-        if g is None or not bool(m.any()):
+        if g is None or n not in masks:
             p.grad = None
             continue
+        m = masks[n]
         if n in prox_w:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
             explicit = prox_w[n] * (1 - implicit)
             g = g + _bcast(explicit, g) * (p.detach() - prox_c[n])
-        live[n] = (g if bool(m.all()) else g * _bcast(m, g), m)  # every client steps: nothing to mask
+        live[n] = (g if m is None else g * _bcast(m, g), m)
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
         coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
     for n, (g, m) in live.items():
         if n in offsets:
-            g = g + offsets[n] * _bcast(m, g)
+            g = g + (offsets[n] if m is None else offsets[n] * _bcast(m, g))
         leaves[n].grad = g
     if plain:
         opt.step()
     else:  # momentum, weight decay and Adam move a parameter even at zero gradient: restore the rows that must not move
         saved = {}
         for n, (_, m) in live.items():
+            if m is None:
+                continue
             rows = (m == 0).nonzero().flatten()
-            if len(rows):
-                p = leaves[n]
-                state = {k: v[rows].clone() for k, v in opt.state[p].items() if isinstance(v, Tensor) and v.shape == p.shape}
-                saved[n] = (rows, p.detach()[rows].clone(), state)
+            p = leaves[n]
+            state = {k: v[rows].clone() for k, v in opt.state[p].items() if isinstance(v, Tensor) and v.shape == p.shape}
+            saved[n] = (rows, p.detach()[rows].clone(), state)
         opt.step()
         for n, (rows, old_p, old_state) in saved.items():
             p = leaves[n]
@@ -837,7 +860,8 @@ def _step(opt, leaves, grads, mask, active, prox_w, prox_c, implicit, offsets, c
                     v.index_copy_(0, rows, old_state[key] if key in old_state else v.new_zeros((len(rows), *v.shape[1:])))
     for n, (_g, m) in live.items():
         if n in prox_w:
-            shrink = _bcast(lr * prox_w[n] * implicit * m, leaves[n])
+            pull = lr * prox_w[n] * implicit
+            shrink = _bcast(pull if m is None else pull * m, leaves[n])
             leaves[n].copy_((leaves[n] + shrink * prox_c[n]) / (1 + shrink))
     for p in leaves.values():
         p.grad = None

@@ -38,6 +38,7 @@ __all__ = [
     "LocalResult",
     "LocalTrainer",
     "Prox",
+    "TrainRequest",
     "client_buffers",
     "default_buffers",
     "finish_local",
@@ -73,6 +74,20 @@ class Prox:
 
     def weight_of(self, name: str) -> float:
         return float(self.weight[name]) if isinstance(self.weight, Mapping) else float(self.weight)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The arguments of one :meth:`LocalTrainer.train` call (several go to :meth:`LocalTrainer.train_each`)."""
+
+    start: Mapping[str, Tensor]
+    client: ClientData
+    state: ClientState
+    generator: torch.Generator
+    prox: Prox | None = None
+    grad_offset: Mapping[str, Tensor] | None = None
+    trainable: Sequence[str] | None = None
+    epochs: int | None = None
 
 
 def _add_grad(named: Mapping[str, torch.nn.Parameter], names: Sequence[str], term) -> None:  # type: ignore[no-untyped-def]
@@ -131,6 +146,16 @@ class LocalTrainer:
             g = named[n].grad
             out[n] = g.detach().clone() if g is not None else torch.zeros_like(v)
         return out, torch.stack([v.detach() for v in losses.values()]).sum(), ostate
+
+    def train_each(self, requests: Sequence[TrainRequest]) -> list[LocalResult]:
+        """Several trainings of which none reads another's result (Ditto's global and personal models): each
+        request's :meth:`train`, in order. An engine that batches clients trains them in one computation, so
+        an algorithm with independent trainings asks for them together.
+        """
+        return [
+            self.train(r.start, r.client, r.state, r.generator, prox=r.prox, grad_offset=r.grad_offset, trainable=r.trainable, epochs=r.epochs)
+            for r in requests
+        ]
 
     def train(
         self,

@@ -195,10 +195,13 @@ class MultiTaskObjective:
         balance, bstate = self.balancer(BalanceInput(losses=losses, grads=grads, step=step, generator=generator, epoch=epoch, gram=gram), state["balancer"])  # type: ignore[arg-type]
         return balance, {**state, "balancer": bstate}
 
-    def balances_in_batch(self) -> bool:
-        """Whether the balancer answers many clients at once (:meth:`balance_batch`): one whose answer
-        depends on nothing but the Gramian and the client's generator (PCGrad)."""
-        return hasattr(self.balancer, "balance_batch")
+    def batch_balancer_key(self) -> object | None:
+        """Which clients' balancing one :meth:`balance_batch` call may answer: those whose objectives give an
+        equal key (balancers of one kind and configuration, any task set), or ``None`` when the balancer
+        answers one client at a time. Only a balancer whose answer depends on nothing but the Gramian and the
+        client's generator answers many (PCGrad)."""
+        key = getattr(self.balancer, "batch_key", None)
+        return key() if key is not None else None
 
     def balance_batch(
         self, grams: Tensor, states: Sequence[TensorTree], generators: Sequence[torch.Generator | None]

@@ -65,6 +65,10 @@ class PCGrad(GradBalancer):
         c = pcgrad_coefficients(inp.gramian().cpu(), orders)
         return Balance.for_shared(inp.losses, weights=c.sum(0)), state
 
+    def batch_key(self) -> object:
+        """PCGrad has no settings: every client's projection can be computed in one :meth:`balance_batch` call."""
+        return "pcgrad"
+
     def balance_batch(
         self, grams: torch.Tensor, steps: Sequence[int], generators: Sequence[torch.Generator | None], states: Sequence[TensorTree]
     ) -> tuple[torch.Tensor, list[TensorTree]]:
