@@ -147,3 +147,39 @@ def test_engines_continue_each_others_client_state(balancer: str) -> None:
     assert max_diff(reference.params, mixed.params) < TOL
     for cid, st in reference.client_states.items():
         _same_tree(st.to_tree(), mixed.client_states[cid].to_tree(), f"client {cid}")
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        pytest.param(["client.optimizer.momentum=0.9"], id="momentum"),
+        pytest.param(["client.optimizer.name=adam", "client.optimizer.lr=0.01"], id="adam"),
+        pytest.param(["client.optimizer.momentum=0.9", "client.optimizer.weight_decay=0.01"], id="momentum+wd"),
+    ],
+)
+def test_untrained_rows_stay_put_under_every_optimiser(optimizer: list[str]) -> None:
+    # task-heterogeneous clients of skewed sizes: each client's heads of tasks it lacks are masked for the
+    # whole chunk (momentum and moments of those rows stay zero, so masking the gradient is exact); weight
+    # decay moves them at zero gradient, so they are restored after each step
+    _compare(HETERO + optimizer)
+
+
+def test_ditto_trains_both_models_in_one_batched_computation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedmtl.engine import lockstep
+
+    cfg, data = setup(ALGORITHMS["ditto"])
+    asked: list[int] = []
+    engine = VectorizedEngine()
+    real = lockstep.run_lockstep
+
+    def counting(algorithm, trainer, jobs, train_many, grads_many):  # type: ignore[no-untyped-def]
+        def recorded(requests):  # type: ignore[no-untyped-def]
+            asked.append(len(requests))
+            return train_many(requests)
+
+        return real(algorithm, trainer, jobs, recorded, grads_many)
+
+    monkeypatch.setattr("fedmtl.engine.vectorized.run_lockstep", counting)
+    run(cfg, data, engine, rounds=1)
+    # one answer for every client's global and personal training together
+    assert asked == [2 * cfg.server.clients_per_round]

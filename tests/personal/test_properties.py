@@ -11,7 +11,7 @@ from fedmtl.data import from_arrays
 from fedmtl.fl.algorithm import FedAvg, ServerContext
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization import Ditto, FedProx, Mocha, Scaffold, omega_update
-from fedmtl.fl.personalization._common import fork
+from fedmtl.fl.personalization._common import spawn
 from fedmtl.fl.seeding import generator
 from fedmtl.fl.update import ClientUpdate
 
@@ -80,12 +80,10 @@ def test_ditto_limits() -> None:
     r1 = Ditto(0.0).local_train(fed.trainer, state.params, client, ClientState(), gen())
     other_global = {n: v + 1.0 for n, v in state.params.items()}
     r2 = Ditto(0.0).local_train(fed.trainer, other_global, client, r1.state, generator(0, "client", 1, 4))
-    g = generator(0, "client", 0, 4)
-    FedAvg().local_train(fed.trainer, state.params, client, ClientState(), g)
-    local1 = fed.trainer.train(state.params, client, ClientState(), fork(g))
-    g = generator(0, "client", 1, 4)
-    FedAvg().local_train(fed.trainer, other_global, client, ClientState(), g)
-    local2 = fed.trainer.train({**other_global, **local1.params}, client, ClientState(objective=local1.state.objective), fork(g))
+    # the personal stream is spawned from the client's generator before anything draws from it
+    local1 = fed.trainer.train(state.params, client, ClientState(), spawn(generator(0, "client", 0, 4), "ditto/personal"))
+    personal2 = spawn(generator(0, "client", 1, 4), "ditto/personal")
+    local2 = fed.trainer.train({**other_global, **local1.params}, client, ClientState(objective=local1.state.objective), personal2)
     for n, v in r2.state.algorithm["personal"].items():
         assert torch.allclose(v, local2.params[n], atol=1e-6)
 
@@ -268,3 +266,28 @@ def test_gradient_balancers_drive_the_methods_with_their_own_loops(algorithm) ->
         assert res.state.objective or "fedem_objective" in res.state.algorithm  # the balancer's state persists
         outs.append(res.params)
     assert any(not torch.allclose(outs[0][n], outs[1][n]) for n in outs[0])  # PCGrad changed the steps
+
+
+def test_spawned_stream_leaves_its_parent_untouched() -> None:
+    parent = torch.Generator().manual_seed(7)
+    twin = torch.Generator().manual_seed(7)
+    child = spawn(parent, "ditto/personal")
+    # the parent draws what it would have drawn without the spawn: a stream that can run alongside it
+    assert torch.equal(torch.randperm(50, generator=parent), torch.randperm(50, generator=twin))
+    # the same state and purpose give the same child; another purpose or another parent state another one
+    again = spawn(torch.Generator().manual_seed(7), "ditto/personal")
+    assert torch.equal(torch.rand(8, generator=child), torch.rand(8, generator=again))
+    other_purpose = spawn(torch.Generator().manual_seed(7), "other")
+    other_state = spawn(torch.Generator().manual_seed(8), "ditto/personal")
+    fresh = spawn(torch.Generator().manual_seed(7), "ditto/personal")
+    first = torch.rand(8, generator=fresh)
+    assert not torch.equal(first, torch.rand(8, generator=other_purpose))
+    assert not torch.equal(first, torch.rand(8, generator=other_state))
+
+
+def test_ditto_global_model_draws_fedavgs_batches() -> None:
+    fed, state = _setup()
+    client = fed.data.clients[3]
+    plain = FedAvg().local_train(fed.trainer, state.params, client, ClientState(), generator(0, "client", 0, 3))
+    ditto = Ditto(0.5).local_train(fed.trainer, state.params, client, ClientState(), generator(0, "client", 0, 3))
+    assert all(torch.equal(plain.params[n], ditto.params[n]) for n in plain.params)

@@ -60,7 +60,7 @@ PINNED = {
                 "loss": 0.702538
             }
         },
-        "personalized_mean": 0.36692,
+        "personalized_mean": 0.372128,
         "params": "197bca5e7ee190c2"
     },
     "fedem": {

@@ -13,9 +13,9 @@ from torch import Tensor
 from fedmtl.config import algorithm as acfg
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
-from fedmtl.fl.client import LocalResult, LocalTrainer, Prox
+from fedmtl.fl.client import LocalResult, LocalTrainer, Prox, TrainRequest
 from fedmtl.fl.client_state import ClientState
-from fedmtl.fl.personalization._common import fork, start_from
+from fedmtl.fl.personalization._common import spawn, start_from
 from fedmtl.registry import register
 
 
@@ -41,13 +41,18 @@ class Ditto(FedAvg):
     def local_train(
         self, trainer: LocalTrainer, start: Mapping[str, Tensor], client: ClientData, state: ClientState, generator: torch.Generator
     ) -> LocalResult:
-        glob = trainer.train(start, client, state.training(), generator)
         names = self.uploaded_names(trainer.model, client)
         # the personal model's own objective state; local parameters shared with the global one
         pstate = ClientState(objective=state.algorithm.get("personal_objective", {}), local=state.local)
-        begin = start_from(start, state)
         prox = Prox({n: start[n] for n in names}, self.lam, implicit=True)
-        pers = trainer.train(begin, client, pstate, fork(generator), prox=prox, epochs=self.personal_epochs)
+        # the two trainings are independent (both start from what the client received): asked for together, an
+        # engine that batches clients trains them in one computation; the personal stream is spawned, so the
+        # global model draws exactly FedAvg's batches
+        personal_gen = spawn(generator, "ditto/personal")
+        glob, pers = trainer.train_each([
+            TrainRequest(start, client, state.training(), generator),
+            TrainRequest(start_from(start, state), client, pstate, personal_gen, prox=prox, epochs=self.personal_epochs),
+        ])
         personal = {n: pers.params[n] for n in names}
         return LocalResult(glob.params, glob.metrics, glob.state.with_algorithm({"personal": personal, "personal_objective": pers.state.objective}))
 
