@@ -134,12 +134,14 @@ def worker_fedmtl(workload: str, engine: str, rounds: int) -> dict:
 
 
 def worker_bare(workload: str, rounds: int) -> dict:
-    """W3 by hand: per client, a Conv1d trunk + its tasks' heads, SGD with momentum, FedAvg per group."""
+    """W3 by hand: per client, a Conv1d trunk (fedmtl's layers: Conv1d, ReLU, its max pooling) + its tasks' heads,
+    SGD with momentum, FedAvg per group."""
     import torch
     from torch import nn
 
     from fedmtl.fl.batching import batch_plan
     from fedmtl.fl.seeding import generator
+    from fedmtl.mtl.models.trunks import WindowMaxPool1d  # the trunk's pooling: the same arithmetic
 
     cfg, data, model, fed = _setup(WORKLOADS[workload], "sequential", False)
     state = fed.init_state()
@@ -150,7 +152,7 @@ def worker_bare(workload: str, rounds: int) -> dict:
         ch = [32, 32]
         layers, c, length = [], 1, data.input_shape[0]
         for out in ch:
-            layers += [nn.Conv1d(c, out, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2)]
+            layers += [nn.Conv1d(c, out, 5, padding=2), nn.ReLU(), WindowMaxPool1d(2)]
             c, length = out, length // 2
         trunk = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * length, 128), nn.ReLU())
         heads = nn.ModuleDict({t: nn.Linear(128, data.task(t).output_dim) for t in tasks})

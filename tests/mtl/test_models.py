@@ -12,7 +12,7 @@ from fedmtl.mtl import build_model, build_objective
 from fedmtl.mtl.models import DistillationModel, LTBModel, MTRLModel, SoftSharingModel
 from fedmtl.mtl.models.dselect_k import DSelectKGate, smooth_step
 from fedmtl.mtl.models.mtrl import closed_form_omega
-from fedmtl.mtl.models.trunks import MLPTrunk
+from fedmtl.mtl.models.trunks import MLPTrunk, WindowMaxPool1d
 
 from .conftest import TASKS, synthetic
 
@@ -158,3 +158,23 @@ def test_ltb_branching_readout() -> None:
     assert m.branching()["digit"] == [1, 2]
     with pytest.raises(ValueError, match="branches"):
         LTBModel([12], [8, 8], [2, 3], TASKS)
+
+
+@pytest.mark.parametrize("kernel, length", [(2, 40), (2, 41), (3, 20), (2, 2)])
+def test_window_max_pool_is_max_pool1d(kernel: int, length: int) -> None:
+    # small integers after a ReLU: many ties (zeros and repeats), where the gradient must go to the first maximum
+    x = torch.relu(torch.randint(-3, 4, (5, 3, length)).float()).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = WindowMaxPool1d(kernel)(x), torch.nn.MaxPool1d(kernel)(x_ref)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+def test_window_max_pool_refuses_what_max_pool1d_refuses() -> None:
+    with pytest.raises(RuntimeError):
+        torch.nn.MaxPool1d(2)(torch.zeros(2, 3, 1))
+    with pytest.raises(RuntimeError):
+        WindowMaxPool1d(2)(torch.zeros(2, 3, 1))
