@@ -549,7 +549,7 @@ class StackedTraining:
         buffers = chunk.buffers([r.state for r in requests])
         plain = masking_suffices(cfg.optimizer, fixed_rows=True)  # a client's trained parameters never change in a chunk
         lr = float(cfg.optimizer.lr)
-        prox_w, prox_c, implicit = to_device(_prox_tables(requests, names, named), dev)
+        pulls = Pulls.of(requests, names, named, dev)
         offsets = to_device(_offset_table(requests, names), dev)
         seeds = uses_randomness(model)
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
@@ -563,6 +563,7 @@ class StackedTraining:
             if k != len(next(iter(leaves.values()), ())):
                 leaves, opt = _narrowed(values, k, cfg.optimizer, leaves, opt)
                 masks = row_masks({n: m[:k] for n, m in mask.items()})
+                live_pulls, live_offsets = pulls.prefix(k), {n: o[:k] for n, o in offsets.items()}
             assert opt is not None
             epochs = [step_epochs[c][s] for c in range(k)]
             step_rows = rows[s, :k].to(dev)
@@ -571,10 +572,7 @@ class StackedTraining:
             grads, losses = chunk.gradients(leaves, live_buffers, step_rows, gens[:k], epochs, seed=dropout_seed([seed_generator]) if seeds else None)
             loss_sums[:k] += losses.double().cpu()
             with torch.no_grad():
-                _step(
-                    opt, leaves, grads, masks, {n: w[:k] for n, w in prox_w.items()},
-                    {n: c[:k] for n, c in prox_c.items()}, implicit[:k], {n: o[:k] for n, o in offsets.items()}, cfg.max_grad_norm, plain, lr,
-                )
+                _step(opt, leaves, grads, masks, live_pulls, live_offsets, cfg.max_grad_norm, plain, lr)
         params = {n: v.cpu() for n, v in values.items()}
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
         chunk.ostates = to_device(chunk.settle(), torch.device("cpu"))
@@ -617,7 +615,6 @@ class StackedTraining:
         col = {t: i for i, t in enumerate(chunk.tasks)}
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
         with_rows = torch.zeros(C)
-        no_pull = torch.zeros(C, device=dev)
         plain = masking_suffices(cfg.optimizer, fixed_rows=False)  # a client whose steps ran out stops stepping
 
         def per_client(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, ys: dict[str, Tensor], w: Tensor) -> dict[str, Tensor]:
@@ -660,7 +657,7 @@ class StackedTraining:
                 pulls = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
                 grads = {n: (private[n] if p is None else private[n] + p) for n, p in zip(names, pulls)}
             with torch.no_grad():
-                _step(opt, leaves, grads, row_masks(mask, act), {}, {}, no_pull, {}, None, plain, float(cfg.optimizer.lr))
+                _step(opt, leaves, grads, row_masks(mask, act), Pulls(), {}, None, plain, float(cfg.optimizer.lr))
         params = {n: v.detach().cpu() for n, v in leaves.items()}
         chunk.ostates = to_device(chunk.ostates, torch.device("cpu"))
         result = StackedResult(params, chunk.tasks, chunk.held, loss_sums / with_rows.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, {}, requests)
@@ -750,19 +747,36 @@ def _narrowed(
     return narrowed, new_opt
 
 
-def _prox_tables(requests: Sequence[TrainRequest], names: Sequence[str], named: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-    """Per parameter, the proximal weight per client ``[C]`` (0: no pull) and centre ``[C, ...]``; which clients pull implicitly."""
-    weights: dict[str, Tensor] = {}
-    centres: dict[str, Tensor] = {}
-    implicit = torch.tensor([float(r.prox is not None and r.prox.implicit) for r in requests])
-    if all(r.prox is None for r in requests):
-        return weights, centres, implicit
-    for n in names:
-        w = [r.prox.weight_of(n) if r.prox is not None and n in r.prox.center else 0.0 for r in requests]
-        if any(w):
-            weights[n] = torch.tensor(w)
-            centres[n] = torch.stack([r.prox.center[n].detach() if r.prox is not None and n in r.prox.center else named[n].detach() for r in requests])
-    return weights, centres, implicit
+@dataclass
+class Pulls:
+    """The chunk's proximal pulls per parameter: centres ``[C, ...]`` and per-client weights ``[C]`` of the
+    explicit pull (a gradient term, FedProx) and of the implicit one (a proximal step, Ditto and MOCHA); a
+    parameter no client pulls that way is absent from that table, so it costs nothing."""
+
+    centres: dict[str, Tensor] = field(default_factory=dict)
+    explicit: dict[str, Tensor] = field(default_factory=dict)
+    implicit: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, requests: Sequence[TrainRequest], names: Sequence[str], named: Mapping[str, Tensor], device: torch.device) -> Pulls:
+        pulls = cls()
+        if all(r.prox is None for r in requests):
+            return pulls
+        for n in names:
+            weights = [r.prox.weight_of(n) if r.prox is not None and n in r.prox.center else 0.0 for r in requests]
+            implicit = [w if r.prox is not None and r.prox.implicit else 0.0 for w, r in zip(weights, requests)]
+            explicit = [w - i for w, i in zip(weights, implicit)]
+            if any(explicit):
+                pulls.explicit[n] = torch.tensor(explicit, device=device)
+            if any(implicit):
+                pulls.implicit[n] = torch.tensor(implicit, device=device)
+            if any(weights):
+                pulls.centres[n] = torch.stack([r.prox.center[n].detach() if r.prox is not None and n in r.prox.center else named[n].detach() for r in requests]).to(device)
+        return pulls
+
+    def prefix(self, k: int) -> Pulls:
+        """The pulls of the first ``k`` clients (views)."""
+        return Pulls({n: c[:k] for n, c in self.centres.items()}, {n: w[:k] for n, w in self.explicit.items()}, {n: w[:k] for n, w in self.implicit.items()})
 
 
 def _offset_table(requests: Sequence[TrainRequest], names: Sequence[str]) -> dict[str, Tensor]:
@@ -816,7 +830,7 @@ def masking_suffices(opt_cfg: SGD | Adam, fixed_rows: bool) -> bool:
     return fixed_rows or (isinstance(opt_cfg, SGD) and opt_cfg.momentum == 0)
 
 
-def _step(opt, leaves, grads, masks, prox_w, prox_c, implicit, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
+def _step(opt, leaves, grads, masks, pulls, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
     """One optimiser step of every active client, exactly as the sequential trainer's step on its own parameters.
 
     ``masks``: :func:`row_masks` (the clients that step each parameter); ``plain``: :func:`masking_suffices`.
@@ -828,9 +842,8 @@ def _step(opt, leaves, grads, masks, prox_w, prox_c, implicit, offsets, clip, pl
             p.grad = None
             continue
         m = masks[n]
-        if n in prox_w:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
-            explicit = prox_w[n] * (1 - implicit)
-            g = g + _bcast(explicit, g) * (p.detach() - prox_c[n])
+        if n in pulls.explicit:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
+            g = g + _bcast(pulls.explicit[n], g) * (p.detach() - pulls.centres[n])
         live[n] = (g if m is None else g * _bcast(m, g), m)
     if clip is not None and live:
         sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
@@ -859,10 +872,10 @@ def _step(opt, leaves, grads, masks, prox_w, prox_c, implicit, offsets, clip, pl
                 if isinstance(v, Tensor) and v.shape == p.shape:  # a buffer the step created starts at zero
                     v.index_copy_(0, rows, old_state[key] if key in old_state else v.new_zeros((len(rows), *v.shape[1:])))
     for n, (_g, m) in live.items():
-        if n in prox_w:
-            pull = lr * prox_w[n] * implicit
+        if n in pulls.implicit:
+            pull = lr * pulls.implicit[n]
             shrink = _bcast(pull if m is None else pull * m, leaves[n])
-            leaves[n].copy_((leaves[n] + shrink * prox_c[n]) / (1 + shrink))
+            leaves[n].copy_((leaves[n] + shrink * pulls.centres[n]) / (1 + shrink))
     for p in leaves.values():
         p.grad = None
 
