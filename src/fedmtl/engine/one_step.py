@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fedmtl.config.training import ClientConfig
 from fedmtl.engine.stacked import (
+    CPU,
     Chunk,
     Plan,
     StackedResult,
@@ -75,7 +76,7 @@ def train_one_step(training: StackedTraining, requests: Sequence[TrainRequest], 
     start, their losses and objective states; the sums are taken when the round asks for them."""
     model, dev = training.model, training.device
     objectives = [training.objective(tuple(r.client.tasks)) for r in requests]
-    ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], dev)
+    ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], dev, source=CPU)
     chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, dev)
     rows = padded_rows(chunk, plans)[0].to(dev)
     rows = rows[:, : int((rows != chunk.padding_row).sum(1).max())]
@@ -97,7 +98,7 @@ def train_one_step(training: StackedTraining, requests: Sequence[TrainRequest], 
         return training.train(requests, plans)
 
     return OneStepResult(
-        chunk.tasks, chunk.held, loss_mat.detach().double().cpu(), to_device(chunk.settle(), torch.device("cpu")), objective, leaves, trained, training.cfg, general
+        chunk.tasks, chunk.held, loss_mat.detach().double().cpu(), to_device(chunk.settle(), CPU, source=training.device), objective, leaves, trained, training.cfg, general
     )
 
 

@@ -287,10 +287,10 @@ class Streamed:
             acc.weights[gi] += wtot
         for c, cid in enumerate(chunk):
             acc.client_states[cid] = stacked.state(fed.model, c)
-            acc.bytes[1] += self._payload_bytes(clients[c])
-            if ok[c] == 0:
-                acc.dropped[cid] = "payload carries NaN or Inf"
-                log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", r, cid)
+        acc.bytes[1] += sum(self._payload_bytes(client) for client in clients)
+        for c in (ok == 0).nonzero().flatten().tolist():
+            acc.dropped[chunk[c]] = "payload carries NaN or Inf"
+            log.warning("round %d: dropped client %d's update: payload carries NaN or Inf", r, chunk[c])
         finite = ok > 0
         for ti, t in enumerate(acc.tasks):
             if t in col:

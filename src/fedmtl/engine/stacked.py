@@ -127,13 +127,19 @@ class Chunk:
         self.step_module = _Step(self.model, self.tasks)
         self.shared_names = {n for n, s in zip(self.names, self.shared) if s}
         col = {t: i for i, t in enumerate(self.tasks)}
-        self.fixed_weights = torch.zeros(len(self.objectives), len(self.tasks), device=self.held.device)
-        self.planned = []
-        for c, obj in enumerate(self.objectives):
-            if obj.fixed_weights is None:
-                self.planned.append(c)
-            else:
-                self.fixed_weights[c, [col[t] for t in obj.tasks]] = torch.tensor(obj.fixed_weights, device=self.held.device)
+        # one row per distinct objective (a chunk has few task sets, many clients), picked per client
+        distinct: dict[int, int] = {}
+        rows: list[Tensor] = []
+        for obj in self.objectives:
+            if id(obj) not in distinct:
+                distinct[id(obj)] = len(rows)
+                row = torch.zeros(len(self.tasks))
+                if obj.fixed_weights is not None:
+                    row[[col[t] for t in obj.tasks]] = torch.tensor(obj.fixed_weights)
+                rows.append(row)
+        pick = torch.tensor([distinct[id(obj)] for obj in self.objectives], dtype=torch.long)
+        self.fixed_weights = torch.stack(rows).index_select(0, pick).to(self.held.device) if rows else torch.zeros(0, len(self.tasks), device=self.held.device)
+        self.planned = [c for c, obj in enumerate(self.objectives) if obj.fixed_weights is None]
         self.fixed = torch.tensor([int(obj.fixed_weights is not None) for obj in self.objectives])
         self.unsettled = torch.zeros(len(self.objectives), dtype=torch.long)
         self.task_cols = [[col[t] for t in obj.tasks] for obj in self.objectives]
@@ -145,9 +151,10 @@ class Chunk:
         """The objective states with every step taken so far counted (fixed-weight clients skip the per-step
         :meth:`~fedmtl.mtl.objective.MultiTaskObjective.plan` call: their weights and state never change
         but for the step counter, which is advanced here in one go, as the sequential hot path advances it)."""
-        for c in self.unsettled.nonzero().flatten().tolist():
-            state = self.ostates[c]
-            self.ostates[c] = {**state, "step": state["step"] + int(self.unsettled[c])}
+        for c, n in enumerate(self.unsettled.tolist()):
+            if n:
+                state = self.ostates[c]
+                self.ostates[c] = {**state, "step": state["step"] + n}
         self.unsettled.zero_()
         return self.ostates
 
@@ -405,10 +412,19 @@ def padded_rows(chunk: Chunk, plans: Sequence[Plan]) -> Tensor:
     """The plans as padded rows of :attr:`Chunk.x`, ``[S, C, B]`` (padding: :attr:`Chunk.padding_row`)."""
     S = max((len(b) for b, _ in plans), default=0)
     B = max(1, max((len(i) for b, _ in plans for i in b), default=1))  # at least one (padding) column
-    rows = torch.full((S, len(plans), B), chunk.padding_row, dtype=torch.long)
-    for c, ((batches, _), off) in enumerate(zip(plans, chunk.offsets)):
-        for s, idx in enumerate(batches):
-            rows[s, c, : len(idx)] = idx + off
+    C = len(plans)
+    rows = torch.full((S, C, B), chunk.padding_row, dtype=torch.long)
+    # every batch written by one indexed assignment: batch (s, c)'s rows go to rows[s, c, :len], shifted by the
+    # client's offset in x (thousands of clients: one operation, not one per batch)
+    batches = [idx for b, _ in plans for idx in b]
+    if not batches:
+        return rows
+    lens = torch.tensor([len(idx) for idx in batches])
+    starts = torch.tensor([(s * C + c) * B for c, (b, _) in enumerate(plans) for s in range(len(b))])
+    shifts = torch.tensor([off for (b, _), off in zip(plans, chunk.offsets) for _ in b])
+    first = torch.cumsum(lens, 0) - lens  # where each batch starts in the concatenation
+    within = torch.arange(int(lens.sum())) - first.repeat_interleave(lens)
+    rows.view(-1)[starts.repeat_interleave(lens) + within] = torch.cat(batches).long() + shifts.repeat_interleave(lens)
     return rows
 
 
@@ -534,7 +550,7 @@ class StackedTraining:
         model, cfg = self.model, self.cfg
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
-        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device, source=CPU)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         rows = padded_rows(chunk, plans)
         step_epochs = [e for _, e in plans]
@@ -550,7 +566,7 @@ class StackedTraining:
         plain = masking_suffices(cfg.optimizer, fixed_rows=True)  # a client's trained parameters never change in a chunk
         lr = float(cfg.optimizer.lr)
         pulls = Pulls.of(requests, names, named, dev)
-        offsets = to_device(_offset_table(requests, names), dev)
+        offsets = to_device(_offset_table(requests, names), dev, source=CPU)
         seeds = uses_randomness(model)
         loss_sums = torch.zeros(C, len(chunk.tasks), dtype=torch.float64)
         steps = [len(e) for e in step_epochs]
@@ -575,7 +591,7 @@ class StackedTraining:
                 _step(opt, leaves, grads, masks, live_pulls, live_offsets, cfg.max_grad_norm, plain, lr)
         params = {n: v.cpu() for n, v in values.items()}
         new_buffers = {n: b.cpu() for n, b in buffers.items() if n in set(norm_buffer_names(model))}
-        chunk.ostates = to_device(chunk.settle(), torch.device("cpu"))
+        chunk.ostates = to_device(chunk.settle(), CPU, source=self.device)
         steps_t = torch.tensor(steps)
         return StackedResult(params, chunk.tasks, chunk.held, loss_sums / steps_t.clamp(min=1).double().unsqueeze(1), steps, chunk.ostates, new_buffers, requests)
 
@@ -594,7 +610,7 @@ class StackedTraining:
         C = len(requests)
         objectives = [self.objective(tuple(r.client.tasks)) for r in requests]
         refuse_unprivatisable(model, objectives[0].balancer.requires, self.mtl_cfg.balancer.name)
-        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device)
+        ostates = to_device([r.state.objective or o.init() for r, o in zip(requests, objectives)], self.device, source=CPU)
         chunk = Chunk.of(model, [r.client for r in requests], objectives, ostates, self.device)
         schedules = [DPSGDSchedule.of(dp, len(r.client.train), cfg.batch_size, cfg.epochs) for r in requests]
         drawn_plans = [dp_batches(len(r.client.train), cfg.batch_size, s, dp.poisson_sampling, r.generator) for r, s in zip(requests, schedules)]
@@ -659,7 +675,7 @@ class StackedTraining:
             with torch.no_grad():
                 _step(opt, leaves, grads, row_masks(mask, act), Pulls(), {}, None, plain, float(cfg.optimizer.lr))
         params = {n: v.detach().cpu() for n, v in leaves.items()}
-        chunk.ostates = to_device(chunk.ostates, torch.device("cpu"))
+        chunk.ostates = to_device(chunk.ostates, CPU, source=self.device)
         result = StackedResult(params, chunk.tasks, chunk.held, loss_sums / with_rows.clamp(min=1).double().unsqueeze(1), steps.tolist(), chunk.ostates, {}, requests)
         out = result.unstack(model)
         for r, res, schedule in zip(requests, out, schedules):
@@ -675,7 +691,7 @@ class StackedTraining:
 
     def _grads(self, requests: Sequence[GradRequest]) -> list[tuple[dict[str, Tensor], Tensor, TensorTree]]:
         model = self.model
-        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], to_device([r.ostate for r in requests], self.device), self.device)
+        chunk = Chunk.of(model, [r.client for r in requests], [r.objective for r in requests], to_device([r.ostate for r in requests], self.device, source=CPU), self.device)
         named = dict(model.named_parameters())
         leaves = {n: torch.stack([r.params[n] if n in r.params else named[n].detach() for r in requests]).detach().to(self.device).requires_grad_(True) for n in chunk.names}
         B = max(len(r.idx) for r in requests)
@@ -694,7 +710,7 @@ class StackedTraining:
         grads, losses = chunk.gradients(leaves, buffers, rows, gens, [r.epoch for r in requests], weights, seed)
         grads = {n: (g.cpu() if g is not None else None) for n, g in grads.items()}
         losses = losses.cpu()
-        chunk.ostates = to_device(chunk.settle(), torch.device("cpu"))
+        chunk.ostates = to_device(chunk.settle(), CPU, source=self.device)
         out = []
         col = {t: i for i, t in enumerate(chunk.tasks)}
         for c, r in enumerate(requests):
@@ -704,8 +720,15 @@ class StackedTraining:
         return out
 
 
-def to_device(tree, device: torch.device):  # type: ignore[no-untyped-def]
-    """A nested structure of tensors (dicts, lists, tuples) with every tensor on ``device``."""
+#: where the server keeps client states and results
+CPU = torch.device("cpu")
+
+
+def to_device(tree, device: torch.device, source: torch.device | None = None):  # type: ignore[no-untyped-def]
+    """A nested structure of tensors (dicts, lists, tuples) with every tensor on ``device``; ``source``: where
+    every tensor of it is known to be (``tree`` itself when that is ``device``: nothing to walk)."""
+    if source is not None and source == device:
+        return tree
     if isinstance(tree, Tensor):
         return tree.to(device)
     if isinstance(tree, dict):
