@@ -670,8 +670,8 @@ class StackedTraining:
             private = {n: torch.zeros_like(leaves[n]).index_copy_(0, on_dev, g) for n, g in live.items()}
             grads: dict[str, Tensor | None] = dict(private)
             if chunk.has_penalty:
-                pulls = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
-                grads = {n: (private[n] if p is None else private[n] + p) for n, p in zip(names, pulls)}
+                penalty_grads = torch.autograd.grad(penalty.sum(), [leaves[n] for n in names], allow_unused=True)
+                grads = {n: (private[n] if p is None else private[n] + p) for n, p in zip(names, penalty_grads)}
             with torch.no_grad():
                 _step(opt, leaves, grads, row_masks(mask, act), Pulls(), {}, None, plain, float(cfg.optimizer.lr))
         params = {n: v.detach().cpu() for n, v in leaves.items()}
