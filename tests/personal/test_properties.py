@@ -11,8 +11,7 @@ from fedmtl.data import from_arrays
 from fedmtl.fl.algorithm import FedAvg, ServerContext
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.personalization import Ditto, FedProx, Mocha, Scaffold, omega_update
-from fedmtl.fl.personalization._common import spawn
-from fedmtl.fl.seeding import generator
+from fedmtl.fl.seeding import generator, spawn
 from fedmtl.fl.update import ClientUpdate
 
 from .conftest import config, federation

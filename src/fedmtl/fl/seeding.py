@@ -26,3 +26,11 @@ def derive_seed(seed: int, purpose: str, *keys: int) -> int:
 def generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
     """A fresh CPU generator for one purpose."""
     return torch.Generator().manual_seed(derive_seed(seed, purpose, *keys))
+
+
+def spawn(parent: torch.Generator, purpose: str) -> torch.Generator:
+    """A new generator derived from ``parent``'s current state and ``purpose``, without drawing from it: a second
+    stream that may be used alongside the parent (a generator seeded by a draw from the parent could only follow
+    whatever drew from it before), so that trainings on the two can run together."""
+    digest = hashlib.blake2b(parent.get_state().numpy().tobytes() + purpose.encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -24,14 +23,6 @@ def fork(generator: torch.Generator) -> torch.Generator:
     """A new generator seeded by one draw from ``generator`` (a second, independent stream)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator().manual_seed(seed)
-
-
-def spawn(generator: torch.Generator, purpose: str) -> torch.Generator:
-    """A new generator derived from ``generator``'s current state and ``purpose``, without drawing from it: a
-    second stream that may be used alongside the parent (unlike :func:`fork`, which advances the parent and so
-    can only follow whatever drew from it before), so trainings on the two can run together."""
-    digest = hashlib.blake2b(generator.get_state().numpy().tobytes() + purpose.encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 2)
 
 
 class LocalObjective:

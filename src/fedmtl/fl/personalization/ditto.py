@@ -15,7 +15,8 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.algorithm import FedAvg
 from fedmtl.fl.client import LocalResult, LocalTrainer, Prox, TrainRequest
 from fedmtl.fl.client_state import ClientState
-from fedmtl.fl.personalization._common import spawn, start_from
+from fedmtl.fl.personalization._common import start_from
+from fedmtl.fl.seeding import spawn
 from fedmtl.registry import register
 
 
