@@ -243,9 +243,9 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     torch.set_num_threads(threads)
     cfg, fed_data, model = _fedmtl_setup(w, data, engine)
     t0 = time.perf_counter()
+    if cfg.engine.name == "vectorized":
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"one_step": one_step})})
     eng = build_engine(cfg.engine)
-    if hasattr(eng, "one_step"):
-        eng.one_step = one_step
     fed = Federation(cfg, fed_data, model, eng, transport=Streamed if streaming else InProcess)
     state = fed.init_state()
     state.params = _fedmtl_init(model, w)

@@ -129,3 +129,11 @@ def test_a_non_finite_client_is_found_and_dropped_as_on_the_general_path() -> No
     general, general_reports = run(cfg, data, VectorizedEngine(one_step=False), rounds=1, federation_cls=STREAMED)
     assert one_reports[0].dropped == general_reports[0].dropped
     assert max_diff(one.params, general.params) == 0.0
+
+
+def test_the_config_key_turns_the_identity_off() -> None:
+    from fedmtl.config import load_config
+    from fedmtl.engine import build_engine
+
+    assert build_engine(load_config(None, ["engine.name=vectorized"]).engine).one_step is True
+    assert build_engine(load_config(None, ["engine.name=vectorized", "engine.one_step=false"]).engine).one_step is False

@@ -18,9 +18,9 @@ class SequentialEngine(StrictModel):
 class VectorizedEngine(StrictModel):
     """A chunk of clients' local training as one batched computation (torch.func over stacked parameters).
 
-    Any model of vmappable operations, every algorithm, balancer and scheme. Falls back to the sequential
-    engine, with one warning naming the reason, for sample-level DP-SGD, per-task gradients of the shared
-    representation, and models whose operations vmap cannot batch.
+    Any model of vmappable operations, every algorithm, balancer and scheme, sample-level DP-SGD included.
+    Falls back to the sequential engine, with one warning naming the reason, for per-task gradients of the
+    shared representation and for models whose operations vmap cannot batch.
     """
 
     name: Literal["vectorized"] = "vectorized"
@@ -29,6 +29,13 @@ class VectorizedEngine(StrictModel):
         description="Clients per batched computation (default: as many as memory_budget_mb allows).",
     )
     memory_budget_mb: Size = Field(default=512, description="Working memory of one chunk, in MiB.")
+    one_step: bool = Field(
+        default=True,
+        description=(
+            "Where every client of a streamed round takes one plain SGD step from the same start, reduce the"
+            " chunk from one shared reverse pass (exact); false runs the general stacked path (to measure it)."
+        ),
+    )
 
 
 LocalEngine = Annotated[SequentialEngine | VectorizedEngine, Field(discriminator="name")]

@@ -15,7 +15,7 @@ def build_engine(cfg: object, device: str = "cpu") -> Engine:
     if isinstance(cfg, ecfg.SequentialEngine):
         return SequentialEngine()
     if isinstance(cfg, ecfg.VectorizedEngine):
-        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device)
+        return VectorizedEngine(chunk_clients=cfg.chunk_clients, memory_budget_mb=cfg.memory_budget_mb, device=device, one_step=cfg.one_step)
     if isinstance(cfg, ecfg.DistributedEngine):
         # on demand (and Streamed below): `-m fedmtl.engine.distributed` must find them unloaded
         from fedmtl.engine.distributed import DistributedEngine
