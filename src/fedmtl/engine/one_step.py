@@ -11,7 +11,7 @@ and ``Σ_c w_c g_c`` is one reverse pass of ``Σ_c w_c L_c(θ)`` with ``θ`` sha
 the clients' rows only): no per-client copy of the parameters, their gradients or the optimiser state, and
 the weight gradients are single matrix products over all rows instead of one per client. This is McMahan et
 al.'s observation (2017) that FedAvg with one local step is FedSGD, used as an exact identity: the model,
-the tasks' losses and the configured ``torch.optim.SGD`` are the same code the general path runs, and the
+the tasks' losses and the configured SGD (``torch.optim``'s own step, :class:`~fedmtl.fl.functional_optimizer.FunctionalOptimizer`) are the same code the general path runs, and the
 result equals its ``Σ_c w_c θ_c`` to rounding (``tests/engine/test_one_step.py``).
 
 It applies (:func:`one_step_applies`) only where the identity is exact: plain ``sgd`` without clipping, every
@@ -43,8 +43,8 @@ from fedmtl.engine.stacked import (
     to_device,
     uses_randomness,
 )
-from fedmtl.fl.client import make_optimizer
 from fedmtl.fl.client_state import ClientState
+from fedmtl.fl.functional_optimizer import FunctionalOptimizer
 from fedmtl.mtl import LOCAL, MultiTaskModel
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.tree import TensorTree
@@ -155,10 +155,8 @@ class OneStepResult:
         g = self._gradient_sum(name, w_trained)
         if not bool(torch.isfinite(g).all()):
             return self.general().weighted_sum(name, w)
-        stepped = leaf.detach().clone().requires_grad_(True)
-        opt = make_optimizer(self._cfg.optimizer, [stepped])  # type: ignore[list-item]  # a plain tensor: torch.optim takes it
-        stepped.grad = (g / total_t).view_as(stepped)
-        opt.step()
+        stepped = leaf.detach().clone()
+        FunctionalOptimizer(self._cfg.optimizer).step({name: stepped}, {name: (g / total_t).view_as(stepped)})
         return total_t * stepped.detach().reshape(-1) + total_u * theta
 
     def _gradient_sum(self, name: str, weights: Tensor) -> Tensor:
@@ -169,7 +167,10 @@ class OneStepResult:
             grads = found[0]
         else:
             names = list(self._leaves)
-            g_all = torch.autograd.grad(self._objective, [self._leaves[n] for n in names], grad_outputs=weights, retain_graph=True, allow_unused=True)
+            # the scalar Σ_c w_c L_c, not grad_outputs=w: the same output gradient (1·w_c), without autograd's
+            # shape check that imports sympy (half a second, once per process)
+            weighted = (self._objective * weights).sum()
+            g_all = torch.autograd.grad(weighted, [self._leaves[n] for n in names], retain_graph=True, allow_unused=True)
             grads = dict(zip(names, g_all))
             self._sums.append((weights, grads))
         g = grads[name]

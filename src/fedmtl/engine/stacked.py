@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,6 @@ from fedmtl.fl.client import (
     TrainRequest,
     client_buffers,
     held_parameter_names,
-    make_optimizer,
     norm_buffer_names,
 )
 from fedmtl.fl.client_state import ClientState
@@ -56,6 +55,7 @@ from fedmtl.fl.dp_sgd_client import (
     refuse_changed_steps,
     refuse_unprivatisable,
 )
+from fedmtl.fl.functional_optimizer import FunctionalOptimizer
 from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, build_objective
 from fedmtl.mtl.objective import MultiTaskObjective
 from fedmtl.privacy.dp.dpsgd import DPSGDSchedule, clip_and_noise, dp_batches
@@ -217,25 +217,31 @@ class Chunk:
         model, tasks = self.model, self.tasks
         real = (rows != self.padding_row).to(self.x.dtype if self.x.is_floating_point() else torch.float32)
         row_w = real if weights is None else real * weights
-        x = self.x[rows]
-        ys = {t: self.y[t][rows] for t in tasks}
         step_module = self.step_module
 
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], xc: Tensor, yc: dict[str, Tensor], wc: Tensor, nc: Tensor) -> tuple[Tensor, Tensor]:
-            preds, penalty = functional_call(step_module, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), (xc,))
-            out = []
-            for t in tasks:  # the mean over the client's real rows that carry this task's label
-                task = model.tasks[t]
-                n = (task.labelled(yc[t]).to(nc.dtype) * nc).sum().clamp(min=1.0)
-                out.append((task.loss(preds[t], yc[t], reduction="none") * wc).sum() / n)
-            return torch.stack(out), penalty
+        def forward(p: dict[str, Tensor], b: dict[str, Tensor], xc: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+            out: tuple[dict[str, Tensor], Tensor] = functional_call(step_module, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), (xc,))
+            return out
 
-        batched = vmap(one, in_dims=(None, None, 0, 0, 0, 0) if shared else 0, randomness="different")
+        # Only the model runs under vmap. Each row's loss is independent of the others', so the tasks' losses
+        # run once over all the chunk's rows, outside vmap: cross-entropy has no batching rule, and vmap would
+        # run its Python decomposition at every step.
+        batched = vmap(forward, in_dims=(None, None, 0) if shared else 0, randomness="different")
+        x = self.x[rows]
         if seed is None:
-            return batched(dict(params), buffers, x, ys, row_w, real)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return batched(dict(params), buffers, x, ys, row_w, real)
+            preds, penalty = batched(dict(params), buffers, x)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                preds, penalty = batched(dict(params), buffers, x)
+        C, B = rows.shape
+        out = []
+        for t in tasks:  # the mean over each client's real rows that carry this task's label
+            task = model.tasks[t]
+            y = self.y[t][rows].flatten(0, 1)
+            n = (task.labelled(y).view(C, B).to(real.dtype) * real).sum(1).clamp(min=1.0)
+            out.append((task.loss(preds[t].flatten(0, 1), y, reduction="none").view(C, B) * row_w).sum(1) / n)
+        return torch.stack(out, 1), penalty
 
     def _active_losses(
         self, leaves: dict[str, Tensor], buffers: dict[str, Tensor], rows: Tensor, active: Tensor, weights: Tensor | None, seed: int | None
@@ -572,15 +578,15 @@ class StackedTraining:
         steps = [len(e) for e in step_epochs]
         gens = [r.generator for r in requests]
         model.train()
-        opt: torch.optim.Optimizer | None = None
+        opt = FunctionalOptimizer(cfg.optimizer)
         leaves: dict[str, Tensor] = {}
         for s in range(S):
             k = sum(1 for n in steps if n > s)  # the clients still stepping: a prefix (longest plan first)
             if k != len(next(iter(leaves.values()), ())):
-                leaves, opt = _narrowed(values, k, cfg.optimizer, leaves, opt)
+                leaves = {n: v[:k].detach().requires_grad_(True) for n, v in values.items()}  # views: steps write through
+                opt = opt.narrowed(k)
                 masks = row_masks({n: m[:k] for n, m in mask.items()})
                 live_pulls, live_offsets = pulls.prefix(k), {n: o[:k] for n, o in offsets.items()}
-            assert opt is not None
             epochs = [step_epochs[c][s] for c in range(k)]
             step_rows = rows[s, :k].to(dev)
             step_rows = step_rows[:, : int((step_rows != chunk.padding_row).sum(1).max())]  # no all-padding columns
@@ -622,7 +628,7 @@ class StackedTraining:
         mask = client_masks(names, held_sets(model, requests), dev)
         leaves = {n: torch.stack([start_value(r, n, named[n]).to(dev) for r in requests]).requires_grad_(True) for n in names}
         buffers = chunk.buffers([r.state for r in requests])
-        opt = make_optimizer(cfg.optimizer, list(leaves.values()))  # type: ignore[arg-type]
+        opt = FunctionalOptimizer(cfg.optimizer)
         sigmas = torch.tensor([s.noise_multiplier for s in schedules])
         expected = torch.tensor([s.expected_batch_size for s in schedules], device=dev)
         steps = torch.tensor([len(p[0]) for p in plans])
@@ -752,24 +758,6 @@ def start_value(req: TrainRequest, name: str, default: Tensor) -> Tensor:
     return default.detach()
 
 
-def _narrowed(
-    values: Mapping[str, Tensor], k: int, opt_cfg: SGD | Adam, leaves: Mapping[str, Tensor], opt: torch.optim.Optimizer | None
-) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
-    """Leaves for the first ``k`` clients (views of ``values``: the optimiser's in-place steps write through)
-    and the configured optimiser over them, carrying on the previous optimiser's state for those rows
-    (per-element state such as momentum or Adam's moments is narrowed the same way; scalars such as Adam's
-    step count are shared, as every client of the prefix has taken the same steps)."""
-    narrowed = {n: v[:k].detach().requires_grad_(True) for n, v in values.items()}
-    new_opt = make_optimizer(opt_cfg, list(narrowed.values()))  # type: ignore[arg-type]  # plain tensors: torch.optim takes them
-    if opt is not None:
-        for n, p in narrowed.items():
-            old = leaves[n]
-            new_opt.state[p] = {
-                key: (v[:k] if isinstance(v, Tensor) and v.shape == old.shape else v) for key, v in opt.state.get(old, {}).items()
-            }
-    return narrowed, new_opt
-
-
 @dataclass
 class Pulls:
     """The chunk's proximal pulls per parameter: centres ``[C, ...]`` and per-client weights ``[C]`` of the
@@ -853,7 +841,7 @@ def masking_suffices(opt_cfg: SGD | Adam, fixed_rows: bool) -> bool:
     return fixed_rows or (isinstance(opt_cfg, SGD) and opt_cfg.momentum == 0)
 
 
-def _step(opt, leaves, grads, masks, pulls, offsets, clip, plain, lr) -> None:  # type: ignore[no-untyped-def]
+def _step(opt: FunctionalOptimizer, leaves: dict[str, Tensor], grads: Mapping[str, Tensor | None], masks: Mapping[str, Tensor | None], pulls: Pulls, offsets: Mapping[str, Tensor], clip: float | None, plain: bool, lr: float) -> None:
     """One optimiser step of every active client, exactly as the sequential trainer's step on its own parameters.
 
     ``masks``: :func:`row_masks` (the clients that step each parameter); ``plain``: :func:`masking_suffices`.
@@ -862,22 +850,18 @@ def _step(opt, leaves, grads, masks, pulls, offsets, clip, plain, lr) -> None:  
     for n, p in leaves.items():
         g = grads.get(n)
         if g is None or n not in masks:
-            p.grad = None
             continue
         m = masks[n]
         if n in pulls.explicit:  # explicit proximal term (FedProx): gradient of weight/2 ||w - c||^2
             g = g + _bcast(pulls.explicit[n], g) * (p.detach() - pulls.centres[n])
         live[n] = (g if m is None else g * _bcast(m, g), m)
     if clip is not None and live:
-        sq = sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values())
+        sq = cast(Tensor, sum(g.pow(2).flatten(1).sum(1) for g, _ in live.values()))
         coef = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         live = {n: (g * _bcast(coef, g), m) for n, (g, m) in live.items()}
-    for n, (g, m) in live.items():
-        if n in offsets:
-            g = g + (offsets[n] if m is None else offsets[n] * _bcast(m, g))
-        leaves[n].grad = g
+    step_grads = {n: (g + (offsets[n] if m is None else offsets[n] * _bcast(m, g)) if n in offsets else g) for n, (g, m) in live.items()}
     if plain:
-        opt.step()
+        opt.step(leaves, step_grads)
     else:  # momentum, weight decay and Adam move a parameter even at zero gradient: restore the rows that must not move
         saved = {}
         for n, (_, m) in live.items():
@@ -885,22 +869,20 @@ def _step(opt, leaves, grads, masks, pulls, offsets, clip, plain, lr) -> None:  
                 continue
             rows = (m == 0).nonzero().flatten()
             p = leaves[n]
-            state = {k: v[rows].clone() for k, v in opt.state[p].items() if isinstance(v, Tensor) and v.shape == p.shape}
+            state = {k: v[rows].clone() for k, v in opt.state.get(n, {}).items() if v.shape == p.shape}
             saved[n] = (rows, p.detach()[rows].clone(), state)
-        opt.step()
+        opt.step(leaves, step_grads)
         for n, (rows, old_p, old_state) in saved.items():
             p = leaves[n]
             p.index_copy_(0, rows, old_p)
-            for key, v in opt.state[p].items():
-                if isinstance(v, Tensor) and v.shape == p.shape:  # a buffer the step created starts at zero
+            for key, v in opt.state[n].items():
+                if v.shape == p.shape:  # a buffer the step created starts at zero
                     v.index_copy_(0, rows, old_state[key] if key in old_state else v.new_zeros((len(rows), *v.shape[1:])))
     for n, (_g, m) in live.items():
         if n in pulls.implicit:
             pull = lr * pulls.implicit[n]
             shrink = _bcast(pull if m is None else pull * m, leaves[n])
             leaves[n].copy_((leaves[n] + shrink * pulls.centres[n]) / (1 + shrink))
-    for p in leaves.values():
-        p.grad = None
 
 
 @dataclass
