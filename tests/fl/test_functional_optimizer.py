@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from fedmtl.config.training import SGD, Adam
-from fedmtl.fl.client import make_optimizer
 from fedmtl.fl.functional_optimizer import FunctionalOptimizer
+
+
+def torch_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The reference: the configured optimiser as ``torch.optim`` builds it."""
+    if isinstance(cfg, SGD):
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
 
 CONFIGS = {
     "sgd": SGD(lr=0.1),
@@ -34,7 +41,7 @@ def test_steps_equal_torch_optim(name):
     start = _grads(99, shapes)
     ours = {n: v.clone() for n, v in start.items()}
     theirs = {n: torch.nn.Parameter(v.clone()) for n, v in start.items()}
-    opt = make_optimizer(cfg, list(theirs.values()))
+    opt = torch_optimizer(cfg, list(theirs.values()))
     fopt = FunctionalOptimizer(cfg)
     for step in range(5):
         grads = _grads(step, shapes)
@@ -59,7 +66,7 @@ def test_narrowed_rows_continue_their_own_steps(name):
     stacked = start.clone()
     fopt = FunctionalOptimizer(cfg)
     head = torch.nn.Parameter(start[:2].clone())
-    opt = make_optimizer(cfg, [head])
+    opt = torch_optimizer(cfg, [head])
     for step in range(4):
         g = _grads(step, {"w": (4, 3)})["w"]
         if step == 2:

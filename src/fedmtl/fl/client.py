@@ -18,6 +18,7 @@ from fedmtl.data.dataset import ClientData
 from fedmtl.fl.batching import batch_plan
 from fedmtl.fl.client_state import ClientState
 from fedmtl.fl.dp_sgd_client import refuse_changed_steps, train_with_dp_sgd
+from fedmtl.fl.functional_optimizer import FunctionalOptimizer
 from fedmtl.fl.local_parts import (  # re-exported: fedmtl.fl.client is where callers find them
     LocalResult,
     client_buffers,
@@ -26,7 +27,6 @@ from fedmtl.fl.local_parts import (  # re-exported: fedmtl.fl.client is where ca
     held_parameter_names,
     load_buffers,
     load_parameters,
-    make_optimizer,
     mean_buffers,
     norm_buffer_names,
 )
@@ -45,7 +45,6 @@ __all__ = [
     "held_parameter_names",
     "load_buffers",
     "load_parameters",
-    "make_optimizer",
     "mean_buffers",
     "norm_buffer_names",
 ]
@@ -197,7 +196,7 @@ class LocalTrainer:
         named = dict(model.named_parameters())
         stepped = names if trainable is None else [n for n in names if n in set(trainable)]
         params = [named[n] for n in stepped]
-        opt = make_optimizer(self.cfg.optimizer, params)
+        opt = FunctionalOptimizer(self.cfg.optimizer)
         objective = build_objective(self.mtl_cfg, tasks)
         ostate = state.objective or objective.init()
         loss_sums: dict[str, Tensor | float] = dict.fromkeys(tasks, 0.0)
@@ -213,7 +212,8 @@ class LocalTrainer:
                     continue  # BatchNorm cannot normalise a single row in training mode
                 preds = model(x_all[idx], tasks)
                 losses = {t: model.tasks[t].loss(preds[t], y_all[t][idx]) for t in tasks}
-                opt.zero_grad(set_to_none=True)
+                for p in params:
+                    p.grad = None
                 ostate, _ = objective.backward(model, losses, ostate, generator=generator, epoch=epoch, want_log=False)
                 if prox is not None and not prox.implicit:
                     _add_grad(named, pulled, lambda n: prox.weight_of(n) * (named[n].detach() - prox.center[n]))
@@ -221,7 +221,7 @@ class LocalTrainer:
                     torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
                 if grad_offset is not None:
                     _add_grad(named, offset, lambda n: grad_offset[n])
-                opt.step()
+                opt.step(named, {n: g for n in stepped if (g := named[n].grad) is not None})
                 if prox is not None and prox.implicit and pulled:
                     with torch.no_grad():
                         for n in pulled:

@@ -23,12 +23,12 @@ from torch.func import functional_call, grad, vmap
 from fedmtl.config.privacy import DPSGDConfig
 from fedmtl.data.dataset import ClientData
 from fedmtl.fl.client_state import DP_SGD_HISTORY, ClientState
+from fedmtl.fl.functional_optimizer import FunctionalOptimizer
 from fedmtl.fl.local_parts import (
     LocalResult,
     finish_local,
     held_parameter_names,
     load_parameters,
-    make_optimizer,
     norm_buffer_names,
 )
 from fedmtl.mtl import MultiTaskModel
@@ -119,7 +119,7 @@ def train_with_dp_sgd(
         load_parameters(model, state.local)
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
-    opt = make_optimizer(trainer.cfg.optimizer, params)
+    opt = FunctionalOptimizer(trainer.cfg.optimizer)
     schedule = DPSGDSchedule.of(cfg, len(client.train), trainer.cfg.batch_size, trainer.cfg.epochs)
     plan = dp_batches(len(client.train), trainer.cfg.batch_size, schedule, cfg.poisson_sampling, generator)
     task_objs = [model.tasks[t] for t in tasks]
@@ -148,9 +148,7 @@ def train_with_dp_sgd(
         private = clip_and_noise(per_row, drawn, {n: torch.ones(1) for n in names}, cfg.max_grad_norm, sigma, expected, [generator])
         penalty = model.penalty()
         pulls = torch.autograd.grad(penalty, params, allow_unused=True) if penalty is not None else (None,) * len(params)
-        for n, pull in zip(names, pulls):
-            named[n].grad = private[n][0] if pull is None else private[n][0] + pull
-        opt.step()
+        opt.step(named, {n: private[n][0] if pull is None else private[n][0] + pull for n, pull in zip(names, pulls)})
     history = schedule.account(prior_accountant(state, cfg))
     sums = {t: float(loss_sums[i]) for i, t in enumerate(tasks)}  # mean losses over the steps that drew rows
     result = finish_local(model, names, sums, batches_with_rows, ClientState(objective=ostate, privacy={HISTORY_KEY: history.history_tensor()}))

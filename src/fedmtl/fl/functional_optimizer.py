@@ -1,11 +1,13 @@
 """The configured optimiser, stepped through ``torch.optim``'s functional form on tensors the caller owns.
 
-The vectorised engine steps stacked tensors (one row per client) whose set of rows shrinks as clients run out
-of steps, and one-step reductions step a single tensor once. A ``torch.optim.Optimizer`` for each would be
-rebuilt at every narrowing, and constructing the first one in a process imports ``torch._dynamo`` (about a
-second). ``torch.optim.sgd.sgd`` and ``torch.optim.adam.adam`` are the functions ``SGD.step`` and
-``Adam.step`` call, with the same defaults, so a step here is the step ``torch.optim`` takes (tested equal,
-bit for bit); only the state lives in a plain dict keyed by name.
+Every local step of every engine goes through it: the sequential trainer and the DP-SGD client on the model's
+parameters, the vectorised engine on stacked tensors (one row per client) whose rows shrink as clients run out
+of steps, the one-step reduction on a single tensor once. A ``torch.optim.Optimizer`` would be rebuilt at
+every narrowing, and constructing the first one in a process imports ``torch._dynamo`` (about a second, in
+every process: a simulation, a torchrun rank, a Flower client). ``torch.optim.sgd.sgd`` and
+``torch.optim.adam.adam`` are the functions ``SGD.step`` and ``Adam.step`` call, with the same defaults, so a
+step here is the step ``torch.optim`` takes (tested equal, bit for bit); only the state lives in a plain dict
+keyed by name.
 """
 
 from __future__ import annotations

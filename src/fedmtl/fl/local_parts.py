@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from fedmtl.config.training import SGD, Adam
 from fedmtl.fl.client_state import ClientState
 from fedmtl.mtl import LOCAL, SHARED, MultiTaskModel, task_group
 from fedmtl.tree import TensorTree
@@ -28,7 +27,6 @@ __all__ = [
     "held_parameter_names",
     "load_buffers",
     "load_parameters",
-    "make_optimizer",
     "mean_buffers",
     "norm_buffer_names",
 ]
@@ -124,12 +122,6 @@ def mean_buffers(model: torch.nn.Module, states: Sequence[ClientState]) -> dict[
         stacked = torch.stack([b[n] for b in own])
         out[n] = stacked.sum(0) if n.endswith("num_batches_tracked") else stacked.float().mean(0).to(out[n].dtype)
     return out
-
-
-def make_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if isinstance(cfg, SGD):
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def finish_local(
