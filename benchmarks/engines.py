@@ -10,9 +10,10 @@ Every system runs in its own subprocess on the same data (generated once, before
 same initial model; the parent samples the resident memory of the subprocess and all its descendants
 (Ray's raylet, GCS and workers for Flower) and reports the peak of the sum. Training wall seconds
 start after the data is loaded and include every warm-up (Ray start, first calls, PyTorch's lazy imports:
-``torch.optim``'s first optimiser imports ``torch._dynamo``, about a second, paid once by every PyTorch
-system); "last round s" is the wall time of the final round alone, the steady state (W2 has 2 rounds, so
-its "train s" is mostly warm-up).
+constructing a process's first ``torch.optim`` optimiser imports ``torch._dynamo``, about a second, which the
+bare loop and Flower's clients pay and fedmtl, stepping ``torch.optim``'s functional form, does not); "last
+round s" is the wall time of the final round alone, the steady state (W2 has 2 rounds, so its "train s" is
+mostly warm-up).
 
 Writes ``benchmarks/results/engines.json`` and prints Markdown tables.
 """
