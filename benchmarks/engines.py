@@ -5,6 +5,7 @@ Run as a script (not a test)::
     python benchmarks/engines.py                 # W1, W2 (1,000 and 10,000 clients), scale sweep, plot
     python benchmarks/engines.py --quick         # smoke run: W1 with 4 rounds (accuracies not yet comparable), W2 1,000, no sweep
     python benchmarks/engines.py --skip-flower   # without the (slow) Flower baseline
+    python benchmarks/engines.py --device cuda --workloads W1,W2-10k --skip-sweep   # on a GPU (benchmarks/gpu.sh)
 
 Every system runs in its own subprocess on the same data (generated once, before any timing) from the
 same initial model; the parent samples the resident memory of the subprocess and all its descendants
@@ -14,6 +15,10 @@ constructing a process's first ``torch.optim`` optimiser imports ``torch._dynamo
 bare loop and Flower's clients pay and fedmtl, stepping ``torch.optim``'s functional form, does not); "last
 round s" is the wall time of the final round alone, the steady state (W2 has 2 rounds, so its "train s" is
 mostly warm-up).
+
+``--device cuda`` runs the vectorised engine (streamed round) and the bare loop on the GPU, timing each round
+after the GPU has finished it (``torch.cuda.synchronize``); the other systems run on the CPU only and are left
+out of such a run.
 
 Writes ``benchmarks/results/engines.json`` and prints Markdown tables.
 """
@@ -138,17 +143,25 @@ def _accuracy(layers: list, x: np.ndarray, y: np.ndarray) -> float:
     return float((h.argmax(1).numpy() == y).mean())
 
 
-def worker_bare(w: Workload, data: dict, threads: int) -> dict:
+def _synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a timer measures it (nothing on the CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def worker_bare(w: Workload, data: dict, threads: int, device: str = "cpu") -> dict:
     """FedAvg written plainly: one model, a fresh SGD per client, the weighted mean of client models."""
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
-    parts = [torch.from_numpy(p) for p in iid_split(len(x), w.num_clients)]
-    model = mlp(w.hidden, x.shape[1])
-    glob = init_params(w.hidden)
+    x, y = torch.from_numpy(data["x"]).to(device), torch.from_numpy(data["y"]).to(device)
+    parts = [torch.from_numpy(p).to(device) for p in iid_split(len(x), w.num_clients)]
+    model = mlp(w.hidden, x.shape[1]).to(device)
+    glob = [g.to(device) for g in init_params(w.hidden)]
     total = len(x)
     per_round = []
     for r in range(w.rounds):
@@ -162,7 +175,7 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
             xc, yc = x[rows], y[rows]
             gen = torch.Generator().manual_seed(r * 1_000_003 + cid)
             for _ in range(w.epochs):
-                for idx in torch.randperm(len(rows), generator=gen).split(w.batch_size):
+                for idx in torch.randperm(len(rows), generator=gen).to(device).split(w.batch_size):
                     loss = F.cross_entropy(model(xc[idx]), yc[idx])
                     opt.zero_grad()
                     loss.backward()
@@ -171,9 +184,10 @@ def worker_bare(w: Workload, data: dict, threads: int) -> dict:
                 for acc, p in zip(new, model.parameters()):
                     acc.add_(p, alpha=len(rows) / total)
         glob = new
+        _synchronize(device)
         per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "round_seconds": per_round, "accuracy": _accuracy(glob, data["x_test"], data["y_test"])}
+    return {"seconds": seconds, "round_seconds": per_round, "accuracy": _accuracy([g.cpu() for g in glob], data["x_test"], data["y_test"])}
 
 
 def _fedmtl_setup(
@@ -233,7 +247,7 @@ def _fedmtl_init(model, w: Workload) -> dict:
     return {n: init.get(n, p.detach().clone()) for n, p in model.named_parameters()}
 
 
-def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming: bool, one_step: bool = True) -> dict:
+def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming: bool, one_step: bool = True, device: str = "cpu") -> dict:
     import torch
 
     from fedmtl.engine import build_engine
@@ -246,7 +260,7 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     t0 = time.perf_counter()
     if cfg.engine.name == "vectorized":
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"one_step": one_step})})
-    eng = build_engine(cfg.engine)
+    eng = build_engine(cfg.engine, device)
     fed = Federation(cfg, fed_data, model, eng, transport=Streamed if streaming else InProcess)
     state = fed.init_state()
     state.params = _fedmtl_init(model, w)
@@ -254,6 +268,7 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     for _ in range(w.rounds):
         tr = time.perf_counter()
         state, _ = fed.round(state)
+        _synchronize(device)
         per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
     p = state.params
@@ -379,13 +394,17 @@ def worker_main(ns: argparse.Namespace) -> None:
     else:
         w = dataclasses.replace(WORKLOADS[ns.workload], rounds=ns.rounds)
         if ns.worker == "bare-pytorch":
-            res = worker_bare(w, data, ns.threads)
+            res = worker_bare(w, data, ns.threads, ns.device)
         elif ns.worker == "flower":
             res = worker_flower(w, ns.data, ns.threads)
         else:
             engine = ns.worker.split("-")[1]
             streaming = ns.worker in ("fedmtl-vectorized", "fedmtl-vectorized-general")
-            res = worker_fedmtl(w, data, ns.threads, engine, streaming, one_step=ns.worker != "fedmtl-vectorized-general")
+            res = worker_fedmtl(w, data, ns.threads, engine, streaming, one_step=ns.worker != "fedmtl-vectorized-general", device=ns.device)
+    if ns.device.startswith("cuda"):
+        import torch
+
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(ns.result).write_text(json.dumps(res))
 
 
@@ -432,6 +451,7 @@ def main() -> None:
     p.add_argument("--workloads", default="W1,W2,W2-10k")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--device", default="cpu", help="where fedmtl-vectorized and bare-pytorch run: cpu, cuda or cuda:N (the others: CPU only)")
     p.add_argument("--out", default=str(HERE / "results" / "engines.json"))
     p.add_argument("--plot", default=str(HERE.parent / "docs" / "engines_scaling.png"))
     # worker mode (internal)
@@ -449,6 +469,9 @@ def main() -> None:
         worker_main(ns)
         return
 
+    from fedmtl.engine.device import resolve_device
+
+    resolve_device(ns.device)  # no such device: the error before any run
     tmp = Path(tempfile.mkdtemp(prefix="fedmtl-bench-"))
     data_small = tmp / "mnist1d_12k.npz"
     np.savez(data_small, **mnist1d(12_000))
@@ -457,6 +480,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "threads": ns.threads,
             "note": "shared machine: other processes may have been running",
+            "device": ns.device,
         },
         "workloads": {},
     }
@@ -478,7 +502,7 @@ def main() -> None:
             and not (ns.skip_sequential and s == "fedmtl-sequential")
             and not (s == "fedmtl-vectorized-general" and not _one_step(w, len(_load(path)["x"])))
         ]
-        if w.num_clients > 1000:
+        if w.num_clients > 1000 or ns.device != "cpu":
             systems = ["fedmtl-vectorized"] + [s for s in systems if s in ("bare-pytorch",)]
         rows = {}
         for s in systems:
@@ -492,6 +516,8 @@ def main() -> None:
                 str(ns.threads),
                 "--rounds",
                 str(w.rounds),
+                "--device",
+                ns.device,
             ]
             print(f"[{name}] {s} ...", flush=True)
             rows[s] = run_worker(args, ns.timeout)

@@ -4,6 +4,7 @@ Run as a script (not a test)::
 
     python benchmarks/general_engine.py            # every workload, 2 repeats of the timed rounds
     python benchmarks/general_engine.py --quick    # fewer rounds and clients (a smoke run)
+    python benchmarks/general_engine.py --device cuda --only W3,scale   # on a GPU (benchmarks/gpu.sh)
 
 * **W3**: the demo's experiment with the CNN1D trunk (100 clients of MNIST-1D, 3 tasks, each client 2 of them,
   30 clients a round): vectorised vs sequential engine vs a bare PyTorch loop doing the same arithmetic
@@ -18,6 +19,11 @@ Run as a script (not a test)::
 Each (workload, system) runs in its own subprocess; it reports its training seconds (the rounds only, after
 one warm-up round), the final held-out accuracy per task and its peak resident memory. Prints Markdown
 tables and writes ``benchmarks/results/general_engine.json``.
+
+``--device cuda`` (``runtime.device``) puts the vectorised engine's computations and the bare loop on the GPU;
+the sequential engine stays on the CPU, as it does in fedmtl (docs/engines.md, "Device"), so its column is the
+CPU reference. Rounds are timed after the GPU has finished them (``torch.cuda.synchronize``), and each worker
+reports its peak GPU memory too.
 """
 
 from __future__ import annotations
@@ -96,7 +102,7 @@ def user_module(input_shape, tasks):  # noqa: ANN001, ANN201
 
 
 # ------------------------------------------------------------------------------------------ workers
-def _setup(config: dict, engine: str, user: bool):  # noqa: ANN202
+def _setup(config: dict, engine: str, user: bool, device: str = "cpu"):  # noqa: ANN202
     import torch
 
     from fedmtl.config import config_from_dict
@@ -105,7 +111,7 @@ def _setup(config: dict, engine: str, user: bool):  # noqa: ANN202
     from fedmtl.mtl import build_model
     from fedmtl.mtl.factory import as_model
 
-    cfg = config_from_dict(_merge(config, {"engine": {"name": engine}}))
+    cfg = config_from_dict(_merge(config, {"engine": {"name": engine}, "runtime": {"device": device}}))
     data = build_federated_data(cfg.data, cfg.seed)
     torch.manual_seed(0)
     model = as_model(user_module, data.input_shape, data.tasks) if user else build_model(cfg.model, data.input_shape, data.tasks)
@@ -118,22 +124,32 @@ def _accuracy(fed, params) -> dict[str, float]:  # noqa: ANN001
     return {t: round(m.get("accuracy", m.get("r2", float("nan"))), 4) for t, m in evaluate_global(fed.model, params, fed.data, 512).items()}
 
 
-def worker_fedmtl(workload: str, engine: str, rounds: int) -> dict:
-    cfg, data, model, fed = _setup(WORKLOADS[workload], engine, workload == "user module")
+def _synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a timer measures it (nothing on the CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def worker_fedmtl(workload: str, engine: str, rounds: int, device: str = "cpu") -> dict:
+    cfg, data, model, fed = _setup(WORKLOADS[workload], engine, workload == "user module", device)
     state = fed.init_state()
     t0 = time.perf_counter()
     state, _ = fed.round(state)  # warm-up (first vmap traces, allocator)
+    _synchronize(device)
     warm = time.perf_counter() - t0
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
         state, _ = fed.round(state)
+        _synchronize(device)
         times.append(time.perf_counter() - t)
     engine_clients = getattr(fed.engine, "last_run", {})
     return {"warmup_seconds": warm, "round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, state.params), "engine_clients": engine_clients}
 
 
-def worker_bare(workload: str, rounds: int) -> dict:
+def worker_bare(workload: str, rounds: int, device: str = "cpu") -> dict:
     """W3 by hand: per client, a Conv1d trunk (fedmtl's layers: Conv1d, ReLU, its max pooling) + its tasks' heads,
     SGD with momentum, FedAvg per group."""
     import torch
@@ -145,7 +161,7 @@ def worker_bare(workload: str, rounds: int) -> dict:
 
     cfg, data, model, fed = _setup(WORKLOADS[workload], "sequential", False)
     state = fed.init_state()
-    params = {n: p.clone() for n, p in state.params.items()}
+    params = {n: p.clone().to(device) for n, p in state.params.items()}
     trunk_names = [n for n in params if n.startswith("trunk.")]
 
     def build(tasks):  # noqa: ANN001, ANN202
@@ -156,7 +172,7 @@ def worker_bare(workload: str, rounds: int) -> dict:
             c, length = out, length // 2
         trunk = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * length, 128), nn.ReLU())
         heads = nn.ModuleDict({t: nn.Linear(128, data.task(t).output_dim) for t in tasks})
-        return trunk, heads
+        return trunk.to(device), heads.to(device)
 
     def run_round(r: int) -> None:
         cohort = fed.cohort(r)
@@ -171,10 +187,11 @@ def worker_bare(workload: str, rounds: int) -> dict:
                     p.copy_(params[n])
             opt = torch.optim.SGD(list(named.values()), lr=0.1, momentum=0.5)
             gen = generator(cfg.seed, "client", r, cid)
+            x, ys = client.train.x.to(device), {t: client.train.y[t].to(device) for t in client.tasks}
             for batches in batch_plan(len(client.train), 16, 2, gen):
                 for idx in batches:
-                    z = trunk(client.train.x[idx].unsqueeze(1))
-                    loss = sum(data.task(t).loss(heads[t](z), client.train.y[t][idx]) for t in client.tasks)
+                    z = trunk(x[idx.to(device)].unsqueeze(1))
+                    loss = sum(data.task(t).loss(heads[t](z), ys[t][idx.to(device)]) for t in client.tasks)
                     opt.zero_grad()
                     loss.backward()  # type: ignore[union-attr]
                     opt.step()
@@ -194,15 +211,17 @@ def worker_bare(workload: str, rounds: int) -> dict:
 
     assert all(n.startswith(("trunk.", "heads.")) for n in params) and trunk_names
     run_round(0)
+    _synchronize(device)
     times = []
     for r in range(1, rounds + 1):
         t = time.perf_counter()
         run_round(r)
+        _synchronize(device)
         times.append(time.perf_counter() - t)
-    return {"round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, params)}
+    return {"round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, {n: p.cpu() for n, p in params.items()})}
 
 
-def worker_scale(clients: int) -> dict:
+def worker_scale(clients: int, device: str = "cpu") -> dict:
     from fedmtl.config import config_from_dict
     from fedmtl.data import build_federated_data
     from fedmtl.engine import make_federation
@@ -214,6 +233,7 @@ def worker_scale(clients: int) -> dict:
             "model": {"name": "hard_sharing", "trunk": {"name": "mlp", "hidden": [128, 128]}},
             "client": {"epochs": 1, "batch_size": 16},
             "server": {"clients_per_round": clients},
+            "runtime": {"device": device},
         }
     )
     data = build_federated_data(cfg.data, cfg.seed)
@@ -222,17 +242,22 @@ def worker_scale(clients: int) -> dict:
     state = fed.init_state()
     t = time.perf_counter()
     fed.round(state)
+    _synchronize(device)
     return {"seconds": time.perf_counter() - t}
 
 
 def worker_main(ns: argparse.Namespace) -> None:
     if ns.worker == "bare":
-        res = worker_bare(ns.workload, ns.rounds)
+        res = worker_bare(ns.workload, ns.rounds, ns.device)
     elif ns.worker == "scale":
-        res = worker_scale(ns.clients)
+        res = worker_scale(ns.clients, ns.device)
     else:
-        res = worker_fedmtl(ns.workload, ns.worker, ns.rounds)
+        res = worker_fedmtl(ns.workload, ns.worker, ns.rounds, ns.device)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if ns.device.startswith("cuda"):
+        import torch
+
+        res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(res))
 
 
@@ -252,17 +277,23 @@ def main() -> None:
     ap.add_argument("--worker", default=None)
     ap.add_argument("--workload", default="W3")
     ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--device", default="cpu", help="runtime.device of the vectorised engine and the bare loop: cpu, cuda or cuda:N")
     ns = ap.parse_args()
     rounds = ns.rounds or (2 if ns.quick else 5)
     ns.rounds = rounds
     if ns.worker:
         worker_main(ns)
         return
+    from fedmtl.engine.device import resolve_device
+
+    resolve_device(ns.device)  # no such device: the error before any run
     only = {s.strip() for s in ns.only.split(",") if s.strip()}
     results: dict = {"rounds": rounds, "workloads": {}, "scale": {}}
     import torch
 
-    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+    results["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0], "device": ns.device}
+    if ns.device.startswith("cuda"):
+        results["machine"]["gpu"] = torch.cuda.get_device_name(torch.device(ns.device))
     for name in WORKLOADS:
         if only and name not in only:
             continue
@@ -270,13 +301,13 @@ def main() -> None:
         row = {}
         for system in systems:
             print(f"[{name}] {system} ...", flush=True)
-            row[system] = run_worker(system, "--workload", name, "--rounds", str(rounds))
+            row[system] = run_worker(system, "--workload", name, "--rounds", str(rounds), "--device", ns.device)
             print("   ", row[system], flush=True)
         results["workloads"][name] = row
     if not only or "scale" in only:
         for clients in (1000, 2500) if ns.quick else (2500, 5000, 10000):
             print(f"[scale] {clients} clients ...", flush=True)
-            results["scale"][clients] = run_worker("scale", "--clients", str(clients))
+            results["scale"][clients] = run_worker("scale", "--clients", str(clients), "--device", ns.device)
             print("   ", results["scale"][clients], flush=True)
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(results, indent=2))
@@ -284,7 +315,9 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["| workload | system | s / round | vs sequential | vs bare loop | peak MiB | held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    device = results.get("machine", {}).get("device", "cpu")
+    lines = [] if device == "cpu" else [f"vectorized and bare on {device} ({results['machine'].get('gpu', '')}); sequential on the CPU; peak GPU MiB in the JSON", ""]
+    lines += ["| workload | system | s / round | vs sequential | vs bare loop | peak MiB | held-out accuracy |", "|---|---|---|---|---|---|---|"]
     for name, row in results["workloads"].items():
         per = {s: (r["seconds"] / len(r["round_seconds"]) if "seconds" in r else float("nan")) for s, r in row.items()}
         for system, r in row.items():
