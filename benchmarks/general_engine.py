@@ -2,8 +2,9 @@
 
 Run as a script (not a test)::
 
-    python benchmarks/general_engine.py            # every workload, 2 repeats of the timed rounds
+    python benchmarks/general_engine.py            # every workload, 5 timed rounds after a warm-up round
     python benchmarks/general_engine.py --quick    # fewer rounds and clients (a smoke run)
+    python benchmarks/general_engine.py --repeat 3 # each system three times, taking turns: the median run
     python benchmarks/general_engine.py --device cuda --only W3,scale   # on a GPU (benchmarks/gpu.sh)
 
 * **W3**: the demo's experiment with the CNN1D trunk (100 clients of MNIST-1D, 3 tasks, each client 2 of them,
@@ -277,6 +278,7 @@ def main() -> None:
     ap.add_argument("--worker", default=None)
     ap.add_argument("--workload", default="W3")
     ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each (workload, system), taking turns; the table shows the median run")
     ap.add_argument("--device", default="cpu", help="runtime.device of the vectorised engine and the bare loop: cpu, cuda or cuda:N")
     ns = ap.parse_args()
     rounds = ns.rounds or (2 if ns.quick else 5)
@@ -298,12 +300,13 @@ def main() -> None:
         if only and name not in only:
             continue
         systems = ["vectorized", "sequential"] + (["bare"] if name == "W3" else [])
-        row = {}
-        for system in systems:
-            print(f"[{name}] {system} ...", flush=True)
-            row[system] = run_worker(system, "--workload", name, "--rounds", str(rounds), "--device", ns.device)
-            print("   ", row[system], flush=True)
-        results["workloads"][name] = row
+        runs: dict[str, list[dict]] = {system: [] for system in systems}
+        for repeat in range(ns.repeat):  # the systems take turns, so a drift of the host's speed hits them all
+            for system in systems:
+                print(f"[{name}] {system} ({repeat + 1}/{ns.repeat}) ...", flush=True)
+                runs[system].append(run_worker(system, "--workload", name, "--rounds", str(rounds), "--device", ns.device))
+                print("   ", runs[system][-1], flush=True)
+        results["workloads"][name] = {system: median_run(rs) for system, rs in runs.items()}
     if not only or "scale" in only:
         for clients in (1000, 2500) if ns.quick else (2500, 5000, 10000):
             print(f"[scale] {clients} clients ...", flush=True)
@@ -314,20 +317,35 @@ def main() -> None:
     print(table(results))
 
 
+def _per_round(run: dict) -> float:
+    return float(run["seconds"] / len(run["round_seconds"]))
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median seconds per round (the first error, if any run failed), with every run's
+    seconds per round beside it (``runs_per_round``, sorted)."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=_per_round)
+    return {**ordered[(len(ordered) - 1) // 2], "runs_per_round": [_per_round(r) for r in ordered]}
+
+
 def table(results: dict) -> str:
     device = results.get("machine", {}).get("device", "cpu")
     lines = [] if device == "cpu" else [f"vectorized and bare on {device} ({results['machine'].get('gpu', '')}); sequential on the CPU; peak GPU MiB in the JSON", ""]
-    lines += ["| workload | system | s / round | vs sequential | vs bare loop | peak MiB | held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    lines += ["| workload | system | s / round | every run | vs sequential | vs bare loop | peak MiB | held-out accuracy |", "|---|---|---|---|---|---|---|---|"]
     for name, row in results["workloads"].items():
-        per = {s: (r["seconds"] / len(r["round_seconds"]) if "seconds" in r else float("nan")) for s, r in row.items()}
+        per = {s: (_per_round(r) if "seconds" in r else float("nan")) for s, r in row.items()}
         for system, r in row.items():
             if "error" in r:
-                lines.append(f"| {name} | {system} | error: {r['error']} | | | | |")
+                lines.append(f"| {name} | {system} | error: {r['error']} | | | | | |")
                 continue
             vs_seq = per.get("sequential", float("nan")) / per[system]
             vs_bare = per["bare"] / per[system] if "bare" in per else float("nan")
+            every = ", ".join(f"{x:.2f}" for x in r.get("runs_per_round", [per[system]]))
             acc = " / ".join(f"{t} {a:.3f}" for t, a in r["accuracy"].items())
-            lines.append(f"| {name} | {system} | {per[system]:.2f} | {vs_seq:.1f}x | {'' if math.isnan(vs_bare) else f'{vs_bare:.1f}x'} | {r['peak_rss_mb']:.0f} | {acc} |")
+            lines.append(f"| {name} | {system} | {per[system]:.2f} | {every} | {vs_seq:.1f}x | {'' if math.isnan(vs_bare) else f'{vs_bare:.1f}x'} | {r['peak_rss_mb']:.0f} | {acc} |")
     if results["scale"]:
         lines += ["", "| clients in one round | seconds | peak MiB |", "|---|---|---|"]
         for clients, r in results["scale"].items():
