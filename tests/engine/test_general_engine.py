@@ -155,6 +155,7 @@ def test_engines_continue_each_others_client_state(balancer: str) -> None:
         pytest.param(["client.optimizer.momentum=0.9"], id="momentum"),
         pytest.param(["client.optimizer.name=adam", "client.optimizer.lr=0.01"], id="adam"),
         pytest.param(["client.optimizer.momentum=0.9", "client.optimizer.weight_decay=0.01"], id="momentum+wd"),
+        pytest.param(["client.optimizer.weight_decay=0.01"], id="wd"),
     ],
 )
 def test_untrained_rows_stay_put_under_every_optimiser(optimizer: list[str]) -> None:

@@ -23,6 +23,7 @@ def torch_optimizer(cfg: SGD | Adam, params: list[torch.nn.Parameter]) -> torch.
 
 CONFIGS = {
     "sgd": SGD(lr=0.1),
+    "sgd_wd": SGD(lr=0.1, weight_decay=0.01),
     "sgd_momentum_wd": SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
     "adam": Adam(lr=0.01),
     "adam_wd": Adam(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),

@@ -875,7 +875,7 @@ def _step(opt: FunctionalOptimizer, leaves: dict[str, Tensor], grads: Mapping[st
         for n, (rows, old_p, old_state) in saved.items():
             p = leaves[n]
             p.index_copy_(0, rows, old_p)
-            for key, v in opt.state[n].items():
+            for key, v in opt.state.get(n, {}).items():  # plain SGD keeps no state
                 if v.shape == p.shape:  # a buffer the step created starts at zero
                     v.index_copy_(0, rows, old_state[key] if key in old_state else v.new_zeros((len(rows), *v.shape[1:])))
     for n, (_g, m) in live.items():
