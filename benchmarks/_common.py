@@ -24,6 +24,12 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a timer measures it (nothing on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run(config: dict[str, Any], out_dir: Path, name: str) -> dict[str, Any]:
     """Run one experiment quietly; return its summary plus wall seconds."""
     cfg = merge(config, {"output": {"dir": str(out_dir), "name": name, "plots": False}})

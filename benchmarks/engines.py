@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from _common import synchronize  # noqa: E402
 from _workload import SMOKE, W1, W2, W2_10K, Workload, iid_split, init_params, mlp, mnist1d  # noqa: E402
 
 WORKLOADS = {w.name: w for w in (W1, W2, W2_10K, SMOKE)}
@@ -143,14 +144,6 @@ def _accuracy(layers: list, x: np.ndarray, y: np.ndarray) -> float:
     return float((h.argmax(1).numpy() == y).mean())
 
 
-def _synchronize(device: str) -> None:
-    """Wait for the GPU's queued work, so that a timer measures it (nothing on the CPU)."""
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def worker_bare(w: Workload, data: dict, threads: int, device: str = "cpu") -> dict:
     """FedAvg written plainly: one model, a fresh SGD per client, the weighted mean of client models."""
     import torch
@@ -184,7 +177,7 @@ def worker_bare(w: Workload, data: dict, threads: int, device: str = "cpu") -> d
                 for acc, p in zip(new, model.parameters()):
                     acc.add_(p, alpha=len(rows) / total)
         glob = new
-        _synchronize(device)
+        synchronize(device)
         per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "round_seconds": per_round, "accuracy": _accuracy([g.cpu() for g in glob], data["x_test"], data["y_test"])}
@@ -268,7 +261,7 @@ def worker_fedmtl(w: Workload, data: dict, threads: int, engine: str, streaming:
     for _ in range(w.rounds):
         tr = time.perf_counter()
         state, _ = fed.round(state)
-        _synchronize(device)
+        synchronize(device)
         per_round.append(time.perf_counter() - tr)
     seconds = time.perf_counter() - t0
     p = state.params

@@ -41,6 +41,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from _common import merge, synchronize  # noqa: E402
+
 DEMO = {
     "seed": 0,
     "data": {
@@ -55,18 +57,11 @@ DEMO = {
 }
 
 
-def _merge(base: dict, patch: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for k, v in patch.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 WORKLOADS = {
     "W3": DEMO,
-    "W4": _merge(DEMO, {"model": {"name": "mmoe", "trunk": None}, "algorithm": {"name": "ditto", "lam": 0.1}, "mtl": {"balancer": {"name": "pcgrad"}}}),
+    "W4": merge(DEMO, {"model": {"name": "mmoe", "trunk": None}, "algorithm": {"name": "ditto", "lam": 0.1}, "mtl": {"balancer": {"name": "pcgrad"}}}),
     "user module": DEMO,
-    "DP-SGD": _merge(DEMO, {"privacy": {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}}),
+    "DP-SGD": merge(DEMO, {"privacy": {"dp_sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}}),
 }
 del WORKLOADS["W4"]["model"]["trunk"]
 
@@ -112,7 +107,7 @@ def _setup(config: dict, engine: str, user: bool, device: str = "cpu"):  # noqa:
     from fedmtl.mtl import build_model
     from fedmtl.mtl.factory import as_model
 
-    cfg = config_from_dict(_merge(config, {"engine": {"name": engine}, "runtime": {"device": device}}))
+    cfg = config_from_dict(merge(config, {"engine": {"name": engine}, "runtime": {"device": device}}))
     data = build_federated_data(cfg.data, cfg.seed)
     torch.manual_seed(0)
     model = as_model(user_module, data.input_shape, data.tasks) if user else build_model(cfg.model, data.input_shape, data.tasks)
@@ -125,26 +120,18 @@ def _accuracy(fed, params) -> dict[str, float]:  # noqa: ANN001
     return {t: round(m.get("accuracy", m.get("r2", float("nan"))), 4) for t, m in evaluate_global(fed.model, params, fed.data, 512).items()}
 
 
-def _synchronize(device: str) -> None:
-    """Wait for the GPU's queued work, so that a timer measures it (nothing on the CPU)."""
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def worker_fedmtl(workload: str, engine: str, rounds: int, device: str = "cpu") -> dict:
     cfg, data, model, fed = _setup(WORKLOADS[workload], engine, workload == "user module", device)
     state = fed.init_state()
     t0 = time.perf_counter()
     state, _ = fed.round(state)  # warm-up (first vmap traces, allocator)
-    _synchronize(device)
+    synchronize(device)
     warm = time.perf_counter() - t0
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
         state, _ = fed.round(state)
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     engine_clients = getattr(fed.engine, "last_run", {})
     return {"warmup_seconds": warm, "round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, state.params), "engine_clients": engine_clients}
@@ -212,12 +199,12 @@ def worker_bare(workload: str, rounds: int, device: str = "cpu") -> dict:
 
     assert all(n.startswith(("trunk.", "heads.")) for n in params) and trunk_names
     run_round(0)
-    _synchronize(device)
+    synchronize(device)
     times = []
     for r in range(1, rounds + 1):
         t = time.perf_counter()
         run_round(r)
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return {"round_seconds": times, "seconds": sum(times), "accuracy": _accuracy(fed, {n: p.cpu() for n, p in params.items()})}
 
@@ -243,7 +230,7 @@ def worker_scale(clients: int, device: str = "cpu") -> dict:
     state = fed.init_state()
     t = time.perf_counter()
     fed.round(state)
-    _synchronize(device)
+    synchronize(device)
     return {"seconds": time.perf_counter() - t}
 
 
